@@ -1,0 +1,5 @@
+import sys
+
+from dualpool.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `dualpool` command line: one module per subcommand, wired in `main.py`."""
