@@ -1,0 +1,338 @@
+"""Online calibration of bytes per token, learned from the backend's own `usage`.
+
+For each category (model x content class) the calibrator keeps mergeable,
+exponentially weighted statistics of the observed ratio
+
+    c_obs = content bytes / (usage.prompt_tokens - overhead - other parts)
+
+and publishes three per-category multipliers (tokens per byte) that the
+estimate reads without a lock:
+
+    conservative  1 / c*        c* = c - gamma * sigma   (routing: over-estimates)
+    point         1 / c                                  (the best guess)
+    optimistic    1 / (c + gamma * sigma)                (rejection: under-estimates)
+
+Per model it also fits the tokens the chat template adds, `a + m * messages`, so
+short prompts are not under-estimated (see `OverheadStats`).
+
+Updates are O(1) and serialised by one lock (they never await, so the lock is
+safe under asyncio too); reads take no lock, because each update replaces an
+immutable tuple in one assignment.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from dualpool.budget.classes import STRUCTURED_CLASS
+from dualpool.budget.config import EstimatorConfig
+from dualpool.budget.features import RequestFeatures
+from dualpool.budget.stats import OverheadStats, QuantileSketch, RatioStats
+
+__all__ = ["DEFAULT_MODEL", "Calibrator", "Feedback", "FeedbackReason"]
+
+# Category model shared by every model once `max_categories` is reached.
+DEFAULT_MODEL = "*"
+SNAPSHOT_VERSION = 1
+
+
+class FeedbackReason:
+    """Why one piece of feedback was used or rejected (metric label values)."""
+
+    ACCEPTED = "accepted"
+    EXACT = "exact"  # prompt given as token ids: nothing to learn
+    OVERHEAD_ONLY = "overhead_only"  # too little content to learn a ratio
+    NONPOSITIVE = "nonpositive_tokens"
+    IMPLAUSIBLE = "implausible_ratio"
+    OUTLIER = "outlier"
+    ALL: tuple[str, ...] = (ACCEPTED, EXACT, OVERHEAD_ONLY, NONPOSITIVE, IMPLAUSIBLE, OUTLIER)
+    REJECTED: frozenset[str] = frozenset({NONPOSITIVE, IMPLAUSIBLE, OUTLIER})
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    accepted: bool
+    reason: str
+    # Category the feedback was filed under ("model/class").
+    category: str
+    # Observed bytes per token of the content, when computed.
+    observed_ratio: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Coefficients:
+    """What an estimate reads for one category: tokens per byte, three ways."""
+
+    conservative: float
+    point: float
+    optimistic: float
+    learned: bool
+
+
+class _Category:
+    __slots__ = ("outputs", "output_q", "ratio", "streak")
+
+    def __init__(self) -> None:
+        self.ratio = RatioStats()
+        self.outputs = QuantileSketch()
+        self.output_q = 0  # cached quantile of `outputs`
+        self.streak = 0  # consecutive outliers
+
+
+class Calibrator:
+    """Per-category bytes-per-token ratios and per-model template overhead."""
+
+    def __init__(self, config: EstimatorConfig | None = None) -> None:
+        self.config = config or EstimatorConfig()
+        self._lock = threading.Lock()
+        self._cats: dict[str, dict[str, _Category]] = {}
+        self._overhead: dict[str, OverheadStats] = {}
+        self._num_categories = 0
+        # Published, read without the lock: model -> class -> Coefficients.
+        self._coef: dict[str, dict[str, Coefficients]] = {}
+        self._ovh: dict[str, tuple[float, float]] = {}
+        self._default_ovh = (self.config.overhead_per_request, self.config.overhead_per_message)
+        self._prior_coef: dict[str, Coefficients] = {}
+        self.counters: dict[str, int] = dict.fromkeys(FeedbackReason.ALL, 0)
+
+    # ---- reads (hot path, no lock) -------------------------------------------------
+    def coefficients(self, model: str, cls: str) -> Coefficients:
+        per_model = self._coef.get(model)
+        if per_model is None:
+            per_model = self._coef.get(DEFAULT_MODEL)
+        if per_model is not None:
+            coef = per_model.get(cls)
+            if coef is not None:
+                return coef
+        return self._prior(cls)
+
+    def overhead(self, model: str) -> tuple[float, float]:
+        ovh = self._ovh.get(model)
+        if ovh is None:
+            ovh = self._ovh.get(DEFAULT_MODEL, self._default_ovh)
+        return ovh
+
+    def _prior(self, cls: str) -> Coefficients:
+        coef = self._prior_coef.get(cls)
+        if coef is None:
+            inv = 1.0 / self.config.prior_for(cls)
+            coef = Coefficients(inv, inv, inv, learned=False)
+            self._prior_coef[cls] = coef
+        return coef
+
+    def output_budget(self, model: str, cls: str) -> int | None:
+        """Learned output quantile for requests without a limit, or None."""
+        per_model = self._cats.get(model) or self._cats.get(DEFAULT_MODEL)
+        if per_model is None:
+            return None
+        cat = per_model.get(cls)
+        if cat is None or cat.outputs.n < self.config.output_min_samples:
+            return None
+        return cat.output_q
+
+    # ---- feedback (O(1), under the lock) ---------------------------------------------
+    def observe(
+        self,
+        features: RequestFeatures,
+        prompt_tokens: Any,
+        completion_tokens: Any = None,
+    ) -> Feedback:
+        """Learn from one response's `usage`. Never raises on bad feedback: it is counted."""
+        cls = features.content_class
+        with self._lock:
+            model = self._resolve(features.model)
+            label = f"{model}/{cls}"
+            if type(prompt_tokens) is not int or prompt_tokens <= 0:
+                return self._count(Feedback(False, FeedbackReason.NONPOSITIVE, label))
+            cat = self._category(model, cls)
+            if (
+                completion_tokens is not None
+                and type(completion_tokens) is int
+                and completion_tokens >= 0
+                and features.max_output_tokens is None
+                and self.config.output_quantile is not None
+            ):
+                self._observe_output(cat, completion_tokens)
+            if features.known_prompt_tokens is not None:
+                return self._count(Feedback(True, FeedbackReason.EXACT, label))
+            return self._count(self._observe_prompt(model, cls, cat, features, prompt_tokens))
+
+    def _observe_output(self, cat: _Category, completion_tokens: int) -> None:
+        cat.outputs.add(completion_tokens, self.config.beta)
+        # Re-reading the quantile walks the buckets: do it every 16 updates, not each.
+        if cat.outputs.n % 16 == 0 or cat.outputs.n == self.config.output_min_samples:
+            assert self.config.output_quantile is not None
+            cat.output_q = cat.outputs.quantile(self.config.output_quantile)
+
+    def _observe_prompt(
+        self, model: str, cls: str, cat: _Category, f: RequestFeatures, prompt_tokens: int
+    ) -> Feedback:
+        cfg = self.config
+        label = f"{model}/{cls}"
+        a, m = self.overhead(model)
+        media = f.num_images * cfg.image_tokens + f.num_audio * cfg.audio_tokens
+        if cls == STRUCTURED_CLASS:
+            own_bytes = f.structured_bytes
+            other = f.text_bytes * self.coefficients(model, cfg.classifier.fallback).point
+        else:
+            own_bytes = f.text_bytes
+            other = f.structured_bytes * self.coefficients(model, STRUCTURED_CLASS).point
+        fixed = a + m * f.num_messages + media + other
+        # A token is at least one byte (special tokens aside): far more tokens than
+        # bytes plus the template means the backend's count is not of this prompt.
+        if prompt_tokens > f.total_bytes + fixed + 64 + 4 * f.num_messages:
+            return Feedback(False, FeedbackReason.IMPLAUSIBLE, label)
+        own_tokens = prompt_tokens - fixed
+        observed: float | None = None
+        if own_bytes >= 32 and own_tokens >= max(4.0, 0.5 * prompt_tokens):
+            observed = own_bytes / own_tokens
+            if not cfg.min_bytes_per_token <= observed <= cfg.max_bytes_per_token:
+                return Feedback(False, FeedbackReason.IMPLAUSIBLE, label, observed)
+            stats = cat.ratio
+            if stats.n >= cfg.min_samples:
+                c = stats.ratio()
+                spread = max(stats.sigma(), 0.05 * c)
+                if abs(observed - c) > cfg.outlier_sigmas * spread:
+                    cat.streak += 1
+                    if cat.streak < cfg.outlier_streak_reset:
+                        return Feedback(False, FeedbackReason.OUTLIER, label, observed)
+            cat.streak = 0
+            stats.add(own_bytes, own_tokens, cfg.beta)
+            self._publish_ratio(model, cls, stats)
+        # The template overhead: what the content estimate does not explain, weighted
+        # toward short prompts, where it matters and where it is not drowned in the
+        # content's own noise.
+        coef = self.coefficients(model, cls)
+        content = own_bytes * coef.point + other
+        residual = prompt_tokens - content - media
+        weight = 1.0 / (1.0 + content / 64.0) ** 2
+        ovh = self._overhead.get(model)
+        if ovh is None:
+            ovh = self._overhead[model] = OverheadStats()
+        ovh.add(float(f.num_messages), residual, weight, cfg.beta)
+        self._ovh[model] = ovh.solve(
+            cfg.overhead_per_request, cfg.overhead_per_message, cfg.overhead_ridge
+        )
+        if observed is None:
+            return Feedback(True, FeedbackReason.OVERHEAD_ONLY, label)
+        return Feedback(True, FeedbackReason.ACCEPTED, label, observed)
+
+    def _publish_ratio(self, model: str, cls: str, stats: RatioStats) -> None:
+        if stats.n < self.config.min_samples:
+            return
+        cfg = self.config
+        c = stats.ratio()
+        sigma = stats.sigma()
+        lo = max(cfg.min_bytes_per_token, c - cfg.gamma * sigma)
+        hi = c + cfg.gamma * sigma
+        self._coef.setdefault(model, {})[cls] = Coefficients(1.0 / lo, 1.0 / c, 1.0 / hi, True)
+
+    def _count(self, fb: Feedback) -> Feedback:
+        self.counters[fb.reason] += 1
+        return fb
+
+    def _resolve(self, model: str) -> str:
+        if model in self._cats:
+            return model
+        return model if self._num_categories < self.config.max_categories else DEFAULT_MODEL
+
+    def _category(self, model: str, cls: str) -> _Category:
+        per_model = self._cats.get(model)
+        if per_model is None:
+            per_model = self._cats[model] = {}
+        cat = per_model.get(cls)
+        if cat is None:
+            cat = per_model[cls] = _Category()
+            if model != DEFAULT_MODEL:
+                self._num_categories += 1
+        return cat
+
+    # ---- persistence and sharing --------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Everything learned, as a JSON-serialisable dict (see `restore`, `merge`)."""
+        with self._lock:
+            return {
+                "version": SNAPSHOT_VERSION,
+                "categories": {
+                    model: {
+                        cls: {"ratio": cat.ratio.to_dict(), "outputs": cat.outputs.to_dict()}
+                        for cls, cat in per_model.items()
+                    }
+                    for model, per_model in self._cats.items()
+                },
+                "overhead": {model: o.to_dict() for model, o in self._overhead.items()},
+                "counters": dict(self.counters),
+            }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Replace what was learned with a snapshot's content."""
+        with self._lock:
+            self._cats.clear()
+            self._overhead.clear()
+            self._coef = {}
+            self._ovh = {}
+            self._num_categories = 0
+            self.counters = dict.fromkeys(FeedbackReason.ALL, 0)
+        self.merge(snapshot)
+
+    def merge(self, snapshot: dict[str, Any]) -> None:
+        """Add another replica's statistics to ours (sums add; counters add)."""
+        from dualpool.errors import ConfigError
+
+        if not isinstance(snapshot, dict) or snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ConfigError(
+                "calibrator snapshot",
+                f"expected a dict with version {SNAPSHOT_VERSION}; was it written by dualpool?",
+            )
+        try:
+            with self._lock:
+                for model, per_model in snapshot["categories"].items():
+                    for cls, data in per_model.items():
+                        cat = self._category(model, cls)
+                        cat.ratio.merge(RatioStats.from_dict(data["ratio"]))
+                        cat.outputs.merge(QuantileSketch.from_dict(data["outputs"]))
+                        if self.config.output_quantile is not None:
+                            cat.output_q = cat.outputs.quantile(self.config.output_quantile)
+                        self._publish_ratio(model, cls, cat.ratio)
+                cfg = self.config
+                for model, data in snapshot["overhead"].items():
+                    ovh = self._overhead.setdefault(model, OverheadStats())
+                    ovh.merge(OverheadStats.from_dict(data))
+                    self._ovh[model] = ovh.solve(
+                        cfg.overhead_per_request, cfg.overhead_per_message, cfg.overhead_ridge
+                    )
+                for key, value in snapshot.get("counters", {}).items():
+                    if key in self.counters:
+                        self.counters[key] += int(value)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError("calibrator snapshot", f"malformed: {exc!r}") from None
+
+    def categories(self) -> list[dict[str, Any]]:
+        """A per-category view for the admin endpoint and metrics."""
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            for model, per_model in sorted(self._cats.items()):
+                a, m = self.overhead(model)
+                for cls, cat in sorted(per_model.items()):
+                    coef = self.coefficients(model, cls)
+                    sigma = cat.ratio.sigma()
+                    out.append(
+                        {
+                            "category": f"{model}/{cls}",
+                            "model": model,
+                            "class": cls,
+                            "samples": cat.ratio.n,
+                            "learned": coef.learned,
+                            "bytes_per_token": 1.0 / coef.point,
+                            "bytes_per_token_conservative": 1.0 / coef.conservative,
+                            "sigma": None if math.isnan(sigma) else sigma,
+                            "overhead_per_request": a,
+                            "overhead_per_message": m,
+                            "output_samples": cat.outputs.n,
+                            "output_quantile_tokens": cat.output_q or None,
+                        }
+                    )
+        return out

@@ -1,0 +1,130 @@
+"""Settings of the token-budget estimator, validated where they are made."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dualpool.budget.classes import BUILTIN_CLASSES, ClassifierConfig
+from dualpool.errors import ConfigError
+
+__all__ = ["EstimatorConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class EstimatorConfig:
+    # Bytes per token a category starts from, until it has `min_samples` observations.
+    prior_bytes_per_token: float = 4.0
+    # Per content class overrides of the prior, e.g. {"zh": 3.0}.
+    class_priors: Mapping[str, float] = field(default_factory=dict)
+    # Decay per observation of the moving statistics: a window of ~1/(1-beta) requests.
+    beta: float = 0.98
+    # Conservativeness: routing uses c* = c - gamma * sigma (fewer bytes per token, so
+    # more estimated tokens), so borderline requests go to the larger pool.
+    gamma: float = 1.0
+    # Observations a category needs before its learned ratio replaces the prior.
+    min_samples: int = 8
+    # Sane range of an observed bytes/token ratio; feedback outside it is rejected.
+    min_bytes_per_token: float = 0.8
+    max_bytes_per_token: float = 16.0
+    # Once warmed up, reject a ratio this many sigmas from the mean (poisoned feedback)...
+    outlier_sigmas: float = 6.0
+    # ...unless this many in a row were rejected: then traffic has changed; follow it.
+    outlier_streak_reset: int = 16
+    # Categories (model x class) learned separately; beyond it, models share "*".
+    max_categories: int = 256
+    # Prior of the chat template's fixed tokens per request and per message.
+    overhead_per_request: float = 0.0
+    overhead_per_message: float = 0.0
+    # Ridge strength of that prior, in units of one short request's weight.
+    overhead_ridge: float = 0.5
+    # Prompt tokens one image / one audio or video part costs.
+    image_tokens: int = 576
+    audio_tokens: int = 750
+    # Output budget of a request that sets no max_tokens, per model ("*" for all).
+    default_max_tokens: int = 2048
+    model_default_max_tokens: Mapping[str, int] = field(default_factory=dict)
+    # When set (e.g. 0.99), a request without a limit gets that quantile of the
+    # category's observed completion lengths instead, bounded by the default.
+    output_quantile: float | None = None
+    # Completions a category needs before its learned output quantile is used.
+    output_min_samples: int = 100
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+    def __post_init__(self) -> None:
+        def positive(name: str, value: float) -> None:
+            if not value > 0:
+                raise ConfigError(f"estimator.{name}", f"must be > 0, got {value!r}")
+
+        positive("prior_bytes_per_token", self.prior_bytes_per_token)
+        for cls, prior in self.class_priors.items():
+            if cls not in BUILTIN_CLASSES:
+                raise ConfigError(
+                    f"estimator.class_priors.{cls}",
+                    f"unknown content class; choose from {', '.join(BUILTIN_CLASSES)}",
+                )
+            positive(f"class_priors.{cls}", prior)
+        if not 0.0 < self.beta < 1.0:
+            raise ConfigError("estimator.beta", f"must be in (0, 1), got {self.beta!r}")
+        if self.gamma < 0:
+            raise ConfigError("estimator.gamma", f"must be >= 0, got {self.gamma!r}")
+        if self.min_samples < 1:
+            raise ConfigError("estimator.min_samples", f"must be >= 1, got {self.min_samples}")
+        if not 0 < self.min_bytes_per_token < self.max_bytes_per_token:
+            raise ConfigError(
+                "estimator.min_bytes_per_token",
+                "must be > 0 and below estimator.max_bytes_per_token",
+            )
+        positive("outlier_sigmas", self.outlier_sigmas)
+        if self.max_categories < 1:
+            raise ConfigError("estimator.max_categories", "must be >= 1")
+        for name in ("overhead_per_request", "overhead_per_message", "overhead_ridge"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"estimator.{name}", "must be >= 0")
+        for name in ("image_tokens", "audio_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"estimator.{name}", "must be >= 0")
+        if self.default_max_tokens < 1:
+            raise ConfigError("estimator.default_max_tokens", "must be >= 1")
+        for model, value in self.model_default_max_tokens.items():
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(
+                    f"estimator.model_default_max_tokens.{model}", "must be an integer >= 1"
+                )
+        if self.output_quantile is not None and not 0.5 <= self.output_quantile < 1.0:
+            raise ConfigError(
+                "estimator.output_quantile", f"must be in [0.5, 1), got {self.output_quantile}"
+            )
+
+    def prior_for(self, cls: str) -> float:
+        return self.class_priors.get(cls, self.prior_bytes_per_token)
+
+    def default_output(self, model: str) -> int:
+        return self.model_default_max_tokens.get(model, self.default_max_tokens)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> EstimatorConfig:
+        """Build from a YAML/JSON mapping; unknown keys are an error naming the key."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("estimator", "must be a mapping")
+        known = set(cls.__dataclass_fields__)
+        kwargs: dict[str, Any] = {}
+        classifier: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "classes":
+                classifier["enabled"] = tuple(value)
+            elif key == "fallback_class":
+                classifier["fallback"] = value
+            elif key == "classifier_window":
+                classifier["window"] = value
+            elif key in known and key != "classifier":
+                kwargs[key] = value
+            else:
+                raise ConfigError(f"estimator.{key}", "unknown setting")
+        if classifier:
+            kwargs["classifier"] = ClassifierConfig(**classifier)
+        for key in ("beta", "gamma", "prior_bytes_per_token", "output_quantile"):
+            if key in kwargs and kwargs[key] is not None and not isinstance(kwargs[key], int | float):
+                raise ConfigError(f"estimator.{key}", f"must be a number, got {kwargs[key]!r}")
+        return cls(**kwargs)

@@ -1,0 +1,263 @@
+"""What an OpenAI request body tells us about its token budget, read without a tokenizer.
+
+`extract_features` walks a parsed chat or completions body once and returns a
+flat `RequestFeatures`: the UTF-8 bytes that become prompt tokens (free text
+apart from structured JSON such as tool definitions and tool calls), the number
+of messages (the chat template adds tokens per message that no byte count sees),
+image and audio parts (a configured token cost each), the declared output limit,
+and the content class of the dominant text.
+
+Bodies come from clients, so every field is checked: a wrong type raises
+`RequestError` naming the parameter, the way vLLM's OpenAI server answers 400.
+Nothing else escapes: invalid unicode (lone surrogates) is counted as the
+server would receive it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dualpool.budget.classes import STRUCTURED_CLASS, ContentClassifier
+from dualpool.errors import RequestError
+
+__all__ = ["RequestFeatures", "extract_features", "utf8_len"]
+
+_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+_AUDIO_PARTS = frozenset({"input_audio", "audio_url", "audio"})
+_VIDEO_PARTS = frozenset({"video_url", "video"})
+_TEXT_PARTS = frozenset({"text", "input_text", "refusal"})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFeatures:
+    """The inputs of the token-budget estimate, one request."""
+
+    # Model name as the client sent it ("" when absent).
+    model: str
+    # Content class of the dominant text ("prose", "code", "zh", ..., or "json").
+    content_class: str
+    # UTF-8 bytes of free text that become prompt tokens (contents, names).
+    text_bytes: int
+    # UTF-8 bytes of structured JSON (tools, functions, tool calls and their arguments).
+    structured_bytes: int
+    # Messages in a chat request; 1 for a completions request.
+    num_messages: int
+    # Image parts (each costs a configured number of tokens).
+    num_images: int
+    # Audio and video parts (each costs a configured number of tokens).
+    num_audio: int
+    # max_completion_tokens, else max_tokens; None when the request sets no limit.
+    max_output_tokens: int | None
+    # Exact prompt length when the prompt was given as token ids, else None.
+    known_prompt_tokens: int | None = None
+    # True for /v1/chat/completions bodies.
+    is_chat: bool = True
+
+    @property
+    def total_bytes(self) -> int:
+        return self.text_bytes + self.structured_bytes
+
+
+def utf8_len(text: str) -> int:
+    """UTF-8 length of `text`; O(1) for ASCII strings (CPython stores the flag)."""
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        # Lone surrogates from JSON ("\\ud800"); count them as the 3 bytes they escape to.
+        return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _json_len(value: Any) -> int:
+    # Tool definitions reach the prompt as JSON rendered by the chat template;
+    # json.dumps is the C encoder, far cheaper than a recursive Python walk.
+    try:
+        return utf8_len(json.dumps(value, ensure_ascii=False, separators=(", ", ": ")))
+    except (TypeError, ValueError) as exc:
+        raise RequestError(f"value is not JSON-serialisable: {exc}") from None
+
+
+def _limit(body: Mapping[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if type(value) is not int:  # bool is an int subclass; vLLM rejects it too
+        raise RequestError(f"'{key}' must be an integer, got {type(value).__name__}", key)
+    if value < 0:
+        raise RequestError(f"'{key}' must be >= 0, got {value}", key)
+    return value
+
+
+def _model(body: Mapping[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        return ""
+    if not isinstance(model, str):
+        raise RequestError(f"'model' must be a string, got {type(model).__name__}", "model")
+    return model
+
+
+class _Acc:
+    """Running totals while walking a body; the dominant text is classified once."""
+
+    __slots__ = ("images", "media", "structured", "text", "top_len", "top_text")
+
+    def __init__(self) -> None:
+        self.text = 0
+        self.structured = 0
+        self.images = 0
+        self.media = 0
+        self.top_text = ""
+        self.top_len = 0
+
+    def add_text(self, text: str) -> None:
+        n = utf8_len(text)
+        self.text += n
+        if n > self.top_len:
+            self.top_len = n
+            self.top_text = text
+
+
+def _walk_content(acc: _Acc, content: Any, where: str) -> None:
+    if content is None:
+        return
+    if isinstance(content, str):
+        acc.add_text(content)
+        return
+    if not isinstance(content, list):
+        raise RequestError(
+            f"'{where}' must be a string, a list of content parts or null, "
+            f"got {type(content).__name__}",
+            where,
+        )
+    for j, part in enumerate(content):
+        if isinstance(part, str):  # tolerated by vLLM: a bare string part
+            acc.add_text(part)
+            continue
+        if not isinstance(part, Mapping):
+            raise RequestError(
+                f"'{where}[{j}]' must be a content part object, got {type(part).__name__}",
+                where,
+            )
+        kind = part.get("type")
+        if kind in _TEXT_PARTS or (kind is None and "text" in part):
+            text = part.get("text", part.get("refusal"))
+            if text is not None and not isinstance(text, str):
+                raise RequestError(f"'{where}[{j}].text' must be a string", where)
+            if text:
+                acc.add_text(text)
+        elif kind in _IMAGE_PARTS:
+            acc.images += 1
+        elif kind in _AUDIO_PARTS or kind in _VIDEO_PARTS:
+            acc.media += 1
+        else:
+            raise RequestError(f"'{where}[{j}].type' {kind!r} is not a supported content part", where)
+
+
+def _walk_messages(acc: _Acc, messages: Any) -> int:
+    if not isinstance(messages, list):
+        raise RequestError(
+            f"'messages' must be a list of message objects, got {type(messages).__name__}",
+            "messages",
+        )
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, Mapping):
+            raise RequestError(
+                f"'messages[{i}]' must be an object with 'role' and 'content', "
+                f"got {type(msg).__name__}",
+                "messages",
+            )
+        _walk_content(acc, msg.get("content"), f"messages[{i}].content")
+        name = msg.get("name")
+        if isinstance(name, str):
+            acc.add_text(name)
+        tool_calls = msg.get("tool_calls")
+        if tool_calls:
+            acc.structured += _json_len(tool_calls)
+        call = msg.get("function_call")
+        if call:
+            acc.structured += _json_len(call)
+    return len(messages)
+
+
+def _walk_prompt(acc: _Acc, prompt: Any) -> tuple[int, int | None]:
+    """Returns (number of prompts, exact token count when given as token ids)."""
+    if isinstance(prompt, str):
+        acc.add_text(prompt)
+        return 1, None
+    if not isinstance(prompt, list) or not prompt:
+        raise RequestError(
+            "'prompt' must be a string, a list of strings, or a list of token ids",
+            "prompt",
+        )
+    first = prompt[0]
+    if type(first) is int:  # one prompt as token ids: the length is exact
+        return 1, len(prompt)
+    if isinstance(first, list):  # several prompts as token ids: budget the longest
+        return len(prompt), max(len(p) if isinstance(p, list) else 0 for p in prompt)
+    # A batch of string prompts: each is its own sequence, so the longest one decides
+    # whether it fits; its bytes are what we estimate.
+    longest = 0
+    for i, p in enumerate(prompt):
+        if not isinstance(p, str):
+            raise RequestError(f"'prompt[{i}]' must be a string, got {type(p).__name__}", "prompt")
+        n = utf8_len(p)
+        if n >= longest:
+            longest = n
+            acc.top_text, acc.top_len = p, n
+    acc.text = longest
+    return len(prompt), None
+
+
+def extract_features(
+    body: Any, classifier: ContentClassifier, *, chat: bool | None = None
+) -> RequestFeatures:
+    """Read the budget-relevant features of an OpenAI request body.
+
+    `chat` forces the endpoint kind; by default a body with `messages` is chat and
+    one with `prompt` is a completions request.
+    """
+    if not isinstance(body, Mapping):
+        raise RequestError(f"request body must be a JSON object, got {type(body).__name__}")
+    acc = _Acc()
+    known: int | None = None
+    if chat is None:
+        chat = "messages" in body or "prompt" not in body
+    if chat:
+        if "messages" not in body:
+            raise RequestError("'messages' is a required property", "messages")
+        num_messages = _walk_messages(acc, body["messages"])
+        tools = body.get("tools")
+        if tools:
+            acc.structured += _json_len(tools)
+        functions = body.get("functions")
+        if functions:
+            acc.structured += _json_len(functions)
+    else:
+        if "prompt" not in body:
+            raise RequestError("'prompt' is a required property", "prompt")
+        _, known = _walk_prompt(acc, body["prompt"])
+        num_messages = 1
+    limit = _limit(body, "max_completion_tokens")
+    if limit is None:
+        limit = _limit(body, "max_tokens")
+    if acc.structured > acc.text:
+        cls = STRUCTURED_CLASS
+    else:
+        cls = classifier.classify(acc.top_text, acc.top_len)
+    return RequestFeatures(
+        model=_model(body),
+        content_class=cls,
+        text_bytes=acc.text,
+        structured_bytes=acc.structured,
+        num_messages=num_messages,
+        num_images=acc.images,
+        num_audio=acc.media,
+        max_output_tokens=limit,
+        known_prompt_tokens=known,
+        is_chat=chat,
+    )

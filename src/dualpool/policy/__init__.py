@@ -1,0 +1,10 @@
+"""Which pool serves a request: pure, O(pools), no I/O.
+
+The pool policy sees a token budget and, optionally, which pools the caller
+considers saturated; it returns a `Decision` with a reason code. It never reads
+a clock, a socket or a metric itself.
+"""
+
+from dualpool.policy.pools import Decision, PoolPolicy, PoolSpec, Reason
+
+__all__ = ["Decision", "PoolPolicy", "PoolSpec", "Reason"]

@@ -1,0 +1,72 @@
+"""Estimator + pool policy: the routing step the gateway and the simulator share.
+
+    body ─► features ─► estimate ─► policy.route ─► RoutedRequest
+                                                      │ (the caller does the I/O)
+    usage ◄───────────────────────────────────────────┘ ─► observe ─► calibrator
+
+Pure: no I/O, no clock. The caller passes saturation in and feeds usage back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dualpool.budget import BudgetEstimate, BudgetEstimator, EstimatorConfig, RequestFeatures
+from dualpool.budget.calibrator import Feedback
+from dualpool.policy import Decision, PoolPolicy, PoolSpec
+
+__all__ = ["RoutedRequest", "Router"]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedRequest:
+    features: RequestFeatures
+    estimate: BudgetEstimate
+    decision: Decision
+
+
+class Router:
+    """Routes OpenAI request bodies to pools by their estimated token budget."""
+
+    __slots__ = ("estimator", "policy")
+
+    def __init__(
+        self,
+        pools: Sequence[PoolSpec] | PoolPolicy,
+        estimator: BudgetEstimator | EstimatorConfig | None = None,
+    ) -> None:
+        self.policy = pools if isinstance(pools, PoolPolicy) else PoolPolicy(pools)
+        if isinstance(estimator, BudgetEstimator):
+            self.estimator = estimator
+        else:
+            self.estimator = BudgetEstimator(estimator)
+
+    def route(
+        self,
+        body: Any,
+        *,
+        saturated: Sequence[bool] | None = None,
+        chat: bool | None = None,
+    ) -> RoutedRequest:
+        """Raises `RequestError` for a malformed body (the gateway answers 400)."""
+        f = self.estimator.features(body, chat=chat)
+        return self.route_features(f, saturated=saturated)
+
+    def route_features(
+        self, f: RequestFeatures, *, saturated: Sequence[bool] | None = None
+    ) -> RoutedRequest:
+        est = self.estimator.estimate(f)
+        decision = self.policy.route(
+            est.total,
+            min_budget=est.min_total,
+            saturated=saturated,
+            prompt_tokens=est.prompt_tokens_low,
+            output_tokens=est.output_tokens,
+        )
+        return RoutedRequest(f, est, decision)
+
+    def observe(self, routed: RoutedRequest, usage: Any) -> Feedback:
+        """Feed back the backend's `usage` object for a routed request."""
+        return self.estimator.observe_usage(routed.features, usage)
