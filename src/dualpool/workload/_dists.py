@@ -74,7 +74,9 @@ class LogNormalMixture(TokenDist):
             raise WorkloadError(f"bad length bounds lo={self.lo} hi={self.hi}: need 1 <= lo <= hi")
 
     @classmethod
-    def single(cls, mu: float, sigma: float, lo: int = 1, hi: int | None = None) -> LogNormalMixture:
+    def single(
+        cls, mu: float, sigma: float, lo: int = 1, hi: int | None = None
+    ) -> LogNormalMixture:
         """One lognormal component."""
         return cls(((1.0, mu, sigma),), lo, hi)
 
@@ -173,8 +175,9 @@ class TokenCdf(TokenDist):
 
     def sample(self, rng: np.random.Generator, n: int) -> IntArray:
         u = rng.random(n)
-        x = np.rint(np.exp(np.interp(u, self._f, self._logx)))
-        return np.maximum(x, 1.0).astype(np.int64)
+        x: npt.NDArray[np.float64] = np.rint(np.exp(np.interp(u, self._f, self._logx)))
+        out: IntArray = np.maximum(x, 1.0).astype(np.int64)
+        return out
 
     def quantile(self, q: float) -> float:
         """The interpolated q-quantile (q in [0, 1])."""
@@ -208,9 +211,7 @@ def _check_points(points: Sequence[Sequence[float]], source: str) -> list[tuple[
     if not out:
         raise WorkloadError(f"{source}: empty CDF; expected [[tokens, F], ...]")
     if abs(out[-1][1] - 1.0) > 1e-6:
-        raise WorkloadError(
-            f"{source}: the last fraction is {out[-1][1]!r}; a CDF must end at 1.0"
-        )
+        raise WorkloadError(f"{source}: the last fraction is {out[-1][1]!r}; a CDF must end at 1.0")
     return out
 
 

@@ -34,9 +34,7 @@ def open_text(path: Path) -> Iterator[TextIO]:
         f.close()
 
 
-def column_indices(
-    path: Path, header: Sequence[str] | None, required: Sequence[str]
-) -> list[int]:
+def column_indices(path: Path, header: Sequence[str] | None, required: Sequence[str]) -> list[int]:
     """Positions of the `required` columns in `header` (case-insensitive)."""
     if header is None:
         raise WorkloadError(
@@ -49,8 +47,7 @@ def column_indices(
             out.append(names.index(col.lower()))
         except ValueError:
             raise WorkloadError(
-                f"{path}:1: bad header {','.join(header)!r}: "
-                f"expected columns {','.join(required)}"
+                f"{path}:1: bad header {','.join(header)!r}: expected columns {','.join(required)}"
             ) from None
     return out
 

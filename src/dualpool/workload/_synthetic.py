@@ -89,9 +89,7 @@ class SyntheticWorkload(Workload):
         w = np.array([c.weight for c in self.classes])
         self._cum = np.cumsum(w / w.sum())
         self.seed = check_seed(seed)
-        self.duration_s = (
-            None if duration_s is None else check_positive("duration_s", duration_s)
-        )
+        self.duration_s = None if duration_s is None else check_positive("duration_s", duration_s)
         if num_requests is not None and (
             isinstance(num_requests, bool) or not isinstance(num_requests, int) or num_requests < 0
         ):
@@ -128,7 +126,9 @@ class SyntheticWorkload(Workload):
             for a, pt, ot in zip(arrival, p.tolist(), o.tolist(), strict=True):
                 yield Request(a, pt, ot, None, None, cat)
             return
-        which = np.minimum(np.searchsorted(self._cum, rng.random(n), side="right"), len(self._cum) - 1)
+        which = np.minimum(
+            np.searchsorted(self._cum, rng.random(n), side="right"), len(self._cum) - 1
+        )
         prompt = np.empty(n, dtype=np.int64)
         output = np.empty(n, dtype=np.int64)
         for i, cls in enumerate(self.classes):
@@ -136,7 +136,9 @@ class SyntheticWorkload(Workload):
             if idx.size:
                 prompt[idx], output[idx] = cls.lengths.sample(rng, int(idx.size))
         cats = [c.category for c in self.classes]
-        for a, pt, ot, w in zip(arrival, prompt.tolist(), output.tolist(), which.tolist(), strict=True):
+        for a, pt, ot, w in zip(
+            arrival, prompt.tolist(), output.tolist(), which.tolist(), strict=True
+        ):
             yield Request(a, pt, ot, None, None, cats[w])
 
     def _blocks_from(self, k: int) -> Iterator[Request]:
