@@ -1,0 +1,248 @@
+"""KV-cache capacity, computed the way vLLM sizes it at start-up.
+
+Per GPU of a tensor-parallel group::
+
+    usable     = memory_bytes x gpu_memory_utilization
+    weights    = model.weight_bytes / TP
+    activation = profile-run peak for max_num_batched_tokens tokens (below)
+    overhead   = non-torch memory (cuBLAS/NCCL workspaces) + CUDA graphs
+    kv_memory  = usable - weights - activation - overhead
+    num_blocks = floor(kv_memory / (block_size x kv_bytes_per_token))
+
+    kv_bytes_per_token = 2 (K and V) x layers x max(1, kv_heads / TP)
+                         x head_dim x kv dtype bytes
+
+When `kv_heads < TP` each GPU still holds one whole KV head (vLLM replicates
+KV heads), so TP beyond kv_heads stops shrinking the per-GPU KV footprint.
+
+Activation peak (vLLM's profile run pushes max_num_batched_tokens dummy tokens
+through the model, then samples max_num_seqs dummy requests)::
+
+    per_token  = 2 B x (4 x hidden + (q_heads + 2 x kv_heads) x head_dim / TP
+                        + 3 x ffn_width / TP)
+    ffn_width  = intermediate_size (dense) or top_k x moe_intermediate_size
+    activation = max_num_batched_tokens x per_token
+                 + max_num_seqs x vocab / TP x 4 B x 2   (FP32 logits + probs)
+
+Llama-3-8B, TP 1, 8,192 tokens, 256 seqs gives 1.25 GiB; vLLM logs
+"PyTorch activation peak memory 1.26GiB" for it (vllm PR #10511). All the
+constants are in `MemoryParams` so they can be re-fitted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dualpool.engine.config import EngineConfig
+from dualpool.engine.specs import GPUSpec, ModelSpec
+from dualpool.errors import InfeasibleConfigError
+
+__all__ = [
+    "MemoryParams",
+    "MemoryPlan",
+    "kv_bytes_per_token",
+    "kv_heads_per_gpu",
+    "plan_memory",
+    "smallest_feasible_tp",
+]
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryParams:
+    """Constants of the start-up memory account (all overridable)."""
+
+    # Non-torch memory on a single GPU: CUDA context extras, cuBLAS workspace.
+    # vLLM logs 1.79 GiB for Llama-3-8B at TP 1 (PR #10511).
+    non_torch_bytes: int = int(1.8 * GiB)
+    # Extra non-torch memory per GPU when TP > 1 (NCCL and custom all-reduce
+    # buffers); the same log shows 3.58 GiB at TP 2, i.e. +1.8 GiB.
+    tp_comm_bytes: int = int(1.8 * GiB)
+    # CUDA graph capture pool, which recent vLLM subtracts before sizing KV.
+    cuda_graph_bytes: int = int(0.5 * GiB)
+    # Copies of FP32 (max_num_seqs x vocab) tensors alive at the sampler peak.
+    sampler_copies: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPlan:
+    """The memory account of one instance, per GPU unless said otherwise."""
+
+    tensor_parallel_size: int
+    # Device memory the framework sees.
+    total_bytes: int
+    # total_bytes x gpu_memory_utilization.
+    usable_bytes: int
+    weight_bytes: int
+    activation_bytes: int
+    overhead_bytes: int
+    # usable - weights - activation - overhead (may be <= 0 in a failed plan).
+    kv_cache_bytes: int
+    kv_bytes_per_token: int
+    block_size: int
+    # Blocks of block_size tokens: vLLM's num_gpu_blocks.
+    num_gpu_blocks: int
+    max_model_len: int
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        """vLLM's "GPU KV cache size: N tokens"."""
+        return self.num_gpu_blocks * self.block_size
+
+    @property
+    def max_concurrency(self) -> float:
+        """vLLM's "Maximum concurrency for max_model_len tokens per request"."""
+        return self.kv_cache_tokens / self.max_model_len
+
+    @property
+    def blocks_per_max_len_seq(self) -> int:
+        return -(-self.max_model_len // self.block_size)
+
+
+def kv_heads_per_gpu(model: ModelSpec, tp: int) -> int:
+    """KV heads each GPU stores: kv_heads / TP, at least one (replicated)."""
+    return max(1, model.num_kv_heads // tp)
+
+
+def kv_bytes_per_token(model: ModelSpec, config: EngineConfig) -> int:
+    """KV-cache bytes one token takes on one GPU of the TP group."""
+    dtype_bytes = config.kv_dtype_bytes(model.activation_dtype_bytes)
+    tp = config.tensor_parallel_size
+    return 2 * model.num_layers * kv_heads_per_gpu(model, tp) * model.head_dim * dtype_bytes
+
+
+def _activation_bytes(model: ModelSpec, config: EngineConfig, params: MemoryParams) -> int:
+    tp = config.tensor_parallel_size
+    ffn = (
+        model.num_experts_per_tok * model.moe_intermediate_size
+        if model.is_moe
+        else model.intermediate_size
+    )
+    qkv = (model.num_attention_heads + 2 * model.num_kv_heads) * model.head_dim
+    per_token = 2 * (4 * model.hidden_size + qkv // tp + 3 * ffn // tp)
+    sampler = config.max_num_seqs * (model.vocab_size // tp) * 4 * params.sampler_copies
+    return config.max_num_batched_tokens * per_token + sampler
+
+
+def _check_tp(model: ModelSpec, tp: int) -> None:
+    if model.num_attention_heads % tp:
+        raise InfeasibleConfigError(
+            f"Total number of attention heads ({model.num_attention_heads}) must be divisible "
+            f"by tensor parallel size ({tp}) for {model.name}."
+        )
+    if model.num_kv_heads >= tp and model.num_kv_heads % tp:
+        raise InfeasibleConfigError(
+            f"{model.name}: num_kv_heads ({model.num_kv_heads}) is not divisible by "
+            f"tensor parallel size ({tp})."
+        )
+
+
+def plan_memory(
+    model: ModelSpec,
+    gpu: GPUSpec,
+    config: EngineConfig,
+    params: MemoryParams | None = None,
+    *,
+    check: bool = True,
+) -> MemoryPlan:
+    """The start-up memory account; raises InfeasibleConfigError like vLLM.
+
+    With `check=False` it returns the account even when vLLM would refuse
+    to start (kv_cache_bytes <= 0, or fewer blocks than one max_model_len
+    sequence needs), for reports that show by how much.
+    """
+    params = params or MemoryParams()
+    tp = config.tensor_parallel_size
+    _check_tp(model, tp)
+    usable = int(gpu.memory_bytes * config.gpu_memory_utilization)
+    weights = -(-model.weight_bytes // tp)
+    activation = _activation_bytes(model, config, params)
+    overhead = params.non_torch_bytes + params.cuda_graph_bytes
+    if tp > 1:
+        overhead += params.tp_comm_bytes
+    kv_memory = usable - weights - activation - overhead
+    per_token = kv_bytes_per_token(model, config)
+    block_bytes = per_token * config.block_size
+    num_blocks = max(0, kv_memory // block_bytes)
+    plan = MemoryPlan(
+        tensor_parallel_size=tp,
+        total_bytes=gpu.memory_bytes,
+        usable_bytes=usable,
+        weight_bytes=weights,
+        activation_bytes=activation,
+        overhead_bytes=overhead,
+        kv_cache_bytes=kv_memory,
+        kv_bytes_per_token=per_token,
+        block_size=config.block_size,
+        num_gpu_blocks=num_blocks,
+        max_model_len=config.max_model_len,
+    )
+    if check:
+        check_plan(plan, model, gpu, config)
+    return plan
+
+
+def check_plan(plan: MemoryPlan, model: ModelSpec, gpu: GPUSpec, config: EngineConfig) -> None:
+    """Raise InfeasibleConfigError when vLLM would refuse this plan."""
+    where = (
+        f"{model.name} ({model.weight_dtype}) on {gpu.name} with "
+        f"tensor_parallel_size={plan.tensor_parallel_size}"
+    )
+    if plan.weight_bytes > plan.usable_bytes:
+        short = (plan.weight_bytes - plan.usable_bytes) / GiB
+        raise InfeasibleConfigError(
+            f"{where}: model weights take {plan.weight_bytes / GiB:.2f} GiB per GPU, more than "
+            f"the {plan.usable_bytes / GiB:.2f} GiB this instance may use "
+            f"(total_gpu_memory {plan.total_bytes / GiB:.2f} GiB x gpu_memory_utilization "
+            f"{config.gpu_memory_utilization:.2f}): short by {short:.2f} GiB before any KV "
+            "cache. Use a larger tensor_parallel_size, FP8 weights, or a bigger GPU."
+        )
+    if plan.kv_cache_bytes <= 0:
+        short = -plan.kv_cache_bytes / GiB
+        raise InfeasibleConfigError(
+            f"{where}: No available memory for the cache blocks: weights "
+            f"{plan.weight_bytes / GiB:.2f} GiB + activation peak "
+            f"{plan.activation_bytes / GiB:.2f} GiB + overhead {plan.overhead_bytes / GiB:.2f} "
+            f"GiB exceed the usable {plan.usable_bytes / GiB:.2f} GiB by {short:.2f} GiB. "
+            "Try increasing gpu_memory_utilization or tensor_parallel_size when initializing "
+            "the engine."
+        )
+    needed_blocks = plan.blocks_per_max_len_seq
+    if plan.num_gpu_blocks < needed_blocks:
+        needed = needed_blocks * plan.block_size * plan.kv_bytes_per_token
+        raise InfeasibleConfigError(
+            f"{where}: To serve at least one request with the models's max seq len "
+            f"({config.max_model_len}), ({needed / GiB:.2f} GiB KV cache is needed, which is "
+            f"larger than the available KV cache memory ({plan.kv_cache_bytes / GiB:.2f} GiB). "
+            f"Based on the available memory, the estimated maximum model length is "
+            f"{plan.kv_cache_tokens}. Try increasing gpu_memory_utilization or decreasing "
+            "max_model_len when initializing the engine."
+        )
+
+
+def smallest_feasible_tp(
+    model: ModelSpec,
+    gpu: GPUSpec,
+    config: EngineConfig,
+    params: MemoryParams | None = None,
+    candidates: tuple[int, ...] = (1, 2, 4, 8),
+) -> int:
+    """The smallest TP in `candidates` at which vLLM would start (config's TP ignored).
+
+    Raises InfeasibleConfigError carrying the last attempt's reason when none fits.
+    """
+    from dataclasses import replace
+
+    last: InfeasibleConfigError | None = None
+    for tp in candidates:
+        try:
+            plan_memory(model, gpu, replace(config, tensor_parallel_size=tp), params)
+        except InfeasibleConfigError as e:
+            last = e
+            continue
+        return tp
+    raise InfeasibleConfigError(
+        f"no tensor_parallel_size in {candidates} fits {model.name} on {gpu.name}; "
+        f"at {candidates[-1]}: {last}"
+    )

@@ -1,0 +1,511 @@
+"""vLLM v1 scheduling of one instance, as a pure state machine.
+
+The contract, for both drivers::
+
+    out = sched.schedule()                  # one pass over state, no time
+    dt = sched.step_time(out)               # roofline model, seconds
+    res = sched.update_from_output(out, now + dt)   # tokens, events
+
+A wall-clock driver (the emulator) sleeps dt/speedup between schedule and
+update; a virtual-time driver (the simulator) adds dt to its clock and, when
+the batch is decode-only and nothing can change, calls `fast_forward` to
+take many steps at once with identical results.
+
+One `schedule()` pass, like vllm/v1/core/sched/scheduler.py:
+
+1. Running requests first, in admission order, while the token budget
+   (max_num_batched_tokens) lasts: each needs `num_tokens -
+   num_computed_tokens` tokens (1 for a decode, the rest of the prompt for
+   a partial prefill, capped by the budget). If its KV blocks cannot grow,
+   the most recently admitted running request is preempted by recompute
+   (blocks freed, num_computed_tokens = 0, pushed to the FRONT of the
+   waiting queue) until the allocation succeeds or the request itself was
+   the one preempted.
+2. If nothing was preempted this step, waiting requests are admitted in
+   FCFS order while the budget, max_num_seqs and free blocks allow; the
+   first one that does not fit stops admission (head-of-line blocking).
+   Without chunked prefill a prompt must fit whole in the remaining budget.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from dualpool.engine.config import EngineConfig
+from dualpool.engine.kv_cache import KVCacheManager
+from dualpool.engine.memory import MemoryParams, MemoryPlan, plan_memory
+from dualpool.engine.request import Request, RequestStatus, over_length_message
+from dualpool.engine.specs import GPUSpec, ModelSpec
+from dualpool.engine.timing import StepTimeModel, StepTimeParams
+from dualpool.errors import RequestError
+
+__all__ = ["FastForwardResult", "Scheduler", "SchedulerOutput", "StepResult"]
+
+_RUNNING = RequestStatus.RUNNING
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """What one step computes. Flat, like vLLM's SchedulerOutput."""
+
+    # Requests scheduled this step: running ones first, then newly admitted.
+    scheduled: list[Request]
+    # Tokens computed for scheduled[i] this step (aligned with `scheduled`).
+    num_scheduled_tokens: list[int]
+    # Sum of num_scheduled_tokens (<= max_num_batched_tokens).
+    total_num_scheduled_tokens: int = 0
+    # len(scheduled).
+    num_scheduled_seqs: int = 0
+    # Tokens of prompt (or recompute) chunks.
+    num_prefill_tokens: int = 0
+    # Decode tokens = number of sequences decoding (one token each).
+    num_decode_tokens: int = 0
+    # Cached context tokens read by attention: sum of num_computed_tokens
+    # of the scheduled requests before this step.
+    kv_read_tokens: int = 0
+    # (query, key) pairs attended, for attention FLOPs (see timing.py).
+    attention_pairs: int = 0
+    # request ids preempted during this pass (now at the front of waiting).
+    preempted_ids: list[str] = field(default_factory=list)
+    # request ids admitted from waiting during this pass.
+    admitted_ids: list[str] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.num_scheduled_seqs == 0
+
+    @property
+    def is_decode_only(self) -> bool:
+        return self.num_prefill_tokens == 0 and self.num_decode_tokens > 0
+
+
+@dataclass(slots=True)
+class StepResult:
+    """Events of one update: every request in them carries its timestamps."""
+
+    # Time the step ended (the `now` passed to update_from_output).
+    now: float
+    # Requests that produced their first token at `now`.
+    first_tokens: list[Request] = field(default_factory=list)
+    # Requests that finished at `now` (status and finish_time set).
+    finished: list[Request] = field(default_factory=list)
+    # Output tokens produced by the step.
+    num_generated_tokens: int = 0
+
+
+@dataclass(slots=True)
+class FastForwardResult:
+    """What `fast_forward` did: `steps` decode steps ending at `now`."""
+
+    steps: int
+    now: float
+    # Requests that finished at `now` (only when the last step completed them).
+    finished: list[Request] = field(default_factory=list)
+    num_generated_tokens: int = 0
+
+
+class Scheduler:
+    """One instance's queue, batch and KV cache (vLLM v1 semantics).
+
+    Plain class with explicit state; no clock reads, no I/O. Times are
+    passed in (`arrival_time`, `now`) by the driver.
+    """
+
+    __slots__ = (
+        "_pending",
+        "config",
+        "generation_tokens_total",
+        "kv",
+        "memory_plan",
+        "num_aborted_total",
+        "num_finished_total",
+        "num_preemptions_total",
+        "num_rejected_total",
+        "prompt_tokens_total",
+        "requests",
+        "running",
+        "timing",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        num_gpu_blocks: int,
+        timing: StepTimeModel,
+        memory_plan: MemoryPlan | None = None,
+    ) -> None:
+        self.config = config
+        self.kv = KVCacheManager(num_gpu_blocks, config.block_size)
+        self.timing = timing
+        self.memory_plan = memory_plan
+        # Unfinished requests by id.
+        self.requests: dict[str, Request] = {}
+        self.waiting: deque[Request] = deque()
+        # In admission order: the last one is the first to be preempted.
+        self.running: list[Request] = []
+        self._pending: SchedulerOutput | None = None
+        # Counters for /metrics (vllm:* names in the docstrings of properties).
+        self.num_preemptions_total = 0
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.num_rejected_total = 0
+        self.num_aborted_total = 0
+        self.num_finished_total = 0
+
+    @classmethod
+    def from_specs(
+        cls,
+        model: ModelSpec,
+        gpu: GPUSpec,
+        config: EngineConfig,
+        step_params: StepTimeParams | None = None,
+        memory_params: MemoryParams | None = None,
+    ) -> Scheduler:
+        """Size the KV cache like vLLM (raises InfeasibleConfigError) and build."""
+        plan = plan_memory(model, gpu, config, memory_params)
+        timing = StepTimeModel(model, gpu, config, step_params)
+        return cls(config, plan.num_gpu_blocks, timing, plan)
+
+    # -- metrics -------------------------------------------------------------
+
+    @property
+    def num_running(self) -> int:
+        """vllm:num_requests_running."""
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        """vllm:num_requests_waiting."""
+        return len(self.waiting)
+
+    @property
+    def kv_usage(self) -> float:
+        """vllm:kv_cache_usage_perc (a fraction, 0..1)."""
+        return self.kv.usage
+
+    @property
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    # -- requests ------------------------------------------------------------
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        arrival_time: float,
+        output_tokens: int | None = None,
+    ) -> Request:
+        """Queue a request, or reject it as vLLM's API server would.
+
+        A request with prompt_tokens + max_tokens > max_model_len comes back
+        FINISHED_REJECTED with vLLM's 400 message in `error` (never queued).
+        `output_tokens` is how many tokens it will generate (default
+        max_tokens).
+        """
+        if request_id in self.requests:
+            raise RequestError(f"duplicate request id {request_id!r}", param="request_id")
+        if prompt_tokens < 1:
+            raise RequestError(f"prompt_tokens must be >= 1, got {prompt_tokens}", "prompt")
+        if max_tokens < 1:
+            raise RequestError(f"max_tokens must be >= 1, got {max_tokens}", "max_tokens")
+        out = max_tokens if output_tokens is None else output_tokens
+        if not 1 <= out <= max_tokens:
+            raise RequestError(
+                f"output_tokens must be in [1, max_tokens={max_tokens}], got {out}", "max_tokens"
+            )
+        req = Request(request_id, prompt_tokens, max_tokens, out, arrival_time)
+        max_len = self.config.max_model_len
+        if prompt_tokens + max_tokens > max_len:
+            req.status = RequestStatus.FINISHED_REJECTED
+            req.error = over_length_message(max_len, max_tokens, prompt_tokens)
+            req.finish_time = arrival_time
+            self.num_rejected_total += 1
+            return req
+        self.requests[request_id] = req
+        self.waiting.append(req)
+        return req
+
+    def abort_request(self, request_id: str, now: float) -> Request | None:
+        """Drop a request (client disconnect); frees its blocks. None if unknown/finished."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return None
+        if req.status == _RUNNING:
+            self.running.remove(req)
+            self.kv.free(req)
+        else:
+            self.waiting.remove(req)
+        req.status = RequestStatus.FINISHED_ABORTED
+        req.finish_time = now
+        self.num_aborted_total += 1
+        return req
+
+    # -- one step ------------------------------------------------------------
+
+    def _preempt(self, victim: Request) -> None:
+        self.kv.free(victim)
+        victim.status = RequestStatus.PREEMPTED
+        victim.num_computed_tokens = 0
+        victim.num_preemptions += 1
+        self.num_preemptions_total += 1
+        self.waiting.appendleft(victim)
+
+    def schedule(self) -> SchedulerOutput:
+        """Decide the next step; reserves KV blocks. Call update_from_output next."""
+        if self._pending is not None:
+            raise RuntimeError("schedule() called twice: apply the previous output first")
+        cfg = self.config
+        kv = self.kv
+        budget = cfg.max_num_batched_tokens
+        scheduled: list[Request] = []
+        counts: list[int] = []
+        preempted: list[str] = []
+        prefill_tokens = decode_tokens = kv_read = pairs = 0
+
+        running = self.running
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            num_new = req.num_tokens - req.num_computed_tokens
+            if num_new > budget:
+                num_new = budget
+            while kv.allocate_slots(req, num_new) is None:
+                # NOTE: FCFS preemption takes the most recently admitted request,
+                # the end of `running`; it has not been scheduled this pass
+                # (scheduled ones sit before index i) unless it is `req` itself.
+                victim = running.pop()
+                self._preempt(victim)
+                preempted.append(victim.request_id)
+                if victim is req:
+                    break
+            else:
+                p = req.num_computed_tokens
+                scheduled.append(req)
+                counts.append(num_new)
+                budget -= num_new
+                kv_read += p
+                pairs += num_new * p + num_new * (num_new + 1) // 2
+                if num_new == 1 and req.num_output_tokens > 0 and p == req.num_tokens - 1:
+                    decode_tokens += 1
+                else:
+                    prefill_tokens += num_new
+                i += 1
+                continue
+            break  # the request could not be scheduled: stop the running pass
+
+        admitted: list[str] = []
+        if not preempted:
+            waiting = self.waiting
+            max_seqs = cfg.max_num_seqs
+            chunked = cfg.enable_chunked_prefill
+            while waiting and budget > 0 and len(running) < max_seqs:
+                req = waiting[0]
+                num_new = req.num_tokens  # num_computed_tokens is 0 while waiting
+                if num_new > budget:
+                    if not chunked:
+                        break
+                    num_new = budget
+                if kv.allocate_slots(req, num_new) is None:
+                    break
+                waiting.popleft()
+                req.status = _RUNNING
+                running.append(req)
+                admitted.append(req.request_id)
+                scheduled.append(req)
+                counts.append(num_new)
+                budget -= num_new
+                prefill_tokens += num_new
+                pairs += num_new * (num_new + 1) // 2
+
+        out = SchedulerOutput(
+            scheduled=scheduled,
+            num_scheduled_tokens=counts,
+            total_num_scheduled_tokens=cfg.max_num_batched_tokens - budget,
+            num_scheduled_seqs=len(scheduled),
+            num_prefill_tokens=prefill_tokens,
+            num_decode_tokens=decode_tokens,
+            kv_read_tokens=kv_read,
+            attention_pairs=pairs,
+            preempted_ids=preempted,
+            admitted_ids=admitted,
+        )
+        self._pending = out
+        return out
+
+    def step_time(self, output: SchedulerOutput) -> float:
+        """Seconds the step takes (timing model); 0 for an empty step."""
+        return self.timing.step_time(output)
+
+    def update_from_output(self, output: SchedulerOutput, now: float) -> StepResult:
+        """Apply a step that ended at `now`: advance tokens, emit events."""
+        if output is not self._pending:
+            raise RuntimeError("update_from_output() expects the output of the last schedule()")
+        self._pending = None
+        result = StepResult(now)
+        generated = 0
+        any_finished = False
+        for req, n in zip(output.scheduled, output.num_scheduled_tokens, strict=True):
+            if req.status != _RUNNING:
+                continue  # aborted between schedule() and now
+            req.num_computed_tokens += n
+            if req.num_computed_tokens < req.num_tokens:
+                continue  # a partial prefill: no token sampled yet
+            req.num_output_tokens += 1
+            generated += 1
+            if req.first_token_time is None:
+                req.first_token_time = now
+                self.prompt_tokens_total += req.prompt_tokens
+                result.first_tokens.append(req)
+            if req.num_output_tokens >= req.output_tokens:
+                self._finish(req, now)
+                result.finished.append(req)
+                any_finished = True
+        if any_finished:
+            self.running = [r for r in self.running if r.status == _RUNNING]
+        self.generation_tokens_total += generated
+        result.num_generated_tokens = generated
+        return result
+
+    def _finish(self, req: Request, now: float) -> None:
+        req.status = (
+            RequestStatus.FINISHED_LENGTH_CAPPED
+            if req.num_output_tokens >= req.max_tokens
+            else RequestStatus.FINISHED_STOPPED
+        )
+        req.finish_time = now
+        self.kv.free(req)
+        del self.requests[req.request_id]
+        self.num_finished_total += 1
+
+    def step(self, now: float) -> tuple[SchedulerOutput, StepResult]:
+        """schedule + step_time + update in one call (virtual-time drivers)."""
+        out = self.schedule()
+        return out, self.update_from_output(out, now + self.step_time(out))
+
+    # -- fast path -------------------------------------------------------------
+
+    def fast_forward(
+        self,
+        now: float,
+        *,
+        max_steps: int | None = None,
+        until_time: float | None = None,
+    ) -> FastForwardResult:
+        """Take k decode-only steps at once, exactly as k step() calls would.
+
+        Applies only when every running request is decoding and the next
+        steps cannot change the batch; otherwise returns steps=0 and the
+        driver calls step(). k is the minimum of:
+
+        - steps to the next completion (min remaining output tokens);
+        - steps before a KV block allocation would fail (the step that would
+          preempt is left to step());
+        - max_steps;
+        - steps that START strictly before until_time (an event loop adds
+          arrivals at step boundaries, so a step that starts before an
+          arrival runs without it).
+
+        Cost: O(len(running)) plus O(log k) for the until_time search.
+        """
+        empty = FastForwardResult(0, now)
+        running = self.running
+        n = len(running)
+        if self._pending is not None or n == 0 or n > self.config.max_num_batched_tokens:
+            return empty
+        if max_steps is not None and max_steps <= 0:
+            return empty
+        if until_time is not None and until_time <= now:
+            return empty
+        bs = self.config.block_size
+        kv = self.kv
+        ctx = 0
+        k_done = -1
+        need_next = 0  # blocks the next step allocates
+        offsets = [0] * (bs + 1)  # offsets[o]: requests whose next block is due at step o
+        for req in running:
+            c = req.num_computed_tokens
+            if req.num_output_tokens == 0 or c != req.num_tokens - 1:
+                return empty  # a prefill (or recompute) is in flight
+            ctx += c
+            left = req.output_tokens - req.num_output_tokens
+            if k_done < 0 or left < k_done:
+                k_done = left
+            o = req.num_blocks * bs - c + 1  # first step needing a new block
+            if not 1 <= o <= bs:
+                return empty  # not the block layout allocate_slots leaves
+            offsets[o] += 1
+            if o == 1:
+                need_next += 1
+
+        # Steps before a block allocation fails. Request i needs a new block at
+        # steps o_i, o_i + bs, o_i + 2 bs, ... with o_i in [1, bs], so every
+        # period of bs steps adds exactly one block per request. With H free
+        # blocks, allocation number H + 1 (the first that fails) falls in
+        # period q = H // n at the (r + 1)-th smallest offset, r = H % n.
+        free = kv.num_free_blocks
+        q, r = divmod(free, n)
+        seen = 0
+        o_fail = bs
+        for o in range(1, bs + 1):
+            seen += offsets[o]
+            if seen > r:
+                o_fail = o
+                break
+        k = min(k_done, q * bs + o_fail - 1)
+        if k <= 0:
+            return empty
+
+        # The waiting queue. Admission runs after the running requests have
+        # taken their blocks, and during a decode-only run the running set,
+        # the budget left (max_num_batched_tokens - n) and the head of the
+        # queue are fixed while free blocks only shrink (decode grows
+        # contexts; nothing finishes before the last step of the run). So if
+        # the head cannot be admitted at the next step it cannot be at any
+        # step of the run: k may span steps with a non-empty queue only when
+        # its head is blocked by max_num_seqs, the token budget, or blocks.
+        if self.waiting:
+            cfg = self.config
+            left_budget = cfg.max_num_batched_tokens - n
+            head = self.waiting[0]
+            tokens = head.num_tokens
+            fits_budget = cfg.enable_chunked_prefill or tokens <= left_budget
+            if n < cfg.max_num_seqs and left_budget > 0 and fits_budget:
+                chunk = min(tokens, left_budget)
+                if -(-chunk // bs) <= free - need_next:
+                    return empty  # the next step admits it
+
+        timing = self.timing
+        if max_steps is not None and max_steps < k:
+            k = max_steps
+        if until_time is not None:
+            budget = until_time - now
+            m = timing.steps_within(n, ctx, budget)
+            if m > 0 and timing.decode_run_time(n, ctx, m) >= budget:
+                m -= 1  # start strictly before until_time
+            if m + 1 < k:
+                k = m + 1
+        end = now + timing.decode_run_time(n, ctx, k)
+
+        used = 0
+        for req in running:
+            c = req.num_computed_tokens + k
+            req.num_computed_tokens = c
+            req.num_output_tokens += k
+            blocks = -(-c // bs)
+            used += blocks - req.num_blocks
+            req.num_blocks = blocks
+        kv.num_free_blocks -= used
+        generated = n * k
+        self.generation_tokens_total += generated
+        result = FastForwardResult(k, end, num_generated_tokens=generated)
+        if k == k_done:
+            for req in running:
+                if req.num_output_tokens >= req.output_tokens:
+                    self._finish(req, end)
+                    result.finished.append(req)
+            self.running = [r for r in running if r.status == _RUNNING]
+        return result

@@ -1,0 +1,383 @@
+"""Roofline model of one engine step, with closed forms for decode runs.
+
+One step processes `num_tokens` new tokens (prefill chunks + one per decode
+sequence) of `num_seqs` sequences. Per GPU of the TP group::
+
+    compute = (2 x active_params / TP x num_tokens          linear layers
+               + 4 x layers x heads / TP x head_dim x attention_pairs)
+              / (peak FLOP/s x flops_efficiency)
+    memory  = (weights read + kv_bytes_per_token x kv_read_tokens)
+              / (HBM bandwidth x bandwidth_efficiency)
+    comm    = 2 x layers x (allreduce_latency
+              + 2 (TP-1)/TP x num_tokens x hidden x 2 B
+                / (interconnect bandwidth x interconnect_efficiency))   [TP > 1]
+    step    = step_overhead + per_seq_overhead x num_seqs + comm
+              + max(compute, memory)
+
+`attention_pairs` is the number of (query, key) pairs attended: a chunk of t
+tokens after p cached ones adds t*p + t(t+1)/2, a decode adds p + 1.
+`kv_read_tokens` is the cached context read (p per scheduled sequence).
+
+Weights read: the whole shard for dense models. For MoE, the non-expert
+weights plus the experts actually hit: with E experts, top-k routing and
+n tokens, the expected fraction of experts hit is 1 - (1 - k/E)^n (uniform
+routing). At n = 1 this is exactly the active parameters; at batch 64 of
+Qwen3-235B (k/E = 8/128) it is 98% of all experts. It depends only on n, so
+the decode-run closed forms below stay exact.
+
+Linear layers run at the FP8 rate when the weights are FP8 and the GPU has
+FP8 tensor cores (W8A8), else at the BF16 rate; attention runs at BF16.
+
+Decode runs. With n decode-only sequences and total cached context C, step j
+(j = 0, 1, ...) of a run reads C + j n context tokens, so its time is
+`a + max(c0 + c1 j, m0 + m1 j)`: the maximum of two linear functions, which
+crosses at most once. `decode_run_time(n, C, k)` sums k steps in O(1);
+`steps_within(n, C, budget)` inverts it by binary search on that closed form.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import numpy as np
+
+from dualpool.engine.config import EngineConfig
+from dualpool.engine.memory import kv_bytes_per_token
+from dualpool.engine.specs import GPUSpec, ModelSpec
+from dualpool.errors import ConfigError
+
+__all__ = [
+    "DecodePoint",
+    "PrefillPoint",
+    "StepShape",
+    "StepTimeModel",
+    "StepTimeParams",
+    "calibrate",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StepTimeParams:
+    """Efficiency factors and overheads; calibrate them from measurements."""
+
+    # Achieved fraction of peak tensor FLOP/s.
+    flops_efficiency: float = 0.55
+    # Achieved fraction of peak memory bandwidth.
+    bandwidth_efficiency: float = 0.8
+    # Achieved fraction of peak interconnect bandwidth.
+    interconnect_efficiency: float = 0.7
+    # Fixed cost of one step: CPU scheduling, input prep, kernel launches (s).
+    step_overhead_s: float = 0.002
+    # CPU cost per scheduled sequence (sampling, bookkeeping) (s).
+    per_seq_overhead_s: float = 2e-5
+    # Latency of one all-reduce (s); two per layer when TP > 1.
+    allreduce_latency_s: float = 8e-6
+
+    def __post_init__(self) -> None:
+        for name in ("flops_efficiency", "bandwidth_efficiency", "interconnect_efficiency"):
+            v = getattr(self, name)
+            if not 0.0 < v <= 1.0:
+                raise ConfigError(name, f"must be in (0, 1], got {v!r}")
+        for name in ("step_overhead_s", "per_seq_overhead_s", "allreduce_latency_s"):
+            v = getattr(self, name)
+            if v < 0.0 or not math.isfinite(v):
+                raise ConfigError(name, f"must be a finite number >= 0, got {v!r}")
+
+
+class StepShape(Protocol):
+    """What the timing model needs from a scheduler output."""
+
+    @property
+    def total_num_scheduled_tokens(self) -> int: ...
+    @property
+    def num_scheduled_seqs(self) -> int: ...
+    @property
+    def kv_read_tokens(self) -> int: ...
+    @property
+    def attention_pairs(self) -> int: ...
+
+
+class StepTimeModel:
+    """Step times of one instance (model x GPU x config x params).
+
+    All per-token coefficients are precomputed, so a step time is a handful
+    of float operations.
+    """
+
+    __slots__ = (
+        "_comm_fixed",
+        "_comm_per_token",
+        "_dense_weight_bytes",
+        "_expert_bytes",
+        "_expert_frac",
+        "_flop_attn",
+        "_flop_linear",
+        "_kv_per_token",
+        "_overhead",
+        "_per_seq",
+        "_weight_cache",
+        "config",
+        "gpu",
+        "model",
+        "params",
+    )
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        gpu: GPUSpec,
+        config: EngineConfig,
+        params: StepTimeParams | None = None,
+    ) -> None:
+        self.model = model
+        self.gpu = gpu
+        self.config = config
+        self.params = p = params or StepTimeParams()
+        tp = config.tensor_parallel_size
+        bw = gpu.hbm_bandwidth * p.bandwidth_efficiency
+        bf16 = gpu.bf16_flops * p.flops_efficiency
+        linear_rate = (
+            gpu.fp8_flops * p.flops_efficiency
+            if model.weight_dtype == "fp8" and gpu.fp8_flops > 0
+            else bf16
+        )
+        # Seconds per unit of work.
+        self._flop_linear = 2.0 * model.num_active_params / tp / linear_rate
+        heads_per_gpu = model.num_attention_heads / tp
+        self._flop_attn = 4.0 * model.num_layers * heads_per_gpu * model.head_dim / bf16
+        self._kv_per_token = kv_bytes_per_token(model, config) / bw
+        expert_bytes = model.expert_params * model.weight_bytes_per_param / tp
+        self._expert_bytes = expert_bytes / bw
+        self._dense_weight_bytes = (model.weight_bytes / tp - expert_bytes) / bw
+        self._expert_frac = model.num_experts_per_tok / model.num_experts if model.is_moe else 1.0
+        self._weight_cache: dict[int, float] = {}
+        if tp > 1:
+            link = gpu.interconnect_bandwidth * p.interconnect_efficiency
+            ring = 2.0 * (tp - 1) / tp
+            self._comm_fixed = 2.0 * model.num_layers * p.allreduce_latency_s
+            self._comm_per_token = 2.0 * model.num_layers * ring * model.hidden_size * 2.0 / link
+        else:
+            self._comm_fixed = 0.0
+            self._comm_per_token = 0.0
+        self._overhead = p.step_overhead_s
+        self._per_seq = p.per_seq_overhead_s
+
+    # -- one step ------------------------------------------------------------
+
+    def weight_read_time(self, num_tokens: int) -> float:
+        """Seconds to stream the weights a step of num_tokens tokens touches."""
+        t = self._weight_cache.get(num_tokens)
+        if t is None:
+            if self.model.is_moe and num_tokens > 0:
+                hit = 1.0 - (1.0 - self._expert_frac) ** num_tokens
+            else:
+                hit = 1.0
+            t = self._dense_weight_bytes + self._expert_bytes * hit
+            if len(self._weight_cache) < 65536:
+                self._weight_cache[num_tokens] = t
+        return t
+
+    def step_time_raw(
+        self, num_tokens: int, num_seqs: int, kv_read_tokens: int, attention_pairs: int
+    ) -> float:
+        """Seconds of one step of this shape (0 for an empty step)."""
+        if num_tokens <= 0:
+            return 0.0
+        compute = self._flop_linear * num_tokens + self._flop_attn * attention_pairs
+        memory = self.weight_read_time(num_tokens) + self._kv_per_token * kv_read_tokens
+        return (
+            self._overhead
+            + self._per_seq * num_seqs
+            + self._comm_fixed
+            + self._comm_per_token * num_tokens
+            + (compute if compute > memory else memory)
+        )
+
+    def step_time(self, output: StepShape) -> float:
+        """Seconds of the step a scheduler output describes."""
+        return self.step_time_raw(
+            output.total_num_scheduled_tokens,
+            output.num_scheduled_seqs,
+            output.kv_read_tokens,
+            output.attention_pairs,
+        )
+
+    def prefill_time(self, prompt_tokens: int) -> float:
+        """One whole-prompt prefill step alone (no cached context)."""
+        pairs = prompt_tokens * (prompt_tokens + 1) // 2
+        return self.step_time_raw(prompt_tokens, 1, 0, pairs)
+
+    # -- decode runs ---------------------------------------------------------
+
+    def _decode_coeffs(self, n: int, ctx: int) -> tuple[float, float, float, float, float]:
+        """Step j of a decode run costs a + max(c0 + c1 j, m0 + m1 j)."""
+        a = self._overhead + self._per_seq * n + self._comm_fixed + self._comm_per_token * n
+        # attention_pairs = ctx + j n + n, kv_read = ctx + j n
+        c0 = self._flop_linear * n + self._flop_attn * (ctx + n)
+        c1 = self._flop_attn * n
+        m0 = self.weight_read_time(n) + self._kv_per_token * ctx
+        m1 = self._kv_per_token * n
+        return a, c0, c1, m0, m1
+
+    def decode_step_time(self, num_seqs: int, total_context_tokens: int) -> float:
+        """One decode-only step: num_seqs sequences holding this much context."""
+        return self.step_time_raw(
+            num_seqs, num_seqs, total_context_tokens, total_context_tokens + num_seqs
+        )
+
+    def decode_run_time(self, num_seqs: int, total_context_tokens: int, k: int) -> float:
+        """Total seconds of k consecutive decode-only steps, in O(1).
+
+        Each step every sequence's context grows by one token, so step j
+        reads total_context_tokens + j x num_seqs cached tokens.
+        """
+        if k <= 0 or num_seqs <= 0:
+            return 0.0
+        a, c0, c1, m0, m1 = self._decode_coeffs(num_seqs, total_context_tokens)
+        # D(j) = (c0 - m0) + (c1 - m1) j: compute-bound where D(j) > 0. The two
+        # lines cross at most once, so the run is one or two linear pieces.
+        d0 = c0 - m0
+        d1 = c1 - m1
+        compute, memory = (c0, c1), (m0, m1)
+        if d1 == 0.0:
+            first, second, split = (compute if d0 > 0 else memory), memory, k
+        else:
+            # j <= root lies on the side of D(0); the tie D(j) = 0 costs the same
+            # on either line.
+            root = -d0 / d1
+            split = min(k, max(0, math.floor(root) + 1)) if root >= 0 else 0
+            first, second = (memory, compute) if d1 > 0 else (compute, memory)
+        total = a * k
+        total += _linear_sum(first[0], first[1], 0, split)
+        total += _linear_sum(second[0], second[1], split, k)
+        return total
+
+    def steps_within(self, num_seqs: int, total_context_tokens: int, budget: float) -> int:
+        """Largest k with decode_run_time(num_seqs, total_context_tokens, k) <= budget."""
+        if budget <= 0.0 or num_seqs <= 0:
+            return 0
+        first = self.decode_step_time(num_seqs, total_context_tokens)
+        if first > budget:
+            return 0
+        # Step times only grow along a run, so budget/first bounds k from above.
+        hi = int(budget / first) + 1
+        lo = 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.decode_run_time(num_seqs, total_context_tokens, mid) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def with_params(self, params: StepTimeParams) -> StepTimeModel:
+        return StepTimeModel(self.model, self.gpu, self.config, params)
+
+
+def _linear_sum(u: float, v: float, lo: int, hi: int) -> float:
+    """Sum of u + v j for j in [lo, hi)."""
+    if hi <= lo:
+        return 0.0
+    count = hi - lo
+    return u * count + v * (lo + hi - 1) * count / 2.0
+
+
+# -- calibration ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DecodePoint:
+    """A measured decode-only step: batch size, total cached context, seconds."""
+
+    num_seqs: int
+    total_context_tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillPoint:
+    """A measured single-prompt prefill step (no cached context), seconds."""
+
+    prompt_tokens: int
+    seconds: float
+
+
+def calibrate(
+    model: ModelSpec,
+    gpu: GPUSpec,
+    config: EngineConfig,
+    decode: list[DecodePoint],
+    prefill: list[PrefillPoint] | None = None,
+    base: StepTimeParams | None = None,
+) -> StepTimeParams:
+    """Fit StepTimeParams to measured step times.
+
+    Decode steps are taken as memory-bound (true for batch sizes below the
+    roofline ridge, ~100-300 tokens on these GPUs)::
+
+        t - comm(n) = step_overhead + per_seq x n + bytes(n, ctx) / (BW x eff_bw)
+
+    Least squares over the points gives step_overhead, and 1/eff_bw (and
+    per_seq_overhead when three or more batch sizes are given; else it is
+    kept from `base`). A long prefill is compute-bound::
+
+        eff_flops = FLOPs(prompt) / (peak x (t - overhead - comm(prompt)))
+
+    averaged over the prefill points.
+    """
+    base = base or StepTimeParams()
+    if len(decode) < 2:
+        raise ConfigError("decode", "need at least two decode measurements (e.g. batch 1 and 64)")
+    unit = StepTimeModel(model, gpu, config, replace(base, bandwidth_efficiency=1.0))
+    rows: list[list[float]] = []
+    ys: list[float] = []
+    fit_per_seq = len({p.num_seqs for p in decode}) >= 3
+    for p in decode:
+        n, ctx = p.num_seqs, p.total_context_tokens
+        bytes_time = unit.weight_read_time(n) + unit._kv_per_token * ctx  # at eff 1.0
+        comm = unit._comm_fixed + unit._comm_per_token * n
+        y = p.seconds - comm
+        if fit_per_seq:
+            rows.append([1.0, float(n), bytes_time])
+        else:
+            y -= base.per_seq_overhead_s * n
+            rows.append([1.0, bytes_time])
+        ys.append(y)
+    sol, *_ = np.linalg.lstsq(np.array(rows), np.array(ys), rcond=None)
+    overhead = max(0.0, float(sol[0]))
+    inv_eff = float(sol[-1])
+    if inv_eff < 1.0:
+        raise ConfigError(
+            "decode",
+            f"measurements imply {1 / inv_eff:.0%} of peak bandwidth (> 100%); "
+            "check the units (seconds per step) and the GPU spec",
+        )
+    per_seq = max(0.0, float(sol[1])) if fit_per_seq else base.per_seq_overhead_s
+    params = replace(
+        base,
+        step_overhead_s=overhead,
+        per_seq_overhead_s=per_seq,
+        bandwidth_efficiency=1.0 / inv_eff,
+    )
+    if prefill:
+        unit_f = StepTimeModel(model, gpu, config, replace(params, flops_efficiency=1.0))
+        effs: list[float] = []
+        for q in prefill:
+            t = q.prompt_tokens
+            pairs = t * (t + 1) // 2
+            compute_at_peak = unit_f._flop_linear * t + unit_f._flop_attn * pairs
+            rest = q.seconds - overhead - per_seq - unit_f._comm_fixed - unit_f._comm_per_token * t
+            if rest <= 0:
+                raise ConfigError(
+                    "prefill", f"prefill of {t} tokens ({q.seconds}s) is faster than the overhead"
+                )
+            effs.append(compute_at_peak / rest)
+        eff = sum(effs) / len(effs)
+        if not 0.0 < eff <= 1.0:
+            raise ConfigError(
+                "prefill", f"measurements imply {eff:.0%} of peak FLOP/s; check units and GPU spec"
+            )
+        params = replace(params, flops_efficiency=eff)
+    return params
