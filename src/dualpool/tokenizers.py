@@ -77,8 +77,9 @@ def _llama3() -> Tokenizer:
     special = {tok: n + i for i, tok in enumerate(_LLAMA3_SPECIAL)}
     for i in range(len(_LLAMA3_SPECIAL), 256):
         special[f"<|reserved_special_token_{i - len(_LLAMA3_SPECIAL) + 2}|>"] = n + i
-    enc = tiktoken.Encoding("llama3", pat_str=_LLAMA3_PAT, mergeable_ranks=ranks,
-                            special_tokens=special)
+    enc = tiktoken.Encoding(
+        "llama3", pat_str=_LLAMA3_PAT, mergeable_ranks=ranks, special_tokens=special
+    )
 
     def plain(text: str) -> list[int]:
         return enc.encode(text, disallowed_special=())
@@ -121,7 +122,9 @@ def load_tokenizer(name: str) -> Tokenizer:
         return _qwen()
     if name == "bytes":
         return _bytes()
-    raise ConfigError("tokenizer", f"unknown tokenizer {name!r}; choose from {', '.join(TOKENIZERS)}")
+    raise ConfigError(
+        "tokenizer", f"unknown tokenizer {name!r}; choose from {', '.join(TOKENIZERS)}"
+    )
 
 
 def _content_text(content: Any) -> str:

@@ -73,7 +73,7 @@ class Coefficients:
 
 
 class _Category:
-    __slots__ = ("outputs", "output_q", "ratio", "streak")
+    __slots__ = ("output_q", "outputs", "ratio", "streak")
 
     def __init__(self) -> None:
         self.ratio = RatioStats()

@@ -125,6 +125,10 @@ class EstimatorConfig:
         if classifier:
             kwargs["classifier"] = ClassifierConfig(**classifier)
         for key in ("beta", "gamma", "prior_bytes_per_token", "output_quantile"):
-            if key in kwargs and kwargs[key] is not None and not isinstance(kwargs[key], int | float):
+            if (
+                key in kwargs
+                and kwargs[key] is not None
+                and not isinstance(kwargs[key], int | float)
+            ):
                 raise ConfigError(f"estimator.{key}", f"must be a number, got {kwargs[key]!r}")
         return cls(**kwargs)

@@ -65,7 +65,14 @@ class RatioStats:
         self.s2 += other.s2
 
     def to_dict(self) -> dict[str, float]:
-        return {"n": self.n, "w": self.w, "sb": self.sb, "st": self.st, "s1": self.s1, "s2": self.s2}
+        return {
+            "n": self.n,
+            "w": self.w,
+            "sb": self.sb,
+            "st": self.st,
+            "s1": self.s1,
+            "s2": self.s2,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RatioStats:

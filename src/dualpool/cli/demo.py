@@ -107,8 +107,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     console.print(
         f"[bold]dualpool demo[/]: {len(bodies)} seeded chat requests, pools "
-        + ", ".join(f"{p.name} (max_model_len {p.max_model_len:,}, "
-                    f"threshold {p.effective_threshold:,})" for p in policy.pools)
+        + ", ".join(
+            f"{p.name} (max_model_len {p.max_model_len:,}, threshold {p.effective_threshold:,})"
+            for p in policy.pools
+        )
         + f"; the backend's usage is counted with the {tok.name} tokenizer."
     )
     t = Table(title="What the calibrator learned from usage.prompt_tokens")
@@ -124,15 +126,26 @@ def run(args: argparse.Namespace) -> int:
         )
     console.print(t)
     t = Table(title=f"The last {len(rows)} decisions")
-    for col in ("kind", "class", "bytes", "prompt est.", "prompt true", "output budget",
-                "budget", "pool", "reason"):
+    for col in (
+        "kind",
+        "class",
+        "bytes",
+        "prompt est.",
+        "prompt true",
+        "output budget",
+        "budget",
+        "pool",
+        "reason",
+    ):
         t.add_column(col)
     for r in rows:
         t.add_row(*r)
     console.print(t)
     console.print(
-        "Routed: " + ", ".join(f"{k} {v}" for k, v in sorted(per_pool.items()))
-        + " | reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
+        "Routed: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(per_pool.items()))
+        + " | reasons: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
     )
     console.print(
         f"Unsafe misroutes (sent short, truly over {b_short:,}): {unsafe}; "

@@ -12,6 +12,7 @@ request to a pool whose max_model_len holds its budget: larger pools do, by orde
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -104,7 +105,7 @@ class PoolPolicy:
         if last.effective_threshold != last.max_model_len:
             ordered[-1] = PoolSpec(last.name, last.max_model_len, last.max_model_len)
         thresholds = [p.effective_threshold for p in ordered]
-        for prev, cur in zip(ordered, ordered[1:], strict=False):
+        for prev, cur in itertools.pairwise(ordered):
             if cur.effective_threshold < prev.effective_threshold:
                 raise ConfigError(
                     f"pools.{cur.name}.threshold",

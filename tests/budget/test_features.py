@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dualpool.budget import ContentClassifier, extract_features, utf8_len
+from dualpool.errors import RequestError
+
+CLS = ContentClassifier()
+
+
+def feats(body: Any, **kw: Any):  # type: ignore[no-untyped-def]
+    return extract_features(body, CLS, **kw)
+
+
+def test_chat_string_content_counts_utf8_bytes_and_messages() -> None:
+    f = feats(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "héllo"},
+                {"role": "user", "content": "world", "name": "bob"},
+            ],
+        }
+    )
+    assert f.text_bytes == len("héllo".encode()) + 5 + 3
+    assert f.num_messages == 2
+    assert f.structured_bytes == 0
+    assert f.model == "m"
+    assert f.max_output_tokens is None
+
+
+def test_content_parts_images_audio_and_text() -> None:
+    f = feats(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "describe"},
+                        {"type": "image_url", "image_url": {"url": "data:..."}},
+                        {"type": "image_url", "image_url": {"url": "data:..."}},
+                        {"type": "input_audio", "input_audio": {"data": "..."}},
+                    ],
+                }
+            ]
+        }
+    )
+    assert f.text_bytes == len("describe")
+    assert (f.num_images, f.num_audio) == (2, 1)
+
+
+def test_tools_and_tool_calls_are_structured_bytes() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    calls = [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    f = feats(
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": calls},
+            ],
+            "tools": tools,
+        }
+    )
+    assert f.text_bytes == 2
+    assert f.structured_bytes > 50
+    assert f.content_class == "json"
+
+
+def test_output_limit_precedence() -> None:
+    base: dict[str, Any] = {"messages": [{"role": "user", "content": "x"}]}
+    assert feats({**base, "max_tokens": 10}).max_output_tokens == 10
+    assert feats({**base, "max_tokens": 10, "max_completion_tokens": 20}).max_output_tokens == 20
+    assert feats({**base, "max_tokens": None}).max_output_tokens is None
+
+
+def test_completions_prompt_forms() -> None:
+    assert feats({"prompt": "abc"}).text_bytes == 3
+    f = feats({"prompt": ["a", "abcd", "ab"]})
+    assert f.text_bytes == 4 and not f.is_chat
+    assert feats({"prompt": [1, 2, 3, 4]}).known_prompt_tokens == 4
+    assert feats({"prompt": [[1, 2], [1, 2, 3]]}).known_prompt_tokens == 3
+
+
+def test_lone_surrogates_are_counted_not_raised() -> None:
+    s = json.loads('"abc\\ud800def"')
+    assert utf8_len(s) == 9
+    f = feats({"messages": [{"role": "user", "content": s}]})
+    assert f.text_bytes == 9
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ([], None),
+        ("text", None),
+        ({}, "messages"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": [1]}, "messages"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [5]}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [{"type": "bogus"}]}]}, "messages[0].content"),
+        ({"messages": [], "max_tokens": "10"}, "max_tokens"),
+        ({"messages": [], "max_tokens": True}, "max_tokens"),
+        ({"messages": [], "max_tokens": -1}, "max_tokens"),
+        ({"messages": [], "model": 3}, "model"),
+        ({"prompt": 3}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ["a", 3]}, "prompt"),
+    ],
+)
+def test_odd_bodies_give_a_clear_error(body: Any, param: str | None) -> None:
+    with pytest.raises(RequestError) as info:
+        feats(body)
+    assert info.value.param == param
+    assert str(info.value)
+
+
+def test_null_content_and_empty_messages_give_a_sane_estimate() -> None:
+    f = feats({"messages": [{"role": "assistant", "content": None}]})
+    assert f.text_bytes == 0 and f.num_messages == 1
+    assert feats({"messages": []}).num_messages == 0
+
+
+def test_huge_text_is_fine() -> None:
+    f = feats({"messages": [{"role": "user", "content": "a" * 5_000_000}]})
+    assert f.text_bytes == 5_000_000
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+    ),
+    max_leaves=20,
+)
+bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": json_values,
+        "messages": st.lists(
+            st.fixed_dictionaries(
+                {"role": st.sampled_from(["user", "system"])},
+                optional={"content": json_values, "name": json_values, "tool_calls": json_values},
+            ),
+            max_size=4,
+        )
+        | json_values,
+        "prompt": json_values,
+        "max_tokens": json_values,
+        "tools": json_values,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(bodies)
+def test_arbitrary_bodies_never_raise_anything_but_request_error(body: dict[str, Any]) -> None:
+    try:
+        f = feats(body)
+    except RequestError:
+        return
+    assert f.text_bytes >= 0 and f.structured_bytes >= 0
