@@ -319,9 +319,12 @@ def calibrate(
 
         t - comm(n) = step_overhead + per_seq x n + bytes(n, ctx) / (BW x eff_bw)
 
-    Least squares over the points gives step_overhead, and 1/eff_bw (and
+    Least squares over the points gives step_overhead and 1/eff_bw (and
     per_seq_overhead when three or more batch sizes are given; else it is
-    kept from `base`). A long prefill is compute-bound::
+    kept from `base`). The weights are streamed every step whatever the
+    batch, so only a change in bytes read separates the overhead from the
+    bandwidth: the points must differ in cached context (and, to fit
+    per_seq_overhead, in batch size independently of the context). A long prefill is compute-bound::
 
         eff_flops = FLOPs(prompt) / (peak x (t - overhead - comm(prompt)))
 
@@ -345,7 +348,15 @@ def calibrate(
             y -= base.per_seq_overhead_s * n
             rows.append([1.0, bytes_time])
         ys.append(y)
-    sol, *_ = np.linalg.lstsq(np.array(rows), np.array(ys), rcond=None)
+    matrix = np.array(rows)
+    if np.linalg.matrix_rank(matrix) < matrix.shape[1]:
+        raise ConfigError(
+            "decode",
+            "measurements cannot separate the fixed overhead from weight streaming: "
+            "vary the cached context (e.g. batch 1 at 0 and 32K tokens)"
+            + (" and the batch size independently of it" if fit_per_seq else ""),
+        )
+    sol, *_ = np.linalg.lstsq(matrix, np.array(ys), rcond=None)
     overhead = max(0.0, float(sol[0]))
     inv_eff = float(sol[-1])
     if inv_eff < 1.0:
