@@ -72,7 +72,6 @@ class Request:
     num_preemptions: int = 0
     # KV blocks held (managed by KVCacheManager).
     num_blocks: int = 0
-    first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finish_time: float | None = None
     # The 400 message when status is FINISHED_REJECTED.
