@@ -43,9 +43,22 @@ class TimestampParser:
         self._first_day: dt.date | None = None
         self._day_offset: dict[str, float] = {}
         self._numeric: bool | None = None
+        self._minute: dict[str, float] = {}  # 'YYYY-MM-DD HH:MM' -> seconds
 
     def __call__(self, s: str) -> float:
         """Seconds for one timestamp; raises ValueError with a reason."""
+        # fastest path: the 'YYYY-MM-DD HH:MM' prefix was seen (and validated)
+        # before; only the seconds field is new. Rows come ~ms apart, so the
+        # hit rate is ~100%.
+        base = self._minute.get(s[:16])
+        if base is not None and s[16:17] == ":":
+            try:
+                return base + float(s[17:])
+            except ValueError:
+                pass
+        return self._parse(s)
+
+    def _parse(self, s: str) -> float:
         if self._numeric is None:
             try:
                 float(s)
@@ -60,7 +73,14 @@ class TimestampParser:
             if day is None:
                 day = self._new_day(s[:10])
             try:
-                return day + int(s[11:13]) * 3600 + int(s[14:16]) * 60 + float(s[17:])
+                hour, minute = int(s[11:13]), int(s[14:16])
+                if s[10] in " T" and s[13] == ":" and 0 <= hour < 24 and 0 <= minute < 60:
+                    base = day + hour * 3600 + minute * 60
+                    t = base + float(s[17:])
+                    if len(self._minute) > 100_000:  # a week has 10,080 minutes
+                        self._minute.clear()
+                    self._minute[s[:16]] = base
+                    return t
             except ValueError:
                 pass
         return self._slow(s)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +210,7 @@ def _timestamp(ts: object, parse: TimestampParser, path: Path, lineno: int) -> f
 
 
 def fill_tokens(
-    requests: Iterator[Request] | Workload,
+    requests: Iterable[Request],
     count: Callable[[Request], tuple[int, int]],
 ) -> Iterator[Request]:
     """Fill UNKNOWN_TOKENS fields with `count(request) -> (prompt, output)`.
