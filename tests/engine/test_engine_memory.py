@@ -95,3 +95,12 @@ def test_engine_config_errors_name_the_field(kwargs: dict[str, object], field: s
     with pytest.raises(ConfigError) as e:
         EngineConfig(**kwargs)  # type: ignore[arg-type]
     assert e.value.field == field
+
+
+def test_report_runs_and_prints_the_doc_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    from dualpool.engine import report
+
+    report.main([])
+    out = capsys.readouterr().out
+    assert "smallest feasible TP for long 64K/16: 4" in out
+    assert "16 sequences x 65,536 tokens need 160.0 GiB per GPU at TP2" in out

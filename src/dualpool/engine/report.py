@@ -144,6 +144,41 @@ def _vllm_checks() -> Iterator[str]:
     )
 
 
+# Figures logged by vLLM: (setup, model, gpu, config, logged KV GiB, source).
+_LOGGED_KV = [
+    (
+        "Llama-3-8B, TP1",
+        "llama-3.1-8b",
+        None,
+        EngineConfig(max_model_len=8192),
+        53.29,
+        "vllm PR #10511",
+    ),
+    (
+        "Qwen3-235B-A22B-FP8, TP4",
+        "qwen3-235b-a22b",
+        "fp8",
+        EngineConfig(tensor_parallel_size=4, max_model_len=40960),
+        8.11,
+        "vllm issue #21348",
+    ),
+]
+
+
+def _vllm_deltas() -> Iterator[str]:
+    h100 = get_gpu("h100-80gb")
+    for label, name, dtype, cfg, logged, source in _LOGGED_KV:
+        m = get_model(name, "fp8" if dtype == "fp8" else None)
+        ours = plan_memory(m, h100, cfg, check=False).kv_cache_bytes / GiB
+        yield (
+            f"{label} on H100: model KV {ours:.2f} GiB vs logged {logged:.2f} GiB ({source}): "
+            f"{ours - logged:+.2f} GiB ({(ours - logged) / logged:+.0%})"
+        )
+    q = get_model("qwen3-235b-a22b")
+    hit = 1 - (1 - q.num_experts_per_tok / q.num_experts) ** 64
+    yield f"Qwen3-235B decode at batch 64 hits {hit:.1%} of the experts (uniform routing)."
+
+
 def _paper() -> Iterator[str]:
     m = get_model("llama-3-70b")
     a100 = get_gpu("a100-80gb")
@@ -207,13 +242,18 @@ def _throughput() -> Iterator[str]:
         ("long 64K/16", PAPER_LONG, 8, 16384, 512, 64),
         ("long 64K/16", PAPER_LONG, 4, 1024, 256, 256),
     ]
+    rates: dict[tuple[str, int, int], float] = {}
     for name, cfg, tp, prompt, out, n in cases:
         c = replace(cfg, tensor_parallel_size=tp)
         r = saturated_throughput(m, a100, c, prompt, out, n)
+        rates[(name, tp, prompt)] = r.req_per_s
         yield (
             f"| {name} | {tp} | {prompt} | {out} | {r.req_per_s:.2f} | {r.req_per_s / tp:.2f} | "
             f"{r.mean_ttft_s:.2f} | {r.mean_tpot_s * 1e3:.1f} | {r.preemptions} |"
         )
+    rho = rates[("short 8K/128", 4, 1024)] / rates[("long 64K/16", 4, 1024)]
+    yield ""
+    yield f"rho (short/long pool, 1024+256-token requests, TP4) = {rho:.2f}"
 
 
 def _bench() -> Iterator[str]:
@@ -232,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m dualpool.engine.report", description=__doc__)
     ap.add_argument("--bench", action="store_true", help="also time the scheduler")
     args = ap.parse_args(argv)
-    sections = [_catalog(), _vllm_checks(), _paper(), _throughput()]
+    sections = [_catalog(), _vllm_checks(), _vllm_deltas(), _paper(), _throughput()]
     if args.bench:
         sections.append(_bench())
     for section in sections:
