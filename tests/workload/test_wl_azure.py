@@ -96,6 +96,10 @@ def test_blank_lines_skipped(tmp_path: Path) -> None:
             "TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00,1,1\nyesterday,1,1\n",
             r"t\.csv:3: bad timestamp 'yesterday'",
         ),
+        (
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n1.5,1,1\n2024-05-10 00:00:00,1,1\n",
+            r"t\.csv:3: bad timestamp .*expected seconds",
+        ),
     ],
 )
 def test_bad_input(tmp_path: Path, text: str, match: str) -> None:

@@ -66,7 +66,12 @@ class TimestampParser:
             except ValueError:
                 self._numeric = False
         if self._numeric:
-            return float(s)
+            try:
+                return float(s)
+            except ValueError:
+                raise ValueError(
+                    f"bad timestamp {s!r}: expected seconds, like the first row"
+                ) from None
         # fast path: 'YYYY-MM-DD HH:MM:SS[.f...]'
         if len(s) >= 19 and s[4] == "-" and s[13] == ":" and s[16] == ":":
             day = self._day_offset.get(s[:10])
