@@ -315,7 +315,7 @@ def calibrate(
     """Fit StepTimeParams to measured step times.
 
     Decode steps are taken as memory-bound (true for batch sizes below the
-    roofline ridge, ~100-300 tokens on these GPUs)::
+    roofline ridge, where compute overtakes weight streaming)::
 
         t - comm(n) = step_overhead + per_seq x n + bytes(n, ctx) / (BW x eff_bw)
 
