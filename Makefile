@@ -17,8 +17,9 @@ setup: $(BIN)/dualpool
 demo: setup
 	$(BIN)/dualpool demo
 
+# pytest exits 5 when it collects no tests: not a failure of the build.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest || [ $$? -eq 5 ]
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -20,7 +20,7 @@ from dualpool.policy import Decision, PoolPolicy, PoolSpec
 __all__ = ["RoutedRequest", "Router"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RoutedRequest:
     features: RequestFeatures
     estimate: BudgetEstimate
@@ -52,7 +52,18 @@ class Router:
     ) -> RoutedRequest:
         """Raises `RequestError` for a malformed body (the gateway answers 400)."""
         f = self.estimator.features(body, chat=chat)
-        return self.route_features(f, saturated=saturated)
+        est = self.estimator.estimate(f)
+        return RoutedRequest(
+            f,
+            est,
+            self.policy.route(
+                est.total,
+                min_budget=est.min_total,
+                saturated=saturated,
+                prompt_tokens=est.prompt_tokens_low,
+                output_tokens=est.output_tokens,
+            ),
+        )
 
     def route_features(
         self, f: RequestFeatures, *, saturated: Sequence[bool] | None = None

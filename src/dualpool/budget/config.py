@@ -22,7 +22,7 @@ class EstimatorConfig:
     beta: float = 0.98
     # Conservativeness: routing uses c* = c - gamma * sigma (fewer bytes per token, so
     # more estimated tokens), so borderline requests go to the larger pool.
-    gamma: float = 1.0
+    gamma: float = 0.75
     # Observations a category needs before its learned ratio replaces the prior.
     min_samples: int = 8
     # Sane range of an observed bytes/token ratio; feedback outside it is rejected.

@@ -27,10 +27,11 @@ class OutputSource:
     DEFAULT = "default"  # the configured default
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BudgetEstimate:
-    # "model/class" the estimate was read from.
-    category: str
+    # Model and content class of the category the estimate was read from.
+    model: str
+    content_class: str
     # Prompt tokens: conservative (for routing), best guess, and optimistic (for rejection).
     prompt_tokens: int
     prompt_tokens_point: int
@@ -40,6 +41,11 @@ class BudgetEstimate:
     output_source: str
     # True when the prompt length is exact (token ids), not estimated.
     exact: bool
+
+    @property
+    def category(self) -> str:
+        """ "model/class", the label of metrics and logs."""
+        return f"{self.model}/{self.content_class}"
 
     @property
     def total(self) -> int:
@@ -79,7 +85,7 @@ class BudgetEstimator:
         output, source = self._output(f)
         if f.known_prompt_tokens is not None:
             n = f.known_prompt_tokens
-            return BudgetEstimate(f"{model}/{cls}", n, n, n, output, source, True)
+            return BudgetEstimate(model, cls, n, n, n, output, source, True)
         own = cal.coefficients(model, cls)
         if f.structured_bytes and cls != STRUCTURED_CLASS:
             other = cal.coefficients(model, STRUCTURED_CLASS)
@@ -98,7 +104,8 @@ class BudgetEstimator:
         point = fixed + own_bytes * own.point + other_bytes * other.point
         low = fixed + own_bytes * own.optimistic + other_bytes * other.optimistic
         return BudgetEstimate(
-            f"{model}/{cls}",
+            model,
+            cls,
             max(1, math.ceil(hi)),
             max(1, round(point)),
             max(1, math.floor(low)),

@@ -68,7 +68,7 @@ class PoolSpec:
         return self.max_model_len if self.threshold is None else self.threshold
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     # Index of the chosen pool in the policy's order (smallest first); -1 when rejected.
     pool: int

@@ -1,0 +1,223 @@
+"""Accuracy of the tokenizer-free prompt estimate, and misroutes at B_short.
+
+Usage: python benchmarks/estimator_accuracy.py [--quick] [--seed S]
+
+Part 1, calibration. The 600 texts of shared/data/text/prompts.jsonl (exact
+Llama-3 counts) are sent in random order as single-message chat requests; the
+"backend" reports usage.prompt_tokens as vLLM would, by rendering the Llama-3
+chat template and tokenizing it. Before each observation we estimate the prompt
+and record the relative error against the truth, with the number of observations
+its category had so far. Reported: per category and overall, the median and p95
+relative error of the point estimate once the category has >= 50 observations;
+the paper's own measure (learned bytes/token vs the category's true aggregate
+ratio); and the floor any single-ratio estimator has on this corpus (the best
+per-class ratio, fitted in-sample).
+
+Part 2, misroutes. Requests built by concatenating texts of one kind (prose,
+code, Chinese, Japanese) with max_tokens drawn from {128 .. 4096}, their true
+total budgets log-uniform in [B/2, 2B] around B_short = 8192. Each is routed,
+then its usage fed back. unsafe = sent short but truly over B_short (share of all
+requests); wasted = sent long but truly under (share of truly short requests).
+The same requests through one static 4.0 bytes/token ratio and through exact
+counting, side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, percentile, require_data  # noqa: E402
+
+from dualpool.budget import EstimatorConfig  # noqa: E402
+from dualpool.policy import PoolSpec  # noqa: E402
+from dualpool.router import Router  # noqa: E402
+from dualpool.tokenizers import chat_prompt_tokens, load_tokenizer  # noqa: E402
+
+MODEL = "llama-3-70b"
+B_SHORT = 8192
+CONFIG = EstimatorConfig()
+
+
+def body_of(text: str, max_tokens: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": text}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return body
+
+
+def calibration(rows: list[dict[str, Any]], seeds: list[int], tok: Any) -> dict[str, Any]:
+    errors: dict[str, list[float]] = collections.defaultdict(list)
+    ratio_err: dict[str, list[float]] = collections.defaultdict(list)
+    truth = [chat_prompt_tokens(tok, body_of(r["text"])["messages"]) for r in rows]
+    for seed in seeds:
+        router = Router([PoolSpec("short", 8192), PoolSpec("long", 65536)], CONFIG)
+        est = router.estimator
+        order = list(range(len(rows)))
+        random.Random(seed).shuffle(order)
+        seen: collections.Counter[str] = collections.Counter()
+        per_cat_rows: dict[str, list[int]] = collections.defaultdict(list)
+        for i in order:
+            routed = router.route(body_of(rows[i]["text"]))
+            cls = routed.features.content_class
+            per_cat_rows[cls].append(i)
+            if seen[cls] >= 50:
+                errors[cls].append(
+                    abs(routed.estimate.prompt_tokens_point - truth[i]) / truth[i]
+                )
+            seen[cls] += 1
+            router.observe(routed, {"prompt_tokens": truth[i]})
+        for c in est.calibrator.categories():
+            cls = c["class"]
+            idx = per_cat_rows.get(cls, [])
+            if c["learned"] and len(idx) >= 50:
+                true_ratio = sum(rows[i]["bytes"] for i in idx) / sum(
+                    rows[i]["llama3_tokens"] for i in idx
+                )
+                ratio_err[cls].append(abs(c["bytes_per_token"] - true_ratio) / true_ratio)
+    # Floor: the best single ratio per class, fitted in-sample (template tokens removed).
+    classes: dict[str, list[int]] = collections.defaultdict(list)
+    router = Router([PoolSpec("short", 8192), PoolSpec("long", 65536)])
+    for i, r in enumerate(rows):
+        classes[router.estimator.features(body_of(r["text"])).content_class].append(i)
+    floor: list[float] = []
+    for idx in classes.values():
+        c = sum(rows[i]["bytes"] for i in idx) / sum(rows[i]["llama3_tokens"] for i in idx)
+        floor += [abs(rows[i]["bytes"] / c - rows[i]["llama3_tokens"]) / rows[i]["llama3_tokens"]
+                  for i in idx]
+    all_err = [e for v in errors.values() for e in v]
+    return {
+        "per_category": {
+            k: {
+                "n": len(v),
+                "median_rel_error": round(percentile(v, 50), 4),
+                "p95_rel_error": round(percentile(v, 95), 4),
+                "ratio_rel_error": round(percentile(ratio_err[k], 50), 4) if ratio_err[k] else None,
+            }
+            for k, v in sorted(errors.items())
+        },
+        "median_rel_error": round(percentile(all_err, 50), 4),
+        "p95_rel_error": round(percentile(all_err, 95), 4),
+        "ratio_rel_error": round(
+            percentile([e for v in ratio_err.values() for e in v], 50), 4
+        ),
+        "single_ratio_floor_median": round(percentile(floor, 50), 4),
+    }
+
+
+def build_requests(
+    rows: list[dict[str, Any]], n: int, rng: random.Random, tok: Any
+) -> list[tuple[dict[str, Any], int, str]]:
+    by_kind: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for r in rows:
+        kind = {"manpage-zh": "zh", "manpage-ja": "ja"}.get(r["source"], "sharegpt")
+        by_kind[kind].append(r)
+    out: list[tuple[dict[str, Any], int, str]] = []
+    kinds = sorted(by_kind)
+    for _ in range(n):
+        kind = rng.choice(kinds)
+        pool = by_kind[kind]
+        target = math.exp(rng.uniform(math.log(B_SHORT / 2), math.log(B_SHORT * 2)))
+        max_tokens = rng.choice((128, 256, 512, 1024, 2048, 4096))
+        want = max(64.0, target - max_tokens)
+        parts: list[str] = []
+        tokens = 0
+        while tokens < want:
+            r = rng.choice(pool)
+            parts.append(r["text"])
+            tokens += r["llama3_tokens"]
+        # Trim the last text by bytes so the total lands near the target, not above it.
+        text = "\n\n".join(parts)
+        excess = tokens - want
+        if excess > 0 and parts:
+            keep = max(1, int(len(text) - excess * (len(text) / max(tokens, 1))))
+            text = text[:keep]
+        body = body_of(text, max_tokens)
+        true_total = chat_prompt_tokens(tok, body["messages"]) + max_tokens
+        out.append((body, true_total, kind))
+    return out
+
+
+def misroutes(
+    rows: list[dict[str, Any]], n: int, seed: int, tok: Any
+) -> dict[str, Any]:
+    router = Router([PoolSpec("short", 8192), PoolSpec("long", 65536)], CONFIG)
+    # Warm the calibrator as a running gateway would be: the corpus, once, shuffled.
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    for i in order:
+        routed = router.route(body_of(rows[i]["text"]))
+        router.observe(
+            routed, {"prompt_tokens": chat_prompt_tokens(tok, body_of(rows[i]["text"])["messages"])}
+        )
+    reqs = build_requests(rows, n, random.Random(seed + 1), tok)
+    counts = collections.Counter()
+    per_kind: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for body, true_total, kind in reqs:
+        routed = router.route(body)
+        short = true_total <= B_SHORT
+        sent_short = routed.decision.pool == 0
+        static = math.ceil(routed.features.total_bytes / 4.0) + body["max_tokens"]
+        static_short = static <= B_SHORT
+        k = per_kind[kind]
+        for c in (counts, k):
+            c["n"] += 1
+            c["short"] += short
+            c["unsafe"] += sent_short and not short
+            c["wasted"] += (not sent_short) and short
+            c["static_unsafe"] += static_short and not short
+            c["static_wasted"] += (not static_short) and short
+        router.observe(routed, {"prompt_tokens": true_total - body["max_tokens"]})
+
+    def rates(c: collections.Counter[str]) -> dict[str, float]:
+        return {
+            "requests": c["n"],
+            "unsafe_misroute_rate": round(c["unsafe"] / c["n"], 5),
+            "wasted_rate": round(c["wasted"] / max(1, c["short"]), 5),
+            "static4_unsafe_misroute_rate": round(c["static_unsafe"] / c["n"], 5),
+            "static4_wasted_rate": round(c["static_wasted"] / max(1, c["short"]), 5),
+        }
+
+    return {**rates(counts), "per_kind": {k: rates(v) for k, v in sorted(per_kind.items())},
+            "exact_unsafe_misroute_rate": 0.0, "exact_wasted_rate": 0.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer shuffles and requests")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    path = require_data("text/prompts.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    tok = load_tokenizer("llama3")
+    seeds = [args.seed + i for i in range(2 if args.quick else 10)]
+    cal = calibration(rows, seeds, tok)
+    mis = misroutes(rows, 2000 if args.quick else 20000, args.seed, tok)
+    print(json.dumps({"calibration": cal, "misroutes": mis}, indent=2))
+    emit(
+        {
+            "median_rel_error": cal["median_rel_error"],
+            "p95_rel_error": cal["p95_rel_error"],
+            "ratio_rel_error": cal["ratio_rel_error"],
+            "single_ratio_floor_median": cal["single_ratio_floor_median"],
+            "unsafe_misroute_rate": mis["unsafe_misroute_rate"],
+            "wasted_rate": mis["wasted_rate"],
+            "static4_unsafe_misroute_rate": mis["static4_unsafe_misroute_rate"],
+            "static4_wasted_rate": mis["static4_wasted_rate"],
+            "exact_unsafe_misroute_rate": 0.0,
+            "categories": cal["per_category"],
+            "requests": mis["requests"],
+            "quick": args.quick,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
