@@ -15,12 +15,39 @@ def fits_context(prompt_tokens: int, max_tokens: int, max_model_len: int) -> boo
     return prompt_tokens + max_tokens <= max_model_len
 
 
-def over_length_message(max_model_len: int, prompt_tokens: int, max_tokens: int) -> str:
-    """The message vLLM's OpenAI server returns (HTTP 400) for an over-length request."""
-    total = prompt_tokens + max_tokens
-    return (
+def over_length_message(
+    max_model_len: int,
+    max_tokens: int,
+    prompt_tokens: int,
+    *,
+    truncated_tokenization: bool = True,
+    with_parameter: bool = True,
+) -> str:
+    """vLLM's HTTP 400 message for prompt + max_tokens > max_model_len.
+
+    Wording of vLLM's renderer token-length check (vllm/renderers/params.py,
+    v0.2x; seen verbatim in served 400s). A text prompt is tokenized with
+    truncation at max_model_len - max_tokens + 1 tokens, so the count vLLM
+    reports is "at least" that many; pass truncated_tokenization=False for
+    a prompt sent as token ids (exact count, no "at least").
+    `VLLMValidationError` appends " (parameter=input_tokens, value=P)" to
+    the message the client sees; with_parameter=False leaves it off.
+    The gateway and the emulator both call this, so they cannot drift.
+    """
+    if truncated_tokenization:
+        limit = max_model_len - max_tokens + 1
+        shown = min(prompt_tokens, limit) if limit > 0 else prompt_tokens
+        at_least = "at least "
+    else:
+        shown = prompt_tokens
+        at_least = ""
+    total = shown + max_tokens
+    msg = (
         f"This model's maximum context length is {max_model_len} tokens. However, you "
-        f"requested {max_tokens} output tokens and your prompt contains at least "
-        f"{prompt_tokens} input tokens, for a total of at least {total} tokens. Please "
-        "reduce the length of the input prompt or the number of requested output tokens."
+        f"requested {max_tokens} output tokens and your prompt contains {at_least}{shown} "
+        f"input tokens, for a total of {at_least}{total} tokens. Please reduce the length "
+        "of the input prompt or the number of requested output tokens."
     )
+    if with_parameter:
+        msg += f" (parameter=input_tokens, value={shown})"
+    return msg

@@ -202,13 +202,16 @@ class Calibrator:
             cat.streak = 0
             stats.add(own_bytes, own_tokens, cfg.beta)
             self._publish_ratio(model, cls, stats)
-        # The template overhead: what the content estimate does not explain, weighted
-        # toward short prompts, where it matters and where it is not drowned in the
-        # content's own noise.
+        # The template overhead: what the content estimate does not explain. The
+        # residual's noise grows with the content (sigma_rel * content tokens), so
+        # each residual is weighted by the inverse of that variance: short prompts,
+        # where the overhead matters, teach it; long ones barely move it.
         coef = self.coefficients(model, cls)
         content = own_bytes * coef.point + other
         residual = prompt_tokens - content - media
-        weight = 1.0 / (1.0 + content / 64.0) ** 2
+        stats = cat.ratio
+        rel = stats.sigma() / stats.ratio() if stats.n >= cfg.min_samples else 0.15
+        weight = 1.0 / (1.0 + (rel * content) ** 2)
         ovh = self._overhead.get(model)
         if ovh is None:
             ovh = self._overhead[model] = OverheadStats()

@@ -21,6 +21,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from dualpool.contract import over_length_message
+
 __all__ = [
     "FINISH_REASONS",
     "Request",
@@ -111,41 +113,3 @@ class Request:
         if self.num_output_tokens <= 1:
             return 0.0
         return (self.finish_time - self.first_token_time) / (self.num_output_tokens - 1)
-
-
-def over_length_message(
-    max_model_len: int,
-    max_tokens: int,
-    prompt_tokens: int,
-    *,
-    truncated_tokenization: bool = True,
-    with_parameter: bool = True,
-) -> str:
-    """vLLM's HTTP 400 message for prompt + max_tokens > max_model_len.
-
-    Wording of vLLM's renderer token-length check (vllm/renderers/params.py,
-    v0.2x; seen verbatim in served 400s). A text prompt is tokenized with
-    truncation at max_model_len - max_tokens + 1 tokens, so the count vLLM
-    reports is "at least" that many; pass truncated_tokenization=False for
-    a prompt sent as token ids (exact count, no "at least").
-    `VLLMValidationError` appends " (parameter=input_tokens, value=P)" to
-    the message the client sees; with_parameter=False leaves it off.
-    The gateway and the emulator both call this, so they cannot drift.
-    """
-    if truncated_tokenization:
-        limit = max_model_len - max_tokens + 1
-        shown = min(prompt_tokens, limit) if limit > 0 else prompt_tokens
-        at_least = "at least "
-    else:
-        shown = prompt_tokens
-        at_least = ""
-    total = shown + max_tokens
-    msg = (
-        f"This model's maximum context length is {max_model_len} tokens. However, you "
-        f"requested {max_tokens} output tokens and your prompt contains {at_least}{shown} "
-        f"input tokens, for a total of {at_least}{total} tokens. Please reduce the length "
-        "of the input prompt or the number of requested output tokens."
-    )
-    if with_parameter:
-        msg += f" (parameter=input_tokens, value={shown})"
-    return msg

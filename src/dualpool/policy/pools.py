@@ -157,7 +157,7 @@ class PoolPolicy:
                     Reason.REJECTED_TOO_LONG,
                     budget,
                     -1,
-                    over_length_message(lens[-1], p, o),
+                    over_length_message(lens[-1], o, p),
                 )
             last = len(lens) - 1
             return Decision(last, self._names[last], Reason.UNCERTAIN_LARGEST, budget, last)
