@@ -29,17 +29,13 @@ import collections
 import json
 import math
 import random
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, percentile, require_data  # noqa: E402
-
-from dualpool.budget import EstimatorConfig  # noqa: E402
-from dualpool.policy import PoolSpec  # noqa: E402
-from dualpool.router import Router  # noqa: E402
-from dualpool.tokenizers import chat_prompt_tokens, load_tokenizer  # noqa: E402
+from _common import emit, percentile, require_data
+from dualpool.budget import EstimatorConfig
+from dualpool.policy import PoolSpec
+from dualpool.router import Router
+from dualpool.tokenizers import chat_prompt_tokens, load_tokenizer
 
 MODEL = "llama-3-70b"
 B_SHORT = 8192
@@ -69,9 +65,7 @@ def calibration(rows: list[dict[str, Any]], seeds: list[int], tok: Any) -> dict[
             cls = routed.features.content_class
             per_cat_rows[cls].append(i)
             if seen[cls] >= 50:
-                errors[cls].append(
-                    abs(routed.estimate.prompt_tokens_point - truth[i]) / truth[i]
-                )
+                errors[cls].append(abs(routed.estimate.prompt_tokens_point - truth[i]) / truth[i])
             seen[cls] += 1
             router.observe(routed, {"prompt_tokens": truth[i]})
         for c in est.calibrator.categories():
@@ -90,8 +84,10 @@ def calibration(rows: list[dict[str, Any]], seeds: list[int], tok: Any) -> dict[
     floor: list[float] = []
     for idx in classes.values():
         c = sum(rows[i]["bytes"] for i in idx) / sum(rows[i]["llama3_tokens"] for i in idx)
-        floor += [abs(rows[i]["bytes"] / c - rows[i]["llama3_tokens"]) / rows[i]["llama3_tokens"]
-                  for i in idx]
+        floor += [
+            abs(rows[i]["bytes"] / c - rows[i]["llama3_tokens"]) / rows[i]["llama3_tokens"]
+            for i in idx
+        ]
     all_err = [e for v in errors.values() for e in v]
     return {
         "per_category": {
@@ -105,9 +101,7 @@ def calibration(rows: list[dict[str, Any]], seeds: list[int], tok: Any) -> dict[
         },
         "median_rel_error": round(percentile(all_err, 50), 4),
         "p95_rel_error": round(percentile(all_err, 95), 4),
-        "ratio_rel_error": round(
-            percentile([e for v in ratio_err.values() for e in v], 50), 4
-        ),
+        "ratio_rel_error": round(percentile([e for v in ratio_err.values() for e in v], 50), 4),
         "single_ratio_floor_median": round(percentile(floor, 50), 4),
     }
 
@@ -145,9 +139,7 @@ def build_requests(
     return out
 
 
-def misroutes(
-    rows: list[dict[str, Any]], n: int, seed: int, tok: Any
-) -> dict[str, Any]:
+def misroutes(rows: list[dict[str, Any]], n: int, seed: int, tok: Any) -> dict[str, Any]:
     router = Router([PoolSpec("short", 8192), PoolSpec("long", 65536)], CONFIG)
     # Warm the calibrator as a running gateway would be: the corpus, once, shuffled.
     order = list(range(len(rows)))
@@ -185,8 +177,12 @@ def misroutes(
             "static4_wasted_rate": round(c["static_wasted"] / max(1, c["short"]), 5),
         }
 
-    return {**rates(counts), "per_kind": {k: rates(v) for k, v in sorted(per_kind.items())},
-            "exact_unsafe_misroute_rate": 0.0, "exact_wasted_rate": 0.0}
+    return {
+        **rates(counts),
+        "per_kind": {k: rates(v) for k, v in sorted(per_kind.items())},
+        "exact_unsafe_misroute_rate": 0.0,
+        "exact_wasted_rate": 0.0,
+    }
 
 
 def main() -> None:

@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, percentile  # noqa: E402
-
-from dualpool.policy import PoolSpec  # noqa: E402
-from dualpool.router import Router  # noqa: E402
-from dualpool.samples import sample_bodies  # noqa: E402
-from dualpool.tokenizers import chat_prompt_tokens, load_tokenizer, render_chat  # noqa: E402
+from _common import emit, percentile
+from dualpool.policy import PoolSpec
+from dualpool.router import Router
+from dualpool.samples import sample_bodies
+from dualpool.tokenizers import chat_prompt_tokens, load_tokenizer, render_chat
 
 
 def main() -> None:
@@ -44,7 +40,9 @@ def main() -> None:
     # Warm the calibrator so estimates read learned coefficients, as in steady state.
     for b in bodies[:1000]:
         r = router.route(b)
-        router.observe(r, {"prompt_tokens": chat_prompt_tokens(llama, b["messages"], b.get("tools"))})
+        router.observe(
+            r, {"prompt_tokens": chat_prompt_tokens(llama, b["messages"], b.get("tools"))}
+        )
 
     route_ns: list[float] = []
     llama_ns: list[float] = []
@@ -65,8 +63,11 @@ def main() -> None:
                 llama_ns.append(t1 - t0)
             for b in bodies:
                 t0 = clock()
-                len(cl100k.encode(render_chat(b["messages"], "chatml", b.get("tools")),
-                                  disallowed_special=()))
+                len(
+                    cl100k.encode(
+                        render_chat(b["messages"], "chatml", b.get("tools")), disallowed_special=()
+                    )
+                )
                 t1 = clock()
                 cl_ns.append(t1 - t0)
     finally:
@@ -86,8 +87,9 @@ def main() -> None:
             "speedup_cl100k": round(cl_us / route_us, 1),
             "timer_overhead_us": round(-percentile(overhead, 50) / 1000, 3),
             "bodies": n,
-            "median_body_bytes": int(percentile(
-                [float(router.estimator.features(b).total_bytes) for b in bodies], 50)),
+            "median_body_bytes": int(
+                percentile([float(router.estimator.features(b).total_bytes) for b in bodies], 50)
+            ),
             "quick": args.quick,
         }
     )
