@@ -1,0 +1,48 @@
+"""`dualpool serve`: run the dual-pool gateway in front of real vLLM pools.
+
+dualpool serve --config fleet.yaml           # serve until SIGTERM, then drain
+dualpool serve --check --config fleet.yaml   # validate and exit (0 ok, 2 error)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from dualpool.errors import ConfigError
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="run the OpenAI-compatible dual-pool router in front of vLLM pools",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, help="fleet YAML file (see docs/gateway.md)")
+    p.add_argument("--check", action="store_true", help="validate the config and exit")
+    p.add_argument("--host", help="listen address (overrides listen.host)")
+    p.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dualpool.gateway import load_config
+    from dualpool.gateway import run as serve
+
+    config = load_config(args.config)
+    if args.port is not None:
+        if not 0 <= args.port <= 65535:
+            raise ConfigError("--port", f"must be in [0, 65535], got {args.port}")
+        config = dataclasses.replace(config, port=args.port)
+    if args.host is not None:
+        config = dataclasses.replace(config, host=args.host)
+    if args.check:
+        pools = ", ".join(
+            f"{p.name}({len(p.endpoints) or 'dns ' + p.dns.name if p.dns else len(p.endpoints)})"
+            for p in config.pools
+        )
+        print(f"config ok: pools {pools}")
+        return 0
+    return serve(config)

@@ -1,0 +1,224 @@
+"""Backends and pools as the gateway sees them: health, load, connections, slots.
+
+    Pool ── backends ── Backend ── idle keep-alive UpstreamConnections
+     │                    ├ inflight (this gateway's), waiting / kv (scraped)
+     │                    └ healthy (passive: failures; active: GET /health)
+     ├ inflight / max_concurrency   (gateway-side slots)
+     └ waiters (bounded queue of futures, FIFO)
+
+Choosing a backend is least outstanding requests: this gateway's in-flight count
+plus the backend's scraped queue (`vllm:num_requests_waiting`), which counts the
+other gateways' requests too. Up to `_SCAN` backends are scanned; a larger pool
+compares two random candidates (power of two choices), so the cost per request
+does not grow with the number of backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+
+from dualpool.gateway._config import PoolConfig
+from dualpool.gateway._upstream import UpstreamConnection
+
+__all__ = ["Backend", "Pool"]
+
+# Pools up to this size are scanned for the least loaded backend.
+_SCAN = 4
+
+
+class Backend:
+    """One vLLM server."""
+
+    __slots__ = (
+        "failures",
+        "healthy",
+        "host",
+        "host_header",
+        "idle",
+        "inflight",
+        "kv_usage",
+        "last_error",
+        "max_idle",
+        "name",
+        "pool",
+        "port",
+        "removed",
+        "saturated",
+        "since",
+        "waiting",
+    )
+
+    def __init__(self, pool: str, host: str, port: int, max_idle: int) -> None:
+        self.pool = pool
+        self.host = host
+        self.port = port
+        self.name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.host_header = b"host: " + self.name.encode() + b"\r\n"
+        self.max_idle = max_idle
+        self.healthy = True
+        self.removed = False
+        self.inflight = 0
+        self.failures = 0
+        self.waiting = 0.0
+        self.kv_usage = 0.0
+        # Scraped load passes the pool's limits.
+        self.saturated = False
+        self.last_error = ""
+        self.since = time.time()
+        self.idle: list[UpstreamConnection] = []
+
+    def take_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def connect(self, timeout: float) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(UpstreamConnection, self.host, self.port), timeout
+        )
+        return conn
+
+    def release(self, conn: UpstreamConnection, keep_alive: bool) -> None:
+        conn.reused = True
+        if keep_alive and not conn.closed and not self.removed and len(self.idle) < self.max_idle:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def close_idle(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+    def state(self) -> dict[str, object]:
+        return {
+            "backend": self.name,
+            "healthy": self.healthy,
+            "inflight": self.inflight,
+            "failures": self.failures,
+            "waiting": self.waiting,
+            "kv_cache_usage": self.kv_usage,
+            "saturated": self.saturated,
+            "last_error": self.last_error or None,
+            "since": self.since,
+            "idle_connections": len(self.idle),
+        }
+
+
+class Pool:
+    """A pool's backends and this gateway's slots for it."""
+
+    def __init__(self, cfg: PoolConfig, index: int, max_model_len: int) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.index = index
+        self.max_model_len = max_model_len
+        self.backends: list[Backend] = []
+        self.healthy: list[Backend] = []
+        self.inflight = 0
+        self.max_concurrency = cfg.max_concurrency
+        self.max_queue = cfg.max_queue
+        self.waiters: deque[asyncio.Future[bool]] = deque()
+        self.num_waiting = 0
+        # Every healthy backend is over its scraped limits.
+        self.scrape_saturated = False
+        auth = cfg.backend_api_key
+        self.auth_header = b"authorization: Bearer " + auth.encode() + b"\r\n" if auth else b""
+
+    # ---- membership and health ------------------------------------------------------
+    def refresh(self) -> None:
+        """Recompute the healthy list and the scraped saturation (on any change)."""
+        self.healthy = [b for b in self.backends if b.healthy and not b.removed]
+        self.scrape_saturated = bool(self.healthy) and all(b.saturated for b in self.healthy)
+
+    def add(self, backend: Backend) -> None:
+        self.backends.append(backend)
+        self.refresh()
+
+    def remove(self, backend: Backend) -> None:
+        backend.removed = True
+        backend.close_idle()
+        self.backends = [b for b in self.backends if b is not backend]
+        self.refresh()
+
+    @property
+    def saturated(self) -> bool:
+        """The policy's view: full here, or every backend busy, or none healthy."""
+        return self.inflight >= self.max_concurrency or self.scrape_saturated or not self.healthy
+
+    # ---- choosing a backend -------------------------------------------------------
+    def pick(self, exclude: tuple[Backend, ...] = ()) -> Backend | None:
+        healthy = self.healthy
+        n = len(healthy)
+        if n == 0:
+            return None
+        if n <= _SCAN or exclude:
+            best: Backend | None = None
+            best_load = 0.0
+            for b in healthy:
+                if exclude and b in exclude:
+                    continue
+                load = b.inflight + b.waiting
+                if best is None or load < best_load:
+                    best, best_load = b, load
+            return best
+        a = healthy[random.randrange(n)]
+        b = healthy[random.randrange(n)]
+        return a if a.inflight + a.waiting <= b.inflight + b.waiting else b
+
+    # ---- slots -------------------------------------------------------------------------
+    def try_acquire(self) -> bool:
+        if self.inflight < self.max_concurrency:
+            self.inflight += 1
+            return True
+        return False
+
+    async def acquire(self, max_wait: float) -> bool:
+        """Wait (FIFO, bounded) for a slot; False when the queue is full or time is up."""
+        if self.inflight < self.max_concurrency and not self.num_waiting:
+            self.inflight += 1
+            return True
+        if self.num_waiting >= self.max_queue or max_wait <= 0:
+            return False
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        waiters = self.waiters
+        if len(waiters) > 2 * self.max_queue + 16:
+            # Expired futures stay queued until a release pops them; bound the deque.
+            self.waiters = waiters = deque(f for f in waiters if not f.done())
+        waiters.append(fut)
+        self.num_waiting += 1
+        timer = loop.call_later(max_wait, self._expire, fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.cancelled():
+                self.num_waiting -= 1
+            elif fut.result():
+                self.release()  # granted, but the request is gone: pass the slot on
+            raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, fut: asyncio.Future[bool]) -> None:
+        if not fut.done():
+            self.num_waiting -= 1
+            fut.set_result(False)
+
+    def release(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                # The slot passes to the waiter: inflight stays the same.
+                self.num_waiting -= 1
+                fut.set_result(True)
+                return
+        self.inflight -= 1

@@ -1,0 +1,186 @@
+"""Work off the request path: probes, scrapes, DNS, calibrator snapshots, idle sweeps.
+
+Each loop sets plain fields the request path reads (`Backend.healthy`,
+`.waiting`, `.kv_usage`, `.saturated`, `Pool.backends`); none of them is ever
+awaited by a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dualpool.gateway._backends import Backend, Pool
+from dualpool.gateway._upstream import FetchError, fetch
+
+if TYPE_CHECKING:
+    from dualpool.gateway._gateway import Gateway
+
+__all__ = [
+    "health_loop",
+    "parse_vllm_metrics",
+    "resolve",
+    "resolve_loop",
+    "scrape_loop",
+    "snapshot_loop",
+    "sweep_loop",
+    "write_snapshot",
+]
+
+log = logging.getLogger("dualpool.gateway")
+
+
+def parse_vllm_metrics(text: str) -> tuple[float, float]:
+    """(num_requests_waiting summed over engines, kv_cache_usage_perc max) from /metrics."""
+    waiting = 0.0
+    kv = 0.0
+    for line in text.splitlines():
+        if line.startswith("vllm:num_requests_waiting"):
+            name_end = line.find("{")
+            if name_end < 0:
+                name_end = line.find(" ")
+            if line[:name_end] == "vllm:num_requests_waiting":
+                waiting += _value(line)
+        elif line.startswith("vllm:kv_cache_usage_perc"):
+            name_end = line.find("{")
+            if name_end < 0:
+                name_end = line.find(" ")
+            if line[:name_end] == "vllm:kv_cache_usage_perc":
+                kv = max(kv, _value(line))
+    return waiting, kv
+
+
+def _value(line: str) -> float:
+    try:
+        return float(line.rsplit("}", 1)[-1].split()[0])
+    except (ValueError, IndexError):
+        return 0.0
+
+
+def _auth(pool: Pool) -> bytes:
+    return pool.auth_header
+
+
+async def probe(gw: Gateway, pool: Pool, backend: Backend) -> None:
+    cfg = gw.config.health
+    try:
+        status, _ = await fetch(
+            backend.host, backend.port, "/health", cfg.timeout, headers=_auth(pool)
+        )
+    except FetchError as exc:
+        backend.last_error = f"probe: {exc}"
+        refused = "refused" in str(exc).lower() or "connect call failed" in str(exc).lower()
+        backend.failures += 1
+        if backend.healthy and (refused or backend.failures >= cfg.unhealthy_after):
+            gw.set_health(backend, False, backend.last_error)
+        return
+    if status == 200:
+        if not backend.healthy:
+            gw.set_health(backend, True)
+        elif backend.failures:
+            backend.failures = 0
+    else:
+        backend.failures += 1
+        backend.last_error = f"probe: HTTP {status}"
+        if backend.healthy and backend.failures >= cfg.unhealthy_after:
+            gw.set_health(backend, False, backend.last_error)
+
+
+async def health_loop(gw: Gateway) -> None:
+    interval = gw.config.health.interval
+    while True:
+        await asyncio.sleep(interval)
+        jobs = [probe(gw, p, b) for p in gw.pools for b in list(p.backends)]
+        await asyncio.gather(*jobs, return_exceptions=True)
+
+
+async def scrape(gw: Gateway, pool: Pool, backend: Backend) -> None:
+    try:
+        status, body = await fetch(
+            backend.host, backend.port, "/metrics", gw.config.health.timeout, headers=_auth(pool)
+        )
+    except FetchError:
+        return
+    if status != 200:
+        return
+    backend.waiting, backend.kv_usage = parse_vllm_metrics(body.decode("utf-8", "replace"))
+    cfg = pool.cfg
+    backend.saturated = backend.waiting >= cfg.max_waiting or backend.kv_usage >= cfg.max_kv_usage
+
+
+async def scrape_loop(gw: Gateway) -> None:
+    interval = gw.config.health.metrics_interval
+    while True:
+        await asyncio.sleep(interval)
+        jobs = [scrape(gw, p, b) for p in gw.pools for b in list(p.backends) if b.healthy]
+        await asyncio.gather(*jobs, return_exceptions=True)
+        for p in gw.pools:
+            p.refresh()
+
+
+async def resolve(name: str, port: int) -> list[str]:
+    """Addresses of a DNS name (a headless service lists one per ready pod)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+async def resolve_loop(gw: Gateway, pool: Pool) -> None:
+    dns = pool.cfg.dns
+    assert dns is not None
+    while True:
+        await asyncio.sleep(dns.interval)
+        try:
+            addrs = await resolve(dns.name, dns.port)
+        except OSError as exc:
+            log.warning("pool %s: cannot resolve %s: %s", pool.name, dns.name, exc)
+            continue
+        apply_addresses(gw, pool, addrs, dns.port)
+
+
+def apply_addresses(gw: Gateway, pool: Pool, addrs: list[str], port: int) -> None:
+    current = {b.host: b for b in pool.backends}
+    wanted = set(addrs)
+    for host, b in current.items():
+        if host not in wanted:
+            log.warning("pool %s: backend %s left DNS", pool.name, b.name)
+            pool.remove(b)
+    for host in addrs:
+        if host not in current:
+            log.warning("pool %s: backend %s:%d joined from DNS", pool.name, host, port)
+            pool.add(Backend(pool.name, host, port, gw.config.limits.max_idle_per_backend))
+
+
+def write_snapshot(gw: Gateway, path: Path) -> None:
+    snap = gw.router.estimator.calibrator.snapshot()
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(snap))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot save the calibrator snapshot to %s: %s", path, exc)
+
+
+async def snapshot_loop(gw: Gateway, path: Path, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        write_snapshot(gw, path)
+
+
+async def sweep_loop(gw: Gateway) -> None:
+    """Close client connections idle longer than timeouts.keepalive."""
+    keepalive = gw.config.timeouts.keepalive
+    period = min(5.0, keepalive / 2)
+    while True:
+        await asyncio.sleep(period)
+        cutoff = time.monotonic() - keepalive
+        for conn in list(gw.connections):
+            if conn.last_active < cutoff:
+                conn.close_if_idle()

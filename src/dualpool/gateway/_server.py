@@ -1,0 +1,240 @@
+"""Start, run and stop a gateway: discovery, router, listening socket, background loops.
+
+start():  resolve backends ─► /v1/models for unknown max_model_len ─► Router
+          ─► restore snapshot ─► listen ─► background loops
+stop():   stop accepting ─► close idle connections ─► wait for in-flight
+          (timeouts.drain) ─► cut the rest ─► save snapshot
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from typing import Any, NoReturn
+
+from dualpool.errors import ConfigError
+from dualpool.gateway import _background as bg
+from dualpool.gateway._backends import Backend, Pool
+from dualpool.gateway._config import GatewayConfig, PoolConfig
+from dualpool.gateway._gateway import Gateway
+from dualpool.gateway._http import HttpConnection
+from dualpool.gateway._telemetry import configure_logging
+from dualpool.gateway._upstream import FetchError, fetch
+from dualpool.policy import PoolPolicy, PoolSpec
+from dualpool.router import Router
+
+__all__ = ["GatewayServer", "run"]
+
+log = logging.getLogger("dualpool.gateway")
+
+
+async def _backends_of(cfg: PoolConfig, max_idle: int) -> list[Backend]:
+    if cfg.dns is not None:
+        try:
+            addrs = await bg.resolve(cfg.dns.name, cfg.dns.port)
+        except OSError as exc:
+            log.warning("pool %s: cannot resolve %s yet: %s", cfg.name, cfg.dns.name, exc)
+            addrs = []
+        return [Backend(cfg.name, a, cfg.dns.port, max_idle) for a in addrs]
+    return [Backend(cfg.name, h, p, max_idle) for h, p in cfg.endpoints]
+
+
+async def _discover(
+    cfg: PoolConfig, backends: list[Backend], timeout: float, deadline: float
+) -> tuple[int | None, str | None]:
+    """(max_model_len, model id) from the first backend whose /v1/models answers."""
+    loop = asyncio.get_running_loop()
+    auth = (
+        b"authorization: Bearer " + cfg.backend_api_key.encode() + b"\r\n"
+        if cfg.backend_api_key
+        else b""
+    )
+    last = "no backend"
+    while True:
+        for b in backends:
+            try:
+                status, body = await fetch(b.host, b.port, "/v1/models", timeout, headers=auth)
+                if status != 200:
+                    last = f"{b.name}: HTTP {status}"
+                    continue
+                data = json.loads(body)["data"][0]
+                mml = data.get("max_model_len")
+                return (mml if type(mml) is int and mml > 0 else None), data.get("id")
+            except (FetchError, ValueError, KeyError, IndexError, TypeError) as exc:
+                last = f"{b.name}: {exc}"
+        if loop.time() >= deadline:
+            if cfg.max_model_len is None:
+                _fail(cfg, last)
+            return None, None
+        await asyncio.sleep(0.5)
+
+
+def _fail(cfg: PoolConfig, last: str) -> NoReturn:
+    raise ConfigError(
+        f"pools.{cfg.name}.max_model_len",
+        f"not set and no backend told it from /v1/models in time (last: {last}); "
+        "set it in the config",
+    )
+
+
+class GatewayServer:
+    """A gateway bound to a socket; `start()`, then `stop()` (or `run_until_signal`)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.gateway: Gateway | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.port = config.port
+
+    async def start(self, *, host: str | None = None, port: int | None = None) -> Gateway:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.timeouts.discovery
+        per_pool = [await _backends_of(p, cfg.limits.max_idle_per_backend) for p in cfg.pools]
+        lens: dict[str, int] = {}
+        model = cfg.model
+        for pcfg, backends in zip(cfg.pools, per_pool, strict=True):
+            if pcfg.max_model_len is not None and model is not None:
+                lens[pcfg.name] = pcfg.max_model_len
+                continue
+            if pcfg.max_model_len is not None:
+                # Only the model name is missing: one quick try, not fatal.
+                found, mid = await _discover(pcfg, backends, cfg.health.timeout, loop.time())
+                lens[pcfg.name] = pcfg.max_model_len
+            else:
+                found, mid = await _discover(pcfg, backends, cfg.health.timeout, deadline)
+                if found is None:
+                    _fail(pcfg, "no max_model_len in /v1/models")
+                assert found is not None
+                lens[pcfg.name] = found
+                log.info("pool %s: max_model_len %d from /v1/models", pcfg.name, found)
+            if model is None and mid:
+                model = str(mid)
+        specs = [PoolSpec(p.name, lens[p.name], p.threshold) for p in cfg.pools]
+        for p, spec in zip(cfg.pools, specs, strict=True):
+            if p.threshold is not None and p.threshold > spec.max_model_len:
+                raise ConfigError(
+                    f"pools.{p.name}.threshold",
+                    f"{p.threshold} exceeds the discovered max_model_len {spec.max_model_len}",
+                )
+        policy = PoolPolicy(specs, spillover=cfg.spillover)
+        router = Router(policy, cfg.estimator)
+        by_name = {p.name: (p, b) for p, b in zip(cfg.pools, per_pool, strict=True)}
+        pools: list[Pool] = []
+        for i, spec in enumerate(policy.pools):
+            pcfg, backends = by_name[spec.name]
+            pool = Pool(pcfg, i, spec.max_model_len)
+            for b in backends:
+                pool.add(b)
+            pools.append(pool)
+        snap = cfg.calibrator.snapshot
+        if snap is not None and snap.exists():
+            try:
+                router.estimator.calibrator.restore(json.loads(snap.read_text()))
+                log.info("calibrator restored from %s", snap)
+            except (OSError, ValueError) as exc:
+                raise ConfigError("calibrator.snapshot", f"cannot load {snap}: {exc}") from None
+        gw = Gateway(cfg, router, pools, model or "unknown", loop)
+        self.gateway = gw
+        lim = cfg.limits
+
+        def factory() -> HttpConnection:
+            conn = HttpConnection(
+                gw,
+                loop,
+                gw.connections,
+                max_body_bytes=lim.max_body_bytes,
+                max_header_bytes=lim.max_header_bytes,
+            )
+            if len(gw.connections) >= lim.max_connections:
+                conn.over_limit = True
+            return conn
+
+        self._server = await loop.create_server(
+            factory,
+            host if host is not None else cfg.host,
+            cfg.port if port is None else port,
+            reuse_address=True,
+            backlog=2048,
+        )
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        self._tasks.append(loop.create_task(bg.health_loop(gw)))
+        if cfg.health.metrics_interval > 0:
+            self._tasks.append(loop.create_task(bg.scrape_loop(gw)))
+        for pool in pools:
+            if pool.cfg.dns is not None:
+                self._tasks.append(loop.create_task(bg.resolve_loop(gw, pool)))
+        if snap is not None and cfg.calibrator.save_interval > 0:
+            self._tasks.append(
+                loop.create_task(bg.snapshot_loop(gw, snap, cfg.calibrator.save_interval))
+            )
+        self._tasks.append(loop.create_task(bg.sweep_loop(gw)))
+        log.info(
+            "listening on %s:%d; pools %s",
+            host or cfg.host,
+            self.port,
+            ", ".join(
+                f"{p.name}(len={p.max_model_len}, backends={len(p.backends)})" for p in pools
+            ),
+        )
+        return gw
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), then close."""
+        gw = self.gateway
+        if self._server is not None:
+            self._server.close()
+        if gw is None:
+            return
+        gw.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeouts.drain
+        while True:
+            for conn in list(gw.connections):
+                conn.close_if_idle()
+            if not gw.connections or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        for conn in list(gw.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for pool in gw.pools:
+            for b in pool.backends:
+                b.close_idle()
+        snap = self.config.calibrator.snapshot
+        if snap is not None:
+            bg.write_snapshot(gw, snap)
+        log.info("stopped")
+
+
+async def _main(config: GatewayConfig) -> int:
+    server = GatewayServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: draining (up to %gs)", config.timeouts.drain)
+    await server.stop()
+    return 0
+
+
+def run(config: GatewayConfig) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and return 0. Uses uvloop when present."""
+    configure_logging(config.log.level)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(_main(config))
+    return uvloop.run(_main(config))
