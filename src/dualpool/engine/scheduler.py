@@ -411,15 +411,43 @@ class Scheduler:
 
         Cost: O(len(running)) plus O(log k) for the until_time search.
         """
-        empty = FastForwardResult(0, now)
+        plan = self._plan_decode_run(now, max_steps, until_time)
+        if plan is None:
+            return FastForwardResult(0, now)
+        k, k_done, ctx = plan
+        return self._apply_decode_run(now, k, k_done, ctx)
+
+    def peek_fast_forward(
+        self,
+        now: float,
+        *,
+        max_steps: int | None = None,
+        until_time: float | None = None,
+    ) -> tuple[int, float]:
+        """(steps, end time) `fast_forward` would take now, without changing state.
+
+        A discrete-event driver plans a decode run with it, and applies it
+        (or the part of it before an arrival, with `until_time`) only when
+        the run ends or something happens to the instance.
+        """
+        plan = self._plan_decode_run(now, max_steps, until_time)
+        if plan is None:
+            return 0, now
+        k, _, ctx = plan
+        return k, now + self.timing.decode_run_time(len(self.running), ctx, k)
+
+    def _plan_decode_run(
+        self, now: float, max_steps: int | None, until_time: float | None
+    ) -> tuple[int, int, int] | None:
+        """(k, steps to the next completion, total context) or None (no run)."""
         running = self.running
         n = len(running)
         if self._pending is not None or n == 0 or n > self.config.max_num_batched_tokens:
-            return empty
+            return None
         if max_steps is not None and max_steps <= 0:
-            return empty
+            return None
         if until_time is not None and until_time <= now:
-            return empty
+            return None
         bs = self.config.block_size
         kv = self.kv
         ctx = 0
@@ -429,14 +457,14 @@ class Scheduler:
         for req in running:
             c = req.num_computed_tokens
             if req.num_output_tokens == 0 or c != req.num_tokens - 1:
-                return empty  # a prefill (or recompute) is in flight
+                return None  # a prefill (or recompute) is in flight
             ctx += c
             left = req.output_tokens - req.num_output_tokens
             if k_done < 0 or left < k_done:
                 k_done = left
             o = req.num_blocks * bs - c + 1  # first step needing a new block
             if not 1 <= o <= bs:
-                return empty  # not the block layout allocate_slots leaves
+                return None  # not the block layout allocate_slots leaves
             offsets[o] += 1
             if o == 1:
                 need_next += 1
@@ -457,7 +485,7 @@ class Scheduler:
                 break
         k = min(k_done, q * bs + o_fail - 1)
         if k <= 0:
-            return empty
+            return None
 
         # The waiting queue. Admission runs after the running requests have
         # taken their blocks, and during a decode-only run the running set,
@@ -476,7 +504,7 @@ class Scheduler:
             if n < cfg.max_num_seqs and left_budget > 0 and fits_budget:
                 chunk = min(tokens, left_budget)
                 if -(-chunk // bs) <= free - need_next:
-                    return empty  # the next step admits it
+                    return None  # the next step admits it
 
         timing = self.timing
         if max_steps is not None and max_steps < k:
@@ -488,8 +516,13 @@ class Scheduler:
                 m -= 1  # start strictly before until_time
             if m + 1 < k:
                 k = m + 1
-        end = now + timing.decode_run_time(n, ctx, k)
+        return k, k_done, ctx
 
+    def _apply_decode_run(self, now: float, k: int, k_done: int, ctx: int) -> FastForwardResult:
+        running = self.running
+        n = len(running)
+        bs = self.config.block_size
+        end = now + self.timing.decode_run_time(n, ctx, k)
         used = 0
         for req in running:
             c = req.num_computed_tokens + k
@@ -498,7 +531,7 @@ class Scheduler:
             blocks = -(-c // bs)
             used += blocks - req.num_blocks
             req.num_blocks = blocks
-        kv.num_free_blocks -= used
+        self.kv.num_free_blocks -= used
         generated = n * k
         self.generation_tokens_total += generated
         result = FastForwardResult(k, end, num_generated_tokens=generated)

@@ -1,0 +1,558 @@
+"""The discrete-event fleet simulation: route, queue, step, complete.
+
+    workload ──► Router (estimator + policy, calibrated online) ──► pool
+                   ▲                                                │ Balancer
+                   │ usage (prompt, completion tokens)              ▼
+                   └──────────────────────── instance (engine Scheduler)
+
+Event order is one key, (time, kind, seq): at equal times arrivals (kind 0)
+come before instance step boundaries (kind 1), so a step starting exactly at
+an arrival includes it; `seq` is a per-simulation counter. Arrivals are read
+lazily from the workload stream (never all in memory); the heap holds at most
+one event per busy instance.
+
+An instance is in one of three modes:
+
+    IDLE   no requests; no event. An arrival plans its first step.
+    STEP   a step() was applied eagerly at t0; its boundary event is at t0 + dt.
+           Requests arriving meanwhile join the waiting queue; the next
+           schedule() (at the boundary) sees them, as in vLLM.
+    RUN    a decode-only run was *planned* at t0 (peek_fast_forward) up to the
+           next completion or KV-allocation failure; its event is at the run's
+           end. Nothing is applied until the run ends, or until a request
+           arrives for this instance: then fast_forward(t0, until_time=t_arrival)
+           applies only the steps that started before the arrival.
+
+So an instance is touched only when something happens to it (an arrival
+routed to it, its own step boundary, a completion), never on other
+instances' events: the cost of a simulation grows with arrivals, admissions,
+preemptions and completions, not with generated tokens or the fleet size.
+
+The balancer and the spillover signal read each instance's state at its last
+touch (during a decode run: its start), a close approximation of what a
+gateway scraping /metrics sees.
+
+A request the engine rejects as over-length (its estimate was too low) is
+retried once on the next larger pool and counted as misrouted, as the gateway
+does; if no larger pool exists or it refuses too, the request is rejected.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from dualpool.budget import EstimatorConfig, RequestFeatures
+from dualpool.engine import Request as EngineRequest
+from dualpool.engine import RequestStatus, Scheduler
+from dualpool.errors import ConfigError, WorkloadError
+from dualpool.policy import PoolPolicy
+from dualpool.router import RoutedRequest, Router
+from dualpool.simulator.balancer import Balancer, BalancerKind, make_balancer, parse_balancer
+from dualpool.simulator.fleet import FleetConfig
+from dualpool.simulator.records import RecordSink
+from dualpool.simulator.summary import SLO, PoolStats, Summary
+from dualpool.workload import Request, with_prompt_bytes
+
+__all__ = ["SimOptions", "Simulation", "simulate"]
+
+_IDLE, _STEP, _RUN = 0, 1, 2
+
+# Workload categories -> the estimator's content classes.
+_CLASS_OF: dict[str, str] = {
+    "prose": "prose",
+    "code": "code",
+    "cjk": "zh",
+    "zh": "zh",
+    "ja": "ja",
+    "ko": "ko",
+    "json": "json",
+    "other": "other",
+}
+
+
+def _route_features(r: Request, model: str) -> RequestFeatures:
+    """The estimator's inputs for a request known only by lengths and bytes.
+
+    No body is fabricated: the byte count (synthetic for length-only traces),
+    content class, message count and declared max_tokens are what the gateway
+    would read from a real body.
+    """
+    cls = _CLASS_OF.get(r.category, "other") if r.category else "prose"
+    return RequestFeatures(model, cls, r.prompt_bytes or 0, 0, r.num_messages, 0, 0, r.max_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    """How to run a simulation (the fleet and the workload are passed apart)."""
+
+    # Intra-pool balancer: rr, lor (least outstanding requests) or kv (least KV use).
+    balancer: str = "lor"
+    # Let the policy spill short requests to a larger pool when theirs is saturated.
+    spillover: bool = False
+    # A pool is saturated when its mean waiting queue per instance exceeds this...
+    saturation_waiting: float = 4.0
+    # ...or its mean KV usage exceeds this fraction.
+    saturation_kv: float = 0.95
+    # Seconds at the start of the run (of each shard) simulated but not counted.
+    warmup_s: float = 0.0
+    # Bytes per token by workload category for synthetic prompt bytes
+    # (length-only traces); None: workload.DEFAULT_BYTES_PER_TOKEN.
+    bytes_per_token: Mapping[str, float] | None = None
+    # Relative jitter (normal sigma) of those synthetic bytes.
+    bytes_jitter: float = 0.1
+    # Seeds the synthetic prompt bytes.
+    seed: int = 0
+    slo: SLO = field(default_factory=SLO)
+    # The router's estimator settings (the gateway's defaults when None).
+    estimator: EstimatorConfig | None = None
+
+    def __post_init__(self) -> None:
+        parse_balancer(self.balancer)
+        if self.warmup_s < 0 or not math.isfinite(self.warmup_s):
+            raise ConfigError("warmup_s", f"must be a finite number >= 0, got {self.warmup_s!r}")
+        if self.saturation_waiting < 0:
+            raise ConfigError("saturation_waiting", "must be >= 0")
+        if not 0 < self.saturation_kv <= 1:
+            raise ConfigError("saturation_kv", "must be in (0, 1]")
+        if self.bytes_jitter < 0:
+            raise ConfigError("bytes_jitter", "must be >= 0")
+
+
+class _Instance:
+    """One engine instance and the simulator's bookkeeping around it."""
+
+    __slots__ = (
+        "busy_s",
+        "index",
+        "kv_t",
+        "kv_usage_last",
+        "kv_usage_s",
+        "mode",
+        "pool",
+        "sched",
+        "t0",
+        "used_blocks",
+        "version",
+        "waiting",
+    )
+
+    def __init__(self, pool: int, index: int, sched: Scheduler) -> None:
+        self.pool = pool
+        self.index = index
+        self.sched = sched
+        self.mode = _IDLE
+        self.t0 = 0.0
+        self.version = 0
+        self.busy_s = 0.0
+        # KV usage integral: usage at the last touch, since kv_t.
+        self.kv_usage_last = 0.0
+        self.kv_t = 0.0
+        self.kv_usage_s = 0.0
+        # This instance's contribution to its pool's aggregates.
+        self.waiting = 0
+        self.used_blocks = 0
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.sched.requests)
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv_usage_last
+
+
+class _Pool:
+    __slots__ = (
+        "balancer",
+        "instances",
+        "name",
+        "stats",
+        "total_blocks",
+        "used_blocks",
+        "waiting",
+    )
+
+    def __init__(self, name: str, instances: list[_Instance], balancer: Balancer) -> None:
+        self.name = name
+        self.instances = instances
+        self.balancer = balancer
+        self.waiting = 0
+        self.used_blocks = 0
+        self.total_blocks = sum(i.sched.kv.num_gpu_blocks for i in instances)
+        self.stats: PoolStats
+
+
+# Per in-flight request: (workload request, routed, pool, instance, misrouted, spilled, counted)
+_Meta = tuple[Request, RoutedRequest, int, int, bool, bool, bool]
+
+
+class Simulation:
+    """One simulation of a fleet; `run(requests)` returns its `Summary`.
+
+    Deterministic: the same fleet, options and request stream give the same
+    summary. Not reusable: build a new one per run.
+    """
+
+    def __init__(
+        self,
+        fleet: FleetConfig,
+        options: SimOptions | None = None,
+        *,
+        records: RecordSink | None = None,
+        progress: Callable[[int, float], None] | None = None,
+    ) -> None:
+        if not fleet.is_sized:
+            raise ConfigError("instances", "every pool needs an instance count (size the fleet)")
+        self.fleet = fleet
+        self.options = opts = options or SimOptions()
+        self.records = records
+        self.progress = progress
+        self.policy = PoolPolicy(fleet.pool_specs, spillover=opts.spillover)
+        self.router = Router(self.policy, opts.estimator or EstimatorConfig())
+        kind = parse_balancer(opts.balancer)
+        self.pools: list[_Pool] = []
+        self.instances: list[_Instance] = []
+        for pi, pc in enumerate(fleet.pools):
+            insts: list[_Instance] = []
+            for j in range(pc.num_instances):
+                sched = Scheduler.from_specs(fleet.model, fleet.gpu, pc.engine, fleet.step_params)
+                inst = _Instance(pi, j, sched)
+                insts.append(inst)
+                self.instances.append(inst)
+            pool = _Pool(pc.name, insts, make_balancer(kind, insts))
+            pool.stats = PoolStats(pc.name, pc.num_instances, pc.gpus_per_instance)
+            self.pools.append(pool)
+        self._model_name = fleet.model.name
+        self._heap: list[tuple[float, int, _Instance, int]] = []
+        self._seq = 0
+        self._meta: dict[EngineRequest, _Meta] = {}
+        self._next_id = 0
+        self._t_first: float | None = None
+        self._t_last_arrival = 0.0
+        self._t_end = 0.0
+        self._warmup_until = -math.inf
+        self.summary = Summary(fleet.describe(), opts.slo, {p.name: p.stats for p in self.pools})
+        self._balancer_is_rr = kind is BalancerKind.ROUND_ROBIN
+
+    # -- the loop -------------------------------------------------------------------
+
+    def run(self, requests: Iterable[Request]) -> Summary:
+        """Simulate every request of the stream to completion; returns the summary."""
+        wall0 = time.perf_counter()
+        opts = self.options
+        stream: Iterable[Request] = with_prompt_bytes(
+            requests, opts.bytes_per_token, jitter=opts.bytes_jitter, seed=opts.seed
+        )
+        heap = self._heap
+        pop = heapq.heappop
+        it = iter(stream)
+        nxt = next(it, None)
+        arrivals = 0
+        progress = self.progress
+        events = 0
+        while nxt is not None or heap:
+            events += 1
+            if nxt is not None and (not heap or nxt.arrival_s <= heap[0][0]):
+                self._arrive(nxt)
+                arrivals += 1
+                if progress is not None and arrivals % 8192 == 0:
+                    progress(arrivals, nxt.arrival_s)
+                nxt = next(it, None)
+                continue
+            t, _, inst, ver = pop(heap)
+            if ver != inst.version:
+                events -= 1
+                continue
+            self._boundary(inst, t)
+        if progress is not None:
+            progress(arrivals, self._t_end)
+        s = self.summary
+        if self._t_first is not None:
+            s.window_s = self._t_last_arrival - self._t_first
+            s.span_s = max(self._t_end, self._t_last_arrival) - self._t_first
+            end = max(self._t_end, self._t_last_arrival)
+            for inst in self.instances:
+                inst.kv_usage_s += inst.kv_usage_last * (end - inst.kv_t)
+                inst.kv_t = end
+        for p in self.pools:
+            p.stats.busy_s = sum(i.busy_s for i in p.instances)
+            p.stats.kv_usage_s = sum(i.kv_usage_s for i in p.instances)
+        s.events = events
+        s.wall_s = time.perf_counter() - wall0
+        if self.records is not None:
+            self.records.flush()
+        return s
+
+    def _push(self, t: float, inst: _Instance) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, inst, inst.version))
+
+    def _boundary(self, inst: _Instance, t: float) -> None:
+        """Instance `inst` reached the end of its step or decode run at t."""
+        if inst.mode == _RUN:
+            ff = inst.sched.fast_forward(inst.t0)
+            self.summary.fast_forwards += 1
+            inst.busy_s += ff.now - inst.t0
+            for req in ff.finished:
+                self._finished(req)
+            t = ff.now
+        self._plan(inst, t)
+
+    def _plan(self, inst: _Instance, now: float) -> None:
+        """Start the instance's next step (or decode run) at `now`."""
+        s = inst.sched
+        inst.version += 1
+        if not s.requests:
+            inst.mode = _IDLE
+            self._sync(inst, now)
+            if now > self._t_end:
+                self._t_end = now
+            return
+        k, end = s.peek_fast_forward(now)
+        if k > 0:
+            inst.mode = _RUN
+            inst.t0 = now
+            self._push(end, inst)
+        else:
+            out, res = s.step(now)
+            self.summary.engine_steps += 1
+            if out.num_scheduled_seqs == 0:
+                raise RuntimeError(
+                    f"instance {inst.pool}/{inst.index} scheduled nothing with "
+                    f"{len(s.requests)} requests (engine model bug)"
+                )
+            inst.busy_s += res.now - now
+            for req in res.finished:
+                self._finished(req)
+            inst.mode = _STEP
+            inst.t0 = now
+            self._push(res.now, inst)
+        self._sync(inst, now)
+
+    def _sync(self, inst: _Instance, now: float) -> None:
+        """Refresh the instance's load in its pool's aggregates and balancer."""
+        s = inst.sched
+        kv = s.kv
+        if now > inst.kv_t:
+            inst.kv_usage_s += inst.kv_usage_last * (now - inst.kv_t)
+            inst.kv_t = now
+        used = kv.num_gpu_blocks - kv.num_free_blocks
+        inst.kv_usage_last = used / kv.num_gpu_blocks
+        pool = self.pools[inst.pool]
+        w = len(s.waiting)
+        pool.waiting += w - inst.waiting
+        pool.used_blocks += used - inst.used_blocks
+        inst.waiting = w
+        inst.used_blocks = used
+        if not self._balancer_is_rr:
+            pool.balancer.update(inst.index)
+
+    # -- arrivals -------------------------------------------------------------------
+
+    def _saturation(self) -> list[bool]:
+        opts = self.options
+        out = []
+        for p in self.pools:
+            n = len(p.instances)
+            out.append(
+                p.waiting > opts.saturation_waiting * n
+                or p.used_blocks > opts.saturation_kv * p.total_blocks
+            )
+        return out
+
+    def _route(self, r: Request) -> RoutedRequest:
+        saturated = self._saturation() if self.options.spillover else None
+        if r.body is not None:
+            return self.router.route(r.body, saturated=saturated)
+        return self.router.route_features(_route_features(r, self._model_name), saturated=saturated)
+
+    def _arrive(self, r: Request) -> None:
+        now = r.arrival_s
+        if self._t_first is None:
+            self._t_first = now
+            self._warmup_until = now + self.options.warmup_s
+        if now < self._t_last_arrival:
+            raise WorkloadError(
+                f"arrivals must be in time order; got {now} after {self._t_last_arrival}"
+            )
+        self._t_last_arrival = now
+        if r.prompt_tokens < 0 or r.output_tokens < 0:
+            raise WorkloadError(
+                "the simulator needs true token counts; this workload has requests without "
+                "them (JSONL without usage): fill them first (workload.fill_tokens)"
+            )
+        summary = self.summary
+        counted = now >= self._warmup_until
+        if counted:
+            summary.requests += 1
+        else:
+            summary.warmup_requests += 1
+        routed = self._route(r)
+        dec = routed.decision
+        if dec.pool < 0:
+            if counted:
+                summary.rejected_by_policy += 1
+            self._record(r, -1, -1, None, True, False, False)
+            return
+        spilled = dec.pool != dec.home
+        pool = dec.pool
+        req, inst = self._submit(r, pool, now)
+        misrouted = False
+        if req.status == RequestStatus.FINISHED_REJECTED:
+            fallbacks = self.policy.fallbacks(dec)
+            if fallbacks:
+                misrouted = True
+                pool = fallbacks[0]
+                req, inst = self._submit(r, pool, now)
+        stats = self.pools[pool].stats
+        if counted:
+            stats.requests += 1
+            stats.misrouted += misrouted
+            stats.spilled += spilled
+        if req.status == RequestStatus.FINISHED_REJECTED:
+            if counted:
+                stats.rejected += 1
+            self._record(r, pool, inst.index, None, True, misrouted, spilled)
+            return
+        self._meta[req] = (r, routed, pool, inst.index, misrouted, spilled, counted)
+        # The instance must see the request at its next step boundary.
+        mode = inst.mode
+        if mode == _IDLE:
+            self._plan(inst, now)
+        elif mode == _RUN:
+            ff = inst.sched.fast_forward(inst.t0, until_time=now)
+            if ff.steps:
+                self.summary.fast_forwards += 1
+                inst.busy_s += ff.now - inst.t0
+                for done in ff.finished:
+                    self._finished(done)
+            if ff.now > now:
+                # The run's last step straddles the arrival: the next step starts
+                # at its end, and later arrivals before then must join it too.
+                inst.mode = _STEP
+                inst.version += 1
+                self._push(ff.now, inst)
+                self._sync(inst, now)
+            else:
+                self._plan(inst, now)
+        else:
+            self._sync(inst, now)
+
+    def _submit(self, r: Request, pool: int, now: float) -> tuple[EngineRequest, _Instance]:
+        p = self.pools[pool]
+        inst = p.instances[p.balancer.pick()]
+        sched = inst.sched
+        prompt = r.prompt_tokens if r.prompt_tokens > 0 else 1
+        if r.max_tokens is not None:
+            max_tokens = max(1, r.max_tokens)
+        else:
+            # vLLM's default: generate up to the context limit.
+            max_tokens = max(1, sched.config.max_model_len - prompt)
+        out = min(max(1, r.output_tokens), max_tokens)
+        self._next_id += 1
+        req = sched.add_request(str(self._next_id), prompt, max_tokens, now, out)
+        return req, inst
+
+    # -- completions ----------------------------------------------------------------
+
+    def _finished(self, req: EngineRequest) -> None:
+        r, routed, pool, inst, misrouted, spilled, counted = self._meta.pop(req)
+        self.router.observe(
+            routed, {"prompt_tokens": req.prompt_tokens, "completion_tokens": req.num_output_tokens}
+        )
+        t = req.finish_time
+        assert t is not None and req.first_token_time is not None
+        if t > self._t_end:
+            self._t_end = t
+        if counted:
+            st = self.pools[pool].stats
+            slo = self.options.slo
+            ttft = req.first_token_time - req.arrival_time
+            n_out = req.num_output_tokens
+            tpot = (t - req.first_token_time) / (n_out - 1) if n_out > 1 else 0.0
+            st.completed += 1
+            st.preemptions += req.num_preemptions
+            st.prompt_tokens += req.prompt_tokens
+            st.generated_tokens += n_out
+            st.ttft.add(ttft)
+            st.tpot.add(tpot)
+            st.e2e.add(t - req.arrival_time)
+            ok1 = ttft <= slo.ttft_s
+            ok2 = tpot <= slo.tpot_s
+            st.ttft_ok += ok1
+            st.tpot_ok += ok2
+            st.slo_ok += ok1 and ok2
+        if self.records is not None:
+            self._record(r, pool, inst, req, False, misrouted, spilled)
+
+    def _record(
+        self,
+        r: Request,
+        pool: int,
+        inst: int,
+        req: EngineRequest | None,
+        rejected: bool,
+        misrouted: bool,
+        spilled: bool,
+    ) -> None:
+        sink = self.records
+        if sink is None:
+            return
+        name = self.pools[pool].name if pool >= 0 else ""
+        if req is None or req.first_token_time is None or req.finish_time is None:
+            sink.write(
+                (
+                    r.arrival_s,
+                    name,
+                    inst,
+                    r.prompt_tokens,
+                    r.output_tokens,
+                    0,
+                    None,
+                    None,
+                    None,
+                    0,
+                    rejected,
+                    misrouted,
+                    spilled,
+                )
+            )
+            return
+        n_out = req.num_output_tokens
+        ft = req.first_token_time
+        sink.write(
+            (
+                r.arrival_s,
+                name,
+                inst,
+                req.prompt_tokens,
+                r.output_tokens,
+                n_out,
+                ft - req.arrival_time,
+                (req.finish_time - ft) / (n_out - 1) if n_out > 1 else 0.0,
+                req.finish_time - req.arrival_time,
+                req.num_preemptions,
+                rejected,
+                misrouted,
+                spilled,
+            )
+        )
+
+
+def simulate(
+    fleet: FleetConfig,
+    requests: Iterable[Request],
+    options: SimOptions | None = None,
+    *,
+    records: RecordSink | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> Summary:
+    """Simulate `requests` on `fleet`: a pure function of (fleet, requests, options).
+
+    Returns a mergeable `Summary`; per-request rows go to `records` if given.
+    """
+    return Simulation(fleet, options, records=records, progress=progress).run(requests)
