@@ -9,7 +9,7 @@ vllm/v1/metrics/loggers.py (PrometheusStatLogger).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -41,8 +41,15 @@ FINISH_REASONS = ("stop", "length", "abort")
 class _EngineCollector(Collector):
     """Scheduler state as vLLM's gauges and counters, read at scrape time."""
 
-    def __init__(self, sched: Scheduler, model_name: str, gpu_memory_utilization: float) -> None:
+    def __init__(
+        self,
+        sched: Scheduler,
+        model_name: str,
+        gpu_memory_utilization: float,
+        lag: Callable[[], float],
+    ) -> None:
         self._s = sched
+        self._lag = lag
         self._labels = [model_name, "0"]
         self._gmu = gpu_memory_utilization
 
@@ -90,14 +97,29 @@ class _EngineCollector(Collector):
         )  # fmt: skip
         g.add_metric(list(info.values()), 1.0)
         yield g
+        # Not vLLM's: wall seconds the engine loop fell behind its schedule and
+        # gave up (the emulator process was overloaded; timing is distorted).
+        c = CounterMetricFamily(
+            "dualpool_emulator_lag_seconds",
+            "Wall seconds the emulated engine fell behind the modelled timing (overload).",
+            labels=ln,
+        )
+        c.add_metric(lv, self._lag())
+        yield c
 
 
 class InstanceMetrics:
     """The registry of one instance and the observations its engine loop makes."""
 
-    def __init__(self, sched: Scheduler, model_name: str, gpu_memory_utilization: float) -> None:
+    def __init__(
+        self,
+        sched: Scheduler,
+        model_name: str,
+        gpu_memory_utilization: float,
+        lag: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_EngineCollector(sched, model_name, gpu_memory_utilization))
+        self.registry.register(_EngineCollector(sched, model_name, gpu_memory_utilization, lag))
         ln = ["model_name", "engine"]
         lv = (model_name, "0")
         self.ttft = Histogram(
