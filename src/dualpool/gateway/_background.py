@@ -30,6 +30,7 @@ __all__ = [
     "scrape_loop",
     "snapshot_loop",
     "sweep_loop",
+    "timeout_loop",
     "write_snapshot",
 ]
 
@@ -172,6 +173,15 @@ async def snapshot_loop(gw: Gateway, path: Path, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         write_snapshot(gw, path)
+
+
+async def timeout_loop(gw: Gateway) -> None:
+    """One timer for every exchange's first-byte and idle timeout (not one per request)."""
+    t = gw.config.timeouts
+    period = min(0.5, t.first_byte / 4, t.idle / 4)
+    while True:
+        await asyncio.sleep(period)
+        gw.sweep_timeouts()
 
 
 async def sweep_loop(gw: Gateway) -> None:

@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dualpool.errors import RequestError
@@ -83,12 +84,15 @@ def filter_request_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
     out: list[bytes] = []
     extra: set[bytes] | None = None
     for k, v in headers:
-        if k == b"connection":
-            extra = {t.strip().lower() for t in v.split(b",")}
-    for k, v in headers:
-        if k in _NOT_UPSTREAM or (extra is not None and k in extra):
+        if k in _NOT_UPSTREAM:
+            if k == b"connection":
+                extra = {t.strip().lower() for t in v.split(b",")}
             continue
         out += (k, b": ", v, b"\r\n")
+    if extra is not None and out:
+        # Headers the client named in Connection are hop-by-hop too.
+        kept = [out[i : i + 4] for i in range(0, len(out), 4) if out[i] not in extra]
+        return b"".join(b"".join(p) for p in kept)
     return b"".join(out)
 
 
@@ -110,6 +114,7 @@ class _Context:
         "backend",
         "conn",
         "first_byte_sent",
+        "misrouted",
         "outcome",
         "payload",
         "pool",
@@ -137,15 +142,23 @@ class _Context:
         self.outcome = ""
         self.usage: dict[str, Any] | None = None
         self.attempts = 0
+        self.misrouted = False
 
 
 class _Exchange:
-    """The Sink of one upstream attempt; resolves `fut` with None or the error."""
+    """The Sink of one upstream attempt.
+
+    When it ends it calls `done(self, error)`: the gateway's fast-path finisher for
+    a first attempt started without awaiting, else a future's resolver for the
+    coroutine that awaits it. Timeouts are checked by `Gateway.sweep_timeouts`
+    (one periodic timer for all exchanges, not one per request).
+    """
 
     __slots__ = (
         "backend",
         "ctx",
-        "fut",
+        "done",
+        "ended",
         "gw",
         "headers",
         "idle_timeout",
@@ -160,7 +173,6 @@ class _Exchange:
         "t_first",
         "t_send",
         "timeout",
-        "timer",
         "upstream",
     )
 
@@ -171,6 +183,7 @@ class _Exchange:
         pool: Pool,
         backend: Backend,
         upstream: UpstreamConnection,
+        done: Callable[[_Exchange, BaseException | None], None],
     ) -> None:
         loop = gw.loop
         self.gw = gw
@@ -179,7 +192,8 @@ class _Exchange:
         self.pool = pool
         self.backend = backend
         self.upstream = upstream
-        self.fut: asyncio.Future[BaseException | None] = loop.create_future()
+        self.done = done
+        self.ended = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.parts: list[bytes] = []
@@ -190,9 +204,25 @@ class _Exchange:
         self.t_send = now
         self.t_first = 0.0
         self.last = now
-        self.timeout = gw.config.timeouts.first_byte
-        self.idle_timeout = gw.config.timeouts.idle
-        self.timer = loop.call_at(now + self.timeout, self.on_timer)
+        self.timeout = gw.first_byte_timeout
+        self.idle_timeout = gw.idle_timeout
+        gw.live.add(self)
+
+    def send(self) -> None:
+        ctx = self.ctx
+        ctx.conn.on_lost = self.client_lost
+        self.upstream.send(
+            b"".join(
+                (
+                    ctx.upstream_head,
+                    self.backend.host_header,
+                    self.pool.auth_header,
+                    b"\r\n",
+                    ctx.payload,
+                )
+            ),
+            self,
+        )
 
     # ---- Sink ----------------------------------------------------------------------
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -229,39 +259,35 @@ class _Exchange:
         self.size += len(data)
         if self.size > MAX_RESPONSE_BYTES:
             self.upstream.detach()
-            self._finish(ResponseTooLarge(f"answer larger than {MAX_RESPONSE_BYTES} bytes"))
+            self._end(ResponseTooLarge(f"answer larger than {MAX_RESPONSE_BYTES} bytes"))
             return
         self.parts.append(data)
 
     def on_complete(self, keep_alive: bool) -> None:
         self.backend.release(self.upstream, keep_alive)
-        self._finish(None)
+        self._end(None)
 
     def on_error(self, exc: BaseException) -> None:
-        self._finish(exc)
+        self._end(exc)
 
-    # ---- timers and the client -------------------------------------------------------
-    def on_timer(self) -> None:
-        if self.fut.done():
-            return
-        due = self.last + self.timeout
-        now = self.loop.time()
-        if now < due:
-            self.timer = self.loop.call_at(due, self.on_timer)
-            return
-        self.upstream.detach()
-        what = "first byte" if not self.status else "next byte"
-        self._finish(TimeoutError(f"no {what} from {self.backend.name} in {self.timeout:g}s"))
+    # ---- timeouts and the client -----------------------------------------------------
+    def check_timeout(self, now: float) -> None:
+        if now - self.last >= self.timeout:
+            self.upstream.detach()
+            what = "first byte" if not self.status else "next byte"
+            self._end(TimeoutError(f"no {what} from {self.backend.name} in {self.timeout:g}s"))
 
     def client_lost(self) -> None:
         # Closing the upstream connection makes vLLM abort the generation.
         self.upstream.detach()
-        self._finish(ClientGone())
+        self._end(ClientGone())
 
-    def _finish(self, exc: BaseException | None) -> None:
-        if not self.fut.done():
-            self.timer.cancel()
-            self.fut.set_result(exc)
+    def _end(self, exc: BaseException | None) -> None:
+        if not self.ended:
+            self.ended = True
+            self.gw.live.discard(self)
+            self.ctx.conn.on_lost = None
+            self.done(self, exc)
 
 
 class Gateway:
@@ -298,6 +324,13 @@ class Gateway:
         m = self.metrics
         self._m_reason = {r: m.routing.labels(r) for r in _reasons()}
         self._m_feedback: dict[str, Any] = {}
+        self._m_requests: dict[tuple[str, str], Any] = {}
+        self._m_pool: dict[str, tuple[Any, Any]] = {}
+        self._access_on = ACCESS_LOG.isEnabledFor(self._access_level)
+        self.first_byte_timeout = config.timeouts.first_byte
+        self.idle_timeout = config.timeouts.idle
+        # Exchanges in flight, for the periodic timeout sweep.
+        self.live: set[_Exchange] = set()
         self.metrics.add_collector(self._collect)
 
     # ---- the connection's entry point ---------------------------------------------
@@ -434,30 +467,37 @@ class Gateway:
             self._error(req, 404, "admin views: /admin, /admin/calibrator, /admin/backends")
 
     # ---- the proxy ---------------------------------------------------------------------
-    async def _proxy(self, req: Request, path: bytes, chat: bool) -> None:
+    def _proxy(self, req: Request, path: bytes, chat: bool) -> Any:
+        """Validate and route; start the first attempt without awaiting when it can.
+
+        The common case (a free slot, a healthy backend with an idle keep-alive
+        connection) sends upstream right here and finishes in `_first_done`, from
+        the protocol callbacks: no task per request. Anything else (connect, wait
+        for a slot, retry) returns the `_proxy_slow` coroutine for the connection to run.
+        """
         m = self.metrics
         if self._keys and not self._authorized(req, self._keys):
             m.requests.labels("none", Outcome.UNAUTHORIZED).inc()
             m.rejections.labels("unauthorized").inc()
             self._error(req, 401, "missing or invalid API key")
-            return
+            return None
         if self.draining:
             self._error(req, 503, "the gateway is shutting down", headers=self._retry_hdr())
-            return
+            return None
         try:
             body = json.loads(req.body)
         except (ValueError, UnicodeDecodeError) as exc:
             self._bad_request(req, f"request body is not valid JSON: {exc}")
-            return
+            return None
         if type(body) is not dict:
             self._bad_request(req, "request body must be a JSON object")
-            return
+            return None
         pools = self.pools
         try:
             routed = self.router.route(body, saturated=[p.saturated for p in pools], chat=chat)
         except RequestError as exc:
             self._bad_request(req, str(exc), exc.param)
-            return
+            return None
         d = routed.decision
         self._m_reason[d.reason].inc()
         if d.rejected:
@@ -465,7 +505,7 @@ class Gateway:
             m.rejections.labels("too_long").inc()
             self._error(req, 400, d.message)
             self._access(req, None, routed, 400, Outcome.REJECTED, None, 0)
-            return
+            return None
         if d.pool != d.home:
             m.spillovers.labels(pools[d.home].name, pools[d.pool].name).inc()
         stream = body.get("stream") is True
@@ -489,8 +529,63 @@ class Gateway:
             + filter_request_headers(req.headers)
         )
         self.inflight += 1
+        pool = pools[d.pool]
+        if pool.inflight < pool.max_concurrency and not pool.num_waiting:
+            backend = pool.pick()
+            if backend is not None:
+                upstream = backend.take_idle()
+                if upstream is not None:
+                    pool.inflight += 1
+                    ctx.pool = pool
+                    ctx.backend = backend
+                    ctx.attempts = 1
+                    backend.inflight += 1
+                    _Exchange(self, ctx, pool, backend, upstream, self._first_done).send()
+                    return None
+        return self._proxy_slow(ctx, None)
+
+    def _first_done(self, ex: _Exchange, err: BaseException | None) -> None:
+        """The end of a first attempt started without a task: finish, or hand over."""
+        ctx = ex.ctx
+        pool = ex.pool
+        backend = ex.backend
+        backend.inflight -= 1
+        final = True
+        if err is None:
+            if ex.relaying:
+                self._stream_done(ctx, ex)
+            elif ex.status >= 500 or self._misrouted(ctx, ex, 0):
+                final = False
+            else:
+                self._succeeded(backend)
+                self._record(ex)
+                self._answer(ctx, ex)
+        elif isinstance(err, ClientGone):
+            ctx.outcome = Outcome.CLIENT_CLOSED
+            ctx.conn.abort()
+        elif ctx.first_byte_sent:
+            self._stream_failed(ctx, err)
+        else:
+            final = False
+        pool.release()
+        if final:
+            self._finish(ctx)
+            return
+        up = ex.upstream
+        if err is not None and up.reused and not up.got_bytes and not isinstance(err, TimeoutError):
+            prior = None  # a stale keep-alive connection: not the backend's fault
+        else:
+            if err is not None:
+                self._failed(backend, str(err) or type(err).__name__, hard=False)
+            prior = (backend, ex if err is None else err)
+        task = self.loop.create_task(self._proxy_slow(ctx, prior))
+        task.add_done_callback(_retrieve)
+
+    async def _proxy_slow(
+        self, ctx: _Context, prior: tuple[Backend, _Exchange | BaseException] | None
+    ) -> None:
         try:
-            await self._dispatch(ctx)
+            await self._dispatch(ctx, prior)
         except Exception:  # pragma: no cover - a bug must not leave the client hanging
             log.exception("unexpected error while proxying")
             ctx.outcome = Outcome.UPSTREAM_ERROR
@@ -498,13 +593,20 @@ class Gateway:
                 ctx.conn.send_chunk(error_event(500, "internal error in the gateway"))
                 ctx.conn.end_stream(False)
             elif not ctx.conn.closed:
-                self._error(req, 500, "internal error in the gateway")
-        finally:
-            self.inflight -= 1
+                self._error(ctx.req, 500, "internal error in the gateway")
+        self._finish(ctx)
+
+    def _finish(self, ctx: _Context) -> None:
+        self.inflight -= 1
         self._feedback(ctx)
         pname = ctx.pool.name if ctx.pool is not None else "none"
-        m.requests.labels(pname, ctx.outcome).inc()
-        self._access(req, ctx, routed, ctx.status, ctx.outcome, ctx.usage, ctx.attempts)
+        key = (pname, ctx.outcome)
+        child = self._m_requests.get(key)
+        if child is None:
+            child = self._m_requests[key] = self.metrics.requests.labels(*key)
+        child.inc()
+        if self._access_on:
+            self._access(ctx.req, ctx, ctx.routed, ctx.status, ctx.outcome, ctx.usage, ctx.attempts)
 
     def _bad_request(self, req: Request, message: str, param: str | None = None) -> None:
         self.metrics.requests.labels("none", Outcome.BAD_REQUEST).inc()
@@ -514,59 +616,76 @@ class Gateway:
     def _retry_hdr(self) -> tuple[tuple[bytes, bytes], ...]:
         return ((b"retry-after", self._retry_after),)
 
-    async def _dispatch(self, ctx: _Context) -> None:
+    def _misrouted(self, ctx: _Context, ex: _Exchange, step: int) -> bool:
+        """vLLM's over-length 400 from a pool with a larger one after it."""
+        if ex.status != 400 or ctx.misrouted:
+            return False
+        if step == 0 and not self.router.policy.fallbacks(ctx.routed.decision)[: self._larger]:
+            return False
+        return b"maximum context length" in b"".join(ex.parts)
+
+    async def _dispatch(
+        self, ctx: _Context, prior: tuple[Backend, _Exchange | BaseException] | None
+    ) -> None:
         d = ctx.routed.decision
         plan = [self.pools[d.pool]]
         plan += [self.pools[i] for i in self.router.policy.fallbacks(d)[: self._larger]]
         last_exc: BaseException | None = None
         last_answer: _Exchange | None = None
-        misrouted = False
         for step, pool in enumerate(plan):
             if not pool.healthy:
                 continue
             if not pool.try_acquire() and not await pool.acquire(self._max_wait):
-                if last_exc is None and last_answer is None:
+                if last_exc is None and last_answer is None and prior is None:
                     # Every pool that could serve it first is full: tell the client when.
                     self._overloaded(ctx, pool)
                     return
+                if prior is not None:
+                    res0 = prior[1]
+                    prior = None
+                    if isinstance(res0, _Exchange):
+                        last_answer = res0
+                    else:
+                        last_exc = res0
                 continue
             ctx.pool = pool
             try:
                 tried: tuple[Backend, ...] = ()
+                pending, prior = prior, None
                 for _ in range(1 + self._same_pool):
-                    if ctx.conn.closed:
-                        ctx.outcome = Outcome.CLIENT_CLOSED
-                        return
-                    backend = pool.pick(tried)
-                    if backend is None:
-                        break
-                    tried += (backend,)
-                    if last_exc is not None or last_answer is not None:
-                        cause = "misroute" if misrouted else "error"
-                        self.metrics.retries.labels(pool.name, cause).inc()
-                    ex = await self._attempt(ctx, pool, backend)
-                    if isinstance(ex, _Exchange):
-                        status = ex.status
-                        if status >= 500:
-                            self._failed(backend, f"HTTP {status}", hard=False)
-                            last_answer, last_exc = ex, None
-                            continue
-                        if (
-                            status == 400
-                            and not misrouted
-                            and step + 1 < len(plan)
-                            and b"maximum context length" in b"".join(ex.parts)
-                        ):
-                            # Our estimate was too low for this pool: once, a larger one.
-                            misrouted = True
-                            self.metrics.misroutes.labels(pool.name).inc()
-                            last_answer, last_exc = ex, None
+                    res: _Exchange | BaseException | None
+                    if pending is not None:
+                        backend, res = pending
+                        pending = None
+                    else:
+                        if ctx.conn.closed:
+                            ctx.outcome = Outcome.CLIENT_CLOSED
+                            return
+                        maybe = pool.pick(tried)
+                        if maybe is None:
                             break
-                        self._answer(ctx, ex)
+                        backend = maybe
+                        if last_exc is not None or last_answer is not None:
+                            cause = "misroute" if ctx.misrouted else "error"
+                            self.metrics.retries.labels(pool.name, cause).inc()
+                        res = await self._attempt(ctx, pool, backend)
+                    tried += (backend,)
+                    if isinstance(res, _Exchange):
+                        if res.status >= 500:
+                            self._failed(backend, f"HTTP {res.status}", hard=False)
+                            last_answer, last_exc = res, None
+                            continue
+                        if step + 1 < len(plan) and self._misrouted(ctx, res, step):
+                            # Our estimate was too low for this pool: once, a larger one.
+                            ctx.misrouted = True
+                            self.metrics.misroutes.labels(pool.name).inc()
+                            last_answer, last_exc = res, None
+                            break
+                        self._answer(ctx, res)
                         return
-                    if ex is None:
+                    if res is None:
                         return  # answered (stream done, failed after its first byte, or gone)
-                    last_exc, last_answer = ex, None
+                    last_exc, last_answer = res, None
             finally:
                 pool.release()
         if last_answer is not None:
@@ -622,22 +741,10 @@ class Gateway:
                         why = str(exc) or f"no connection within {self._connect_timeout:g}s"
                         self._failed(backend, f"connect: {why}", hard=True)
                         return ConnectionError(f"cannot connect to {backend.name}: {why}")
-                ex = _Exchange(self, ctx, pool, backend, upstream)
-                ctx.conn.on_lost = ex.client_lost
-                upstream.send(
-                    b"".join(
-                        (
-                            ctx.upstream_head,
-                            backend.host_header,
-                            pool.auth_header,
-                            b"\r\n",
-                            ctx.payload,
-                        )
-                    ),
-                    ex,
-                )
-                err = await ex.fut
-                ctx.conn.on_lost = None
+                fut: asyncio.Future[BaseException | None] = self.loop.create_future()
+                ex = _Exchange(self, ctx, pool, backend, upstream, _resolver(fut))
+                ex.send()
+                err = await fut
                 if err is None:
                     break
                 if isinstance(err, ClientGone):
@@ -658,26 +765,40 @@ class Gateway:
                 return err
             else:  # pragma: no cover - the loop always breaks or returns
                 return None
-            self._succeeded(backend)
-            now = self.loop.time()
-            m = self.metrics
-            if ex.t_first:
-                m.ttft.labels(pool.name).observe(ex.t_first - ex.t_send)
-            m.latency.labels(pool.name).observe(now - ex.t_send)
             if ex.relaying:
-                relay = ex.relay
-                assert relay is not None
-                tail = relay.flush()
-                if tail:
-                    ctx.conn.send_chunk(tail)
-                ctx.usage = relay.usage
-                ctx.status = 200
-                ctx.outcome = Outcome.OK
-                ctx.conn.end_stream(ctx.req.keep_alive)
+                self._stream_done(ctx, ex)
                 return None
+            if ex.status < 500:
+                self._succeeded(backend)
+                self._record(ex)
             return ex
         finally:
             backend.inflight -= 1
+
+    def _record(self, ex: _Exchange) -> None:
+        name = ex.pool.name
+        pm = self._m_pool.get(name)
+        if pm is None:
+            pm = self._m_pool[name] = (
+                self.metrics.ttft.labels(name),
+                self.metrics.latency.labels(name),
+            )
+        if ex.t_first:
+            pm[0].observe(ex.t_first - ex.t_send)
+        pm[1].observe(self.loop.time() - ex.t_send)
+
+    def _stream_done(self, ctx: _Context, ex: _Exchange) -> None:
+        self._succeeded(ex.backend)
+        self._record(ex)
+        relay = ex.relay
+        assert relay is not None
+        tail = relay.flush()
+        if tail:
+            ctx.conn.send_chunk(tail)
+        ctx.usage = relay.usage
+        ctx.status = 200
+        ctx.outcome = Outcome.OK
+        ctx.conn.end_stream(ctx.req.keep_alive)
 
     def _answer(self, ctx: _Context, ex: _Exchange) -> None:
         body = ex.parts[0] if len(ex.parts) == 1 else b"".join(ex.parts)
@@ -704,6 +825,12 @@ class Gateway:
             self._failed(ctx.backend, msg, hard=False)
         ctx.conn.send_chunk(error_event(status, msg))
         ctx.conn.end_stream(False)
+
+    def sweep_timeouts(self) -> None:
+        """Fail exchanges past their first-byte or idle timeout (called periodically)."""
+        now = self.loop.time()
+        for ex in list(self.live):
+            ex.check_timeout(now)
 
     # ---- health (passive) --------------------------------------------------------------
     def _failed(self, backend: Backend, why: str, *, hard: bool) -> None:
@@ -820,6 +947,21 @@ class Gateway:
             m.learned_ratio.labels(cat["category"]).set(cat["bytes_per_token"])
             m.learned_samples.labels(cat["category"]).set(cat["samples"])
         m.connections.set(len(self.connections))
+
+
+def _resolver(
+    fut: asyncio.Future[BaseException | None],
+) -> Callable[[_Exchange, BaseException | None], None]:
+    def done(_: _Exchange, err: BaseException | None) -> None:
+        if not fut.done():
+            fut.set_result(err)
+
+    return done
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("proxy task failed", exc_info=task.exception())
 
 
 def _reasons() -> list[Any]:

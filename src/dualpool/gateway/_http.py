@@ -173,7 +173,6 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._dead:
             return
-        self.last_active = time.monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -238,7 +237,7 @@ class HttpConnection(asyncio.Protocol):
         body = self._body
         req.body = body[0] if len(body) == 1 else b"".join(body)
         self._body = []
-        req.received = time.monotonic()
+        req.received = self.last_active = time.monotonic()
         if self.busy:
             self.queue.append(req)
             if len(self.queue) >= _MAX_PIPELINE and self.transport and not self._reading_paused:

@@ -174,6 +174,7 @@ class GatewayServer:
                 loop.create_task(bg.snapshot_loop(gw, snap, cfg.calibrator.save_interval))
             )
         self._tasks.append(loop.create_task(bg.sweep_loop(gw)))
+        self._tasks.append(loop.create_task(bg.timeout_loop(gw)))
         log.info(
             "listening on %s:%d; pools %s",
             host or cfg.host,
