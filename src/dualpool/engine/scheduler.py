@@ -113,6 +113,7 @@ class Scheduler:
     """
 
     __slots__ = (
+        "_ff_cache",
         "_pending",
         "config",
         "generation_tokens_total",
@@ -146,6 +147,9 @@ class Scheduler:
         # In admission order: the last one is the first to be preempted.
         self.running: list[Request] = []
         self._pending: SchedulerOutput | None = None
+        # (now, k, steps to completion, context) of the last decode-run plan; any
+        # state change clears it (see _plan_decode_run).
+        self._ff_cache: tuple[float, int, int, int] | None = None
         # Counters for /metrics (vllm:* names in the docstrings of properties).
         self.num_preemptions_total = 0
         self.prompt_tokens_total = 0
@@ -218,6 +222,7 @@ class Scheduler:
                 f"output_tokens must be in [1, max_tokens={max_tokens}], got {out}", "max_tokens"
             )
         req = Request(request_id, prompt_tokens, max_tokens, out, arrival_time)
+        self._ff_cache = None
         max_len = self.config.max_model_len
         if prompt_tokens + max_tokens > max_len:
             req.status = RequestStatus.FINISHED_REJECTED
@@ -234,6 +239,7 @@ class Scheduler:
         req = self.requests.pop(request_id, None)
         if req is None:
             return None
+        self._ff_cache = None
         if req.status == _RUNNING:
             self.running.remove(req)
             self.kv.free(req)
@@ -258,6 +264,7 @@ class Scheduler:
         """Decide the next step; reserves KV blocks. Call update_from_output next."""
         if self._pending is not None:
             raise RuntimeError("schedule() called twice: apply the previous output first")
+        self._ff_cache = None
         cfg = self.config
         kv = self.kv
         budget = cfg.max_num_batched_tokens
@@ -440,16 +447,60 @@ class Scheduler:
         self, now: float, max_steps: int | None, until_time: float | None
     ) -> tuple[int, int, int] | None:
         """(k, steps to the next completion, total context) or None (no run)."""
-        running = self.running
-        n = len(running)
-        if self._pending is not None or n == 0 or n > self.config.max_num_batched_tokens:
-            return None
         if max_steps is not None and max_steps <= 0:
             return None
         if until_time is not None and until_time <= now:
             return None
-        bs = self.config.block_size
+        cache = self._ff_cache
+        if cache is not None and cache[0] == now:
+            # NOTE: a driver peeks a run, then applies it (or its part before an
+            # arrival) without changing the state in between: reuse the O(n) scan.
+            _, k, k_done, ctx = cache
+        else:
+            plan = self._plan_full_run()
+            if plan is None:
+                return None
+            k, k_done, ctx = plan
+            self._ff_cache = (now, k, k_done, ctx)
+        timing = self.timing
+        if max_steps is not None and max_steps < k:
+            k = max_steps
+        if until_time is not None:
+            n = len(self.running)
+            budget = until_time - now
+            m = timing.steps_within(n, ctx, budget)
+            if m > 0 and timing.decode_run_time(n, ctx, m) >= budget:
+                m -= 1  # start strictly before until_time
+            if m + 1 < k:
+                k = m + 1
+        return k, k_done, ctx
+
+    def _plan_full_run(self) -> tuple[int, int, int] | None:
+        """(longest k, steps to the next completion, total context) or None; O(n)."""
+        running = self.running
+        n = len(running)
+        cfg = self.config
+        if self._pending is not None or n == 0 or n > cfg.max_num_batched_tokens:
+            return None
+        bs = cfg.block_size
         kv = self.kv
+        # O(1) refusals before the O(n) scan. A partial prefill is always the
+        # most recently admitted request (it took the rest of a step's budget),
+        # so the last running request tells whether a prefill is in flight...
+        last = running[-1]
+        if last.num_output_tokens == 0 or last.num_computed_tokens != last.num_tokens - 1:
+            return None
+        # ...and a queue head that fits even if every running request takes a
+        # block next step is admitted next step (the exact check is below).
+        if self.waiting and n < cfg.max_num_seqs:
+            left_budget = cfg.max_num_batched_tokens - n
+            tokens = self.waiting[0].num_tokens
+            if (
+                left_budget > 0
+                and (cfg.enable_chunked_prefill or tokens <= left_budget)
+                and -(-min(tokens, left_budget) // bs) <= kv.num_free_blocks - n
+            ):
+                return None
         ctx = 0
         k_done = -1
         need_next = 0  # blocks the next step allocates
@@ -505,20 +556,10 @@ class Scheduler:
                 chunk = min(tokens, left_budget)
                 if -(-chunk // bs) <= free - need_next:
                     return None  # the next step admits it
-
-        timing = self.timing
-        if max_steps is not None and max_steps < k:
-            k = max_steps
-        if until_time is not None:
-            budget = until_time - now
-            m = timing.steps_within(n, ctx, budget)
-            if m > 0 and timing.decode_run_time(n, ctx, m) >= budget:
-                m -= 1  # start strictly before until_time
-            if m + 1 < k:
-                k = m + 1
         return k, k_done, ctx
 
     def _apply_decode_run(self, now: float, k: int, k_done: int, ctx: int) -> FastForwardResult:
+        self._ff_cache = None
         running = self.running
         n = len(running)
         bs = self.config.block_size
