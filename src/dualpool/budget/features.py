@@ -157,7 +157,9 @@ def _walk_parts(acc: _Acc, content: Any, where: str) -> None:
         elif kind in _AUDIO_PARTS or kind in _VIDEO_PARTS:
             acc.media += 1
         else:
-            raise RequestError(f"'{where}[{j}].type' {kind!r} is not a supported content part", where)
+            raise RequestError(
+                f"'{where}[{j}].type' {kind!r} is not a supported content part", where
+            )
 
 
 def _walk_messages(acc: _Acc, messages: Any) -> int:
