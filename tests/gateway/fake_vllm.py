@@ -199,7 +199,7 @@ class Conn(asyncio.Protocol):
         n = max(1, min(st.output_tokens, limit))
         st.completions += 1
         usage = {"prompt_tokens": p, "total_tokens": p + n, "completion_tokens": n}
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{st.requests}"
+        rid = "chatcmpl-fake" if chat else "cmpl-fake"
         obj = "chat.completion" if chat else "text_completion"
         model = body.get("model", st.model)
         if not body.get("stream"):
