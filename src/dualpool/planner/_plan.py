@@ -1,0 +1,670 @@
+"""`plan`: size a homogeneous fleet and a dual-pool split for one workload.
+
+    workload ─► Mix (prompt, output, budget per request; alpha per B_short)
+        │
+        ├─ homogeneous pool (long config, all traffic) ─┐
+        ├─ split: short pool (budget <= B_short)        ├─ one PoolJob each, run in
+        │         long pool (the rest)                  │  parallel (processes or Ray):
+        ├─ sweep: the split at B_short 2K .. 32K        │  engine profile → closed form,
+        └─ three pools (8K / 32K / 64K)                 ┘  discrete form, queueing size,
+                                                           [simulation search]
+        ─► costs (GPUs x price x 8,760 h), saving, recommendation
+
+Every job is a pure function of picklable inputs (`PoolJob`), so the same
+list runs on a local process pool or on Ray with identical results.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dualpool.engine import (
+    EngineConfig,
+    GPUSpec,
+    ModelSpec,
+    StepTimeModel,
+    StepTimeParams,
+    smallest_feasible_tp,
+)
+from dualpool.errors import ConfigError, InfeasibleConfigError, WorkloadError
+from dualpool.planner._capacity import (
+    AnalyticSize,
+    InstanceProfile,
+    PoolDesign,
+    analytic_pool_size,
+    profile_instance,
+)
+from dualpool.planner._queueing import (
+    closed_form_saving,
+    closed_form_saving_gpus,
+    pool_instances,
+    recommend_split,
+)
+from dualpool.planner._verify import (
+    PoolSim,
+    SearchResult,
+    VerifySettings,
+    search_pool_size,
+    simulate_pool,
+)
+from dualpool.workload import Request, RequestColumns
+
+__all__ = [
+    "DEFAULT_LONG",
+    "DEFAULT_SHORT",
+    "HOURS_PER_YEAR",
+    "Mix",
+    "PlanSettings",
+    "PoolJob",
+    "PoolOutcome",
+    "build_jobs",
+    "mix_from_requests",
+    "plan",
+    "run_job",
+    "run_serial",
+    "unchecked_gpu",
+]
+
+HOURS_PER_YEAR = 8760.0
+SWEEP_BUDGETS: tuple[int, ...] = (2048, 4096, 8192, 16384, 32768)
+
+# The paper's pool configs; TP is filled in (smallest feasible) by the planner.
+DEFAULT_SHORT = EngineConfig(max_model_len=8192, max_num_seqs=128, max_num_batched_tokens=16384)
+DEFAULT_LONG = EngineConfig(max_model_len=65536, max_num_seqs=16, max_num_batched_tokens=8192)
+# The middle pool of the three-pool variant.
+DEFAULT_MID = EngineConfig(max_model_len=32768, max_num_seqs=32, max_num_batched_tokens=8192)
+
+
+@dataclass(frozen=True, slots=True)
+class Mix:
+    """The workload as arrays: what the planner needs of each request."""
+
+    arrival_s: npt.NDArray[np.float64]
+    prompt: npt.NDArray[np.int64]
+    output: npt.NDArray[np.int64]
+    # prompt + declared output (max_tokens when present, else the true output):
+    # what a router compares with B_short.
+    budget: npt.NDArray[np.int64]
+    # Mean arrival rate of the source (req/s).
+    source_rate: float
+    description: str = ""
+
+    def __len__(self) -> int:
+        return int(self.prompt.size)
+
+    def alpha(self, b: int) -> float:
+        return float(np.count_nonzero(self.budget <= b) / max(1, len(self)))
+
+    def requests(self, mask: npt.NDArray[np.bool_]) -> list[Request]:
+        """The selected requests, in arrival order (for the simulator)."""
+        idx = np.flatnonzero(mask)
+        return [
+            Request(float(a), int(p), int(o), None)
+            for a, p, o in zip(
+                self.arrival_s[idx].tolist(),
+                self.prompt[idx].tolist(),
+                self.output[idx].tolist(),
+                strict=True,
+            )
+        ]
+
+
+def mix_from_requests(requests: Sequence[Request] | RequestColumns, description: str = "") -> Mix:
+    """Build a Mix; requests without true token counts are dropped."""
+    cols = (
+        requests if isinstance(requests, RequestColumns) else RequestColumns.from_requests(requests)
+    )
+    known = (cols.prompt_tokens >= 0) & (cols.output_tokens >= 0)
+    arr = cols.arrival_s[known]
+    prompt = np.maximum(cols.prompt_tokens[known], 1)
+    output = np.maximum(cols.output_tokens[known], 1)
+    declared = np.where(cols.max_tokens[known] >= 0, cols.max_tokens[known], output)
+    if prompt.size < 2:
+        raise WorkloadError(
+            f"the workload has {prompt.size} request(s) with known token counts; need at least 2"
+        )
+    span = float(arr[-1] - arr[0])
+    if span <= 0:
+        raise WorkloadError("the workload's arrivals span no time; cannot tell its rate")
+    return Mix(arr, prompt, output, prompt + declared, (prompt.size - 1) / span, description)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSettings:
+    """Everything `plan` needs besides the workload."""
+
+    model: ModelSpec
+    gpu: GPUSpec
+    # Fleet arrival rate, req/s.
+    rate: float
+    ttft_slo_s: float = 2.0
+    tpot_slo_s: float = 0.080
+    # Utilization cap of the discrete form.
+    utilization: float = 0.9
+    # $/GPU-hour; None: the catalog's price for the GPU.
+    price_per_hour: float | None = None
+    b_short: int = 8192
+    short: EngineConfig | None = None
+    long: EngineConfig | None = None
+    # False: skip vLLM's memory check (the paper's TP-2 setting); KV is then
+    # sized as the config assumes (see build_scheduler / unchecked_gpu).
+    check_memory: bool = True
+    step_params: StepTimeParams | None = None
+    # Run the simulation search (needs dualpool.simulator); else analytic only.
+    simulate: bool = True
+    # Also verify every sweep point by simulation (slow).
+    simulate_sweep: bool = False
+    verify: VerifySettings = field(default_factory=VerifySettings)
+    sweep_budgets: tuple[int, ...] = SWEEP_BUDGETS
+    three_pool: tuple[int, int, int] | None = (8192, 32768, 65536)
+    # A split must save more than this fraction to be recommended.
+    min_saving: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (self.rate > 0 and math.isfinite(self.rate)):
+            raise ConfigError("--rate", f"must be a positive number of req/s, got {self.rate!r}")
+        if not 0.0 < self.utilization <= 1.0:
+            raise ConfigError("--utilization", f"must be in (0, 1], got {self.utilization!r}")
+        for name in ("ttft_slo_s", "tpot_slo_s"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise ConfigError(f"--{name[:4]}-slo", f"must be a positive number, got {v!r}")
+        if self.price_per_hour is not None and not self.price_per_hour > 0:
+            raise ConfigError("--price", f"must be > 0 $/GPU-hour, got {self.price_per_hour!r}")
+
+    @property
+    def price(self) -> float:
+        return self.gpu.price_per_hour if self.price_per_hour is None else self.price_per_hour
+
+
+def unchecked_gpu(model: ModelSpec, gpu: GPUSpec, engines: Sequence[EngineConfig]) -> GPUSpec:
+    """`gpu` with enough memory that every engine holds max_num_seqs full sequences.
+
+    The paper's setting with vLLM's memory check off: timing (FLOP/s, HBM
+    bandwidth, links) is the real GPU's; only the memory is what the configs
+    assume. Used for both the engine profile and the simulator.
+    """
+    from dualpool.engine import plan_memory
+
+    need = 0
+    for e in engines:
+        p = plan_memory(model, gpu, e, check=False)
+        seq_blocks = -(-e.max_model_len // e.block_size)
+        kv = e.max_num_seqs * seq_blocks * e.block_size * p.kv_bytes_per_token
+        total = p.weight_bytes + p.activation_bytes + p.overhead_bytes + kv
+        need = max(need, math.ceil(total / e.gpu_memory_utilization) + (1 << 30))
+    if need <= gpu.memory_bytes:
+        return gpu
+    return replace(gpu, name=f"{gpu.name} (memory check off)", memory_bytes=need)
+
+
+def with_smallest_tp(model: ModelSpec, gpu: GPUSpec, engine: EngineConfig) -> EngineConfig:
+    try:
+        tp = smallest_feasible_tp(model, gpu, engine)
+    except InfeasibleConfigError as e:
+        raise ConfigError("pool config", str(e)) from None
+    return replace(engine, tensor_parallel_size=tp)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolJob:
+    """One pool to size: picklable, so it runs in any process or Ray worker."""
+
+    key: str
+    design: PoolDesign
+    model: ModelSpec
+    gpu: GPUSpec
+    mix: Mix
+    # Budgets in (lo, hi] reach this pool.
+    lo: int
+    hi: int
+    # The pool's arrival rate, req/s.
+    rate: float
+    ttft_slo_s: float
+    tpot_slo_s: float
+    utilization: float
+    step_params: StepTimeParams | None
+    simulate: bool
+    verify: VerifySettings
+    check_memory: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolOutcome:
+    """A sized pool: engine profile, analytic sizes and the simulation search."""
+
+    key: str
+    design: PoolDesign
+    share: float
+    rate: float
+    profile: InstanceProfile | None
+    analytic: AnalyticSize | None
+    search: SearchResult | None
+    # The simulation at the chosen count (with samples when asked for).
+    chosen: PoolSim | None
+    error: str | None = None
+
+    @property
+    def instances(self) -> int:
+        """Simulation-verified count when there is one, else the analytic one."""
+        if self.search is not None:
+            return self.search.instances
+        return self.analytic.instances if self.analytic else 0
+
+    @property
+    def gpus(self) -> int:
+        return self.instances * self.design.tp
+
+    def as_dict(self) -> dict[str, Any]:
+        pr = self.profile
+        an = self.analytic
+        out: dict[str, Any] = {
+            "pool": self.design.name,
+            "config": {
+                "max_model_len": self.design.engine.max_model_len,
+                "max_num_seqs": self.design.engine.max_num_seqs,
+                "max_num_batched_tokens": self.design.engine.max_num_batched_tokens,
+                "tensor_parallel_size": self.design.tp,
+                "threshold": self.design.budget,
+            },
+            "share": self.share,
+            "rate": self.rate,
+            "error": self.error,
+        }
+        if pr is not None:
+            out["engine"] = {
+                "mu": pr.mu,
+                "mu_per_gpu": pr.mu / pr.tp,
+                "slots": pr.slots,
+                "service_s": pr.service_s,
+                "tpot_p99_saturated_s": pr.tpot_p99_s,
+                "preemptions_per_1k_saturated": pr.preemptions_per_1k,
+                "mean_prompt": pr.mean_prompt,
+                "mean_output": pr.mean_output,
+                "sample": pr.sample,
+                "distinct": pr.distinct,
+            }
+        if an is not None:
+            pt = an.point
+            out["analytic"] = {
+                "discrete": an.discrete,
+                "queueing": an.instances,
+                "binding": an.binding,
+                "slo_attainable": an.attainable,
+                "idle_ttft_p99_s": an.idle_ttft_s,
+                "idle_tpot_p99_s": an.idle_tpot_s,
+                "ttft_p99_s": _finite(pt.ttft_p99_s) if pt else None,
+                "tpot_p99_s": _finite(pt.tpot_p99_s) if pt else None,
+                "occupancy": pt.occupancy if pt else None,
+            }
+        out["simulation"] = self.search.as_dict() if self.search else None
+        out["instances"] = self.instances
+        out["gpus"] = self.gpus
+        return out
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def run_job(job: PoolJob) -> PoolOutcome:
+    """Profile, size analytically, then (optionally) search by simulation."""
+    mix = job.mix
+    mask = (mix.budget > job.lo) & (mix.budget <= job.hi)
+    share = float(np.count_nonzero(mask) / max(1, len(mix)))
+    if share == 0:
+        return PoolOutcome(job.key, job.design, 0.0, 0.0, None, None, None, None)
+    gpu = job.gpu
+    try:
+        profile = profile_instance(
+            job.model,
+            gpu,
+            job.design,
+            mix.prompt[mask],
+            mix.output[mask],
+            step_params=job.step_params,
+            check=job.check_memory,
+        )
+    except (InfeasibleConfigError, ConfigError) as e:
+        return PoolOutcome(job.key, job.design, share, job.rate, None, None, None, None, str(e))
+    timing = StepTimeModel(job.model, gpu, job.design.engine, job.step_params)
+    analytic = analytic_pool_size(
+        profile,
+        timing,
+        job.rate,
+        ttft_s=job.ttft_slo_s,
+        tpot_s=job.tpot_slo_s,
+        utilization=job.utilization,
+    )
+    if not job.simulate:
+        return PoolOutcome(job.key, job.design, share, job.rate, profile, analytic, None, None)
+    base = mix.requests(mask)
+    base_rate = mix.source_rate * share
+    if len(base) >= 2 and base[-1].arrival_s > base[0].arrival_s:
+        base_rate = (len(base) - 1) / (base[-1].arrival_s - base[0].arrival_s)
+
+    def evaluate(g: int, prefix: bool, keep: bool = False) -> PoolSim:
+        return simulate_pool(
+            job.model,
+            gpu,
+            job.design,
+            g,
+            base,
+            base_rate,
+            job.rate,
+            ttft_slo=ttft,
+            tpot_slo=tpot,
+            settings=job.verify,
+            step_params=job.step_params,
+            prefix_only=prefix,
+            keep_samples=keep,
+        )
+
+    ttft, tpot = job.ttft_slo_s, job.tpot_slo_s
+    if not analytic.attainable:
+        # No count meets the SLOs (an idle instance misses them): verify the
+        # utilization-capped count and report what it gives.
+        sim = evaluate(analytic.instances, False, True)
+        search = SearchResult(
+            job.design.name, analytic.instances, analytic.instances, (sim,), False
+        )
+        return PoolOutcome(job.key, job.design, share, job.rate, profile, analytic, search, sim)
+    search = search_pool_size(
+        job.design.name,
+        analytic.instances,
+        lambda g, prefix: evaluate(g, prefix, not prefix),
+        ttft_slo=ttft,
+        tolerance=job.verify.tolerance,
+    )
+    chosen = search.chosen
+    # Per-request samples only for the chosen count (they feed the fleet P99
+    # and the plots); the other trials keep their percentiles.
+    trials = tuple(t if t is chosen else replace(t, ttft=(), tpot=()) for t in search.trials)
+    search = replace(search, trials=trials)
+    return PoolOutcome(job.key, job.design, share, job.rate, profile, analytic, search, chosen)
+
+
+Runner = Callable[[Sequence[PoolJob]], list[PoolOutcome]]
+
+
+def run_serial(jobs: Sequence[PoolJob]) -> list[PoolOutcome]:
+    return [run_job(j) for j in jobs]
+
+
+def _job(
+    s: PlanSettings, mix: Mix, key: str, design: PoolDesign, lo: int, hi: int, sim: bool
+) -> PoolJob:
+    share = float(np.count_nonzero((mix.budget > lo) & (mix.budget <= hi)) / max(1, len(mix)))
+    gpu = s.gpu
+    return PoolJob(
+        key=key,
+        design=design,
+        model=s.model,
+        gpu=gpu,
+        mix=mix,
+        lo=lo,
+        hi=hi,
+        rate=s.rate * share,
+        ttft_slo_s=s.ttft_slo_s,
+        tpot_slo_s=s.tpot_slo_s,
+        utilization=s.utilization,
+        step_params=s.step_params,
+        simulate=sim,
+        verify=s.verify,
+        check_memory=s.check_memory,
+    )
+
+
+def _engines(s: PlanSettings) -> tuple[EngineConfig, EngineConfig]:
+    short = s.short or DEFAULT_SHORT
+    long = s.long or DEFAULT_LONG
+    if s.b_short > short.max_model_len:
+        short = replace(short, max_model_len=s.b_short)
+    return short, long
+
+
+def _fit(s: PlanSettings, engine: EngineConfig, explicit: bool) -> EngineConfig:
+    """Keep an explicit TP; otherwise the smallest that fits (memory check on)."""
+    if explicit or not s.check_memory:
+        return engine
+    return with_smallest_tp(s.model, s.gpu, engine)
+
+
+def build_jobs(s: PlanSettings, mix: Mix) -> list[PoolJob]:
+    """Every pool the plan sizes: homogeneous, split, sweep points, three pools."""
+    short0, long0 = _engines(s)
+    explicit_short = s.short is not None and s.short.tensor_parallel_size > 1
+    explicit_long = s.long is not None and s.long.tensor_parallel_size > 1
+    short = _fit(s, short0, explicit_short)
+    long = _fit(s, long0, explicit_long)
+    if short.max_model_len >= long.max_model_len:
+        raise ConfigError(
+            "--short",
+            f"the short pool's max_model_len ({short.max_model_len}) must be below the long "
+            f"pool's ({long.max_model_len})",
+        )
+    if not 1 <= s.b_short <= short.max_model_len:
+        raise ConfigError("--b-short", f"must be in [1, short max_model_len={short.max_model_len}]")
+    top = long.max_model_len
+    jobs = [
+        _job(s, mix, "homogeneous", PoolDesign("homogeneous", long), 0, top, s.simulate),
+        _job(s, mix, "short", PoolDesign("short", short, s.b_short), 0, s.b_short, s.simulate),
+        _job(s, mix, "long", PoolDesign("long", long), s.b_short, top, s.simulate),
+    ]
+    for b in s.sweep_budgets:
+        if b >= top or (b == s.b_short and short.max_model_len == s.b_short):
+            continue
+        e = _fit(s, replace(short0, max_model_len=b), False)
+        sim = s.simulate and s.simulate_sweep
+        jobs.append(_job(s, mix, f"sweep:{b}:short", PoolDesign("short", e, b), 0, b, sim))
+        jobs.append(_job(s, mix, f"sweep:{b}:long", PoolDesign("long", long), b, top, sim))
+    if s.three_pool is not None:
+        b1, b2, b3 = s.three_pool
+        if b1 < b2 < b3 and b3 <= top:
+            sim = s.simulate and s.simulate_sweep
+            e1 = _fit(s, replace(short0, max_model_len=b1), False)
+            e2 = _fit(
+                s,
+                DEFAULT_MID
+                if b2 == DEFAULT_MID.max_model_len
+                else replace(DEFAULT_MID, max_model_len=b2),
+                False,
+            )
+            e3 = _fit(s, replace(long, max_model_len=b3), explicit_long)
+            jobs += [
+                _job(s, mix, "three:short", PoolDesign("short", e1, b1), 0, b1, sim),
+                _job(s, mix, "three:mid", PoolDesign("mid", e2, b2), b1, b2, sim),
+                _job(s, mix, "three:long", PoolDesign("long", e3), b2, b3, sim),
+            ]
+    return jobs
+
+
+def _cost(gpus: int, price: float) -> dict[str, Any]:
+    return {
+        "gpus": gpus,
+        "gpu_hours_per_day": gpus * 24.0,
+        "usd_per_year": gpus * price * HOURS_PER_YEAR,
+    }
+
+
+def _split_summary(
+    s: PlanSettings, homo: PoolOutcome, parts: Sequence[PoolOutcome], b_short: int
+) -> dict[str, Any]:
+    price = s.price
+    homo_gpus = homo.gpus
+    gpus = sum(p.gpus for p in parts)
+    an_gpus = sum((p.analytic.instances if p.analytic else 0) * p.design.tp for p in parts)
+    homo_an = (homo.analytic.instances if homo.analytic else 0) * homo.design.tp
+    return {
+        "b_short": b_short,
+        "pools": [p.design.name for p in parts],
+        "gpus": gpus,
+        "saving": 1.0 - gpus / homo_gpus if homo_gpus else 0.0,
+        "analytic_gpus": an_gpus,
+        "analytic_saving": 1.0 - an_gpus / homo_an if homo_an else 0.0,
+        "usd_per_year": gpus * price * HOURS_PER_YEAR,
+        "errors": [p.error for p in parts if p.error],
+    }
+
+
+def plan(
+    settings: PlanSettings,
+    mix: Mix,
+    runner: Runner = run_serial,
+) -> dict[str, Any]:
+    """The whole plan as one JSON-friendly dict (see docs/planner.md)."""
+    s = settings
+    if s.check_memory is False:
+        short0, long0 = _engines(s)
+        s = replace(s, gpu=unchecked_gpu(s.model, s.gpu, [short0, long0]))
+    jobs = build_jobs(s, mix)
+    outcomes = runner(jobs)
+    by = {o.key: o for o in outcomes}
+    homo, short, long = by["homogeneous"], by["short"], by["long"]
+    for o in (homo, short, long):
+        if o.error:
+            raise InfeasibleConfigError(f"pool {o.design.name}: {o.error}")
+    price = s.price
+    alpha = short.share
+    rejected_share = 1.0 - homo.share
+    out: dict[str, Any] = {
+        "inputs": {
+            "workload": mix.description,
+            "requests": len(mix),
+            "rate": s.rate,
+            "model": s.model.name,
+            "weight_dtype": s.model.weight_dtype,
+            "gpu": s.gpu.name,
+            "price_per_gpu_hour": price,
+            "ttft_slo_s": s.ttft_slo_s,
+            "tpot_slo_s": s.tpot_slo_s,
+            "utilization_cap": s.utilization,
+            "b_short": s.b_short,
+            "memory_check": s.check_memory,
+            "simulated": s.simulate,
+        },
+        "alpha": alpha,
+        "rejected_share": rejected_share,
+        "alpha_by_budget": {str(b): mix.alpha(b) for b in (*SWEEP_BUDGETS, s.b_short)},
+    }
+    hp, sp, lp = homo.profile, short.profile, long.profile
+    rho = rho_mix = None
+    if sp is not None and hp is not None:
+        # rho on the real mix: short instance on its share vs a long-config
+        # instance on the whole mix (what the short traffic ran on before).
+        rho_mix = sp.mu / hp.mu
+        rho = rho_mix
+    out["rho"] = rho
+    out["rho_per_gpu"] = (sp.mu / sp.tp) / (hp.mu / hp.tp) if sp and hp else None
+    if sp is not None and hp is not None:
+        assert rho is not None
+        cf = closed_form_saving(alpha, rho)
+        cf_gpu = closed_form_saving_gpus(
+            alpha, sp.mu, lp.mu if lp else hp.mu, sp.tp, lp.tp if lp else hp.tp, hp.mu
+        )
+        u = s.utilization
+        g_h = pool_instances(s.rate * homo.share, hp.mu, u)
+        g_s = pool_instances(s.rate * alpha, sp.mu, u)
+        g_l = pool_instances(s.rate * long.share, lp.mu, u) if lp else 0
+        homo_d = g_h * homo.design.tp
+        split_d = g_s * short.design.tp + g_l * long.design.tp
+        out["closed_form"] = {
+            "saving": cf,
+            "saving_gpu_weighted": cf_gpu,
+            "formula": "alpha * (1 - 1/rho)",
+        }
+        out["discrete"] = {
+            "formula": "ceil(alpha*lambda/(u*mu_short)) + ceil((1-alpha)*lambda/(u*mu_long))",
+            "homogeneous_instances": g_h,
+            "short_instances": g_s,
+            "long_instances": g_l,
+            "homogeneous_gpus": homo_d,
+            "split_gpus": split_d,
+            "saving": 1.0 - split_d / homo_d if homo_d else 0.0,
+        }
+
+    def fleet(parts: Sequence[PoolOutcome]) -> dict[str, Any]:
+        gpus = sum(p.gpus for p in parts)
+        d = _cost(gpus, price)
+        d["instances"] = {p.design.name: p.instances for p in parts}
+        d["pools"] = [p.as_dict() for p in parts]
+        sims = [(p.share, p.chosen) for p in parts if p.chosen is not None]
+        if sims:
+            tot = sum(w for w, _ in sims) or 1.0
+            d["preemptions_per_1k"] = sum(w * c.preemptions_per_1k for w, c in sims) / tot
+            d["rejected"] = sum(c.rejected for _, c in sims)
+            d["ttft_p99_s"] = _mixture_p99(
+                [(w, c.ttft) for w, c in sims], [c.ttft_p99_s for _, c in sims]
+            )
+            d["tpot_p99_s"] = _mixture_p99(
+                [(w, c.tpot) for w, c in sims], [c.tpot_p99_s for _, c in sims]
+            )
+        return d
+
+    out["homogeneous"] = fleet([homo])
+    split_parts = [p for p in (short, long) if p.share > 0]
+    out["split"] = fleet(split_parts)
+    hg, sg = out["homogeneous"]["gpus"], out["split"]["gpus"]
+    out["saving"] = 1.0 - sg / hg if hg else 0.0
+    out["usd_saved_per_year"] = out["homogeneous"]["usd_per_year"] - out["split"]["usd_per_year"]
+    hga = (homo.analytic.instances if homo.analytic else 0) * homo.design.tp
+    sga = sum((p.analytic.instances if p.analytic else 0) * p.design.tp for p in split_parts)
+    out["analytic_saving"] = 1.0 - sga / hga if hga else 0.0
+    out["recommendation"] = "split" if recommend_split(hg, sg, s.min_saving) else "homogeneous"
+    # Sweep of B_short.
+    sweep = []
+    for b in s.sweep_budgets:
+        if b == s.b_short:
+            parts = split_parts
+        else:
+            found = [by.get(f"sweep:{b}:short"), by.get(f"sweep:{b}:long")]
+            parts = [o for o in found if o is not None and o.share > 0]
+            if not parts:
+                continue
+        row = _split_summary(s, homo, parts, b)
+        row["alpha"] = mix.alpha(b)
+        sweep.append(row)
+    out["sweep"] = _sweep_summary(sweep, verified=s.simulate and s.simulate_sweep)
+    three = [by[k] for k in ("three:short", "three:mid", "three:long") if k in by]
+    if three:
+        parts = [p for p in three if p.share > 0]
+        row = _split_summary(s, homo, parts, three[0].design.budget)
+        row["pools"] = [p.as_dict() for p in parts]
+        out["three_pool"] = row
+    return out
+
+
+def _sweep_summary(rows: list[dict[str, Any]], verified: bool) -> dict[str, Any]:
+    key = "saving" if verified else "analytic_saving"
+    valid = [r for r in rows if not r["errors"]]
+    if not valid:
+        return {"rows": rows, "basis": key, "best": None, "range_80": None}
+    best = max(valid, key=lambda r: r[key])
+    keep = [r["b_short"] for r in valid if best[key] > 0 and r[key] >= 0.8 * best[key]]
+    return {
+        "rows": rows,
+        "basis": key,
+        "best": {"b_short": best["b_short"], "saving": best[key]},
+        "range_80": [min(keep), max(keep)] if keep else None,
+    }
+
+
+def _mixture_p99(
+    parts: list[tuple[float, tuple[float, ...]]], fallback: list[float]
+) -> float | None:
+    """P99 of the traffic-weighted mixture of per-pool samples."""
+    if not all(vals for _, vals in parts):
+        finite = [x for x in fallback if math.isfinite(x)]
+        return max(finite) if finite else None
+    xs = np.concatenate([np.asarray(v) for _, v in parts])
+    ws = np.concatenate([np.full(len(v), w / len(v)) for w, v in parts])
+    order = np.argsort(xs)
+    cdf = np.cumsum(ws[order]) / ws.sum()
+    i = int(np.searchsorted(cdf, 0.99))
+    return float(xs[order][min(i, xs.size - 1)])
