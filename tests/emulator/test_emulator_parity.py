@@ -2,25 +2,29 @@
 and through the engine model in virtual time gives the same TTFT and E2E
 distributions.
 
-Tolerance, per statistic (mean, p10, p50, p90) of TTFT and of E2E:
+Two views, two tolerances:
 
-    |emulator - engine| <= 10% of engine + S x 20 ms
+1. The emulator's own account, vLLM's histograms on /metrics (engine clock,
+   timestamps taken when the request reached the server): mean within
+   10% + 0.05 s of the engine run, and the empirical CDFs at every vLLM bucket
+   boundary within 0.2 (6 of 30 requests). The engine loop is the same
+   Scheduler on the same arrivals; what differs is only when each arrival
+   falls relative to step boundaries (client send jitter), which can delay a
+   request by a step (25-60 ms here) and change the batches after it.
+   Measured: TTFT mean 0.419-0.446 s vs 0.445 s in the engine run.
 
-The emulator's engine loop is the same Scheduler on the same arrivals, so the
-only differences are real delays, each seen multiplied by S in virtual
-seconds. Measured on the 2-core machine: the server-side TTFT mean
-(vllm:time_to_first_token_seconds) is within 1-6% of the engine's, while
-the client-side one is ~10 ms of wall time higher: the Python httpx client
-(connection set-up, request building, line parsing for 30 concurrent
-streams), loopback HTTP, and millisecond timer granularity. 20 ms of wall
-time bounds that with margin for a machine shared with other jobs; the 10%
-covers requests whose arrival lands on the other side of a step boundary
-than in the virtual-time run (one 25-60 ms step later, changing batches).
+2. What a client sees (wall time x S): each statistic (mean, p10, p50, p90)
+   within 10% + S x 20 ms. A wall delay d shows as d x S virtual seconds;
+   the Python httpx client here, loopback HTTP and 1 ms timer granularity add
+   ~10 ms of wall time per request on an idle 2-core machine. On a machine
+   busier than its core count (other jobs), d is unbounded, so this view is
+   only printed there (never assert wall-clock on a shared machine).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
 import time
@@ -28,6 +32,7 @@ import time
 import httpx
 
 from dualpool.emulator import OUTPUT_TOKENS_HEADER, EmulatorConfig
+from dualpool.emulator._metrics import REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
 from dualpool.emulator.testing import EmulatorProcess
 
 SPEEDUP = 10.0
@@ -101,16 +106,50 @@ def _stats(xs: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(xs), "p10": q[0], "p50": q[4], "p90": q[8]}
 
 
+def _histogram(text: str, name: str) -> tuple[float, list[tuple[float, float]]]:
+    """(mean, [(le, cumulative fraction)]) of a vLLM histogram on /metrics."""
+    total = count = 0.0
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="')[1].split('"')[0]
+            if le != "+Inf":
+                buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+        elif line.startswith(name + "_sum{"):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(name + "_count{"):
+            count = float(line.rsplit(" ", 1)[1])
+    return total / count, [(le, c / count) for le, c in buckets]
+
+
 def test_trace_parity_with_engine_in_virtual_time() -> None:
     trace = _trace()
     sim_ttft, sim_e2e = _engine_run(trace)
     with EmulatorProcess(ARGS) as p:
         emu_ttft, emu_e2e = asyncio.run(_emulator_run(p.urls[0], trace))
-    slack = SPEEDUP * 0.020
+        text = httpx.get(p.urls[0] + "/metrics", timeout=10).text
     report = []
+    for name, sim, bounds in (
+        ("vllm:time_to_first_token_seconds", sim_ttft, TTFT_BUCKETS),
+        ("vllm:e2e_request_latency_seconds", sim_e2e, REQUEST_LATENCY_BUCKETS),
+    ):
+        mean, cdf = _histogram(text, name)
+        assert [le for le, _ in cdf] == list(bounds)
+        sim_mean = statistics.fmean(sim)
+        report.append(f"{name} mean: engine {sim_mean:.3f} emulator /metrics {mean:.3f}")
+        assert abs(mean - sim_mean) <= 0.10 * sim_mean + 0.05, "\n".join(report)
+        for le, frac in cdf:
+            sim_frac = sum(x <= le for x in sim) / len(sim)
+            assert abs(frac - sim_frac) <= 0.2, (name, le, frac, sim_frac)
+
+    slack = SPEEDUP * 0.020
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    client_ok = True
     for name, sim, emu in (("ttft", sim_ttft, emu_ttft), ("e2e", sim_e2e, emu_e2e)):
         s, e = _stats(sim), _stats(emu)
         for k in s:
-            report.append(f"{name} {k}: engine {s[k]:.3f} emulator {e[k]:.3f}")
-            assert abs(e[k] - s[k]) <= 0.10 * s[k] + slack, "\n".join(report)
-    print("\n".join(report))
+            report.append(f"client {name} {k}: engine {s[k]:.3f} emulator {e[k]:.3f}")
+            client_ok &= abs(e[k] - s[k]) <= 0.10 * s[k] + slack
+    print("\n".join(report) + f"\nload per core {load:.2f}")
+    if load < 1.0:
+        assert client_ok, "\n".join(report)
