@@ -605,6 +605,7 @@ def plan(
             d["tpot_p99_s"] = _mixture_p99(
                 [(w, c.tpot) for w, c in sims], [c.tpot_p99_s for _, c in sims]
             )
+        d["samples"] = _mixture_samples(sims)
         return d
 
     out["homogeneous"] = fleet([homo])
@@ -668,3 +669,19 @@ def _mixture_p99(
     cdf = np.cumsum(ws[order]) / ws.sum()
     i = int(np.searchsorted(cdf, 0.99))
     return float(xs[order][min(i, xs.size - 1)])
+
+
+def _mixture_samples(
+    sims: Sequence[tuple[float, PoolSim]], n: int = 4000
+) -> dict[str, list[float]]:
+    """Up to n simulated requests, drawn from each pool in proportion to its share."""
+    tot = sum(w for w, _ in sims) or 1.0
+    out: dict[str, list[float]] = {"ttft": [], "tpot": []}
+    for w, c in sims:
+        k = min(len(c.ttft), round(n * w / tot))
+        if k <= 0:
+            continue
+        idx = np.linspace(0, len(c.ttft) - 1, k).round().astype(np.int64)
+        out["ttft"] += [c.ttft[i] for i in idx.tolist()]
+        out["tpot"] += [c.tpot[i] for i in idx.tolist()]
+    return out

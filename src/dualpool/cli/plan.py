@@ -1,0 +1,178 @@
+"""`dualpool plan`: should this fleet split into a short and a long pool, and how big?
+
+Reads a workload (any spec `open_workload` accepts: a trace, a CDF, a preset),
+retimes it to --rate, and sizes a homogeneous fleet (every instance configured
+for the longest context) against a dual-pool split:
+
+  alpha and rho, the paper's closed form alpha(1 - 1/rho), the discrete form
+  with ceilings and a utilization cap, an SLO-aware queueing estimate from the
+  engine model, and the smallest counts the simulator confirms meet the SLOs;
+  GPUs, GPU-hours a day, dollars a year, the saving; a sweep of B_short and a
+  three-pool variant. --json prints one object; --report DIR writes an HTML page.
+
+Pool configs default to the paper's (short 8192/128/16384, long 65536/16/8192)
+at the smallest tensor-parallel size at which each fits in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dualpool.cli.common import print_json
+from dualpool.engine import EngineConfig, get_gpu, get_model
+from dualpool.errors import ConfigError
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "plan",
+        help="size a homogeneous fleet against a short/long split (analytic + simulation)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("workload", help="workload spec (trace path, CDF JSON, or preset name)")
+    p.add_argument("--rate", type=float, required=True, help="fleet arrival rate, req/s")
+    p.add_argument("--model", default="llama-3-70b", help="catalog model (default llama-3-70b)")
+    p.add_argument("--weight-dtype", default=None, choices=("bf16", "fp8"), help="weights dtype")
+    p.add_argument("--gpu", default="a100-80gb", help="catalog GPU (default a100-80gb)")
+    p.add_argument("--price", type=float, default=None, help="$/GPU-hour (default: catalog)")
+    p.add_argument("--ttft-slo", type=float, default=2.0, help="P99 TTFT target, s (default 2)")
+    p.add_argument("--tpot-slo", type=float, default=80.0, help="P99 TPOT target, ms (default 80)")
+    p.add_argument(
+        "--utilization", type=float, default=0.9, help="utilization cap of the discrete form"
+    )
+    p.add_argument("--b-short", type=int, default=8192, help="B_short, tokens (default 8192)")
+    p.add_argument(
+        "--short",
+        default=None,
+        metavar="LEN/SEQS/BATCH[/TP]",
+        help="short pool config, e.g. 8192/128/16384 (TP: smallest that fits)",
+    )
+    p.add_argument("--long", default=None, metavar="LEN/SEQS/BATCH[/TP]", help="long pool config")
+    p.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="skip vLLM's memory check (the paper's setting): KV sized as the configs assume",
+    )
+    p.add_argument(
+        "--no-simulate", action="store_true", help="analytic only (no simulation search)"
+    )
+    p.add_argument(
+        "--simulate-sweep", action="store_true", help="also verify every sweep point by simulation"
+    )
+    p.add_argument(
+        "--sim-requests", type=int, default=3000, help="requests per simulated count (default 3000)"
+    )
+    p.add_argument(
+        "--sim-instances",
+        type=int,
+        default=4,
+        help="instances of a simulated sub-fleet (default 4)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        default=200_000,
+        help="read at most this many requests of the workload (default 200000)",
+    )
+    p.add_argument("--backend", default="local", choices=("local", "ray", "serial"))
+    p.add_argument(
+        "--processes", type=int, default=None, help="local processes (default: all cores)"
+    )
+    p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.add_argument("--report", default=None, metavar="DIR", help="write DIR/index.html with plots")
+    p.set_defaults(func=run)
+
+
+def parse_pool(flag: str, text: str) -> EngineConfig:
+    """LEN/SEQS/BATCH[/TP] -> EngineConfig (TP 1 means: let the planner choose)."""
+    parts = text.split("/")
+    if len(parts) not in (3, 4):
+        raise ConfigError(flag, f"expected LEN/SEQS/BATCH[/TP], e.g. 8192/128/16384, got {text!r}")
+    try:
+        nums = [int(x) for x in parts]
+    except ValueError:
+        raise ConfigError(flag, f"values must be integers, got {text!r}") from None
+    return EngineConfig(
+        max_model_len=nums[0],
+        max_num_seqs=nums[1],
+        max_num_batched_tokens=nums[2],
+        tensor_parallel_size=nums[3] if len(nums) == 4 else 1,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from dualpool.planner import PlanSettings, VerifySettings, mix_from_requests, plan
+    from dualpool.planner._parallel import make_runner
+    from dualpool.planner._report import render_text, write_html
+    from dualpool.workload import limit, open_workload
+
+    for flag, v in (("--sim-requests", args.sim_requests), ("--sim-instances", args.sim_instances)):
+        if v < 1:
+            raise ConfigError(flag, f"must be >= 1, got {v}")
+    if args.max_requests < 2:
+        raise ConfigError("--max-requests", f"must be >= 2, got {args.max_requests}")
+    if args.processes is not None and args.processes < 1:
+        raise ConfigError("--processes", f"must be >= 1, got {args.processes}")
+    model = get_model(args.model, args.weight_dtype)
+    gpu = get_gpu(args.gpu)
+    settings = PlanSettings(
+        model=model,
+        gpu=gpu,
+        rate=args.rate,
+        ttft_slo_s=args.ttft_slo,
+        tpot_slo_s=args.tpot_slo / 1000.0,
+        utilization=args.utilization,
+        price_per_hour=args.price,
+        b_short=args.b_short,
+        short=parse_pool("--short", args.short) if args.short else None,
+        long=parse_pool("--long", args.long) if args.long else None,
+        check_memory=not args.no_memory_check,
+        simulate=not args.no_simulate,
+        simulate_sweep=args.simulate_sweep,
+        verify=VerifySettings(
+            requests=args.sim_requests, instances=args.sim_instances, seed=args.seed
+        ),
+    )
+    w = open_workload(args.workload)
+    mix = mix_from_requests(list(limit(w, args.max_requests)), w.describe())
+    err = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]plan[/] sizing pools"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("pools", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        runner = make_runner(
+            args.backend, processes=args.processes, address=args.address, progress=progress
+        )
+        result = plan(settings, mix, runner)
+    samples = {f: result[f].pop("samples", None) for f in ("homogeneous", "split")}
+    if args.json:
+        print_json(result)
+    else:
+        render_text(result, Console())
+    if args.report:
+        buf = io.StringIO()
+        render_text(result, Console(file=buf, width=110, color_system=None))
+        for f, smp in samples.items():
+            if smp is not None:
+                result[f]["samples"] = smp
+        path = write_html(result, mix, args.report, buf.getvalue())
+        err.print(f"report: {path}")
+    return 0
