@@ -456,3 +456,28 @@ def test_spillover_when_the_short_pool_is_saturated(
         b'dualpool_spillovers_total{from_pool="short",to_pool="long"} 1'
         in raw(gw, "GET", "/metrics")[2]
     )
+
+
+def test_dns_endpoints_resolved_and_updated(
+    backend_factory: Factory, gateway_factory: GwFactory
+) -> None:
+    from dualpool.gateway._background import apply_addresses
+
+    short = backend_factory(4096)
+    long = backend_factory(32768)
+    cfg = fleet_config(short, long)
+    cfg["pools"][0] = {
+        "name": "short",
+        "dns": {"name": "127.0.0.1", "port": short.port, "interval": 0.2},
+    }
+    gw = gateway_factory(cfg)
+    pool = gw.gateway.pools[0]
+    assert [b.name for b in pool.backends] == [f"127.0.0.1:{short.port}"]
+    assert (
+        client(gw).chat.completions.with_raw_response.create(**chat(100)).headers["x-dualpool-pool"]
+        == "short"
+    )
+    gw.run(lambda: apply_addresses(gw.gateway, pool, [], short.port))  # the pod left
+    assert pool.backends == [] and pool.saturated
+    # the resolver loop brings it back
+    assert wait_for(lambda: len(pool.backends) == 1, 5)

@@ -126,6 +126,8 @@ class HttpConnection(asyncio.Protocol):
         self.streaming = False
         # Set by the server when the connection limit is reached: answer 503, close.
         self.over_limit = False
+        # The client half-closed: close once the queued requests are answered.
+        self._eof = False
 
     # ---- asyncio.Protocol --------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -182,7 +184,8 @@ class HttpConnection(asyncio.Protocol):
                 self._fail(400, f"malformed HTTP request: {exc}")
 
     def eof_received(self) -> bool | None:
-        # Half-close: finish answering what was asked, then close.
+        # Half-close: finish answering what was asked, then close (see `_done`).
+        self._eof = True
         if not self.busy and not self.queue and self.transport is not None:
             self.transport.close()
         return True
@@ -275,6 +278,10 @@ class HttpConnection(asyncio.Protocol):
                 self._reading_paused = False
                 self.transport.resume_reading()
             self._dispatch(nxt)
+        elif self._eof and self.transport is not None:
+            self.transport.close()
+            self.closed = True
+            self.connections.discard(self)
 
     def _fail(self, status: int, message: str) -> None:
         """A protocol-level error: answer it (after what is queued) and close."""
