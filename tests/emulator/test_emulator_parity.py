@@ -11,7 +11,10 @@ Two views, two tolerances:
    Scheduler on the same arrivals; what differs is only when each arrival
    falls relative to step boundaries (client send jitter), which can delay a
    request by a step (25-60 ms here) and change the batches after it.
-   Measured: TTFT mean 0.419-0.446 s vs 0.445 s in the engine run.
+   Measured: TTFT mean 0.419-0.446 s vs 0.445 s in the engine run. When the
+   process is starved of CPU (other jobs) its engine loop falls behind, gives
+   up the lag and counts it (dualpool_emulator_lag_seconds_total); timing is
+   asserted only when that lag is under 1% of the run, else printed.
 
 2. What a client sees (wall time x S): each statistic (mean, p10, p50, p90)
    within 10% + S x 20 ms. A wall delay d shows as d x S virtual seconds;
@@ -35,7 +38,7 @@ from dualpool.emulator import OUTPUT_TOKENS_HEADER, EmulatorConfig
 from dualpool.emulator._metrics import REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
 from dualpool.emulator.testing import EmulatorProcess
 
-SPEEDUP = 10.0
+SPEEDUP = 4.0
 ARGS = ["--model", "llama-3-70b", "--gpu", "a100-80gb", "--max-model-len", "8192",
         "--max-num-seqs", "128", "--tokenizer", "bytes", "--speedup", str(SPEEDUP)]  # fmt: skip
 
@@ -128,7 +131,12 @@ def test_trace_parity_with_engine_in_virtual_time() -> None:
     with EmulatorProcess(ARGS) as p:
         emu_ttft, emu_e2e = asyncio.run(_emulator_run(p.urls[0], trace))
         text = httpx.get(p.urls[0] + "/metrics", timeout=10).text
-    report = []
+    lag = float(text.split("dualpool_emulator_lag_seconds_total{")[1].split("} ")[1].split()[0])
+    report = [f"emulator lag {lag:.3f} s (wall)"]
+    # The engine clock is only as good as the process's access to a core: when
+    # the engine loop had to give up catching up (lag > 0), timing is distorted
+    # by the machine, not by the model; the emulator says so on /metrics.
+    timing_ok = lag < 0.01 * trace[-1][0] / SPEEDUP
     for name, sim, bounds in (
         ("vllm:time_to_first_token_seconds", sim_ttft, TTFT_BUCKETS),
         ("vllm:e2e_request_latency_seconds", sim_e2e, REQUEST_LATENCY_BUCKETS),
@@ -137,6 +145,8 @@ def test_trace_parity_with_engine_in_virtual_time() -> None:
         assert [le for le, _ in cdf] == list(bounds)
         sim_mean = statistics.fmean(sim)
         report.append(f"{name} mean: engine {sim_mean:.3f} emulator /metrics {mean:.3f}")
+        if not timing_ok:
+            continue
         assert abs(mean - sim_mean) <= 0.10 * sim_mean + 0.05, "\n".join(report)
         for le, frac in cdf:
             sim_frac = sum(x <= le for x in sim) / len(sim)
@@ -151,5 +161,5 @@ def test_trace_parity_with_engine_in_virtual_time() -> None:
             report.append(f"client {name} {k}: engine {s[k]:.3f} emulator {e[k]:.3f}")
             client_ok &= abs(e[k] - s[k]) <= 0.10 * s[k] + slack
     print("\n".join(report) + f"\nload per core {load:.2f}")
-    if load < 1.0:
+    if load < 1.0 and timing_ok:
         assert client_ok, "\n".join(report)
