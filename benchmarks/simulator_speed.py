@@ -1,0 +1,156 @@
+"""Simulator speed: simulated requests per second on one core, peak RSS, a peer.
+
+    .venv/bin/python benchmarks/simulator_speed.py [--quick]
+
+1. Speed: the paper's two-pool fleet of Llama-3-70B on H100-80GB (each pool at
+   the smallest TP its config fits), sized for 80% utilization (>= 100
+   instances), fed azure-conv-like at 1,000 req/s, in this process.
+   `requests_per_s` divides by this process's CPU time (one core; the
+   machine may be shared, which inflates wall time); wall is reported too.
+2. Memory: a 1M-request synthetic run (100k with --quick) in a subprocess;
+   peak RSS from resource.getrusage(RUSAGE_CHILDREN).ru_maxrss.
+3. A week of Azure 2024 (azure-2024-week, 44.1M requests): a 10-minute slice
+   at the daily peak (2 minutes with --quick) is simulated and the week's time
+   on two cores (two shard processes) is extrapolated from its per-core rate.
+4. Peer: vllm-sr-sim (pip, in a venv under /tmp/peer-venv) on the Azure CDF
+   at 1,000 req/s with the same instance counts; null if it is not installed.
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import emit
+from dualpool.simulator import SimOptions, dual_pool_fleet, simulate, size_fleet
+from dualpool.workload import open_workload, window
+
+PEER_PY = Path("/tmp/peer-venv/bin/python")
+PEER_CLI = Path("/tmp/peer-venv/bin/vllm-sr-sim")
+WEEK_REQUESTS = 44_100_000
+
+_RSS_CHILD = """
+import sys, json, time
+from dualpool.simulator import dual_pool_fleet, simulate, size_fleet
+from dualpool.workload import preset
+n = int(sys.argv[1])
+w = preset("azure-conv-like", rate=1000.0, num_requests=n, seed=11)
+fleet, _ = size_fleet(dual_pool_fleet("llama-3-70b", "h100-80gb"), w)
+t = time.process_time()
+s = simulate(fleet, w)
+print(json.dumps({"requests": s.requests, "cpu_s": time.process_time() - t,
+                  "instances": fleet.num_instances}))
+"""
+
+
+def speed(duration_s: float) -> dict[str, object]:
+    w = open_workload("azure-conv-like", rate=1000.0, duration_s=duration_s, seed=1)
+    fleet, _ = size_fleet(dual_pool_fleet("llama-3-70b", "h100-80gb"), w)
+    c0, t0 = time.process_time(), time.perf_counter()
+    s = simulate(fleet, w, SimOptions(seed=1))
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    return {
+        "requests": s.requests,
+        "instances": fleet.num_instances,
+        "pools": {p.name: p.num_instances for p in fleet.pools},
+        "tp": {p.name: p.engine.tensor_parallel_size for p in fleet.pools},
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "requests_per_s": s.requests / cpu,
+        "requests_per_wall_s": s.requests / wall,
+        "events_per_request": s.events / s.requests,
+        "engine_steps_per_request": s.engine_steps / s.requests,
+        "fast_forwards_per_request": s.fast_forwards / s.requests,
+        "p99_ttft_s": s.fleet_stats().ttft.quantile(0.99),
+    }
+
+
+def peak_rss(n: int) -> dict[str, object]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, str(n)], capture_output=True, text=True, check=True
+    )
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {
+        "rss_requests": child["requests"],
+        "rss_run_cpu_s": child["cpu_s"],
+        "rss_requests_per_s": child["requests"] / child["cpu_s"],
+        "peak_rss_mb": rss_kb / 1024.0,
+    }
+
+
+def week_estimate(slice_s: float) -> dict[str, object]:
+    # Peak hour of the diurnal cycle (14:00): the densest slice of the week.
+    start = 14 * 3600.0
+    full = open_workload("azure-2024-week", seed=2)
+    w = window(full, start, start + slice_s)
+    fleet, _ = size_fleet(dual_pool_fleet("llama-3-70b", "h100-80gb"), w)
+    c0 = time.process_time()
+    s = simulate(fleet, w)
+    cpu = time.process_time() - c0
+    rate = s.requests / cpu
+    return {
+        "week_slice_requests": s.requests,
+        "week_slice_instances": fleet.num_instances,
+        "week_slice_requests_per_s": rate,
+        "week_estimated_minutes_on_2_cores": WEEK_REQUESTS / (2.0 * rate) / 60.0,
+    }
+
+
+def peer(n_req: int, n_short: int, n_long: int) -> dict[str, object]:
+    if not PEER_CLI.exists():
+        return {"peer_requests_per_s": None, "peer_note": "vllm-sr-sim not installed"}
+    cdf = subprocess.run(
+        [str(PEER_PY), "-c", "import fleet_sim, os; print(os.path.dirname(fleet_sim.__file__))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    args = [
+        str(PEER_CLI), "simulate", "--cdf", f"{cdf}/data/azure_cdf.json", "--lam", "1000",
+        "--gpu-short", "h100", "--gpu-long", "h100", "--n-s", str(n_short), "--n-l", str(n_long),
+        "--n-req", str(n_req), "--seed", "1",
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(args, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    if proc.returncode != 0:
+        return {"peer_requests_per_s": None, "peer_note": proc.stderr.strip()[-300:]}
+    return {
+        "peer_requests_per_s": n_req / cpu,
+        "peer_requests_per_wall_s": n_req / wall,
+        "peer_requests": n_req,
+        "peer_note": "vllm-sr-sim simulate, azure CDF, same instance counts as GPUs per pool; "
+        "includes its start-up",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="smaller runs (about a minute)")
+    args = ap.parse_args()
+    q = args.quick
+    out: dict[str, object] = {"quick": q}
+    sp = speed(10.0 if q else 60.0)
+    out.update(sp)
+    print(f"speed: {json.dumps(sp)}", file=sys.stderr)
+    pools = sp["pools"]
+    assert isinstance(pools, dict)
+    out.update(peer(20_000 if q else 100_000, pools["short"], pools["long"]))
+    out.update(week_estimate(120.0 if q else 600.0))
+    out.update(peak_rss(100_000 if q else 1_000_000))
+    emit(out)
+
+
+if __name__ == "__main__":
+    main()
