@@ -1,0 +1,125 @@
+"""`dualpool plan`: JSON shape, one-line errors, the HTML report in a real browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dualpool.cli.main import main
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "plan",
+    "azure-conv-like?num_requests=1500&seed=2",
+    "--rate",
+    "30",
+    "--model",
+    "llama-3.1-8b",
+    "--gpu",
+    "h100-80gb",
+    "--sim-requests",
+    "300",
+    "--sim-instances",
+    "2",
+    "--processes",
+    "1",
+]
+
+
+def test_json_is_one_object_with_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*ARGS, "--no-simulate", "--json", "--price", "1.5"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    p = json.loads(out[0])
+    for key in (
+        "inputs",
+        "alpha",
+        "rho",
+        "closed_form",
+        "discrete",
+        "homogeneous",
+        "split",
+        "saving",
+        "analytic_saving",
+        "usd_saved_per_year",
+        "recommendation",
+        "sweep",
+        "three_pool",
+    ):
+        assert key in p, key
+    assert set(p["sweep"]) == {"rows", "basis", "best", "range_80"}
+    assert [r["b_short"] for r in p["sweep"]["rows"]] == [2048, 4096, 8192, 16384, 32768]
+    assert p["inputs"]["price_per_gpu_hour"] == 1.5  # overrides the catalog's 2.99
+    assert p["homogeneous"]["gpus"] >= 1
+    assert p["homogeneous"]["usd_per_year"] == pytest.approx(p["homogeneous"]["gpus"] * 1.5 * 8760)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--rate", "-1"], "--rate"),
+        (["--gpu", "nope"], "nope"),
+        (["--short", "8192/128"], "--short"),
+        (["--b-short", "0"], "--b-short"),
+        (["--utilization", "1.5"], "--utilization"),
+        (["--processes", "0"], "--processes"),
+    ],
+)
+def test_bad_input_is_one_line(
+    extra: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*ARGS, "--no-simulate", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+
+
+def test_bad_workload_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "/no/such/trace.csv", "--rate", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such file" in err[0]
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*ARGS, "--report", str(tmp_path / "rep")]) == 0
+    page = tmp_path / "rep" / "index.html"
+    text = page.read_text()
+    assert text.count("<img class='plot'") == 4  # CDF, sweep, GPUs, TTFT/TPOT
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium absent (apt-get install -y chromium) to check rendering")
+    # A script in the page writes what the browser decoded of each image into
+    # the DOM; --dump-dom prints the DOM after load.
+    probe = tmp_path / "rep" / "probe.html"
+    probe.write_text(
+        text.replace(
+            "</body>",
+            "<script>window.addEventListener('load',()=>{const r=[...document.images]"
+            ".map(i=>i.complete&&i.naturalWidth>0?i.naturalWidth:0);"
+            "const p=document.createElement('p');p.id='probe';p.textContent='W='+r.join(',');"
+            "document.body.appendChild(p);});</script></body>",
+        )
+    )
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        probe.as_uri(),
+    ]
+    assert shutil.which(cmd[0])
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    line = dom.split('<p id="probe">', 1)[1]
+    widths = [int(w) for w in line.split("W=")[1].split("<")[0].split(",")]
+    assert len(widths) == 4 and all(w > 100 for w in widths), widths

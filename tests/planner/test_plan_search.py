@@ -1,0 +1,54 @@
+"""The simulation search and the sweep summary, on stand-in evaluators."""
+
+from __future__ import annotations
+
+import math
+
+from dualpool.planner import PoolSim, search_pool_size
+from dualpool.planner._plan import _sweep_summary
+
+
+def fake(threshold: int, calls: list[tuple[int, bool]]):  # type: ignore[no-untyped-def]
+    """Meets the SLO from `threshold` instances up; far below it, the prefix fails loudly."""
+
+    def evaluate(g: int, prefix: bool) -> PoolSim:
+        calls.append((g, prefix))
+        ok = g >= threshold
+        ttft = 1.0 if ok else (10.0 if g < threshold * 0.8 else 2.5)
+        return PoolSim(g, min(g, 4), 100, 0.1, ttft, 0.02, 0.05, 0.0, 0, 0.5, ok, prefix)
+
+    return evaluate
+
+
+def test_search_from_below_and_above() -> None:
+    for start in (10, 50, 200, 1000):
+        calls: list[tuple[int, bool]] = []
+        r = search_pool_size("short", start, fake(137, calls), ttft_slo=2.0, tolerance=0.0)
+        assert r.found
+        assert r.instances == 137
+        assert r.chosen.instances == 137 and not r.chosen.early_stop
+        # Counts far below the answer stop after the prefix.
+        assert any(prefix for g, prefix in calls if g < 100) or start >= 137
+
+
+def test_search_tolerance_and_repeatability() -> None:
+    a = search_pool_size("s", 100, fake(137, []), ttft_slo=2.0, tolerance=0.02)
+    b = search_pool_size("s", 100, fake(137, []), ttft_slo=2.0, tolerance=0.02)
+    assert 137 <= a.instances <= math.ceil(137 * 1.03)
+    assert [t.instances for t in a.trials] == [t.instances for t in b.trials]
+
+
+def test_search_gives_up_past_the_limit() -> None:
+    r = search_pool_size("s", 4, fake(10**9, []), ttft_slo=2.0, limit=100)
+    assert not r.found
+
+
+def test_sweep_best_and_80_percent_range() -> None:
+    rows = [
+        {"b_short": b, "saving": s, "analytic_saving": s, "errors": []}
+        for b, s in ((2048, 0.10), (4096, 0.33), (8192, 0.40), (16384, 0.35), (32768, 0.20))
+    ]
+    out = _sweep_summary(rows, verified=True)
+    assert out["best"] == {"b_short": 8192, "saving": 0.40}
+    # 80% of 0.40 is 0.32: 4096 (0.33) .. 16384 (0.35) keep it.
+    assert out["range_80"] == [4096, 16384]
