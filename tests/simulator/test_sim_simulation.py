@@ -33,7 +33,8 @@ def test_every_request_ends_once_and_tokens_are_conserved() -> None:
     # A tiny KV cache forces preemptions (recompute) on the short pool.
     w = limit(preset("azure-code-like", rate=30.0, seed=1), 400)
     sink = ListSink()
-    s = simulate(tiny_kv_fleet(), w, SimOptions(), records=sink)
+    sim = Simulation(tiny_kv_fleet(), SimOptions(), records=sink)
+    s = sim.run(w)
     arrivals = sorted(r.arrival_s for r in w)
     assert sorted(float(r[0]) for r in sink.rows) == arrivals  # each exactly once
     done = [r for r in sink.rows if not r[10]]
@@ -45,7 +46,10 @@ def test_every_request_ends_once_and_tokens_are_conserved() -> None:
     assert sum(p.generated_tokens for p in s.pools.values()) == sum(int(r[5]) for r in done)
     assert sum(p.prompt_tokens for p in s.pools.values()) == sum(int(r[3]) for r in done)
     # each instance's engine is empty at the end
-    assert all(not inst.sched.requests for inst in Simulation(tiny_kv_fleet()).instances)
+    assert all(not inst.sched.requests and not inst.sched.running for inst in sim.instances)
+    assert all(
+        inst.sched.kv.num_free_blocks == inst.sched.kv.num_gpu_blocks for inst in sim.instances
+    )
 
 
 def test_length_only_trace_through_two_pools(tmp_path: Path) -> None:
