@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -227,3 +229,20 @@ def test_served_model_name_and_several_instances() -> None:
             c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
             r = c.completions.create(model="short", prompt="abc", max_tokens=2)
             assert r.usage is not None and r.usage.prompt_tokens == 3
+
+
+def test_connection_close_request_gets_a_well_formed_response() -> None:
+    """A client sending `Connection: close` (urllib does) must get headers, then the body."""
+    import urllib.request
+
+    from dualpool.emulator import EmulatorConfig
+    from dualpool.emulator.testing import EmulatorThread
+
+    cfg = EmulatorConfig(model="llama-3.1-8b", port=0, speedup=50)
+    with (
+        EmulatorThread(cfg) as emu,
+        urllib.request.urlopen(emu.urls[0] + "/v1/models", timeout=10) as r,
+    ):
+        assert r.headers["connection"] == "close"
+        body = json.loads(r.read())
+    assert body["data"][0]["max_model_len"] > 0

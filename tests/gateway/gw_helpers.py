@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import urllib.request
-from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from dualpool.gateway import GatewayServer, parse_config
+from dualpool.gateway.testing import GatewayThread
+
+__all__ = ["FakeBackend", "GatewayThread", "fleet_config"]
 
 FAKE = Path(__file__).with_name("fake_vllm.py")
 
@@ -71,44 +69,6 @@ class FakeBackend:
         )
         with urllib.request.urlopen(req, timeout=5) as r:
             r.read()
-
-
-class GatewayThread:
-    """A GatewayServer on its own event loop (uvloop) in a daemon thread."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        import uvloop
-
-        self.config = parse_config(config)
-        self.loop = uvloop.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = GatewayServer(self.config)
-        self.gateway = self.call(self.server.start(port=0))
-        self.port = self.server.port
-
-    def call(self, coro: Any, timeout: float = 30) -> Any:
-        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return fut.result(timeout)
-
-    def run(self, fn: Callable[[], Any]) -> Any:
-        """Run a plain function on the gateway's loop (to read its state safely)."""
-
-        async def wrap() -> Any:
-            return fn()
-
-        return self.call(wrap())
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        try:
-            self.call(self.server.stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
 
 
 def fleet_config(

@@ -1,11 +1,16 @@
-"""`dualpool demo`: the estimator and pool policy at work on an embedded workload.
+"""`dualpool demo`: the whole product on one machine, no GPU.
 
-Generates seeded chat requests (prose, code, Chinese, Japanese, tool calls;
-mostly short, some long), routes each by its estimated token budget, and plays
-the backend's part by counting the prompt exactly with the Llama-3 tokenizer
-and its chat template, as vLLM would report in `usage.prompt_tokens`. The
-calibrator learns from that feedback; the demo then shows what it learned and,
-request by request, what it decided and why.
+Starts two emulated vLLM pools (`dualpool emulate`: a short pool with
+max_model_len 8192 and 128 sequences, a long pool with 65536 and 16), puts the
+gateway (`dualpool serve`) in front of them, and replays seeded chat requests
+(prose, code, Chinese, Japanese, tool calls; mostly short, some long; some
+streamed) over real HTTP. The gateway estimates each request's token budget
+without a tokenizer, routes it, and learns bytes per token from the usage the
+emulated instances count with the real Llama-3 tokenizer. The demo reports where
+requests went, their latency, and what the gateway learned.
+
+--offline runs the estimator and pool policy alone, in process, with the
+tokenizer playing the backend: no servers, and a per-request table of decisions.
 """
 
 from __future__ import annotations
@@ -32,7 +37,19 @@ def register(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--requests", type=int, default=1000, help="requests to route (default 1000)")
+    p.add_argument("--requests", type=int, default=300, help="requests to send (default 300)")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="estimator and policy only, in process (no emulator, no gateway)",
+    )
+    p.add_argument("--concurrency", type=int, default=32, help="clients in parallel (default 32)")
+    p.add_argument(
+        "--speedup",
+        type=float,
+        default=20.0,
+        help="emulated GPU time per wall second (default 20)",
+    )
     p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
     p.add_argument("--show", type=int, default=12, help="decisions to list at the end")
     p.add_argument(
@@ -51,6 +68,125 @@ def _true_prompt(tok: Tokenizer, body: dict[str, Any]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.requests < 1:
+        raise ConfigError("--requests", f"must be >= 1, got {args.requests}")
+    if args.offline:
+        return run_offline(args)
+    if args.concurrency < 1:
+        raise ConfigError("--concurrency", f"must be >= 1, got {args.concurrency}")
+    if not args.speedup > 0:
+        raise ConfigError("--speedup", f"must be > 0, got {args.speedup}")
+    pools = pools_from_args(args)
+    if len(pools) != 2:
+        raise ConfigError("--pools", "the demo runs exactly two pools (short and long)")
+    short_spec, long_spec = sorted(pools, key=lambda p: p.max_model_len)
+    return show_stack(args, short_spec.effective_threshold, long_spec.max_model_len)
+
+
+def show_stack(args: argparse.Namespace, b_short: int, long_len: int) -> int:
+    from rich.progress import Progress
+
+    from dualpool.demo import run_demo
+
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("starting emulated pools and the gateway", total=args.requests)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, description=f"requests {done}/{total}")
+
+        result = run_demo(
+            requests=args.requests,
+            seed=args.seed,
+            concurrency=args.concurrency,
+            speedup=args.speedup,
+            b_short=b_short,
+            long_len=long_len,
+            progress=progress,
+        )
+    outs = result.outcomes
+    per_pool: dict[str, list[Any]] = collections.defaultdict(list)
+    for o in outs:
+        per_pool[o.pool].append(o)
+    failed = [o for o in outs if o.status != 200]
+
+    def metric(prefix: str) -> dict[str, float]:
+        return {k: v for k, v in result.metrics.items() if k.startswith(prefix)}
+
+    def total(prefix: str) -> int:
+        return int(sum(metric(prefix).values()))
+
+    cats = result.calibrator.get("categories", [])
+    summary = {
+        "requests": len(outs),
+        "ok": len(outs) - len(failed),
+        "failed": len(failed),
+        "per_pool": {k: len(v) for k, v in sorted(per_pool.items())},
+        "misroutes": total("dualpool_misroutes_total"),
+        "retries": total("dualpool_retries_total"),
+        "spillovers": total("dualpool_spillovers_total"),
+        "categories": {c["category"]: round(c["bytes_per_token"], 3) for c in cats},
+        "wall_s": round(result.wall_s, 2),
+    }
+    if args.json:
+        print_json(summary)
+        return 0 if not failed else 1
+    out = Console()
+    out.print(
+        f"[bold]dualpool demo[/]: {len(outs)} chat requests through the gateway to two "
+        f"emulated vLLM pools (short: max_model_len {b_short:,}; long: {long_len:,}), "
+        f"speedup {args.speedup:g}, {args.concurrency} clients, {result.wall_s:.1f} s."
+    )
+    t = Table(title="Where requests went (client-side latency, wall seconds)")
+    for col in ("pool", "requests", "streamed", "mean prompt tokens", "p50 TTFT", "p99 E2E"):
+        t.add_column(col, justify="right" if col != "pool" else "left")
+    for name, group in sorted(per_pool.items()):
+        ttfts = sorted(o.ttft_s for o in group)
+        e2e = sorted(o.e2e_s for o in group)
+        mean_prompt = sum(o.prompt_tokens for o in group) / len(group)
+        t.add_row(
+            name,
+            str(len(group)),
+            str(sum(o.stream for o in group)),
+            f"{mean_prompt:,.0f}",
+            f"{ttfts[len(ttfts) // 2]:.3f}",
+            f"{e2e[min(len(e2e) - 1, int(len(e2e) * 0.99))]:.3f}",
+        )
+    out.print(t)
+    model = cats[0]["model"] if cats else "?"
+    t = Table(title=f"What the gateway learned from usage.prompt_tokens ({model})")
+    for col in ("class", "samples", "bytes/token", "conservative c*", "overhead a + m·msgs"):
+        t.add_column(col, justify="right" if col != "class" else "left")
+    for c in cats:
+        t.add_row(
+            c["class"],
+            str(c["samples"]),
+            f"{c['bytes_per_token']:.2f}" if c["learned"] else "4.00 (prior)",
+            f"{c['bytes_per_token_conservative']:.2f}",
+            f"{c['overhead_per_request']:.1f} + {c['overhead_per_message']:.1f}·m",
+        )
+    out.print(t)
+    reasons = {
+        k.split('reason="')[1].split('"')[0]: int(v)
+        for k, v in metric("dualpool_routing_decisions_total").items()
+        if 'reason="' in k
+    }
+    out.print(
+        "Routing reasons: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
+        + f" | misroutes retried on the long pool: {summary['misroutes']}"
+        + f" | retries: {summary['retries']} | spillovers: {summary['spillovers']}"
+    )
+    if failed:
+        out.print(
+            f"[red]{len(failed)} requests failed[/], e.g. {failed[0].status} {failed[0].error}"
+        )
+        return 1
+    out.print("Every request got exactly one answer; none failed.")
+    return 0
+
+
+def run_offline(args: argparse.Namespace) -> int:
     if args.requests < 1:
         raise ConfigError("--requests", f"must be >= 1, got {args.requests}")
     router = Router(pools_from_args(args), EstimatorConfig())

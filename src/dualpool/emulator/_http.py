@@ -89,8 +89,9 @@ class Exchange:
                 b"\r\nserver: dualpool-emulate\r\ncontent-type: ",
                 content_type.encode(),
                 b"\r\n",
-                extra,
+                # NOTE: before `extra`, which ends the head with its blank line.
                 b"" if self.keep_alive else b"connection: close\r\n",
+                extra,
             )
         )
 
