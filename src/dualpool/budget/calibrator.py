@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 from dualpool.budget.classes import STRUCTURED_CLASS
@@ -52,34 +51,71 @@ class FeedbackReason:
     REJECTED: frozenset[str] = frozenset({NONPOSITIVE, IMPLAUSIBLE, OUTLIER})
 
 
-@dataclass(frozen=True, slots=True)
+# NOTE: plain slots classes, not frozen dataclasses: one of each is made per
+# request, and a frozen dataclass pays object.__setattr__ for every field.
 class Feedback:
-    accepted: bool
-    reason: str
-    # Category the feedback was filed under ("model/class").
-    category: str
-    # Observed bytes per token of the content, when computed.
-    observed_ratio: float | None = None
+    """What became of one piece of feedback (treat as immutable)."""
+
+    __slots__ = ("accepted", "cls", "model", "observed_ratio", "reason")
+
+    def __init__(
+        self,
+        accepted: bool,
+        reason: str,
+        model: str,
+        cls: str,
+        observed_ratio: float | None = None,
+    ) -> None:
+        self.accepted = accepted
+        self.reason = reason
+        self.model = model
+        self.cls = cls
+        # Observed bytes per token of the content, when computed.
+        self.observed_ratio = observed_ratio
+
+    @property
+    def category(self) -> str:
+        """ "model/class" the feedback was filed under."""
+        return f"{self.model}/{self.cls}"
+
+    def __repr__(self) -> str:
+        return f"Feedback({self.accepted}, {self.reason!r}, {self.category!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class Coefficients:
     """What an estimate reads for one category: tokens per byte, three ways."""
 
-    conservative: float
-    point: float
-    optimistic: float
-    learned: bool
+    __slots__ = ("conservative", "learned", "optimistic", "point")
+
+    def __init__(self, conservative: float, point: float, optimistic: float, learned: bool) -> None:
+        self.conservative = conservative
+        self.point = point
+        self.optimistic = optimistic
+        self.learned = learned
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Coefficients) and (
+            self.conservative,
+            self.point,
+            self.optimistic,
+            self.learned,
+        ) == (other.conservative, other.point, other.optimistic, other.learned)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class _Category:
-    __slots__ = ("output_q", "outputs", "ratio", "streak")
+    __slots__ = ("c", "output_q", "outputs", "ratio", "rel_sigma", "sigma", "streak")
 
     def __init__(self) -> None:
         self.ratio = RatioStats()
         self.outputs = QuantileSketch()
         self.output_q = 0  # cached quantile of `outputs`
         self.streak = 0  # consecutive outliers
+        # Cached from `ratio` once warmed up (0.0 before): c, sigma, sigma / c.
+        self.c = 0.0
+        self.sigma = 0.0
+        self.rel_sigma = 0.15
 
 
 class Calibrator:
@@ -144,9 +180,8 @@ class Calibrator:
         cls = features.content_class
         with self._lock:
             model = self._resolve(features.model)
-            label = f"{model}/{cls}"
             if type(prompt_tokens) is not int or prompt_tokens <= 0:
-                return self._count(Feedback(False, FeedbackReason.NONPOSITIVE, label))
+                return self._count(Feedback(False, FeedbackReason.NONPOSITIVE, model, cls))
             cat = self._category(model, cls)
             if (
                 completion_tokens is not None
@@ -157,7 +192,7 @@ class Calibrator:
             ):
                 self._observe_output(cat, completion_tokens)
             if features.known_prompt_tokens is not None:
-                return self._count(Feedback(True, FeedbackReason.EXACT, label))
+                return self._count(Feedback(True, FeedbackReason.EXACT, model, cls))
             return self._count(self._observe_prompt(model, cls, cat, features, prompt_tokens))
 
     def _observe_output(self, cat: _Category, completion_tokens: int) -> None:
@@ -171,47 +206,55 @@ class Calibrator:
         self, model: str, cls: str, cat: _Category, f: RequestFeatures, prompt_tokens: int
     ) -> Feedback:
         cfg = self.config
-        label = f"{model}/{cls}"
-        a, m = self.overhead(model)
-        media = f.num_images * cfg.image_tokens + f.num_audio * cfg.audio_tokens
+        a, m = self._ovh.get(model) or self.overhead(model)
+        media = (
+            f.num_images * cfg.image_tokens + f.num_audio * cfg.audio_tokens
+            if (f.num_images or f.num_audio)
+            else 0
+        )
         if cls == STRUCTURED_CLASS:
             own_bytes = f.structured_bytes
-            other = f.text_bytes * self.coefficients(model, cfg.classifier.fallback).point
+            other_bytes = f.text_bytes
+            other = other_bytes * self.coefficients(model, cfg.classifier.fallback).point
         else:
             own_bytes = f.text_bytes
-            other = f.structured_bytes * self.coefficients(model, STRUCTURED_CLASS).point
+            other_bytes = f.structured_bytes
+            other = (
+                other_bytes * self.coefficients(model, STRUCTURED_CLASS).point
+                if other_bytes
+                else 0.0
+            )
         fixed = a + m * f.num_messages + media + other
         # A token is at least one byte (special tokens aside): far more tokens than
         # bytes plus the template means the backend's count is not of this prompt.
-        if prompt_tokens > f.total_bytes + fixed + 64 + 4 * f.num_messages:
-            return Feedback(False, FeedbackReason.IMPLAUSIBLE, label)
+        if prompt_tokens > own_bytes + other_bytes + fixed + 64 + 4 * f.num_messages:
+            return Feedback(False, FeedbackReason.IMPLAUSIBLE, model, cls)
         own_tokens = prompt_tokens - fixed
         observed: float | None = None
-        if own_bytes >= 32 and own_tokens >= max(4.0, 0.5 * prompt_tokens):
+        warm = cat.c > 0.0
+        if own_bytes >= 32 and own_tokens >= 4.0 and own_tokens >= 0.5 * prompt_tokens:
             observed = own_bytes / own_tokens
             if not cfg.min_bytes_per_token <= observed <= cfg.max_bytes_per_token:
-                return Feedback(False, FeedbackReason.IMPLAUSIBLE, label, observed)
-            stats = cat.ratio
-            if stats.n >= cfg.min_samples:
-                c = stats.ratio()
-                spread = max(stats.sigma(), 0.05 * c)
+                return Feedback(False, FeedbackReason.IMPLAUSIBLE, model, cls, observed)
+            if warm:
+                c = cat.c
+                spread = cat.sigma if cat.sigma > 0.05 * c else 0.05 * c
                 if abs(observed - c) > cfg.outlier_sigmas * spread:
                     cat.streak += 1
                     if cat.streak < cfg.outlier_streak_reset:
-                        return Feedback(False, FeedbackReason.OUTLIER, label, observed)
+                        return Feedback(False, FeedbackReason.OUTLIER, model, cls, observed)
             cat.streak = 0
-            stats.add(own_bytes, own_tokens, cfg.beta)
-            self._publish_ratio(model, cls, stats)
+            cat.ratio.add(own_bytes, own_tokens, cfg.beta)
+            self._publish_ratio(model, cls, cat)
         # The template overhead: what the content estimate does not explain. The
         # residual's noise grows with the content (sigma_rel * content tokens), so
         # each residual is weighted by the inverse of that variance: short prompts,
         # where the overhead matters, teach it; long ones barely move it.
-        coef = self.coefficients(model, cls)
-        content = own_bytes * coef.point + other
+        point = 1.0 / cat.c if cat.c > 0.0 else 1.0 / cfg.prior_for(cls)
+        content = own_bytes * point + other
         residual = prompt_tokens - content - media
-        stats = cat.ratio
-        rel = stats.sigma() / stats.ratio() if stats.n >= cfg.min_samples else 0.15
-        weight = 1.0 / (1.0 + (rel * content) ** 2)
+        x = cat.rel_sigma * content
+        weight = 1.0 / (1.0 + x * x)
         ovh = self._overhead.get(model)
         if ovh is None:
             ovh = self._overhead[model] = OverheadStats()
@@ -220,15 +263,17 @@ class Calibrator:
             cfg.overhead_per_request, cfg.overhead_per_message, cfg.overhead_ridge
         )
         if observed is None:
-            return Feedback(True, FeedbackReason.OVERHEAD_ONLY, label)
-        return Feedback(True, FeedbackReason.ACCEPTED, label, observed)
+            return Feedback(True, FeedbackReason.OVERHEAD_ONLY, model, cls)
+        return Feedback(True, FeedbackReason.ACCEPTED, model, cls, observed)
 
-    def _publish_ratio(self, model: str, cls: str, stats: RatioStats) -> None:
+    def _publish_ratio(self, model: str, cls: str, cat: _Category) -> None:
+        stats = cat.ratio
         if stats.n < self.config.min_samples:
             return
         cfg = self.config
         c = stats.ratio()
         sigma = stats.sigma()
+        cat.c, cat.sigma, cat.rel_sigma = c, sigma, sigma / c
         lo = max(cfg.min_bytes_per_token, c - cfg.gamma * sigma)
         hi = c + cfg.gamma * sigma
         self._coef.setdefault(model, {})[cls] = Coefficients(1.0 / lo, 1.0 / c, 1.0 / hi, True)
@@ -299,7 +344,7 @@ class Calibrator:
                         cat.outputs.merge(QuantileSketch.from_dict(data["outputs"]))
                         if self.config.output_quantile is not None:
                             cat.output_q = cat.outputs.quantile(self.config.output_quantile)
-                        self._publish_ratio(model, cls, cat.ratio)
+                        self._publish_ratio(model, cls, cat)
                 cfg = self.config
                 for model, data in snapshot["overhead"].items():
                     ovh = self._overhead.setdefault(model, OverheadStats())
