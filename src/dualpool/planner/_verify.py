@@ -225,7 +225,7 @@ def search_pool_size(
     as monotone in g (more instances, less load per instance).
     """
     start = max(1, start)
-    limit = limit or max(64, start * 8)
+    limit = limit or max(256, start * 64)
     trials: list[PoolSim] = []
     seen: dict[int, PoolSim] = {}
 
