@@ -82,7 +82,10 @@ class BudgetEstimator:
     def estimate(self, f: RequestFeatures) -> BudgetEstimate:
         cal = self.calibrator
         model, cls = f.model, f.content_class
-        output, source = self._output(f)
+        if f.max_output_tokens is not None:  # the common case, inline
+            output, source = f.max_output_tokens, OutputSource.DECLARED
+        else:
+            output, source = self._output(f)
         if f.known_prompt_tokens is not None:
             n = f.known_prompt_tokens
             return BudgetEstimate(model, cls, n, n, n, output, source, True)
@@ -94,8 +97,21 @@ class BudgetEstimator:
             other = cal.coefficients(model, self._fallback)
             own_bytes, other_bytes = f.structured_bytes, f.text_bytes
         else:
-            other = own
-            own_bytes, other_bytes = f.total_bytes, 0
+            a, m = cal.overhead(model)
+            fixed = a + m * f.num_messages
+            if f.num_images or f.num_audio:
+                fixed += f.num_images * self._image_tokens + f.num_audio * self._audio_tokens
+            nbytes = f.text_bytes + f.structured_bytes
+            return BudgetEstimate(
+                model,
+                cls,
+                max(1, math.ceil(fixed + nbytes * own.conservative)),
+                max(1, round(fixed + nbytes * own.point)),
+                max(1, math.floor(fixed + nbytes * own.optimistic)),
+                output,
+                source,
+                False,
+            )
         a, m = cal.overhead(model)
         fixed = a + m * f.num_messages
         if f.num_images or f.num_audio:

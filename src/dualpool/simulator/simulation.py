@@ -406,6 +406,7 @@ class Simulation:
             fallbacks = self.policy.fallbacks(dec)
             if fallbacks:
                 misrouted = True
+                self._resume(inst, now)
                 pool = fallbacks[0]
                 req, inst = self._submit(r, pool, now)
         stats = self.pools[pool].stats
@@ -417,34 +418,48 @@ class Simulation:
             if counted:
                 stats.rejected += 1
             self._record(r, pool, inst.index, None, True, misrouted, spilled)
+            self._resume(inst, now)
             return
         self._meta[req] = (r, routed, pool, inst.index, misrouted, spilled, counted)
-        # The instance must see the request at its next step boundary.
-        mode = inst.mode
-        if mode == _IDLE:
+        self._resume(inst, now)
+
+    def _catch_up(self, inst: _Instance, now: float) -> None:
+        """Apply the steps of a planned decode run that started before `now`.
+
+        NOTE: this must happen before a new request is added to the instance: with
+        an admissible request waiting, `fast_forward` refuses to run, and the steps
+        between the run's start and `now` would be lost (requests would generate
+        nothing for that time).
+        """
+        if inst.mode != _RUN:
+            return
+        ff = inst.sched.fast_forward(inst.t0, until_time=now)
+        if ff.steps:
+            self.summary.fast_forwards += 1
+            inst.busy_s += ff.now - inst.t0
+            for done in ff.finished:
+                self._finished(done)
+        inst.version += 1  # the run's end event is void from here on
+        if ff.now > now:
+            # The run's last step straddles `now`: the next step starts at its end,
+            # and requests arriving before then join that step.
+            inst.mode = _STEP
+            self._push(ff.now, inst)
+        else:
+            # Exactly at a step boundary: nothing in flight; `_resume` plans the next.
+            inst.mode = _IDLE
+
+    def _resume(self, inst: _Instance, now: float) -> None:
+        """After requests were added at `now`: start the next step if none is in flight."""
+        if inst.mode == _IDLE:
             self._plan(inst, now)
-        elif mode == _RUN:
-            ff = inst.sched.fast_forward(inst.t0, until_time=now)
-            if ff.steps:
-                self.summary.fast_forwards += 1
-                inst.busy_s += ff.now - inst.t0
-                for done in ff.finished:
-                    self._finished(done)
-            if ff.now > now:
-                # The run's last step straddles the arrival: the next step starts
-                # at its end, and later arrivals before then must join it too.
-                inst.mode = _STEP
-                inst.version += 1
-                self._push(ff.now, inst)
-                self._sync(inst, now)
-            else:
-                self._plan(inst, now)
         else:
             self._sync(inst, now)
 
     def _submit(self, r: Request, pool: int, now: float) -> tuple[EngineRequest, _Instance]:
         p = self.pools[pool]
         inst = p.instances[p.balancer.pick()]
+        self._catch_up(inst, now)
         sched = inst.sched
         prompt = r.prompt_tokens if r.prompt_tokens > 0 else 1
         if r.max_tokens is not None:
