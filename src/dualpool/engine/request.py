@@ -19,12 +19,12 @@ prompt + generated tokens as one prefill when re-admitted.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 from dualpool.contract import over_length_message
 
 __all__ = [
     "FINISH_REASONS",
+    "DecodeGroup",
     "Request",
     "RequestStatus",
     "over_length_message",
@@ -56,28 +56,132 @@ FINISH_REASONS: dict[RequestStatus, str | None] = {
 }
 
 
-@dataclass(slots=True, eq=False)
-class Request:
-    """One request's explicit state; mutated only by the Scheduler."""
+class DecodeGroup:
+    """The clock of a scheduler's lazy decode group (see scheduler.py).
 
-    request_id: str
-    prompt_tokens: int
-    # The client's max_tokens (what the length check uses).
-    max_tokens: int
-    # Tokens this request will actually generate (<= max_tokens): the
-    # workload's output length; generation stops there (EOS).
-    output_tokens: int
-    arrival_time: float
-    num_computed_tokens: int = 0
-    num_output_tokens: int = 0
-    status: RequestStatus = RequestStatus.WAITING
-    num_preemptions: int = 0
-    # KV blocks held (managed by KVCacheManager).
-    num_blocks: int = 0
-    first_token_time: float | None = None
-    finish_time: float | None = None
-    # The 400 message when status is FINISHED_REJECTED.
-    error: str | None = None
+    Every running request in steady decode state is a member: its counters
+    are stored as offsets from `d`, the number of group decode steps taken,
+    so one step advances every member in O(1) by `d += 1`. `pending` is 1
+    between a schedule() that allocated the members' next slot and the
+    update that applies it (their blocks already cover one more token).
+    """
+
+    __slots__ = ("block_size", "d", "pending")
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.d = 0
+        self.pending = 0
+
+
+class Request:
+    """One request's explicit state; mutated only by the Scheduler.
+
+    `num_computed_tokens`, `num_output_tokens` and `num_blocks` read through
+    the scheduler's decode group while the request is a member (the raw
+    slots `_c`, `_o` then hold offsets from the group's step counter), so
+    they are always current whoever reads them.
+    """
+
+    __slots__ = (
+        "_adm",
+        "_b",
+        "_c",
+        "_fin",
+        "_grp",
+        "_o",
+        "arrival_time",
+        "error",
+        "finish_time",
+        "first_token_time",
+        "max_tokens",
+        "num_preemptions",
+        "output_tokens",
+        "prompt_tokens",
+        "request_id",
+        "status",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        output_tokens: int,
+        arrival_time: float,
+        num_computed_tokens: int = 0,
+        num_output_tokens: int = 0,
+        status: RequestStatus = RequestStatus.WAITING,
+        num_preemptions: int = 0,
+        num_blocks: int = 0,
+        first_token_time: float | None = None,
+        finish_time: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.prompt_tokens = prompt_tokens
+        # The client's max_tokens (what the length check uses).
+        self.max_tokens = max_tokens
+        # Tokens this request will actually generate (<= max_tokens): the
+        # workload's output length; generation stops there (EOS).
+        self.output_tokens = output_tokens
+        self.arrival_time = arrival_time
+        self._c = num_computed_tokens
+        self._o = num_output_tokens
+        self.status = status
+        self.num_preemptions = num_preemptions
+        # KV blocks held (managed by KVCacheManager).
+        self._b = num_blocks
+        self.first_token_time = first_token_time
+        self.finish_time = finish_time
+        # The 400 message when status is FINISHED_REJECTED.
+        self.error = error
+        # Decode group membership (None: the raw counters are the values),
+        # the group step at which it finishes, and its admission number.
+        self._grp: DecodeGroup | None = None
+        self._fin = -1
+        self._adm = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Request(request_id={self.request_id!r}, prompt_tokens={self.prompt_tokens}, "
+            f"max_tokens={self.max_tokens}, output_tokens={self.output_tokens}, "
+            f"num_computed_tokens={self.num_computed_tokens}, "
+            f"num_output_tokens={self.num_output_tokens}, status={self.status!r})"
+        )
+
+    @property
+    def num_computed_tokens(self) -> int:
+        g = self._grp
+        return self._c if g is None else self._c + g.d
+
+    @num_computed_tokens.setter
+    def num_computed_tokens(self, value: int) -> None:
+        g = self._grp
+        self._c = value if g is None else value - g.d
+
+    @property
+    def num_output_tokens(self) -> int:
+        g = self._grp
+        return self._o if g is None else self._o + g.d
+
+    @num_output_tokens.setter
+    def num_output_tokens(self, value: int) -> None:
+        g = self._grp
+        self._o = value if g is None else value - g.d
+
+    @property
+    def num_blocks(self) -> int:
+        g = self._grp
+        if g is None:
+            return self._b
+        return -(-(self._c + g.d + g.pending) // g.block_size)
+
+    @num_blocks.setter
+    def num_blocks(self, value: int) -> None:
+        if self._grp is not None:
+            raise RuntimeError("a decode group member's blocks follow its tokens")
+        self._b = value
 
     @property
     def num_tokens(self) -> int:

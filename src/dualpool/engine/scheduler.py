@@ -29,13 +29,14 @@ One `schedule()` pass, like vllm/v1/core/sched/scheduler.py:
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
 from dualpool.engine.config import EngineConfig
 from dualpool.engine.kv_cache import KVCacheManager
 from dualpool.engine.memory import MemoryParams, MemoryPlan, plan_memory
-from dualpool.engine.request import Request, RequestStatus, over_length_message
+from dualpool.engine.request import DecodeGroup, Request, RequestStatus, over_length_message
 from dualpool.engine.specs import GPUSpec, ModelSpec
 from dualpool.engine.timing import StepTimeModel, StepTimeParams
 from dualpool.errors import RequestError
@@ -70,6 +71,10 @@ class SchedulerOutput:
     preempted_ids: list[str] = field(default_factory=list)
     # request ids admitted from waiting during this pass.
     admitted_ids: list[str] = field(default_factory=list)
+    # -1: every scheduled request is applied one by one. Else the first
+    # group_size entries of `scheduled` are the decode group's members, which
+    # update_from_output advances together in O(1).
+    group_size: int = -1
 
     @property
     def is_empty(self) -> bool:
@@ -113,7 +118,14 @@ class Scheduler:
     """
 
     __slots__ = (
+        "_adm_seq",
         "_ff_cache",
+        "_g",
+        "_gdone",
+        "_gheap",
+        "_ghist",
+        "_gn",
+        "_gsum",
         "_pending",
         "config",
         "generation_tokens_total",
@@ -144,8 +156,25 @@ class Scheduler:
         # Unfinished requests by id.
         self.requests: dict[str, Request] = {}
         self.waiting: deque[Request] = deque()
-        # In admission order: the last one is the first to be preempted.
-        self.running: list[Request] = []
+        # In admission order (a dict used as an ordered set: O(1) removal): the
+        # last one is the first to be preempted.
+        self.running: dict[Request, None] = {}
+        self._adm_seq = 0
+        # The lazy decode group: every running request in steady decode state
+        # (num_computed_tokens == num_tokens - 1, blocks as allocate_slots
+        # leaves them) is a member. Its counters are offsets from _g.d, the
+        # group's step counter, so a decode step of all members is d += 1.
+        # _gn members, _gsum the sum of their computed-token offsets (the
+        # context is _gsum + _gn * d), _ghist[r] members with offset % bs == r
+        # (the ones needing a new block at a step), _gdone[step] the members
+        # finishing at that group step, _gheap those steps (lazy min-heap).
+        bs = config.block_size
+        self._g = DecodeGroup(bs)
+        self._gn = 0
+        self._gsum = 0
+        self._ghist = [0] * bs
+        self._gdone: dict[int, list[Request]] = {}
+        self._gheap: list[int] = []
         self._pending: SchedulerOutput | None = None
         # (now, k, steps to completion, context) of the last decode-run plan; any
         # state change clears it (see _plan_decode_run).
@@ -241,7 +270,9 @@ class Scheduler:
             return None
         self._ff_cache = None
         if req.status == _RUNNING:
-            self.running.remove(req)
+            if req._grp is not None:
+                self._leave(req)
+            del self.running[req]
             self.kv.free(req)
         else:
             self.waiting.remove(req)
@@ -253,65 +284,244 @@ class Scheduler:
     # -- one step ------------------------------------------------------------
 
     def _preempt(self, victim: Request) -> None:
-        self.kv.free(victim)
+        # NOTE: victims are never decode-group members (the slow path dissolves
+        # the group first; the fast path only preempts the non-member tail).
+        self.kv.num_free_blocks += victim._b
+        victim._b = 0
         victim.status = RequestStatus.PREEMPTED
-        victim.num_computed_tokens = 0
+        victim._c = 0
         victim.num_preemptions += 1
         self.num_preemptions_total += 1
         self.waiting.appendleft(victim)
+
+    # -- the lazy decode group -------------------------------------------------
+
+    def _join(self, req: Request) -> None:
+        """Make a running request in decode state a member of the group."""
+        g = self._g
+        bs = g.block_size
+        c = req._c
+        if req._b != -(-c // bs):
+            return  # not the block layout allocate_slots leaves: stays eager
+        d = g.d
+        off = c - d
+        req._c = off
+        req._o -= d
+        req._grp = g
+        self._gn += 1
+        self._gsum += off
+        self._ghist[off % bs] += 1
+        fin = req.output_tokens - req._o  # the group step at which it finishes
+        req._fin = fin
+        lst = self._gdone.get(fin)
+        if lst is None:
+            self._gdone[fin] = [req]
+            heapq.heappush(self._gheap, fin)
+        else:
+            lst.append(req)
+
+    def _unlink(self, req: Request) -> None:
+        """Materialize one member's counters and drop it from the group."""
+        g = self._g
+        bs = g.block_size
+        off = req._c
+        self._gn -= 1
+        self._gsum -= off
+        self._ghist[off % bs] -= 1
+        c = off + g.d
+        req._c = c
+        req._o += g.d
+        req._b = -(-(c + g.pending) // bs)
+        req._grp = None
+        req._fin = -1
+
+    def _leave(self, req: Request) -> None:
+        fin = req._fin
+        lst = self._gdone[fin]
+        if len(lst) == 1:
+            del self._gdone[fin]
+        else:
+            lst.remove(req)
+        self._unlink(req)
+
+    def _dissolve(self) -> None:
+        """Materialize every member (before a step the group cannot take)."""
+        if not self._gn:
+            return
+        g = self._g
+        d = g.d
+        p = g.pending
+        bs = g.block_size
+        for req in self.running:
+            if req._grp is g:
+                c = req._c + d
+                req._c = c
+                req._o += d
+                req._b = -(-(c + p) // bs)
+                req._grp = None
+                req._fin = -1
+        self._gn = 0
+        self._gsum = 0
+        self._ghist = [0] * bs
+        self._gdone = {}
+        self._gheap = []
+
+    def _regroup(self) -> None:
+        for req in self.running:
+            if req._grp is None and req._o > 0 and req._c == req.prompt_tokens + req._o - 1:
+                self._join(req)
+
+    def _finish_group(self, key: int, now: float, finished: list[Request]) -> None:
+        """Finish the members whose output target is reached at group step `key`."""
+        lst = self._gdone.pop(key, None)
+        if not lst:
+            return
+        if len(lst) > 1:
+            lst.sort(key=_admission_order)  # the order step-by-step would finish them
+        running = self.running
+        for req in lst:
+            self._unlink(req)
+            self._finish(req, now)
+            del running[req]
+            finished.append(req)
+
+    # -- one step ------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
         """Decide the next step; reserves KV blocks. Call update_from_output next."""
         if self._pending is not None:
             raise RuntimeError("schedule() called twice: apply the previous output first")
         self._ff_cache = None
-        cfg = self.config
+        running = self.running
+        g = self._g
+        gn = self._gn
+        nrun = len(running)
+        budget = self.config.max_num_batched_tokens
         kv = self.kv
-        budget = cfg.max_num_batched_tokens
+        # The fast path: every running request but possibly the last is a group
+        # member (decoding), and all members get their token and next slot.
+        # Then the running pass costs O(1) for them; otherwise step eagerly.
+        tail: Request | None = None
+        if gn != nrun:
+            if gn != nrun - 1:
+                return self._schedule_slow()
+            tail = next(reversed(running))
+            if tail._grp is not None:
+                return self._schedule_slow()
+        prefill_tokens = decode_tokens = kv_read = pairs = 0
+        if gn:
+            if gn > budget:
+                return self._schedule_slow()
+            need = self._ghist[-g.d % g.block_size]
+            if need > kv.num_free_blocks:
+                return self._schedule_slow()
+            kv.num_free_blocks -= need
+            g.pending = 1
+            budget -= gn
+            kv_read = self._gsum + gn * g.d
+            pairs = kv_read + gn
+            decode_tokens = gn
+        scheduled = list(running)
+        counts = [1] * gn
+        preempted: list[str] = []
+        if tail is not None:
+            if budget > 0:
+                p = tail._c
+                num_new = tail.prompt_tokens + tail._o - p
+                if num_new > budget:
+                    num_new = budget
+                if kv.allocate_slots(tail, num_new) is None:
+                    # The most recently admitted request is the tail itself.
+                    del running[tail]
+                    self._preempt(tail)
+                    preempted.append(tail.request_id)
+                    scheduled.pop()
+                else:
+                    counts.append(num_new)
+                    budget -= num_new
+                    kv_read += p
+                    pairs += num_new * p + num_new * (num_new + 1) // 2
+                    if num_new == 1 and tail._o > 0 and p == tail.prompt_tokens + tail._o - 1:
+                        decode_tokens += 1
+                    else:
+                        prefill_tokens += num_new
+            else:
+                scheduled.pop()
+        return self._admit(
+            scheduled, counts, preempted, budget, prefill_tokens, decode_tokens, kv_read, pairs, gn
+        )
+
+    def _schedule_slow(self) -> SchedulerOutput:
+        """The general running pass, request by request (group dissolved)."""
+        self._dissolve()
+        kv = self.kv
+        budget = self.config.max_num_batched_tokens
         scheduled: list[Request] = []
         counts: list[int] = []
         preempted: list[str] = []
         prefill_tokens = decode_tokens = kv_read = pairs = 0
-
         running = self.running
+        order = list(running)
+        end = len(order)
         i = 0
-        while i < len(running) and budget > 0:
-            req = running[i]
-            num_new = req.num_tokens - req.num_computed_tokens
+        while i < end and budget > 0:
+            req = order[i]
+            num_new = req.prompt_tokens + req._o - req._c
             if num_new > budget:
                 num_new = budget
             while kv.allocate_slots(req, num_new) is None:
                 # NOTE: FCFS preemption takes the most recently admitted request,
                 # the end of `running`; it has not been scheduled this pass
                 # (scheduled ones sit before index i) unless it is `req` itself.
-                victim = running.pop()
+                end -= 1
+                victim = order[end]
+                del running[victim]
                 self._preempt(victim)
                 preempted.append(victim.request_id)
                 if victim is req:
                     break
             else:
-                p = req.num_computed_tokens
+                p = req._c
                 scheduled.append(req)
                 counts.append(num_new)
                 budget -= num_new
                 kv_read += p
                 pairs += num_new * p + num_new * (num_new + 1) // 2
-                if num_new == 1 and req.num_output_tokens > 0 and p == req.num_tokens - 1:
+                if num_new == 1 and req._o > 0 and p == req.prompt_tokens + req._o - 1:
                     decode_tokens += 1
                 else:
                     prefill_tokens += num_new
                 i += 1
                 continue
             break  # the request could not be scheduled: stop the running pass
+        return self._admit(
+            scheduled, counts, preempted, budget, prefill_tokens, decode_tokens, kv_read, pairs, -1
+        )
 
+    def _admit(
+        self,
+        scheduled: list[Request],
+        counts: list[int],
+        preempted: list[str],
+        budget: int,
+        prefill_tokens: int,
+        decode_tokens: int,
+        kv_read: int,
+        pairs: int,
+        group_size: int,
+    ) -> SchedulerOutput:
+        """Admission from the waiting queue (FCFS, head-of-line blocking); builds the output."""
+        cfg = self.config
         admitted: list[str] = []
-        if not preempted:
-            waiting = self.waiting
+        waiting = self.waiting
+        if not preempted and waiting:
+            kv = self.kv
+            running = self.running
             max_seqs = cfg.max_num_seqs
             chunked = cfg.enable_chunked_prefill
             while waiting and budget > 0 and len(running) < max_seqs:
                 req = waiting[0]
-                num_new = req.num_tokens  # num_computed_tokens is 0 while waiting
+                num_new = req.prompt_tokens + req._o  # num_computed_tokens is 0 while waiting
                 if num_new > budget:
                     if not chunked:
                         break
@@ -320,7 +530,9 @@ class Scheduler:
                     break
                 waiting.popleft()
                 req.status = _RUNNING
-                running.append(req)
+                self._adm_seq += 1
+                req._adm = self._adm_seq
+                running[req] = None
                 admitted.append(req.request_id)
                 scheduled.append(req)
                 counts.append(num_new)
@@ -329,16 +541,17 @@ class Scheduler:
                 pairs += num_new * (num_new + 1) // 2
 
         out = SchedulerOutput(
-            scheduled=scheduled,
-            num_scheduled_tokens=counts,
-            total_num_scheduled_tokens=cfg.max_num_batched_tokens - budget,
-            num_scheduled_seqs=len(scheduled),
-            num_prefill_tokens=prefill_tokens,
-            num_decode_tokens=decode_tokens,
-            kv_read_tokens=kv_read,
-            attention_pairs=pairs,
-            preempted_ids=preempted,
-            admitted_ids=admitted,
+            scheduled,
+            counts,
+            cfg.max_num_batched_tokens - budget,
+            len(scheduled),
+            prefill_tokens,
+            decode_tokens,
+            kv_read,
+            pairs,
+            preempted,
+            admitted,
+            group_size,
         )
         self._pending = out
         return out
@@ -354,37 +567,55 @@ class Scheduler:
         self._pending = None
         result = StepResult(now)
         generated = 0
-        any_finished = False
-        for req, n in zip(output.scheduled, output.num_scheduled_tokens, strict=True):
+        gs = output.group_size
+        scheduled = output.scheduled
+        counts = output.num_scheduled_tokens
+        if gs >= 0:
+            g = self._g
+            g.pending = 0
+            if gs:
+                # Every member (minus any aborted since schedule()) decodes one token.
+                g.d += 1
+                generated = self._gn
+                self._finish_group(g.d, now, result.finished)
+                scheduled = scheduled[gs:]
+                counts = counts[gs:]
+        running = self.running
+        for req, n in zip(scheduled, counts, strict=True):
             if req.status != _RUNNING:
                 continue  # aborted between schedule() and now
-            req.num_computed_tokens += n
-            if req.num_computed_tokens < req.num_tokens:
+            c = req._c + n
+            req._c = c
+            if c < req.prompt_tokens + req._o:
                 continue  # a partial prefill: no token sampled yet
-            req.num_output_tokens += 1
+            req._o += 1
             generated += 1
             if req.first_token_time is None:
                 req.first_token_time = now
                 self.prompt_tokens_total += req.prompt_tokens
                 result.first_tokens.append(req)
-            if req.num_output_tokens >= req.output_tokens:
+            if req._o >= req.output_tokens:
                 self._finish(req, now)
+                del running[req]
                 result.finished.append(req)
-                any_finished = True
-        if any_finished:
-            self.running = [r for r in self.running if r.status == _RUNNING]
+            elif gs >= 0:
+                self._join(req)  # now decoding
+        if gs < 0:
+            self._regroup()
         self.generation_tokens_total += generated
         result.num_generated_tokens = generated
         return result
 
     def _finish(self, req: Request, now: float) -> None:
+        # A non-member (members are unlinked first): the raw counters are current.
         req.status = (
             RequestStatus.FINISHED_LENGTH_CAPPED
-            if req.num_output_tokens >= req.max_tokens
+            if req._o >= req.max_tokens
             else RequestStatus.FINISHED_STOPPED
         )
         req.finish_time = now
-        self.kv.free(req)
+        self.kv.num_free_blocks += req._b
+        req._b = 0
         del self.requests[req.request_id]
         self.num_finished_total += 1
 
@@ -476,67 +707,23 @@ class Scheduler:
         return k, k_done, ctx
 
     def _plan_full_run(self) -> tuple[int, int, int] | None:
-        """(longest k, steps to the next completion, total context) or None; O(n)."""
+        """(longest k, steps to the next completion, total context) or None.
+
+        O(block_size + log n) from the decode group's aggregates.
+        """
         running = self.running
         n = len(running)
         cfg = self.config
         if self._pending is not None or n == 0 or n > cfg.max_num_batched_tokens:
             return None
-        bs = cfg.block_size
-        kv = self.kv
-        # O(1) refusals before the O(n) scan. A partial prefill is always the
-        # most recently admitted request (it took the rest of a step's budget),
-        # so the last running request tells whether a prefill is in flight...
-        last = running[-1]
-        if last.num_output_tokens == 0 or last.num_computed_tokens != last.num_tokens - 1:
-            return None
-        # ...and a queue head that fits even if every running request takes a
-        # block next step is admitted next step (the exact check is below).
-        if self.waiting and n < cfg.max_num_seqs:
-            left_budget = cfg.max_num_batched_tokens - n
-            tokens = self.waiting[0].num_tokens
-            if (
-                left_budget > 0
-                and (cfg.enable_chunked_prefill or tokens <= left_budget)
-                and -(-min(tokens, left_budget) // bs) <= kv.num_free_blocks - n
-            ):
-                return None
-        ctx = 0
-        k_done = -1
-        need_next = 0  # blocks the next step allocates
-        offsets = [0] * (bs + 1)  # offsets[o]: requests whose next block is due at step o
-        for req in running:
-            c = req.num_computed_tokens
-            if req.num_output_tokens == 0 or c != req.num_tokens - 1:
-                return None  # a prefill (or recompute) is in flight
-            ctx += c
-            left = req.output_tokens - req.num_output_tokens
-            if k_done < 0 or left < k_done:
-                k_done = left
-            o = req.num_blocks * bs - c + 1  # first step needing a new block
-            if not 1 <= o <= bs:
-                return None  # not the block layout allocate_slots leaves
-            offsets[o] += 1
-            if o == 1:
-                need_next += 1
-
-        # Steps before a block allocation fails. Request i needs a new block at
-        # steps o_i, o_i + bs, o_i + 2 bs, ... with o_i in [1, bs], so every
-        # period of bs steps adds exactly one block per request. With H free
-        # blocks, allocation number H + 1 (the first that fails) falls in
-        # period q = H // n at the (r + 1)-th smallest offset, r = H % n.
-        free = kv.num_free_blocks
-        q, r = divmod(free, n)
-        seen = 0
-        o_fail = bs
-        for o in range(1, bs + 1):
-            seen += offsets[o]
-            if seen > r:
-                o_fail = o
-                break
-        k = min(k_done, q * bs + o_fail - 1)
-        if k <= 0:
-            return None
+        if self._gn != n:
+            return None  # a prefill (or recompute) is in flight
+        g = self._g
+        bs = g.block_size
+        d = g.d
+        hist = self._ghist
+        free = self.kv.num_free_blocks
+        need_next = hist[-d % bs]  # blocks the next step allocates
 
         # The waiting queue. Admission runs after the running requests have
         # taken their blocks, and during a decode-only run the running set,
@@ -546,40 +733,60 @@ class Scheduler:
         # the head cannot be admitted at the next step it cannot be at any
         # step of the run: k may span steps with a non-empty queue only when
         # its head is blocked by max_num_seqs, the token budget, or blocks.
-        if self.waiting:
-            cfg = self.config
+        if self.waiting and n < cfg.max_num_seqs:
             left_budget = cfg.max_num_batched_tokens - n
             head = self.waiting[0]
-            tokens = head.num_tokens
-            fits_budget = cfg.enable_chunked_prefill or tokens <= left_budget
-            if n < cfg.max_num_seqs and left_budget > 0 and fits_budget:
+            tokens = head.prompt_tokens + head._o
+            if left_budget > 0 and (cfg.enable_chunked_prefill or tokens <= left_budget):
                 chunk = min(tokens, left_budget)
                 if -(-chunk // bs) <= free - need_next:
                     return None  # the next step admits it
-        return k, k_done, ctx
+
+        heap = self._gheap
+        done = self._gdone
+        while heap[0] not in done:
+            heapq.heappop(heap)
+        k_done = heap[0] - d
+
+        # Steps before a block allocation fails. A member with c computed
+        # tokens needs a new block at steps j with (c + j - 1) % bs == 0, so
+        # every period of bs steps adds exactly one block per member. With H
+        # free blocks, allocation number H + 1 (the first that fails) falls
+        # in period q = H // n at the (r + 1)-th smallest offset, r = H % n.
+        q, r = divmod(free, n)
+        seen = 0
+        o_fail = bs
+        for o in range(1, bs + 1):
+            seen += hist[-(d + o - 1) % bs]
+            if seen > r:
+                o_fail = o
+                break
+        k = min(k_done, q * bs + o_fail - 1)
+        if k <= 0:
+            return None
+        return k, k_done, self._gsum + n * d
 
     def _apply_decode_run(self, now: float, k: int, k_done: int, ctx: int) -> FastForwardResult:
         self._ff_cache = None
-        running = self.running
-        n = len(running)
-        bs = self.config.block_size
+        n = len(self.running)
+        g = self._g
+        bs = g.block_size
+        d = g.d
+        hist = self._ghist
         end = now + self.timing.decode_run_time(n, ctx, k)
-        used = 0
-        for req in running:
-            c = req.num_computed_tokens + k
-            req.num_computed_tokens = c
-            req.num_output_tokens += k
-            blocks = -(-c // bs)
-            used += blocks - req.num_blocks
-            req.num_blocks = blocks
+        qk, rk = divmod(k, bs)
+        used = qk * n
+        for j in range(rk):
+            used += hist[-(d + j) % bs]
+        g.d = d + k
         self.kv.num_free_blocks -= used
         generated = n * k
         self.generation_tokens_total += generated
         result = FastForwardResult(k, end, num_generated_tokens=generated)
         if k == k_done:
-            for req in running:
-                if req.num_output_tokens >= req.output_tokens:
-                    self._finish(req, end)
-                    result.finished.append(req)
-            self.running = [r for r in running if r.status == _RUNNING]
+            self._finish_group(d + k, end, result.finished)
         return result
+
+
+def _admission_order(req: Request) -> int:
+    return req._adm
