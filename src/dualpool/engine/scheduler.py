@@ -32,6 +32,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from dualpool.engine.config import EngineConfig
 from dualpool.engine.kv_cache import KVCacheManager
@@ -176,9 +177,9 @@ class Scheduler:
         self._gdone: dict[int, list[Request]] = {}
         self._gheap: list[int] = []
         self._pending: SchedulerOutput | None = None
-        # (now, k, steps to completion, context) of the last decode-run plan; any
-        # state change clears it (see _plan_decode_run).
-        self._ff_cache: tuple[float, int, int, int] | None = None
+        # [now, k, steps to completion, context, end time or -1] of the last
+        # decode-run plan; any state change clears it (see _plan_decode_run).
+        self._ff_cache: list[Any] | None = None
         # Counters for /metrics (vllm:* names in the docstrings of properties).
         self.num_preemptions_total = 0
         self.prompt_tokens_total = 0
@@ -647,13 +648,14 @@ class Scheduler:
           arrivals at step boundaries, so a step that starts before an
           arrival runs without it).
 
-        Cost: O(len(running)) plus O(log k) for the until_time search.
+        Cost: O(block_size) from the decode group, plus O(log k) for the
+        until_time search, plus the requests that finish.
         """
         plan = self._plan_decode_run(now, max_steps, until_time)
         if plan is None:
             return FastForwardResult(0, now)
         k, k_done, ctx = plan
-        return self._apply_decode_run(now, k, k_done, ctx)
+        return self._apply_decode_run(now, k, k_done, ctx, self._run_end(now, k, ctx))
 
     def peek_fast_forward(
         self,
@@ -672,7 +674,17 @@ class Scheduler:
         if plan is None:
             return 0, now
         k, _, ctx = plan
-        return k, now + self.timing.decode_run_time(len(self.running), ctx, k)
+        return k, self._run_end(now, k, ctx)
+
+    def _run_end(self, now: float, k: int, ctx: int) -> float:
+        """End time of a k-step run planned at now; the whole run's is cached."""
+        cache = self._ff_cache
+        if cache is not None and cache[1] == k and cache[0] == now:
+            end: float = cache[4]
+            if end < 0.0:
+                end = cache[4] = now + self.timing.decode_run_time(len(self.running), ctx, k)
+            return end
+        return now + self.timing.decode_run_time(len(self.running), ctx, k)
 
     def _plan_decode_run(
         self, now: float, max_steps: int | None, until_time: float | None
@@ -686,13 +698,16 @@ class Scheduler:
         if cache is not None and cache[0] == now:
             # NOTE: a driver peeks a run, then applies it (or its part before an
             # arrival) without changing the state in between: reuse the O(n) scan.
-            _, k, k_done, ctx = cache
+            k = cache[1]
+            k_done = cache[2]
+            ctx = cache[3]
         else:
             plan = self._plan_full_run()
             if plan is None:
                 return None
             k, k_done, ctx = plan
-            self._ff_cache = (now, k, k_done, ctx)
+            # the end time of the whole run is filled in when first needed
+            self._ff_cache = [now, k, k_done, ctx, -1.0]
         timing = self.timing
         if max_steps is not None and max_steps < k:
             k = max_steps
@@ -766,14 +781,15 @@ class Scheduler:
             return None
         return k, k_done, self._gsum + n * d
 
-    def _apply_decode_run(self, now: float, k: int, k_done: int, ctx: int) -> FastForwardResult:
+    def _apply_decode_run(
+        self, now: float, k: int, k_done: int, ctx: int, end: float
+    ) -> FastForwardResult:
         self._ff_cache = None
         n = len(self.running)
         g = self._g
         bs = g.block_size
         d = g.d
         hist = self._ghist
-        end = now + self.timing.decode_run_time(n, ctx, k)
         qk, rk = divmod(k, bs)
         used = qk * n
         for j in range(rk):

@@ -117,6 +117,7 @@ class StepTimeModel:
         "_kv_per_token",
         "_overhead",
         "_per_seq",
+        "_run_cache",
         "_weight_cache",
         "config",
         "gpu",
@@ -153,6 +154,7 @@ class StepTimeModel:
         self._dense_weight_bytes = (model.weight_bytes / tp - expert_bytes) / bw
         self._expert_frac = model.num_experts_per_tok / model.num_experts if model.is_moe else 1.0
         self._weight_cache: dict[int, float] = {}
+        self._run_cache: dict[int, tuple[float, float, float, float, float]] = {}
         if tp > 1:
             link = gpu.interconnect_bandwidth * p.interconnect_efficiency
             ring = 2.0 * (tp - 1) / tp
@@ -227,6 +229,22 @@ class StepTimeModel:
             num_seqs, num_seqs, total_context_tokens, total_context_tokens + num_seqs
         )
 
+    def _run_coeffs(self, n: int) -> tuple[float, float, float, float, float]:
+        """(a, linear FLOP time, c1, weight read time, m1) of a decode run of n sequences."""
+        co = self._run_cache.get(n)
+        if co is None:
+            a = self._overhead + self._per_seq * n + self._comm_fixed + self._comm_per_token * n
+            co = (
+                a,
+                self._flop_linear * n,
+                self._flop_attn * n,
+                self.weight_read_time(n),
+                self._kv_per_token * n,
+            )
+            if len(self._run_cache) < 65536:
+                self._run_cache[n] = co
+        return co
+
     def decode_run_time(self, num_seqs: int, total_context_tokens: int, k: int) -> float:
         """Total seconds of k consecutive decode-only steps, in O(1).
 
@@ -235,23 +253,36 @@ class StepTimeModel:
         """
         if k <= 0 or num_seqs <= 0:
             return 0.0
-        a, c0, c1, m0, m1 = self._decode_coeffs(num_seqs, total_context_tokens)
+        # The same coefficients as _decode_coeffs, bit for bit, from a per-n cache.
+        a, lin, c1, w, m1 = self._run_cache.get(num_seqs) or self._run_coeffs(num_seqs)
+        ctx = total_context_tokens
+        c0 = lin + self._flop_attn * (ctx + num_seqs)
+        m0 = w + self._kv_per_token * ctx
         # D(j) = (c0 - m0) + (c1 - m1) j: compute-bound where D(j) > 0. The two
         # lines cross at most once, so the run is one or two linear pieces.
         d0 = c0 - m0
         d1 = c1 - m1
-        compute, memory = (c0, c1), (m0, m1)
         if d1 == 0.0:
-            first, second, split = (compute if d0 > 0 else memory), memory, k
+            if d0 > 0:
+                u, v = c0, c1
+            else:
+                u, v = m0, m1
+            # one piece over [0, k)
+            return a * k + (u * k + v * (k - 1) * k / 2.0)
+        # j <= root lies on the side of D(0); the tie D(j) = 0 costs the same
+        # on either line.
+        root = -d0 / d1
+        split = min(k, max(0, math.floor(root) + 1)) if root >= 0 else 0
+        if d1 > 0:
+            u1, v1, u2, v2 = m0, m1, c0, c1
         else:
-            # j <= root lies on the side of D(0); the tie D(j) = 0 costs the same
-            # on either line.
-            root = -d0 / d1
-            split = min(k, max(0, math.floor(root) + 1)) if root >= 0 else 0
-            first, second = (memory, compute) if d1 > 0 else (compute, memory)
+            u1, v1, u2, v2 = c0, c1, m0, m1
         total = a * k
-        total += _linear_sum(first[0], first[1], 0, split)
-        total += _linear_sum(second[0], second[1], split, k)
+        if split > 0:
+            total += u1 * split + v1 * (split - 1) * split / 2.0
+        if k > split:
+            count = k - split
+            total += u2 * count + v2 * (split + k - 1) * count / 2.0
         return total
 
     def steps_within(self, num_seqs: int, total_context_tokens: int, budget: float) -> int:
@@ -274,14 +305,6 @@ class StepTimeModel:
 
     def with_params(self, params: StepTimeParams) -> StepTimeModel:
         return StepTimeModel(self.model, self.gpu, self.config, params)
-
-
-def _linear_sum(u: float, v: float, lo: int, hi: int) -> float:
-    """Sum of u + v j for j in [lo, hi)."""
-    if hi <= lo:
-        return 0.0
-    count = hi - lo
-    return u * count + v * (lo + hi - 1) * count / 2.0
 
 
 # -- calibration ---------------------------------------------------------------
