@@ -148,3 +148,19 @@ def test_with_prompt_bytes_is_per_request_pure() -> None:
     assert sum(code) / len(code) == pytest.approx(3.52, rel=0.02)
     no_jitter = list(with_prompt_bytes([Request(0.0, 100, 1, category="cjk")], jitter=0.0))
     assert no_jitter[0].prompt_bytes == 201
+
+
+def test_with_prompt_bytes_blocks_match_the_scalar_definition() -> None:
+    # The numpy block path against the per-request Python definition, with
+    # requests that already carry bytes or lack token counts mixed in.
+    w = list(preset("azure-conv-like", rate=50.0, duration_s=600.0, seed=4))
+    w[3] = Request(w[3].arrival_s, w[3].prompt_tokens, 5, prompt_bytes=77)
+    w[10] = Request(w[10].arrival_s, -1, -1)
+    w.append(Request(w[-1].arrival_s + 1.0, 0, 1, category="unknown-class"))
+    tagged = with_prompt_bytes(w, {"prose": 4.3, "default": 3.9}, jitter=0.3, seed=2**63 + 5)
+    got = list(tagged)
+    want = [tagged._one(r) for r in w]
+    assert len(got) == len(w) > 1000
+    assert [r.prompt_bytes for r in got] == [r.prompt_bytes for r in want]
+    assert got[3] is w[3] and got[10].prompt_bytes is None
+    assert all(a.arrival_s == b.arrival_s for a, b in zip(got, w, strict=True))

@@ -9,9 +9,13 @@ seekable source stays cheap through a chain of rate scaling and windows.
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from collections.abc import Iterable, Iterator, Mapping
+
+import numpy as np
+import numpy.typing as npt
 
 from dualpool.errors import WorkloadError
 from dualpool.workload._base import Workload, check_positive
@@ -325,6 +329,14 @@ DEFAULT_BYTES_PER_TOKEN: Mapping[str, float] = {
 _MASK64 = (1 << 64) - 1
 
 
+def _splitmix64_np(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """_splitmix64 over a uint64 array (numpy's uint64 arithmetic wraps mod 2^64)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 def _splitmix64(x: int) -> int:
     x = (x + 0x9E3779B97F4A7C15) & _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
@@ -367,21 +379,66 @@ class WithPromptBytes(Workload):
         return self._map(_window_of(self.inner, start_s, end_s))
 
     def _map(self, it: Iterator[Request]) -> Iterator[Request]:
-        ratios, default, jitter, seed = self.ratios, self.default, self.jitter, self.seed
-        pack = struct.Struct("<d").pack
-        for r in it:
+        # Blocks of requests hashed with numpy: the same per-request function as
+        # _one (equal up to the last ulp of log/cos), several times cheaper.
+        if not self.jitter:
+            for r in it:
+                yield self._one(r)
+            return
+        size = 16
+        while True:
+            block = list(itertools.islice(it, size))
+            if not block:
+                return
+            yield from self._block(block)
+            if size < 1024:
+                size *= 2
+
+    def _one(self, r: Request) -> Request:
+        """One request, in plain Python (the definition _block vectorizes)."""
+        if r.prompt_bytes is not None or r.prompt_tokens < 0:
+            return r
+        ratio = self.ratios.get(r.category, self.default) if r.category else self.default
+        if self.jitter:
+            h = _splitmix64(int.from_bytes(struct.pack("<d", r.arrival_s), "little") ^ self.seed)
+            h2 = _splitmix64(h ^ r.prompt_tokens)
+            u1 = ((h >> 11) + 1) / 9007199254740993.0  # (0, 1]
+            u2 = (h2 >> 11) / 9007199254740992.0
+            z = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+            ratio *= max(0.05, 1.0 + self.jitter * z)
+        r = r.at(r.arrival_s)
+        r.prompt_bytes = max(0, round(r.prompt_tokens * ratio))
+        return r
+
+    def _block(self, block: list[Request]) -> list[Request]:
+        todo = [r for r in block if r.prompt_bytes is None and r.prompt_tokens >= 0]
+        if not todo:
+            return block
+        ratios, default = self.ratios, self.default
+        n = len(todo)
+        arrival = np.fromiter((r.arrival_s for r in todo), np.float64, n)
+        tokens = np.fromiter((r.prompt_tokens for r in todo), np.int64, n)
+        base = np.fromiter(
+            (ratios.get(r.category, default) if r.category else default for r in todo),
+            np.float64,
+            n,
+        )
+        h = _splitmix64_np(arrival.view(np.uint64) ^ np.uint64(self.seed))
+        h2 = _splitmix64_np(h ^ tokens.astype(np.uint64))
+        u1 = ((h >> np.uint64(11)) + np.uint64(1)) / 9007199254740993.0
+        u2 = (h2 >> np.uint64(11)) / 9007199254740992.0
+        z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
+        ratio = base * np.maximum(0.05, 1.0 + self.jitter * z)
+        nbytes = np.maximum(0.0, np.rint(tokens * ratio)).astype(np.int64).tolist()
+        out: list[Request] = []
+        j = 0
+        for r in block:
             if r.prompt_bytes is None and r.prompt_tokens >= 0:
-                ratio = ratios.get(r.category, default) if r.category else default
-                if jitter:
-                    h = _splitmix64(int.from_bytes(pack(r.arrival_s), "little") ^ seed)
-                    h2 = _splitmix64(h ^ r.prompt_tokens)
-                    u1 = ((h >> 11) + 1) / 9007199254740993.0  # (0, 1]
-                    u2 = (h2 >> 11) / 9007199254740992.0
-                    z = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
-                    ratio *= max(0.05, 1.0 + jitter * z)
                 r = r.at(r.arrival_s)
-                r.prompt_bytes = max(0, round(r.prompt_tokens * ratio))
-            yield r
+                r.prompt_bytes = nbytes[j]
+                j += 1
+            out.append(r)
+        return out
 
     def rate_hint(self) -> float | None:
         return self.inner.rate_hint() if isinstance(self.inner, Workload) else None
