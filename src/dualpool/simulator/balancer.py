@@ -111,19 +111,27 @@ class _LeastBy(Balancer):
         super().__init__(loads)
         n = len(loads)
         self._version = [0] * n
-        self._heap: list[tuple[float, int, int]] = [(self._key(i), i, 0) for i in range(n)]
+        # Each instance's key in its live heap entry: an update that leaves it
+        # unchanged pushes nothing (the live entry already says the same).
+        self._keys = [self._key(i) for i in range(n)]
+        self._heap: list[tuple[float, int, int]] = [(self._keys[i], i, 0) for i in range(n)]
         heapq.heapify(self._heap)
 
     @abstractmethod
     def _key(self, index: int) -> float: ...
 
     def update(self, index: int) -> None:
+        key = self._key(index)
+        if key == self._keys[index]:
+            return
+        self._keys[index] = key
         v = self._version[index] + 1
         self._version[index] = v
         heap = self._heap
-        heapq.heappush(heap, (self._key(index), index, v))
+        heapq.heappush(heap, (key, index, v))
         if len(heap) > 4 * len(self._version) + 64:
-            self._heap = [(self._key(i), i, self._version[i]) for i in range(len(self._version))]
+            self._keys = [self._key(i) for i in range(len(self._version))]
+            self._heap = [(self._keys[i], i, self._version[i]) for i in range(len(self._version))]
             heapq.heapify(self._heap)
 
     def pick(self) -> int:

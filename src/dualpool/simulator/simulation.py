@@ -337,17 +337,21 @@ class Simulation:
         """Refresh the instance's load in its pool's aggregates and balancer."""
         s = inst.sched
         kv = s.kv
-        if now > inst.kv_t:
-            inst.kv_usage_s += inst.kv_usage_last * (now - inst.kv_t)
+        kv_t = inst.kv_t
+        if now > kv_t:
+            inst.kv_usage_s += inst.kv_usage_last * (now - kv_t)
             inst.kv_t = now
-        used = kv.num_gpu_blocks - kv.num_free_blocks
-        inst.kv_usage_last = used / kv.num_gpu_blocks
+        total = kv.num_gpu_blocks
+        used = total - kv.num_free_blocks
+        inst.kv_usage_last = used / total
         pool = self.pools[inst.pool]
         w = len(s.waiting)
-        pool.waiting += w - inst.waiting
-        pool.used_blocks += used - inst.used_blocks
-        inst.waiting = w
-        inst.used_blocks = used
+        if w != inst.waiting:
+            pool.waiting += w - inst.waiting
+            inst.waiting = w
+        if used != inst.used_blocks:
+            pool.used_blocks += used - inst.used_blocks
+            inst.used_blocks = used
         if not self._balancer_is_rr:
             pool.balancer.update(inst.index)
 
