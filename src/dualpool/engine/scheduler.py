@@ -769,14 +769,17 @@ class Scheduler:
         # free blocks, allocation number H + 1 (the first that fails) falls
         # in period q = H // n at the (r + 1)-th smallest offset, r = H % n.
         q, r = divmod(free, n)
-        seen = 0
-        o_fail = bs
-        for o in range(1, bs + 1):
-            seen += hist[-(d + o - 1) % bs]
-            if seen > r:
-                o_fail = o
-                break
-        k = min(k_done, q * bs + o_fail - 1)
+        if q * bs >= k_done:
+            k = k_done  # the blocks last beyond the next completion (o_fail >= 1)
+        else:
+            seen = 0
+            o_fail = bs
+            for o in range(1, bs + 1):
+                seen += hist[-(d + o - 1) % bs]
+                if seen > r:
+                    o_fail = o
+                    break
+            k = min(k_done, q * bs + o_fail - 1)
         if k <= 0:
             return None
         return k, k_done, self._gsum + n * d

@@ -188,7 +188,10 @@ class StepTimeModel:
         if num_tokens <= 0:
             return 0.0
         compute = self._flop_linear * num_tokens + self._flop_attn * attention_pairs
-        memory = self.weight_read_time(num_tokens) + self._kv_per_token * kv_read_tokens
+        w = self._weight_cache.get(num_tokens)
+        if w is None:
+            w = self.weight_read_time(num_tokens)
+        memory = w + self._kv_per_token * kv_read_tokens
         return (
             self._overhead
             + self._per_seq * num_seqs
