@@ -480,9 +480,9 @@ class Simulation:
 
     def _finished(self, req: EngineRequest) -> None:
         r, routed, pool, inst, misrouted, spilled, counted = self._meta.pop(req)
-        self.router.observe(
-            routed, {"prompt_tokens": req.prompt_tokens, "completion_tokens": req.num_output_tokens}
-        )
+        prompt = req.prompt_tokens
+        n_out = req.num_output_tokens
+        self.router.observe(routed, {"prompt_tokens": prompt, "completion_tokens": n_out})
         t = req.finish_time
         assert t is not None and req.first_token_time is not None
         if t > self._t_end:
@@ -490,16 +490,17 @@ class Simulation:
         if counted:
             st = self.pools[pool].stats
             slo = self.options.slo
-            ttft = req.first_token_time - req.arrival_time
-            n_out = req.num_output_tokens
-            tpot = (t - req.first_token_time) / (n_out - 1) if n_out > 1 else 0.0
+            ft = req.first_token_time
+            arrival = req.arrival_time
+            ttft = ft - arrival
+            tpot = (t - ft) / (n_out - 1) if n_out > 1 else 0.0
             st.completed += 1
             st.preemptions += req.num_preemptions
-            st.prompt_tokens += req.prompt_tokens
+            st.prompt_tokens += prompt
             st.generated_tokens += n_out
             st.ttft.add(ttft)
             st.tpot.add(tpot)
-            st.e2e.add(t - req.arrival_time)
+            st.e2e.add(t - arrival)
             ok1 = ttft <= slo.ttft_s
             ok2 = tpot <= slo.tpot_s
             st.ttft_ok += ok1
