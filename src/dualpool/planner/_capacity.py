@@ -411,6 +411,13 @@ class AnalyticSize:
     # The floor an idle instance reaches (TTFT, TPOT), seconds.
     idle_ttft_s: float
     idle_tpot_s: float
+    # How `instances` was found: "mgc" (the closed-form queueing model above)
+    # or "calibrated" (the simulated load curve, `_calibrate`).
+    method: str = "mgc"
+    # The closed-form queueing model's count (kept beside a calibrated one).
+    mgc_instances: int | None = None
+    # Calibrated: the largest per-instance load meeting the SLOs (req/s).
+    max_rate_per_instance: float | None = None
 
 
 def analytic_pool_size(

@@ -33,11 +33,13 @@ from dualpool.engine import (
     smallest_feasible_tp,
 )
 from dualpool.errors import ConfigError, InfeasibleConfigError, WorkloadError
+from dualpool.planner._calibrate import CalibrationSettings, calibrated_pool_size
 from dualpool.planner._capacity import (
     AnalyticSize,
     InstanceProfile,
     PoolDesign,
     analytic_pool_size,
+    load_point,
     profile_instance,
 )
 from dualpool.planner._queueing import (
@@ -160,6 +162,10 @@ class PlanSettings:
     simulate: bool = True
     # Also verify every sweep point by simulation (slow).
     simulate_sweep: bool = False
+    # The SLO-aware estimate from the simulated load curve (`_calibrate`);
+    # False: the closed-form queueing model only.
+    calibrate: bool = True
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     verify: VerifySettings = field(default_factory=VerifySettings)
     sweep_budgets: tuple[int, ...] = SWEEP_BUDGETS
     three_pool: tuple[int, int, int] | None = (8192, 32768, 65536)
@@ -233,6 +239,8 @@ class PoolJob:
     simulate: bool
     verify: VerifySettings
     check_memory: bool
+    calibrate: bool = False
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +303,9 @@ class PoolOutcome:
             out["analytic"] = {
                 "discrete": an.discrete,
                 "queueing": an.instances,
+                "method": an.method,
+                "queueing_mgc": an.instances if an.mgc_instances is None else an.mgc_instances,
+                "max_rate_per_instance": an.max_rate_per_instance,
                 "binding": an.binding,
                 "slo_attainable": an.attainable,
                 "idle_ttft_p99_s": an.idle_ttft_s,
@@ -342,12 +353,38 @@ def run_job(job: PoolJob) -> PoolOutcome:
         tpot_s=job.tpot_slo_s,
         utilization=job.utilization,
     )
-    if not job.simulate:
-        return PoolOutcome(job.key, job.design, share, job.rate, profile, analytic, None, None)
-    base = mix.requests(mask)
+    base = mix.requests(mask) if job.simulate or job.calibrate else []
     base_rate = mix.source_rate * share
     if len(base) >= 2 and base[-1].arrival_s > base[0].arrival_s:
         base_rate = (len(base) - 1) / (base[-1].arrival_s - base[0].arrival_s)
+    if job.calibrate and analytic.attainable:
+        cal = calibrated_pool_size(
+            job.model,
+            gpu,
+            job.design,
+            base,
+            base_rate,
+            job.rate,
+            profile.mu,
+            ttft_slo=job.ttft_slo_s,
+            tpot_slo=job.tpot_slo_s,
+            utilization=job.utilization,
+            settings=job.calibration,
+            step_params=job.step_params,
+            default_requests=job.verify.requests,
+        )
+        analytic = replace(
+            analytic,
+            instances=cal.instances,
+            binding=cal.binding,
+            attainable=cal.attainable,
+            point=load_point(profile, timing, job.rate / cal.instances),
+            method="calibrated",
+            mgc_instances=analytic.instances,
+            max_rate_per_instance=cal.rate,
+        )
+    if not job.simulate:
+        return PoolOutcome(job.key, job.design, share, job.rate, profile, analytic, None, None)
 
     def evaluate(g: int, prefix: bool, keep: bool = False) -> PoolSim:
         return simulate_pool(
@@ -418,6 +455,8 @@ def _job(
         simulate=sim,
         verify=s.verify,
         check_memory=s.check_memory,
+        calibrate=s.calibrate,
+        calibration=s.calibration,
     )
 
 
