@@ -72,10 +72,12 @@ class SchedulerOutput:
     preempted_ids: list[str] = field(default_factory=list)
     # request ids admitted from waiting during this pass.
     admitted_ids: list[str] = field(default_factory=list)
-    # -1: every scheduled request is applied one by one. Else the first
-    # group_size entries of `scheduled` are the decode group's members, which
-    # update_from_output advances together in O(1).
+    # -1: every scheduled request is applied one by one. Else group_size
+    # decode-group members were scheduled (one token each), which
+    # update_from_output advances together in O(1); they are the first
+    # entries of `scheduled` unless the scheduler's list_decode_members is off.
     group_size: int = -1
+    group_listed: bool = True
 
     @property
     def is_empty(self) -> bool:
@@ -131,6 +133,7 @@ class Scheduler:
         "config",
         "generation_tokens_total",
         "kv",
+        "list_decode_members",
         "memory_plan",
         "num_aborted_total",
         "num_finished_total",
@@ -177,6 +180,10 @@ class Scheduler:
         self._gdone: dict[int, list[Request]] = {}
         self._gheap: list[int] = []
         self._pending: SchedulerOutput | None = None
+        # False: a fast step's SchedulerOutput.scheduled / num_scheduled_tokens
+        # leave out the decode-group members (their count is group_size), which
+        # saves building O(running) lists for drivers that never read them.
+        self.list_decode_members = True
         # [now, k, steps to completion, context, end time or -1] of the last
         # decode-run plan; any state change clears it (see _plan_decode_run).
         self._ff_cache: list[Any] | None = None
@@ -422,8 +429,13 @@ class Scheduler:
             kv_read = self._gsum + gn * g.d
             pairs = kv_read + gn
             decode_tokens = gn
-        scheduled = list(running)
-        counts = [1] * gn
+        listed = self.list_decode_members
+        if listed:
+            scheduled = list(running)
+            counts = [1] * gn
+        else:
+            scheduled = [tail] if tail is not None else []
+            counts = []
         preempted: list[str] = []
         if tail is not None:
             if budget > 0:
@@ -448,9 +460,13 @@ class Scheduler:
                         prefill_tokens += num_new
             else:
                 scheduled.pop()
-        return self._admit(
+        out = self._admit(
             scheduled, counts, preempted, budget, prefill_tokens, decode_tokens, kv_read, pairs, gn
         )
+        if not listed:
+            out.group_listed = False
+            out.num_scheduled_seqs += gn
+        return out
 
     def _schedule_slow(self) -> SchedulerOutput:
         """The general running pass, request by request (group dissolved)."""
@@ -520,6 +536,7 @@ class Scheduler:
             running = self.running
             max_seqs = cfg.max_num_seqs
             chunked = cfg.enable_chunked_prefill
+            bs = kv.block_size
             while waiting and budget > 0 and len(running) < max_seqs:
                 req = waiting[0]
                 num_new = req.prompt_tokens + req._o  # num_computed_tokens is 0 while waiting
@@ -527,8 +544,11 @@ class Scheduler:
                     if not chunked:
                         break
                     num_new = budget
-                if kv.allocate_slots(req, num_new) is None:
+                need = -(-num_new // bs)  # a waiting request holds no blocks
+                if need > kv.num_free_blocks:
                     break
+                kv.num_free_blocks -= need
+                req._b = need
                 waiting.popleft()
                 req.status = _RUNNING
                 self._adm_seq += 1
@@ -579,8 +599,9 @@ class Scheduler:
                 g.d += 1
                 generated = self._gn
                 self._finish_group(g.d, now, result.finished)
-                scheduled = scheduled[gs:]
-                counts = counts[gs:]
+                if output.group_listed:
+                    scheduled = scheduled[gs:]
+                    counts = counts[gs:]
         running = self.running
         for req, n in zip(scheduled, counts, strict=True):
             if req.status != _RUNNING:

@@ -220,6 +220,7 @@ class Simulation:
             insts: list[_Instance] = []
             for j in range(pc.num_instances):
                 sched = Scheduler.from_specs(fleet.model, fleet.gpu, pc.engine, fleet.step_params)
+                sched.list_decode_members = False  # only counts are read from a step
                 inst = _Instance(pi, j, sched)
                 insts.append(inst)
                 self.instances.append(inst)
