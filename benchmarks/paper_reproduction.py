@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,26 @@ def workloads(limit: int) -> dict[str, Mix]:
     for path in sorted((d / "cdf").glob("*.json")):
         out[path.stem] = load(f"cdf:{path}?rate=10&num_requests={limit}&seed=0", limit)
     return out
+
+
+def commit() -> str:
+    """The repository's short HEAD (and '+changes' when the tree is dirty)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes" if dirty else "")
 
 
 def pct(x: float | None) -> str:
@@ -221,8 +242,8 @@ def main() -> None:
     doc += [
         "Written by `benchmarks/paper_reproduction.py"
         + (" --quick" if args.quick else "")
-        + "` (engine model with default, uncalibrated `StepTimeParams`; the simulator of "
-        "`dualpool.simulator`). Every figure below is computed by that script.",
+        + f"` at commit {commit()} (engine model with default, uncalibrated `StepTimeParams`; "
+        "the simulator of `dualpool.simulator`). Every figure below is computed by that script.",
         "",
         "## Do the paper's pool configs fit?",
         "",
@@ -264,7 +285,7 @@ def main() -> None:
         "meets P99 TTFT <= 2 s and P99 TPOT <= 80 ms (a pool no size can bring under the SLOs is "
         "sized by the 90% utilization cap and flagged); *discrete* is "
         "ceil(lambda/(u mu)) per pool at u = 0.9 with mu the engine's saturated throughput on "
-        "the pool's own mix; *queueing* is the SLO-aware analytic estimate; *closed form* is "
+        "the pool's own mix; *queueing* is the SLO-aware estimate (the simulated load curve, interpolated: docs/planner.md §3a); *closed form* is "
         "alpha(1 - 1/rho) with rho = mu_short / mu_homogeneous on the real mix. "
         f"The paper's A100 fleet costs ${PAPER['usd_a100'] / 1e6:.2f}M a year; MI300X saving "
         f"${PAPER['mi300x']['usd_saved'] / 1e6:.1f}M.",

@@ -146,7 +146,7 @@ def main() -> None:
                 if fleet == "homogeneous" or key == "short" or key == "long":
                     print(
                         f"{name:36} {key:12} {a:9,d} {g:9,d} {e:+7.1%} {m:9,d} {err(m, g):+7.1%}"
-                        f"  {an['binding']}" + ("" if scored else "  (not scored)")
+                        f"  {an['binding']}, load {load:.1%}" + ("" if scored else "  (not scored)")
                     )
             e, em = err(an_gpus, sim_gpus), err(mgc_gpus, sim_gpus)
             big = [x for x in row["pools"].values() if x["simulated"] >= MIN_POOL]
