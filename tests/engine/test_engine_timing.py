@@ -63,6 +63,8 @@ def test_steps_within_is_the_largest_fitting_k(which: int, n: int, ctx: int, bud
     k = t.steps_within(n, ctx, budget)
     assert t.decode_run_time(n, ctx, k) <= budget
     assert t.decode_run_time(n, ctx, k + 1) > budget
+    for limit in (1, 2, k // 2 + 1, k, k + 1):
+        assert t.steps_within(n, ctx, budget, limit=limit) == min(k, limit)
 
 
 def test_crossover_happens_in_the_slow_model() -> None:

@@ -735,7 +735,7 @@ class Scheduler:
         if until_time is not None:
             n = len(self.running)
             budget = until_time - now
-            m = timing.steps_within(n, ctx, budget)
+            m = timing.steps_within(n, ctx, budget, limit=k)
             if m > 0 and timing.decode_run_time(n, ctx, m) >= budget:
                 m -= 1  # start strictly before until_time
             if m + 1 < k:

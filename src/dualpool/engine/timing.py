@@ -288,8 +288,13 @@ class StepTimeModel:
             total += u2 * count + v2 * (split + k - 1) * count / 2.0
         return total
 
-    def steps_within(self, num_seqs: int, total_context_tokens: int, budget: float) -> int:
-        """Largest k with decode_run_time(num_seqs, total_context_tokens, k) <= budget."""
+    def steps_within(
+        self, num_seqs: int, total_context_tokens: int, budget: float, limit: int | None = None
+    ) -> int:
+        """Largest k with decode_run_time(num_seqs, total_context_tokens, k) <= budget.
+
+        With `limit`, the largest such k that is <= limit (a shorter search).
+        """
         if budget <= 0.0 or num_seqs <= 0:
             return 0
         first = self.decode_step_time(num_seqs, total_context_tokens)
@@ -297,6 +302,8 @@ class StepTimeModel:
             return 0
         # Step times only grow along a run, so budget/first bounds k from above.
         hi = int(budget / first) + 1
+        if limit is not None and limit < hi:
+            hi = max(1, limit)
         lo = 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
