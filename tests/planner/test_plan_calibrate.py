@@ -62,8 +62,14 @@ def test_calibrated_tracks_the_verified_count(small_mix: Mix, small_settings: Pl
     for fleet in ("homogeneous", "split"):
         for pool in p[fleet]["pools"]:
             sim = pool["simulation"]
-            if not sim["found"] or sim["instances"] < 4:
+            an = pool["analytic"]
+            if not sim["found"]:
+                continue
+            if an["binding"] == "utilization":
+                # The cap binds: the estimate is the discrete form (by design
+                # never below it); the verifier may go lower.
+                assert an["queueing"] == an["discrete"] >= sim["instances"]
                 continue
             # Same simulator, same requests: the interpolation and the search
             # tolerance are what separate them.
-            assert abs(pool["analytic"]["queueing"] / sim["instances"] - 1) <= 0.15
+            assert abs(an["queueing"] - sim["instances"]) <= max(1, 0.15 * sim["instances"])
