@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from sim_helpers import ListSink, requests, small_fleet, tiny_kv_fleet, workload
 
 from dualpool.simulator import SimOptions, Simulation, simulate, simulate_sharded
+from dualpool.simulator.fleet import FleetConfig
 from dualpool.workload import LengthTrace, limit, preset
 
 # COLUMNS: arrival, pool, instance, prompt, output, generated, ttft, tpot, e2e,
@@ -131,14 +132,34 @@ def test_warmup_is_simulated_but_not_counted() -> None:
     assert s.warmup_requests > 0 and s.requests + s.warmup_requests == sum(1 for _ in w)
 
 
-# Tolerance: P99 TTFT with more instances may exceed the smaller fleet's by at
-# most 10% + 20 ms (different instance choices reorder batches; the sketch adds 1%).
+def _longest_step_s(fleet: FleetConfig) -> float:
+    """The longest step any pool can take: a full token budget of prefill."""
+    from dualpool.engine import StepTimeModel
+
+    return max(
+        StepTimeModel(fleet.model, fleet.gpu, p.engine).prefill_time(
+            p.engine.max_num_batched_tokens
+        )
+        for p in fleet.pools
+    )
+
+
+# Tolerance, "beyond noise": with more instances a request may land on a different
+# instance and wait there for one in-flight step before its own prefill starts,
+# so P99 TTFT (over ~750 requests) may exceed the smaller fleet's by up to one
+# longest step plus 10% (batch composition, and the sketch's 1%). Anything
+# beyond that would mean added capacity made queues longer: a model bug.
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 10_000), st.integers(1, 3), st.integers(1, 3))
 def test_more_instances_never_worsen_p99_ttft(seed: int, n: int, extra: int) -> None:
-    w = preset("azure-conv-like", rate=25.0, duration_s=8.0, seed=seed)
-    small = simulate(small_fleet(n, 1), w, SimOptions(seed=seed))
-    big = simulate(small_fleet(n + extra, 1), w, SimOptions(seed=seed))
+    w = preset("azure-conv-like", rate=25.0, duration_s=30.0, seed=seed)
+    small_f, big_f = small_fleet(n, 1), small_fleet(n + extra, 1)
+    small = simulate(small_f, w, SimOptions(seed=seed))
+    big = simulate(big_f, w, SimOptions(seed=seed))
     p_small = small.fleet_stats().ttft.quantile(0.99)
     p_big = big.fleet_stats().ttft.quantile(0.99)
-    assert p_big <= 1.10 * p_small + 0.02
+    assert p_big <= 1.10 * p_small + _longest_step_s(big_f)
+    # The median is not at the mercy of one unlucky landing: it must hold tightly.
+    m_small = small.fleet_stats().ttft.quantile(0.5)
+    m_big = big.fleet_stats().ttft.quantile(0.5)
+    assert m_big <= 1.10 * m_small + 0.02
