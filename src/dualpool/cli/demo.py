@@ -67,6 +67,23 @@ def _true_prompt(tok: Tokenizer, body: dict[str, Any]) -> int:
     return chat_prompt_tokens(tok, body["messages"], body.get("tools"))
 
 
+def calibrator_table(cats: list[dict[str, Any]], title: str) -> Table:
+    """The calibrator's per-category view (`Calibrator.categories()`) as a table."""
+    model = cats[0]["model"] if cats else "?"
+    t = Table(title=f"{title} ({model})")
+    for col in ("class", "samples", "bytes/token", "conservative c*", "overhead a + m·msgs"):
+        t.add_column(col, justify="right" if col != "class" else "left")
+    for c in cats:
+        t.add_row(
+            c["class"],
+            str(c["samples"]),
+            f"{c['bytes_per_token']:.2f}" if c["learned"] else "4.00 (prior)",
+            f"{c['bytes_per_token_conservative']:.2f}",
+            f"{c['overhead_per_request']:.1f} + {c['overhead_per_message']:.1f}·m",
+        )
+    return t
+
+
 def run(args: argparse.Namespace) -> int:
     if args.requests < 1:
         raise ConfigError("--requests", f"must be >= 1, got {args.requests}")
@@ -153,19 +170,7 @@ def show_stack(args: argparse.Namespace, b_short: int, long_len: int) -> int:
             f"{e2e[min(len(e2e) - 1, int(len(e2e) * 0.99))]:.3f}",
         )
     out.print(t)
-    model = cats[0]["model"] if cats else "?"
-    t = Table(title=f"What the gateway learned from usage.prompt_tokens ({model})")
-    for col in ("class", "samples", "bytes/token", "conservative c*", "overhead a + m·msgs"):
-        t.add_column(col, justify="right" if col != "class" else "left")
-    for c in cats:
-        t.add_row(
-            c["class"],
-            str(c["samples"]),
-            f"{c['bytes_per_token']:.2f}" if c["learned"] else "4.00 (prior)",
-            f"{c['bytes_per_token_conservative']:.2f}",
-            f"{c['overhead_per_request']:.1f} + {c['overhead_per_message']:.1f}·m",
-        )
-    out.print(t)
+    out.print(calibrator_table(cats, "What the gateway learned from usage.prompt_tokens"))
     reasons = {
         k.split('reason="')[1].split('"')[0]: int(v)
         for k, v in metric("dualpool_routing_decisions_total").items()
@@ -249,18 +254,7 @@ def run_offline(args: argparse.Namespace) -> int:
         )
         + f"; the backend's usage is counted with the {tok.name} tokenizer."
     )
-    t = Table(title="What the calibrator learned from usage.prompt_tokens")
-    for col in ("category", "samples", "bytes/token", "conservative c*", "overhead a + m·msgs"):
-        t.add_column(col, justify="right" if col != "category" else "left")
-    for c in cats:
-        t.add_row(
-            c["category"],
-            str(c["samples"]),
-            f"{c['bytes_per_token']:.2f}" if c["learned"] else "4.00 (prior)",
-            f"{c['bytes_per_token_conservative']:.2f}",
-            f"{c['overhead_per_request']:.1f} + {c['overhead_per_message']:.1f}·m",
-        )
-    console.print(t)
+    console.print(calibrator_table(cats, "What the calibrator learned from usage.prompt_tokens"))
     t = Table(title=f"The last {len(rows)} decisions")
     for col in (
         "kind",
