@@ -179,10 +179,17 @@ class Calibrator:
         """Learn from one response's `usage`. Never raises on bad feedback: it is counted."""
         cls = features.content_class
         with self._lock:
-            model = self._resolve(features.model)
+            # _resolve and _category, inline (this runs once per simulated request).
+            model = features.model
+            per_model = self._cats.get(model)
+            if per_model is None and self._num_categories >= self.config.max_categories:
+                model = DEFAULT_MODEL
+                per_model = self._cats.get(model)
             if type(prompt_tokens) is not int or prompt_tokens <= 0:
                 return self._count(Feedback(False, FeedbackReason.NONPOSITIVE, model, cls))
-            cat = self._category(model, cls)
+            cat = per_model.get(cls) if per_model is not None else None
+            if cat is None:
+                cat = self._category(model, cls)
             if (
                 completion_tokens is not None
                 and type(completion_tokens) is int
@@ -193,7 +200,9 @@ class Calibrator:
                 self._observe_output(cat, completion_tokens)
             if features.known_prompt_tokens is not None:
                 return self._count(Feedback(True, FeedbackReason.EXACT, model, cls))
-            return self._count(self._observe_prompt(model, cls, cat, features, prompt_tokens))
+            fb = self._observe_prompt(model, cls, cat, features, prompt_tokens)
+            self.counters[fb.reason] += 1
+            return fb
 
     def _observe_output(self, cat: _Category, completion_tokens: int) -> None:
         cat.outputs.add(completion_tokens, self.config.beta)
@@ -244,8 +253,29 @@ class Calibrator:
                     if cat.streak < cfg.outlier_streak_reset:
                         return Feedback(False, FeedbackReason.OUTLIER, model, cls, observed)
             cat.streak = 0
-            cat.ratio.add(own_bytes, own_tokens, cfg.beta)
-            self._publish_ratio(model, cls, cat)
+            # RatioStats.add and _publish_ratio, inline (same arithmetic, in order).
+            beta = cfg.beta
+            st = cat.ratio
+            st.n += 1
+            st.w = st.w * beta + 1.0
+            st.sb = st.sb * beta + own_bytes
+            st.st = st.st * beta + own_tokens
+            st.s1 = st.s1 * beta + observed
+            st.s2 = st.s2 * beta + observed * observed
+            if st.n >= cfg.min_samples:
+                c = st.sb / st.st if st.st > 0 else math.nan
+                if st.w <= 0:
+                    sigma = math.nan
+                else:
+                    mean = st.s1 / st.w
+                    sigma = math.sqrt(max(0.0, st.s2 / st.w - mean * mean))
+                cat.c, cat.sigma, cat.rel_sigma = c, sigma, sigma / c
+                lo = max(cfg.min_bytes_per_token, c - cfg.gamma * sigma)
+                hi = c + cfg.gamma * sigma
+                coefs = self._coef.get(model)
+                if coefs is None:
+                    coefs = self._coef[model] = {}
+                coefs[cls] = Coefficients(1.0 / lo, 1.0 / c, 1.0 / hi, True)
         # The template overhead: what the content estimate does not explain. The
         # residual's noise grows with the content (sigma_rel * content tokens), so
         # each residual is weighted by the inverse of that variance: short prompts,
@@ -258,10 +288,28 @@ class Calibrator:
         ovh = self._overhead.get(model)
         if ovh is None:
             ovh = self._overhead[model] = OverheadStats()
-        ovh.add(float(f.num_messages), residual, weight, cfg.beta)
-        self._ovh[model] = ovh.solve(
-            cfg.overhead_per_request, cfg.overhead_per_message, cfg.overhead_ridge
-        )
+        # OverheadStats.add and .solve, inline (same arithmetic, in order).
+        beta = cfg.beta
+        x = float(f.num_messages)
+        ovh.n += 1
+        ovh.w = ovh.w * beta + weight
+        ovh.sx = ovh.sx * beta + weight * x
+        ovh.sxx = ovh.sxx * beta + weight * x * x
+        ovh.sy = ovh.sy * beta + weight * residual
+        ovh.sxy = ovh.sxy * beta + weight * x * residual
+        a0, m0, lam = cfg.overhead_per_request, cfg.overhead_per_message, cfg.overhead_ridge
+        w, sx, sxx = ovh.w + lam, ovh.sx, ovh.sxx + lam
+        ya, ym = ovh.sy + lam * a0, ovh.sxy + lam * m0
+        det = w * sxx - sx * sx
+        if det <= 1e-12:
+            self._ovh[model] = (a0, m0)
+        else:
+            a = (ya * sxx - sx * ym) / det
+            m = (w * ym - sx * ya) / det
+            if m < 0.0:  # refit the intercept alone with m pinned at 0
+                m = 0.0
+                a = ya / w
+            self._ovh[model] = (max(0.0, a), m)
         if observed is None:
             return Feedback(True, FeedbackReason.OVERHEAD_ONLY, model, cls)
         return Feedback(True, FeedbackReason.ACCEPTED, model, cls, observed)
