@@ -82,6 +82,10 @@ class Balancer(ABC):
     def pick(self) -> int:
         """The instance for the next request."""
 
+    def update_load(self, index: int, outstanding: int, kv_usage: float) -> None:
+        """`update(index)` when the caller already has the instance's load at hand."""
+        self.update(index)
+
     def update(self, index: int) -> None:  # noqa: B027 (a no-op default is the point)
         """Instance `index`'s load changed (called by the simulator)."""
 
@@ -122,8 +126,10 @@ class _LeastBy(Balancer):
 
     def update(self, index: int) -> None:
         key = self._key(index)
-        if key == self._keys[index]:
-            return
+        if key != self._keys[index]:
+            self._set(index, key)
+
+    def _set(self, index: int, key: float) -> None:
         self._keys[index] = key
         v = self._version[index] + 1
         self._version[index] = v
@@ -152,6 +158,10 @@ class LeastOutstanding(_LeastBy):
     def _key(self, index: int) -> float:
         return self.loads[index].outstanding
 
+    def update_load(self, index: int, outstanding: int, kv_usage: float) -> None:
+        if outstanding != self._keys[index]:
+            self._set(index, outstanding)
+
 
 class LeastKV(_LeastBy):
     """Lowest KV-cache usage, then fewest outstanding requests."""
@@ -162,6 +172,11 @@ class LeastKV(_LeastBy):
         load = self.loads[index]
         # usage dominates; outstanding breaks ties between equally empty caches
         return load.kv_usage * 1e6 + load.outstanding
+
+    def update_load(self, index: int, outstanding: int, kv_usage: float) -> None:
+        key = kv_usage * 1e6 + outstanding
+        if key != self._keys[index]:
+            self._set(index, key)
 
 
 _REGISTRY: dict[BalancerKind, type[Balancer]] = {

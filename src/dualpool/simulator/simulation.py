@@ -55,7 +55,7 @@ from dualpool.simulator.balancer import Balancer, BalancerKind, make_balancer, p
 from dualpool.simulator.fleet import FleetConfig
 from dualpool.simulator.records import RecordSink
 from dualpool.simulator.summary import SLO, PoolStats, Summary
-from dualpool.workload import Request, with_prompt_bytes
+from dualpool.workload import Request, WithPromptBytes
 
 __all__ = ["SimOptions", "Simulation", "simulate"]
 
@@ -74,7 +74,7 @@ _CLASS_OF: dict[str, str] = {
 }
 
 
-def _route_features(r: Request, model: str) -> RequestFeatures:
+def _route_features(r: Request, nbytes: int | None, model: str) -> RequestFeatures:
     """The estimator's inputs for a request known only by lengths and bytes.
 
     No body is fabricated: the byte count (synthetic for length-only traces),
@@ -82,7 +82,7 @@ def _route_features(r: Request, model: str) -> RequestFeatures:
     would read from a real body.
     """
     cls = _CLASS_OF.get(r.category, "other") if r.category else "prose"
-    return RequestFeatures(model, cls, r.prompt_bytes or 0, 0, r.num_messages, 0, 0, r.max_tokens)
+    return RequestFeatures(model, cls, nbytes or 0, 0, r.num_messages, 0, 0, r.max_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +132,7 @@ class _Instance:
         "kv_usage_last",
         "kv_usage_s",
         "mode",
+        "p",
         "pool",
         "sched",
         "t0",
@@ -142,6 +143,7 @@ class _Instance:
 
     def __init__(self, pool: int, index: int, sched: Scheduler) -> None:
         self.pool = pool
+        self.p: _Pool  # set when its pool is built
         self.index = index
         self.sched = sched
         self.mode = _IDLE
@@ -225,6 +227,8 @@ class Simulation:
                 insts.append(inst)
                 self.instances.append(inst)
             pool = _Pool(pc.name, insts, make_balancer(kind, insts))
+            for inst in insts:
+                inst.p = pool
             pool.stats = PoolStats(pc.name, pc.num_instances, pc.gpus_per_instance)
             self.pools.append(pool)
         self._model_name = fleet.model.name
@@ -238,6 +242,7 @@ class Simulation:
         self._warmup_until = -math.inf
         self.summary = Summary(fleet.describe(), opts.slo, {p.name: p.stats for p in self.pools})
         self._balancer_is_rr = kind is BalancerKind.ROUND_ROBIN
+        self._observe = self.router.estimator.calibrator.observe
 
     # -- the loop -------------------------------------------------------------------
 
@@ -245,24 +250,25 @@ class Simulation:
         """Simulate every request of the stream to completion; returns the summary."""
         wall0 = time.perf_counter()
         opts = self.options
-        stream: Iterable[Request] = with_prompt_bytes(
+        # (request, prompt bytes) pairs: the bytes are synthesized for length-only
+        # records without copying each record (see WithPromptBytes).
+        it = WithPromptBytes(
             requests, opts.bytes_per_token, jitter=opts.bytes_jitter, seed=opts.seed
-        )
+        ).iter_with_bytes()
         heap = self._heap
         pop = heapq.heappop
-        it = iter(stream)
-        nxt = next(it, None)
+        nxt, nxt_bytes = next(it, (None, None))
         arrivals = 0
         progress = self.progress
         events = 0
         while nxt is not None or heap:
             events += 1
             if nxt is not None and (not heap or nxt.arrival_s <= heap[0][0]):
-                self._arrive(nxt)
+                self._arrive(nxt, nxt_bytes)
                 arrivals += 1
                 if progress is not None and arrivals % 8192 == 0:
                     progress(arrivals, nxt.arrival_s)
-                nxt = next(it, None)
+                nxt, nxt_bytes = next(it, (None, None))
                 continue
             t, _, inst, ver = pop(heap)
             if ver != inst.version:
@@ -344,8 +350,8 @@ class Simulation:
             inst.kv_t = now
         total = kv.num_gpu_blocks
         used = total - kv.num_free_blocks
-        inst.kv_usage_last = used / total
-        pool = self.pools[inst.pool]
+        inst.kv_usage_last = usage = used / total
+        pool = inst.p
         w = len(s.waiting)
         if w != inst.waiting:
             pool.waiting += w - inst.waiting
@@ -354,7 +360,7 @@ class Simulation:
             pool.used_blocks += used - inst.used_blocks
             inst.used_blocks = used
         if not self._balancer_is_rr:
-            pool.balancer.update(inst.index)
+            pool.balancer.update_load(inst.index, len(s.requests), usage)
 
     # -- arrivals -------------------------------------------------------------------
 
@@ -369,13 +375,15 @@ class Simulation:
             )
         return out
 
-    def _route(self, r: Request) -> RoutedRequest:
+    def _route(self, r: Request, nbytes: int | None) -> RoutedRequest:
         saturated = self._saturation() if self.options.spillover else None
         if r.body is not None:
             return self.router.route(r.body, saturated=saturated)
-        return self.router.route_features(_route_features(r, self._model_name), saturated=saturated)
+        return self.router.route_features(
+            _route_features(r, nbytes, self._model_name), saturated=saturated
+        )
 
-    def _arrive(self, r: Request) -> None:
+    def _arrive(self, r: Request, nbytes: int | None) -> None:
         now = r.arrival_s
         if self._t_first is None:
             self._t_first = now
@@ -396,7 +404,7 @@ class Simulation:
             summary.requests += 1
         else:
             summary.warmup_requests += 1
-        routed = self._route(r)
+        routed = self._route(r, nbytes)
         dec = routed.decision
         if dec.pool < 0:
             if counted:
@@ -483,7 +491,8 @@ class Simulation:
         r, routed, pool, inst, misrouted, spilled, counted = self._meta.pop(req)
         prompt = req.prompt_tokens
         n_out = req.num_output_tokens
-        self.router.observe(routed, {"prompt_tokens": prompt, "completion_tokens": n_out})
+        # Router.observe with a usage dict, without the dict and two calls.
+        self._observe(routed.features, prompt, n_out)
         t = req.finish_time
         assert t is not None and req.first_token_time is not None
         if t > self._t_end:

@@ -106,7 +106,7 @@ def size_fleet(
     per_pool: list[list[Request]] = [[] for _ in fleet.pools]
     model = fleet.model.name
     for r in head:
-        routed = router.route_features(_route_features(r, model))
+        routed = router.route_features(_route_features(r, r.prompt_bytes, model))
         p = routed.decision.pool
         if p < 0:
             continue

@@ -414,6 +414,19 @@ class WithPromptBytes(Workload):
         todo = [r for r in block if r.prompt_bytes is None and r.prompt_tokens >= 0]
         if not todo:
             return block
+        nbytes = self._bytes_of(todo)
+        out: list[Request] = []
+        j = 0
+        for r in block:
+            if r.prompt_bytes is None and r.prompt_tokens >= 0:
+                r = r.at(r.arrival_s)
+                r.prompt_bytes = nbytes[j]
+                j += 1
+            out.append(r)
+        return out
+
+    def _bytes_of(self, todo: list[Request]) -> list[int]:
+        """Synthetic prompt bytes of `todo` (all without bytes, with known tokens)."""
         ratios, default = self.ratios, self.default
         n = len(todo)
         arrival = np.fromiter((r.arrival_s for r in todo), np.float64, n)
@@ -429,16 +442,39 @@ class WithPromptBytes(Workload):
         u2 = (h2 >> np.uint64(11)) / 9007199254740992.0
         z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
         ratio = base * np.maximum(0.05, 1.0 + self.jitter * z)
-        nbytes = np.maximum(0.0, np.rint(tokens * ratio)).astype(np.int64).tolist()
-        out: list[Request] = []
-        j = 0
-        for r in block:
-            if r.prompt_bytes is None and r.prompt_tokens >= 0:
-                r = r.at(r.arrival_s)
-                r.prompt_bytes = nbytes[j]
-                j += 1
-            out.append(r)
+        out: list[int] = np.maximum(0.0, np.rint(tokens * ratio)).astype(np.int64).tolist()
         return out
+
+    def iter_with_bytes(self) -> Iterator[tuple[Request, int | None]]:
+        """(inner request, its prompt bytes) pairs: what iterating yields, without
+        copying each record to stamp the bytes on it (for the simulator's loop).
+        The bytes are the record's own when it has them, None when its prompt
+        tokens are unknown."""
+        it = iter(self.inner)
+        if not self.jitter:
+            for r in it:
+                yield r, self._one(r).prompt_bytes
+            return
+        size = 16
+        while True:
+            block = list(itertools.islice(it, size))
+            if not block:
+                return
+            todo = [r for r in block if r.prompt_bytes is None and r.prompt_tokens >= 0]
+            if len(todo) == len(block):
+                yield from zip(block, self._bytes_of(block), strict=True)
+            elif not todo:
+                for r in block:
+                    yield r, r.prompt_bytes
+            else:
+                nbytes = iter(self._bytes_of(todo))
+                for r in block:
+                    if r.prompt_bytes is None and r.prompt_tokens >= 0:
+                        yield r, next(nbytes)
+                    else:
+                        yield r, r.prompt_bytes
+            if size < 1024:
+                size *= 2
 
     def rate_hint(self) -> float | None:
         return self.inner.rate_hint() if isinstance(self.inner, Workload) else None
