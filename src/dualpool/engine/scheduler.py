@@ -724,6 +724,32 @@ class Scheduler:
         k, _, ctx = plan
         return k, self._run_end(now, k, ctx)
 
+    def finish_run(self, now: float) -> tuple[FastForwardResult, int, float]:
+        """`fast_forward(now)`, then `peek_fast_forward` at its end, in one call.
+
+        For a discrete-event driver at the end of a planned decode run: returns
+        the run's result and the next run's (steps, end time), (0, end) when
+        there is none (no requests left, or the next step must be a step()).
+        The state changes exactly as with the two calls.
+        """
+        plan = self._plan_decode_run(now, None, None)
+        if plan is None:
+            k, end = self.peek_fast_forward(now)
+            return FastForwardResult(0, now), k, end
+        k, k_done, ctx = plan
+        res = self._apply_decode_run(now, k, k_done, ctx, self._run_end(now, k, ctx))
+        t = res.now
+        if not self.requests:
+            return res, 0, t
+        # peek_fast_forward(t): _apply_decode_run cleared the plan cache.
+        nxt = self._plan_full_run()
+        if nxt is None:
+            return res, 0, t
+        k, k_done, ctx = nxt
+        end = t + self.timing.decode_run_time(len(self.running), ctx, k)
+        self._ff_cache = [t, k, k_done, ctx, end]
+        return res, k, end
+
     def _run_end(self, now: float, k: int, ctx: int) -> float:
         """End time of a k-step run planned at now; the whole run's is cached."""
         cache = self._ff_cache

@@ -301,16 +301,21 @@ class Simulation:
     def _boundary(self, inst: _Instance, t: float) -> None:
         """Instance `inst` reached the end of its step or decode run at t."""
         if inst.mode == _RUN:
-            ff = inst.sched.fast_forward(inst.t0)
+            # fast_forward(t0) then peek_fast_forward at its end, in one call.
+            ff, k, end = inst.sched.finish_run(inst.t0)
             self.summary.fast_forwards += 1
             inst.busy_s += ff.now - inst.t0
             for req in ff.finished:
                 self._finished(req)
-            t = ff.now
-        self._plan(inst, t)
+            self._plan(inst, ff.now, k, end)
+        else:
+            self._plan(inst, t)
 
-    def _plan(self, inst: _Instance, now: float) -> None:
-        """Start the instance's next step (or decode run) at `now`."""
+    def _plan(self, inst: _Instance, now: float, k: int = -1, end: float = 0.0) -> None:
+        """Start the instance's next step (or decode run) at `now`.
+
+        k, end: `peek_fast_forward(now)` when the caller has it (k >= 0).
+        """
         s = inst.sched
         inst.version += 1
         if not s.requests:
@@ -319,7 +324,8 @@ class Simulation:
             if now > self._t_end:
                 self._t_end = now
             return
-        k, end = s.peek_fast_forward(now)
+        if k < 0:
+            k, end = s.peek_fast_forward(now)
         if k > 0:
             inst.mode = _RUN
             inst.t0 = now
