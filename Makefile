@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck check bench-quick clean
+.PHONY: setup demo test lint typecheck check bench-quick compile uncompile clean
 
 $(BIN)/dualpool: pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found; set PY=/path/to/python3.11"; exit 1; }
@@ -30,5 +30,17 @@ typecheck: setup
 
 check: lint typecheck test
 
-clean:
+# Optional: compile the simulator's hot modules with mypyc (ships with mypy; needs
+# a C compiler). The extensions land next to the sources and shadow them, so the
+# editable install uses them; `make uncompile` goes back to pure Python.
+# Same summaries, bit for bit; ~1.8x faster simulation (docs/simulator.md, Speed).
+MYPYC_MODULES := dualpool/engine/scheduler.py dualpool/budget/calibrator.py \
+	dualpool/budget/stats.py dualpool/simulator/simulation.py dualpool/simulator/balancer.py
+compile: setup
+	cd src && ../$(BIN)/mypyc $(MYPYC_MODULES)
+
+uncompile:
+	rm -rf src/build src/*__mypyc*.so $(addprefix src/,$(MYPYC_MODULES:.py=.cpython-*.so))
+
+clean: uncompile
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

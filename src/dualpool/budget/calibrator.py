@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 from dualpool.budget.classes import STRUCTURED_CLASS
 from dualpool.budget.config import EstimatorConfig
@@ -41,14 +41,22 @@ SNAPSHOT_VERSION = 1
 class FeedbackReason:
     """Why one piece of feedback was used or rejected (metric label values)."""
 
-    ACCEPTED = "accepted"
-    EXACT = "exact"  # prompt given as token ids: nothing to learn
-    OVERHEAD_ONLY = "overhead_only"  # too little content to learn a ratio
-    NONPOSITIVE = "nonpositive_tokens"
-    IMPLAUSIBLE = "implausible_ratio"
-    OUTLIER = "outlier"
-    ALL: tuple[str, ...] = (ACCEPTED, EXACT, OVERHEAD_ONLY, NONPOSITIVE, IMPLAUSIBLE, OUTLIER)
-    REJECTED: frozenset[str] = frozenset({NONPOSITIVE, IMPLAUSIBLE, OUTLIER})
+    # ClassVar: class constants, also when compiled with mypyc (make compile).
+    ACCEPTED: ClassVar[str] = "accepted"
+    EXACT: ClassVar[str] = "exact"  # prompt given as token ids: nothing to learn
+    OVERHEAD_ONLY: ClassVar[str] = "overhead_only"  # too little content to learn a ratio
+    NONPOSITIVE: ClassVar[str] = "nonpositive_tokens"
+    IMPLAUSIBLE: ClassVar[str] = "implausible_ratio"
+    OUTLIER: ClassVar[str] = "outlier"
+    ALL: ClassVar[tuple[str, ...]] = (
+        ACCEPTED,
+        EXACT,
+        OVERHEAD_ONLY,
+        NONPOSITIVE,
+        IMPLAUSIBLE,
+        OUTLIER,
+    )
+    REJECTED: ClassVar[frozenset[str]] = frozenset({NONPOSITIVE, IMPLAUSIBLE, OUTLIER})
 
 
 # NOTE: plain slots classes, not frozen dataclasses: one of each is made per
