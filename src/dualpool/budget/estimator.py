@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from dualpool.budget.calibrator import Calibrator, Feedback
 from dualpool.budget.classes import STRUCTURED_CLASS, ContentClassifier
@@ -22,9 +22,9 @@ __all__ = ["BudgetEstimate", "BudgetEstimator", "OutputSource"]
 
 
 class OutputSource:
-    DECLARED = "declared"  # max_completion_tokens or max_tokens
-    LEARNED = "learned"  # the category's learned completion quantile
-    DEFAULT = "default"  # the configured default
+    DECLARED: ClassVar[str] = "declared"  # max_completion_tokens or max_tokens
+    LEARNED: ClassVar[str] = "learned"  # the category's learned completion quantile
+    DEFAULT: ClassVar[str] = "default"  # the configured default
 
 
 @dataclass(slots=True)
