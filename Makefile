@@ -38,7 +38,9 @@ check: lint typecheck test
 MYPYC_MODULES := dualpool/engine/scheduler.py dualpool/budget/calibrator.py \
 	dualpool/budget/stats.py dualpool/simulator/simulation.py dualpool/simulator/balancer.py \
 	dualpool/budget/features.py dualpool/budget/classes.py dualpool/budget/estimator.py \
-	dualpool/policy/pools.py dualpool/router.py
+	dualpool/policy/pools.py dualpool/router.py \
+	dualpool/engine/request.py dualpool/engine/kv_cache.py dualpool/engine/timing.py \
+	dualpool/simulator/summary.py dualpool/simulator/sketch.py
 compile: setup
 	cd src && ../$(BIN)/mypyc $(MYPYC_MODULES)
 

@@ -20,11 +20,20 @@ from dualpool.policy import Decision, PoolPolicy, PoolSpec
 __all__ = ["RoutedRequest", "Router"]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class RoutedRequest:
     features: RequestFeatures
     estimate: BudgetEstimate
     decision: Decision
+
+    # An explicit __init__ (init=False): mypyc compiles it natively, where the one
+    # dataclasses generates stays interpreted (~5x slower per instance).
+    def __init__(
+        self, features: RequestFeatures, estimate: BudgetEstimate, decision: Decision
+    ) -> None:
+        self.features = features
+        self.estimate = estimate
+        self.decision = decision
 
 
 class Router:

@@ -46,6 +46,7 @@ import numpy as np
 from dualpool.engine.config import EngineConfig
 from dualpool.engine.memory import kv_bytes_per_token
 from dualpool.engine.specs import GPUSpec, ModelSpec
+from dualpool.engine.step_params import StepTimeParams
 from dualpool.errors import ConfigError
 
 __all__ = [
@@ -56,34 +57,6 @@ __all__ = [
     "StepTimeParams",
     "calibrate",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class StepTimeParams:
-    """Efficiency factors and overheads; calibrate them from measurements."""
-
-    # Achieved fraction of peak tensor FLOP/s.
-    flops_efficiency: float = 0.55
-    # Achieved fraction of peak memory bandwidth.
-    bandwidth_efficiency: float = 0.8
-    # Achieved fraction of peak interconnect bandwidth.
-    interconnect_efficiency: float = 0.7
-    # Fixed cost of one step: CPU scheduling, input prep, kernel launches (s).
-    step_overhead_s: float = 0.002
-    # CPU cost per scheduled sequence (sampling, bookkeeping) (s).
-    per_seq_overhead_s: float = 2e-5
-    # Latency of one all-reduce (s); two per layer when TP > 1.
-    allreduce_latency_s: float = 8e-6
-
-    def __post_init__(self) -> None:
-        for name in ("flops_efficiency", "bandwidth_efficiency", "interconnect_efficiency"):
-            v = getattr(self, name)
-            if not 0.0 < v <= 1.0:
-                raise ConfigError(name, f"must be in (0, 1], got {v!r}")
-        for name in ("step_overhead_s", "per_seq_overhead_s", "allreduce_latency_s"):
-            v = getattr(self, name)
-            if v < 0.0 or not math.isfinite(v):
-                raise ConfigError(name, f"must be a finite number >= 0, got {v!r}")
 
 
 class StepShape(Protocol):
@@ -114,6 +87,7 @@ class StepTimeModel:
         "_expert_frac",
         "_flop_attn",
         "_flop_linear",
+        "_is_moe",
         "_kv_per_token",
         "_overhead",
         "_per_seq",
@@ -153,6 +127,7 @@ class StepTimeModel:
         self._expert_bytes = expert_bytes / bw
         self._dense_weight_bytes = (model.weight_bytes / tp - expert_bytes) / bw
         self._expert_frac = model.num_experts_per_tok / model.num_experts if model.is_moe else 1.0
+        self._is_moe = model.is_moe
         self._weight_cache: dict[int, float] = {}
         self._run_cache: dict[int, tuple[float, float, float, float, float]] = {}
         if tp > 1:
@@ -172,7 +147,7 @@ class StepTimeModel:
         """Seconds to stream the weights a step of num_tokens tokens touches."""
         t = self._weight_cache.get(num_tokens)
         if t is None:
-            if self.model.is_moe and num_tokens > 0:
+            if self._is_moe and num_tokens > 0:
                 hit = 1.0 - (1.0 - self._expert_frac) ** num_tokens
             else:
                 hit = 1.0

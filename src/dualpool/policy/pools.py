@@ -68,7 +68,7 @@ class PoolSpec:
         return self.max_model_len if self.threshold is None else self.threshold
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Decision:
     # Index of the chosen pool in the policy's order (smallest first); -1 when rejected.
     pool: int
@@ -80,7 +80,19 @@ class Decision:
     # The pool the budget fits first, before any spillover; -1 when rejected.
     home: int
     # vLLM's over-length message, for REJECTED_TOO_LONG.
-    message: str = ""
+    message: str
+
+    # An explicit __init__ (init=False): mypyc compiles it natively, where the one
+    # dataclasses generates stays interpreted (~5x slower per instance).
+    def __init__(
+        self, pool: int, pool_name: str, reason: Reason, budget: int, home: int, message: str = ""
+    ) -> None:
+        self.pool = pool
+        self.pool_name = pool_name
+        self.reason = reason
+        self.budget = budget
+        self.home = home
+        self.message = message
 
     @property
     def rejected(self) -> bool:

@@ -1,8 +1,9 @@
-"""SimOptions: how to run a simulation (the fleet and the workload are passed apart).
+"""SimOptions and SLO: how to run a simulation (the fleet and the workload are passed apart).
 
-A module of its own, out of simulation.py, so that it stays a plain Python
-class when the simulator's hot modules are compiled with mypyc (`make compile`):
-it is pickled to shard workers, and a compiled frozen dataclass does not unpickle.
+A module of its own, out of simulation.py and summary.py, so that these stay
+plain Python classes when the simulator's hot modules are compiled with mypyc
+(`make compile`): they are pickled to and from shard workers, and a compiled
+frozen dataclass does not unpickle.
 """
 
 from __future__ import annotations
@@ -14,9 +15,26 @@ from dataclasses import dataclass, field
 from dualpool.budget import EstimatorConfig
 from dualpool.errors import ConfigError
 from dualpool.simulator.balancer import parse_balancer
-from dualpool.simulator.summary import SLO
 
-__all__ = ["SimOptions"]
+__all__ = ["SLO", "SimOptions"]
+
+
+@dataclass(frozen=True, slots=True)
+class SLO:
+    """Latency targets: a request meets them when TTFT and TPOT are at most these."""
+
+    ttft_s: float = 2.0
+    tpot_s: float = 0.080
+    # The percentile the targets apply to for the pass/fail verdict.
+    quantile: float = 0.99
+
+    def __post_init__(self) -> None:
+        for name in ("ttft_s", "tpot_s"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and v > 0 and math.isfinite(v)):
+                raise ConfigError(f"slo.{name}", f"must be a positive number, got {v!r}")
+        if not 0.0 < self.quantile < 1.0:
+            raise ConfigError("slo.quantile", f"must be in (0, 1), got {self.quantile!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -202,6 +202,15 @@ class LogHistogram:
         return self.to_dict()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        other = LogHistogram.from_dict(state)
-        for name in LogHistogram.__slots__:
-            setattr(self, name, getattr(other, name))
+        o = LogHistogram.from_dict(state)
+        self.relative_accuracy = o.relative_accuracy
+        self.min_value = o.min_value
+        self._gamma = o._gamma
+        self._inv_log_gamma = o._inv_log_gamma
+        self._counts = o._counts
+        self._buf = o._buf
+        self.zero_count = o.zero_count
+        self.count = o.count
+        self.sum = o.sum
+        self.min = o.min
+        self.max = o.max

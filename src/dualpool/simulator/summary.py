@@ -27,30 +27,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from dualpool.errors import ConfigError
+from dualpool.simulator.options import SLO
 from dualpool.simulator.sketch import LogHistogram
 
 __all__ = ["PERCENTILES", "SLO", "PoolStats", "Summary"]
 
 PERCENTILES: tuple[float, ...] = (0.5, 0.9, 0.99)
-
-
-@dataclass(frozen=True, slots=True)
-class SLO:
-    """Latency targets: a request meets them when TTFT and TPOT are at most these."""
-
-    ttft_s: float = 2.0
-    tpot_s: float = 0.080
-    # The percentile the targets apply to for the pass/fail verdict.
-    quantile: float = 0.99
-
-    def __post_init__(self) -> None:
-        for name in ("ttft_s", "tpot_s"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and v > 0 and math.isfinite(v)):
-                raise ConfigError(f"slo.{name}", f"must be a positive number, got {v!r}")
-        if not 0.0 < self.quantile < 1.0:
-            raise ConfigError("slo.quantile", f"must be in (0, 1), got {self.quantile!r}")
 
 
 def _sketch() -> LogHistogram:
