@@ -40,7 +40,7 @@ MYPYC_MODULES := dualpool/engine/scheduler.py dualpool/budget/calibrator.py \
 	dualpool/budget/features.py dualpool/budget/classes.py dualpool/budget/estimator.py \
 	dualpool/policy/pools.py dualpool/router.py \
 	dualpool/engine/request.py dualpool/engine/kv_cache.py dualpool/engine/timing.py \
-	dualpool/simulator/summary.py dualpool/simulator/sketch.py
+	dualpool/simulator/summary.py dualpool/simulator/sketch.py dualpool/workload/_request.py
 compile: setup
 	cd src && ../$(BIN)/mypyc $(MYPYC_MODULES)
 

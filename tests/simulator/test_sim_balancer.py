@@ -3,6 +3,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dualpool.errors import ConfigError
 from dualpool.simulator import LeastKV, LeastOutstanding, RoundRobin, make_balancer
@@ -31,9 +33,9 @@ def test_least_outstanding_follows_updates() -> None:
     loads[0].outstanding = 0
     b.update(0)
     assert b.pick() == 0
-    for _ in range(1000):  # stale entries are compacted
-        b.update(0)
-    assert len(b._heap) <= 4 * 3 + 64 + 1
+    loads[0].outstanding = 7
+    b.update(0)
+    assert b.pick() == 2
 
 
 def test_least_kv_and_ties() -> None:
@@ -42,6 +44,35 @@ def test_least_kv_and_ties() -> None:
     assert isinstance(b, LeastKV)
     assert b.pick() == 2  # equal usage: fewer outstanding
     assert make_balancer("lor", [Load(), Load()]).pick() == 0  # ties: lowest index
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    ops=st.lists(
+        st.tuples(st.integers(0, 39), st.integers(0, 6), st.sampled_from([0.0, 0.25, 0.5])),
+        max_size=200,
+    ),
+)
+def test_least_by_matches_a_scan(n: int, ops: list[tuple[int, int, float]]) -> None:
+    # The tournament tree picks what a scan of the pool would: the smallest key,
+    # the lowest index among equal keys (through both update paths).
+    loads = [Load() for _ in range(n)]
+    lor = make_balancer("lor", loads)
+    kv = make_balancer("kv", loads)
+    for step, (i, out, usage) in enumerate(ops):
+        i %= n
+        loads[i].outstanding, loads[i].kv_usage = out, usage
+        if step % 2:
+            lor.update(i)
+            kv.update(i)
+        else:
+            lor.update_load(i, out, usage)
+            kv.update_load(i, out, usage)
+        assert lor.pick() == min(range(n), key=lambda j: (loads[j].outstanding, j))
+        assert kv.pick() == min(
+            range(n), key=lambda j: (loads[j].kv_usage, loads[j].outstanding, j)
+        )
 
 
 def test_unknown_balancer() -> None:

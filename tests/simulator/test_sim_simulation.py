@@ -163,3 +163,30 @@ def test_more_instances_never_worsen_p99_ttft(seed: int, n: int, extra: int) -> 
     m_small = small.fleet_stats().ttft.quantile(0.5)
     m_big = big.fleet_stats().ttft.quantile(0.5)
     assert m_big <= 1.10 * m_small + 0.02
+
+
+def test_run_pauses_gc_and_leaves_no_per_request_cycles() -> None:
+    # Simulation.run pauses the cyclic collector (see its comment): that is only
+    # safe while no per-request object ends up in a reference cycle. With spillover
+    # and preemptions (tiny KV), every path of the loop is taken.
+    import gc
+
+    from dualpool.engine import Request as EngineRequest
+    from dualpool.router import RoutedRequest
+    from dualpool.workload import Request as WorkloadRequest
+
+    w = limit(preset("azure-code-like", rate=30.0, seed=1), 300)
+    gc.collect()
+    assert gc.isenabled()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        s = simulate(tiny_kv_fleet(), w, SimOptions(spillover=True))
+        assert gc.isenabled()  # restored after the run
+        gc.collect()
+        cyclic = list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert s.requests == 300
+    per_request = (EngineRequest, WorkloadRequest, RoutedRequest)
+    assert not [o for o in cyclic if isinstance(o, per_request)]

@@ -180,6 +180,7 @@ class Scheduler:
 
     __slots__ = (
         "_adm_seq",
+        "_chunked",
         "_ff_cache",
         "_g",
         "_gdone",
@@ -187,6 +188,9 @@ class Scheduler:
         "_ghist",
         "_gn",
         "_gsum",
+        "_max_batched",
+        "_max_len",
+        "_max_seqs",
         "_pending",
         "config",
         "generation_tokens_total",
@@ -212,6 +216,11 @@ class Scheduler:
         memory_plan: MemoryPlan | None = None,
     ) -> None:
         self.config = config
+        # The limits read on every step, as plain attributes (the config is frozen).
+        self._max_len = config.max_model_len
+        self._max_batched = config.max_num_batched_tokens
+        self._max_seqs = config.max_num_seqs
+        self._chunked = config.enable_chunked_prefill
         self.kv = KVCacheManager(num_gpu_blocks, config.block_size)
         self.timing = timing
         self.memory_plan = memory_plan
@@ -318,7 +327,7 @@ class Scheduler:
             )
         req = Request(request_id, prompt_tokens, max_tokens, out, arrival_time)
         self._ff_cache = None
-        max_len = self.config.max_model_len
+        max_len = self._max_len
         if prompt_tokens + max_tokens > max_len:
             req.status = RequestStatus.FINISHED_REJECTED
             req.error = over_length_message(max_len, max_tokens, prompt_tokens)
@@ -489,7 +498,7 @@ class Scheduler:
         g = self._g
         gn = self._gn
         nrun = len(running)
-        budget = self.config.max_num_batched_tokens
+        budget = self._max_batched
         kv = self.kv
         # The fast path: every running request but possibly the last is a group
         # member (decoding), and all members get their token and next slot.
@@ -557,7 +566,7 @@ class Scheduler:
         """The general running pass, request by request (group dissolved)."""
         self._dissolve()
         kv = self.kv
-        budget = self.config.max_num_batched_tokens
+        budget = self._max_batched
         scheduled: list[Request] = []
         counts: list[int] = []
         preempted: list[str] = []
@@ -613,14 +622,13 @@ class Scheduler:
         group_size: int,
     ) -> SchedulerOutput:
         """Admission from the waiting queue (FCFS, head-of-line blocking); builds the output."""
-        cfg = self.config
         admitted: list[str] = []
         waiting = self.waiting
         if not preempted and waiting:
             kv = self.kv
             running = self.running
-            max_seqs = cfg.max_num_seqs
-            chunked = cfg.enable_chunked_prefill
+            max_seqs = self._max_seqs
+            chunked = self._chunked
             bs = kv.block_size
             while waiting and budget > 0 and len(running) < max_seqs:
                 req = waiting[0]
@@ -649,7 +657,7 @@ class Scheduler:
         out = SchedulerOutput(
             scheduled,
             counts,
-            cfg.max_num_batched_tokens - budget,
+            self._max_batched - budget,
             len(scheduled),
             prefill_tokens,
             decode_tokens,
@@ -860,8 +868,7 @@ class Scheduler:
         """
         running = self.running
         n = len(running)
-        cfg = self.config
-        if self._pending is not None or n == 0 or n > cfg.max_num_batched_tokens:
+        if self._pending is not None or n == 0 or n > self._max_batched:
             return None
         if self._gn != n:
             return None  # a prefill (or recompute) is in flight
@@ -880,11 +887,11 @@ class Scheduler:
         # the head cannot be admitted at the next step it cannot be at any
         # step of the run: k may span steps with a non-empty queue only when
         # its head is blocked by max_num_seqs, the token budget, or blocks.
-        if self.waiting and n < cfg.max_num_seqs:
-            left_budget = cfg.max_num_batched_tokens - n
+        if self.waiting and n < self._max_seqs:
+            left_budget = self._max_batched - n
             head = self.waiting[0]
             tokens = head.prompt_tokens + head._o
-            if left_budget > 0 and (cfg.enable_chunked_prefill or tokens <= left_budget):
+            if left_budget > 0 and (self._chunked or tokens <= left_budget):
                 chunk = min(tokens, left_budget)
                 if -(-chunk // bs) <= free - need_next:
                     return None  # the next step admits it

@@ -8,15 +8,16 @@
 A balancer sees each instance through `InstanceLoad` (outstanding requests,
 KV usage at the instance's last step boundary). The simulator calls
 `update(i)` whenever instance i's load changed, so least-load balancers keep
-a heap and pick in O(log n) instead of scanning the pool: the cost of a
-simulation must not grow with the fleet size. Ties go to the lowest index.
+a tournament tree, update in O(log n) and pick in O(1) instead of scanning
+the pool: the cost of a simulation must not grow with the fleet size. Ties
+go to the lowest index.
 """
 
 from __future__ import annotations
 
 import enum
-import heapq
 import itertools
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol
@@ -104,22 +105,35 @@ class RoundRobin(Balancer):
 
 
 class _LeastBy(Balancer):
-    """The instance with the smallest key, via a heap with lazy invalidation.
+    """The instance with the smallest key, from a tournament tree.
 
-    Every update pushes (key, index, version); entries whose version is old
-    are dropped when they reach the top. The heap is rebuilt when stale
-    entries outnumber live ones 4 to 1, so it stays O(n) in size.
+    A complete binary tree over the instances (padded to a power of two with
+    +inf keys): each internal node holds the index of the smaller of its two
+    children's winners, the left one on ties, so the root is the instance
+    with the smallest key and, among equal keys, the lowest index. An update
+    replays the log2(n) matches on its leaf's path; a pick reads the root.
+    No allocation per update (the heap it replaces pushed a tuple per update
+    and compared tuples on every sift; 3,000 instructions per pick at 161
+    instances).
     """
 
     def __init__(self, loads: Sequence[InstanceLoad]) -> None:
         super().__init__(loads)
         n = len(loads)
-        self._version = [0] * n
-        # Each instance's key in its live heap entry: an update that leaves it
-        # unchanged pushes nothing (the live entry already says the same).
-        self._keys = [self._key(i) for i in range(n)]
-        self._heap: list[tuple[float, int, int]] = [(self._keys[i], i, 0) for i in range(n)]
-        heapq.heapify(self._heap)
+        size = 1
+        while size < n:
+            size *= 2
+        self._size = size
+        # Keys by instance index; padding leaves never win against a real key.
+        self._keys: list[float] = [self._key(i) for i in range(n)] + [math.inf] * (size - n)
+        # tree[size + i] = i (leaves); tree[j] = winner of tree[2j], tree[2j+1].
+        tree = [0] * size + list(range(size))
+        keys = self._keys
+        for j in range(size - 1, 0, -1):
+            a = tree[2 * j]
+            b = tree[2 * j + 1]
+            tree[j] = a if keys[a] <= keys[b] else b
+        self._tree = tree
 
     @abstractmethod
     def _key(self, index: int) -> float: ...
@@ -130,24 +144,18 @@ class _LeastBy(Balancer):
             self._set(index, key)
 
     def _set(self, index: int, key: float) -> None:
-        self._keys[index] = key
-        v = self._version[index] + 1
-        self._version[index] = v
-        heap = self._heap
-        heapq.heappush(heap, (key, index, v))
-        if len(heap) > 4 * len(self._version) + 64:
-            self._keys = [self._key(i) for i in range(len(self._version))]
-            self._heap = [(self._keys[i], i, self._version[i]) for i in range(len(self._version))]
-            heapq.heapify(self._heap)
+        keys = self._keys
+        keys[index] = key
+        tree = self._tree
+        j = (self._size + index) >> 1
+        while j:
+            a = tree[2 * j]
+            b = tree[2 * j + 1]
+            tree[j] = a if keys[a] <= keys[b] else b
+            j >>= 1
 
     def pick(self) -> int:
-        heap = self._heap
-        version = self._version
-        while True:
-            _, i, v = heap[0]
-            if v == version[i]:
-                return i
-            heapq.heappop(heap)
+        return self._tree[1]
 
 
 class LeastOutstanding(_LeastBy):
@@ -156,11 +164,12 @@ class LeastOutstanding(_LeastBy):
     kind = BalancerKind.LEAST_OUTSTANDING
 
     def _key(self, index: int) -> float:
-        return self.loads[index].outstanding
+        return float(self.loads[index].outstanding)
 
     def update_load(self, index: int, outstanding: int, kv_usage: float) -> None:
-        if outstanding != self._keys[index]:
-            self._set(index, outstanding)
+        key = float(outstanding)
+        if key != self._keys[index]:
+            self._set(index, key)
 
 
 class LeastKV(_LeastBy):
