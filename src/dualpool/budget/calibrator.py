@@ -126,11 +126,65 @@ class _Category:
         self.rel_sigma = 0.15
 
 
+class _Knobs:
+    """The config values read on every feedback, copied into a plain class.
+
+    EstimatorConfig is a frozen dataclass that stays interpreted; compiled
+    (`make compile`), reading its attributes is a generic lookup each time,
+    and `observe` reads some fifteen per call. Same names, same values.
+    """
+
+    __slots__ = (
+        "audio_tokens",
+        "beta",
+        "class_priors",
+        "fallback",
+        "gamma",
+        "image_tokens",
+        "max_bytes_per_token",
+        "max_categories",
+        "min_bytes_per_token",
+        "min_samples",
+        "outlier_sigmas",
+        "outlier_streak_reset",
+        "output_min_samples",
+        "output_quantile",
+        "overhead_per_message",
+        "overhead_per_request",
+        "overhead_ridge",
+        "prior_bytes_per_token",
+    )
+
+    def __init__(self, c: EstimatorConfig) -> None:
+        self.audio_tokens = c.audio_tokens
+        self.beta = c.beta
+        self.class_priors = dict(c.class_priors)
+        self.fallback = c.classifier.fallback
+        self.gamma = c.gamma
+        self.image_tokens = c.image_tokens
+        self.max_bytes_per_token = c.max_bytes_per_token
+        self.max_categories = c.max_categories
+        self.min_bytes_per_token = c.min_bytes_per_token
+        self.min_samples = c.min_samples
+        self.outlier_sigmas = c.outlier_sigmas
+        self.outlier_streak_reset = c.outlier_streak_reset
+        self.output_min_samples = c.output_min_samples
+        self.output_quantile = c.output_quantile
+        self.overhead_per_message = c.overhead_per_message
+        self.overhead_per_request = c.overhead_per_request
+        self.overhead_ridge = c.overhead_ridge
+        self.prior_bytes_per_token = c.prior_bytes_per_token
+
+    def prior_for(self, cls: str) -> float:
+        return self.class_priors.get(cls, self.prior_bytes_per_token)
+
+
 class Calibrator:
     """Per-category bytes-per-token ratios and per-model template overhead."""
 
     def __init__(self, config: EstimatorConfig | None = None) -> None:
         self.config = config or EstimatorConfig()
+        self._knobs = _Knobs(self.config)
         self._lock = threading.Lock()
         self._cats: dict[str, dict[str, _Category]] = {}
         self._overhead: dict[str, OverheadStats] = {}
@@ -162,7 +216,7 @@ class Calibrator:
     def _prior(self, cls: str) -> Coefficients:
         coef = self._prior_coef.get(cls)
         if coef is None:
-            inv = 1.0 / self.config.prior_for(cls)
+            inv = 1.0 / self._knobs.prior_for(cls)
             coef = Coefficients(inv, inv, inv, learned=False)
             self._prior_coef[cls] = coef
         return coef
@@ -173,7 +227,7 @@ class Calibrator:
         if per_model is None:
             return None
         cat = per_model.get(cls)
-        if cat is None or cat.outputs.n < self.config.output_min_samples:
+        if cat is None or cat.outputs.n < self._knobs.output_min_samples:
             return None
         return cat.output_q
 
@@ -190,7 +244,7 @@ class Calibrator:
             # _resolve and _category, inline (this runs once per simulated request).
             model = features.model
             per_model = self._cats.get(model)
-            if per_model is None and self._num_categories >= self.config.max_categories:
+            if per_model is None and self._num_categories >= self._knobs.max_categories:
                 model = DEFAULT_MODEL
                 per_model = self._cats.get(model)
             if type(prompt_tokens) is not int or prompt_tokens <= 0:
@@ -203,7 +257,7 @@ class Calibrator:
                 and type(completion_tokens) is int
                 and completion_tokens >= 0
                 and features.max_output_tokens is None
-                and self.config.output_quantile is not None
+                and self._knobs.output_quantile is not None
             ):
                 self._observe_output(cat, completion_tokens)
             if features.known_prompt_tokens is not None:
@@ -213,16 +267,16 @@ class Calibrator:
             return fb
 
     def _observe_output(self, cat: _Category, completion_tokens: int) -> None:
-        cat.outputs.add(completion_tokens, self.config.beta)
+        cat.outputs.add(completion_tokens, self._knobs.beta)
         # Re-reading the quantile walks the buckets: do it every 16 updates, not each.
-        if cat.outputs.n % 16 == 0 or cat.outputs.n == self.config.output_min_samples:
-            assert self.config.output_quantile is not None
-            cat.output_q = cat.outputs.quantile(self.config.output_quantile)
+        if cat.outputs.n % 16 == 0 or cat.outputs.n == self._knobs.output_min_samples:
+            assert self._knobs.output_quantile is not None
+            cat.output_q = cat.outputs.quantile(self._knobs.output_quantile)
 
     def _observe_prompt(
         self, model: str, cls: str, cat: _Category, f: RequestFeatures, prompt_tokens: int
     ) -> Feedback:
-        cfg = self.config
+        cfg = self._knobs
         a, m = self._ovh.get(model) or self.overhead(model)
         media = (
             f.num_images * cfg.image_tokens + f.num_audio * cfg.audio_tokens
@@ -232,7 +286,7 @@ class Calibrator:
         if cls == STRUCTURED_CLASS:
             own_bytes = f.structured_bytes
             other_bytes = f.text_bytes
-            other = other_bytes * self.coefficients(model, cfg.classifier.fallback).point
+            other = other_bytes * self.coefficients(model, cfg.fallback).point
         else:
             own_bytes = f.text_bytes
             other_bytes = f.structured_bytes
@@ -324,9 +378,9 @@ class Calibrator:
 
     def _publish_ratio(self, model: str, cls: str, cat: _Category) -> None:
         stats = cat.ratio
-        if stats.n < self.config.min_samples:
+        if stats.n < self._knobs.min_samples:
             return
-        cfg = self.config
+        cfg = self._knobs
         c = stats.ratio()
         sigma = stats.sigma()
         cat.c, cat.sigma, cat.rel_sigma = c, sigma, sigma / c
@@ -341,7 +395,7 @@ class Calibrator:
     def _resolve(self, model: str) -> str:
         if model in self._cats:
             return model
-        return model if self._num_categories < self.config.max_categories else DEFAULT_MODEL
+        return model if self._num_categories < self._knobs.max_categories else DEFAULT_MODEL
 
     def _category(self, model: str, cls: str) -> _Category:
         per_model = self._cats.get(model)
@@ -398,10 +452,10 @@ class Calibrator:
                         cat = self._category(model, cls)
                         cat.ratio.merge(RatioStats.from_dict(data["ratio"]))
                         cat.outputs.merge(QuantileSketch.from_dict(data["outputs"]))
-                        if self.config.output_quantile is not None:
-                            cat.output_q = cat.outputs.quantile(self.config.output_quantile)
+                        if self._knobs.output_quantile is not None:
+                            cat.output_q = cat.outputs.quantile(self._knobs.output_quantile)
                         self._publish_ratio(model, cls, cat)
-                cfg = self.config
+                cfg = self._knobs
                 for model, data in snapshot["overhead"].items():
                     ovh = self._overhead.setdefault(model, OverheadStats())
                     ovh.merge(OverheadStats.from_dict(data))
