@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,11 @@ from dualpool.errors import WorkloadError
 from dualpool.workload import (
     AzureTrace,
     Request,
+    WithPromptBytes,
     declare_max_tokens,
     limit,
     measure_rate,
+    open_workload,
     preset,
     retime,
     scale_rate,
@@ -164,3 +167,51 @@ def test_with_prompt_bytes_blocks_match_the_scalar_definition() -> None:
     assert [r.prompt_bytes for r in got] == [r.prompt_bytes for r in want]
     assert got[3] is w[3] and got[10].prompt_bytes is None
     assert all(a.arrival_s == b.arrival_s for a, b in zip(got, w, strict=True))
+
+
+def _flat(blocks: Iterable[list[Request]]) -> list[Request]:
+    out: list[Request] = []
+    for b in blocks:
+        assert b, "iter_blocks yields no empty block"
+        out.extend(b)
+    return out
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "azure-conv-like?rate=200&duration_s=30",
+        "azure-2024-week?rate_scale=0.01&end_s=7200",
+        "lmsys-like?rate=50&num_requests=700",
+    ],
+)
+def test_iter_blocks_is_the_stream_in_blocks(spec: str) -> None:
+    # The simulator reads workloads block by block: same requests, same order,
+    # whole and through the windows and shards it runs.
+    w = open_workload(spec, seed=4)
+    assert _flat(w.iter_blocks()) == list(w)
+    for lo, hi in [(0.0, 5.0), (3.3, 17.9), (12.0, math.inf), (-math.inf, 0.4)]:
+        assert _flat(w.iter_blocks(lo, hi)) == list(w.iter_window(lo, hi))
+    for i in range(3):
+        part = shard(w, i, 3)
+        assert _flat(part.iter_blocks()) == list(part)
+    assert _flat(window(w, 2.0, 9.0, rebase=True).iter_blocks()) == list(
+        window(w, 2.0, 9.0, rebase=True)
+    )
+
+
+def test_blocks_with_bytes_match_the_per_request_path() -> None:
+    w = open_workload("azure-code-like?rate=100&duration_s=20", seed=2)
+    for jitter in (0.0, 0.1):
+        wb = WithPromptBytes(w, jitter=jitter, seed=9)
+        pairs = [
+            (r, b)
+            for block, nb in wb.iter_blocks_with_bytes()
+            for r, b in zip(block, nb, strict=True)
+        ]
+        assert pairs == list(wb.iter_with_bytes())
+        assert [b for _, b in pairs] == [r.prompt_bytes for r in wb]
+    # a plain list (not a Workload) goes through the default batching
+    reqs = list(limit(w, 100))
+    wl = WithPromptBytes(reqs, seed=9)
+    assert [r for b, _ in wl.iter_blocks_with_bytes() for r in b] == reqs

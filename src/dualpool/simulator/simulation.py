@@ -154,6 +154,8 @@ class _Pool:
         self.stats: PoolStats
 
 
+_NO_BLOCK: tuple[list[Request], list[int | None]] = ([], [])
+
 # Per in-flight request: (workload request, routed, pool, instance, misrouted, spilled, counted)
 _Meta = tuple[Request, RoutedRequest, int, int, bool, bool, bool]
 
@@ -232,26 +234,40 @@ class Simulation:
     def _run(self, requests: Iterable[Request]) -> Summary:
         wall0 = time.perf_counter()
         opts = self.options
-        # (request, prompt bytes) pairs: the bytes are synthesized for length-only
-        # records without copying each record (see WithPromptBytes).
-        it = WithPromptBytes(
+        # Blocks of (requests, prompt bytes): the bytes are synthesized for
+        # length-only records without copying each record (see WithPromptBytes);
+        # synthetic sources hand over whole generated blocks (Workload.iter_blocks).
+        blocks = WithPromptBytes(
             requests, opts.bytes_per_token, jitter=opts.bytes_jitter, seed=opts.seed
-        ).iter_with_bytes()
+        ).iter_blocks_with_bytes()
         heap = self._heap
         pop = heapq.heappop
-        nxt, nxt_bytes = next(it, (None, None))
+        block, block_bytes = next(blocks, _NO_BLOCK)
+        bi = 0
+        n_block = len(block)
         arrivals = 0
         progress = self.progress
         events = 0
-        while nxt is not None or heap:
+        while True:
+            if bi == n_block:
+                if not n_block:
+                    if not heap:
+                        break
+                else:
+                    block, block_bytes = next(blocks, _NO_BLOCK)
+                    bi = 0
+                    n_block = len(block)
+                    continue
             events += 1
-            if nxt is not None and (not heap or nxt.arrival_s <= heap[0][0]):
-                self._arrive(nxt, nxt_bytes)
-                arrivals += 1
-                if progress is not None and arrivals % 8192 == 0:
-                    progress(arrivals, nxt.arrival_s)
-                nxt, nxt_bytes = next(it, (None, None))
-                continue
+            if bi < n_block:
+                nxt = block[bi]
+                if not heap or nxt.arrival_s <= heap[0][0]:
+                    self._arrive(nxt, block_bytes[bi])
+                    bi += 1
+                    arrivals += 1
+                    if progress is not None and arrivals % 8192 == 0:
+                        progress(arrivals, nxt.arrival_s)
+                    continue
             t, _, inst, ver = pop(heap)
             if ver != inst.version:
                 events -= 1

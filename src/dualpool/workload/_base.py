@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -41,6 +42,27 @@ class Workload(ABC):
                 return
             if a >= start_s:
                 yield r
+
+    def iter_blocks(
+        self, start_s: float = -math.inf, end_s: float = math.inf
+    ) -> Iterator[list[Request]]:
+        """`iter_window(start_s, end_s)` in lists of consecutive requests.
+
+        Same requests, same order; never an empty list. For consumers that
+        handle many requests per call (the simulator): sources that generate
+        in blocks (the synthetic ones) override it and skip the per-request
+        generator steps. The default batches `iter_window`.
+        """
+        it = iter(self) if start_s == -math.inf and end_s == math.inf else None
+        it = self.iter_window(start_s, end_s) if it is None else it
+        size = 16
+        while True:
+            block = list(itertools.islice(it, size))
+            if not block:
+                return
+            yield block
+            if size < 1024:
+                size *= 2
 
     def duration_hint(self) -> float | None:
         """The workload's nominal length in seconds when known without a pass."""

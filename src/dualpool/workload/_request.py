@@ -69,6 +69,21 @@ class Request:
         )
 
 
+def requests_of(
+    arrival_s: list[float],
+    prompt_tokens: list[int],
+    output_tokens: list[int],
+    category: list[str | None],
+) -> list[Request]:
+    """Requests from aligned columns (no max_tokens, bytes or body): how the
+    synthetic generators build a block. A function of its own so that `make
+    compile` builds the loop natively."""
+    return [
+        Request(a, p, o, None, None, c)
+        for a, p, o, c in zip(arrival_s, prompt_tokens, output_tokens, category, strict=True)
+    ]
+
+
 _NONE = -1  # how None is stored in the int columns of RequestColumns
 
 

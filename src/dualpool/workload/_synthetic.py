@@ -9,6 +9,7 @@ constant memory (one block at a time), and can seek to any time instantly.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from dualpool.workload._dists import (
     SplitTotal,
     TokenCdf,
 )
-from dualpool.workload._request import Request
+from dualpool.workload._request import Request, requests_of
 
 __all__ = [
     "AZURE_2024_WEEK_CODE_ROWS",
@@ -42,6 +43,10 @@ __all__ = [
 ]
 
 _STREAM = 0  # block_rng stream id of synthetic workloads
+
+
+def _arrival(r: Request) -> float:
+    return r.arrival_s
 
 
 @dataclass(frozen=True)
@@ -111,21 +116,18 @@ class SyntheticWorkload(Workload):
     def rate_hint(self) -> float | None:
         return self.arrivals.rate
 
-    def _block(self, k: int) -> Iterator[Request]:
+    def _block(self, k: int) -> list[Request]:
         """The requests of block k (a pure function of seed and k)."""
         rng = block_rng(self.seed, _STREAM, k)
         arr = self.arrivals.block(rng, k)
         n = int(arr.shape[0])
         if n == 0:
-            return
+            return []
         arrival = arr.tolist()
         if len(self.classes) == 1:
             cls = self.classes[0]
             p, o = cls.lengths.sample(rng, n)
-            cat = cls.category
-            for a, pt, ot in zip(arrival, p.tolist(), o.tolist(), strict=True):
-                yield Request(a, pt, ot, None, None, cat)
-            return
+            return requests_of(arrival, p.tolist(), o.tolist(), [cls.category] * n)
         which = np.minimum(
             np.searchsorted(self._cum, rng.random(n), side="right"), len(self._cum) - 1
         )
@@ -136,10 +138,35 @@ class SyntheticWorkload(Workload):
             if idx.size:
                 prompt[idx], output[idx] = cls.lengths.sample(rng, int(idx.size))
         cats = [c.category for c in self.classes]
-        for a, pt, ot, w in zip(
-            arrival, prompt.tolist(), output.tolist(), which.tolist(), strict=True
-        ):
-            yield Request(a, pt, ot, None, None, cats[w])
+        return requests_of(
+            arrival, prompt.tolist(), output.tolist(), [cats[w] for w in which.tolist()]
+        )
+
+    def iter_blocks(
+        self, start_s: float = -math.inf, end_s: float = math.inf
+    ) -> Iterator[list[Request]]:
+        if self.num_requests is not None:
+            # the count cap depends on everything before start_s: no seeking
+            yield from super().iter_blocks(start_s, end_s)
+            return
+        end = end_s if self.duration_s is None else min(end_s, self.duration_s)
+        block_s = self.arrivals.block_s
+        k = max(0, math.floor(start_s / block_s)) if start_s > 0 else 0
+        while k * block_s < end:
+            block = self._block(k)
+            k += 1
+            if not block:
+                continue
+            lo = 0
+            if block[0].arrival_s < start_s:
+                lo = bisect.bisect_left(block, start_s, key=_arrival)
+            if block[-1].arrival_s >= end:
+                hi = bisect.bisect_left(block, end, key=_arrival)
+                if hi > lo:
+                    yield block[lo:hi]
+                return
+            if lo < len(block):
+                yield block[lo:] if lo else block
 
     def _blocks_from(self, k: int) -> Iterator[Request]:
         end = math.inf if self.duration_s is None else self.duration_s

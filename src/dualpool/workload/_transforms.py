@@ -168,6 +168,18 @@ class Window(Workload):
         for r in _window_of(self.inner, lo, hi):
             yield r.at(r.arrival_s - off) if off else r
 
+    def iter_blocks(
+        self, start_s: float = -math.inf, end_s: float = math.inf
+    ) -> Iterator[list[Request]]:
+        rebased = self.rebase and math.isfinite(self.start_s) and self.start_s != 0.0
+        if rebased or not isinstance(self.inner, Workload):
+            yield from super().iter_blocks(start_s, end_s)
+            return
+        lo = max(self.start_s, start_s)
+        hi = min(self.end_s, end_s)
+        if hi > lo:
+            yield from self.inner.iter_blocks(lo, hi)
+
     def duration_hint(self) -> float | None:
         if math.isfinite(self.end_s):
             return self.end_s - (self.start_s if self.rebase else 0.0)
@@ -344,6 +356,19 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
+class _Iterable(Workload):
+    """A plain iterable seen as a Workload (for the default `iter_blocks`)."""
+
+    def __init__(self, inner: Iterable[Request]) -> None:
+        self.inner = inner
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(self.inner)
+
+    def describe(self) -> str:
+        return _describe(self.inner)
+
+
 class WithPromptBytes(Workload):
     """Synthesize `prompt_bytes` for sources that only know token counts.
 
@@ -444,6 +469,38 @@ class WithPromptBytes(Workload):
         ratio = base * np.maximum(0.05, 1.0 + self.jitter * z)
         out: list[int] = np.maximum(0.0, np.rint(tokens * ratio)).astype(np.int64).tolist()
         return out
+
+    def iter_blocks_with_bytes(self) -> Iterator[tuple[list[Request], list[int | None]]]:
+        """(requests, their prompt bytes) in blocks: what `iter_with_bytes` yields,
+        a block at a time (the inner workload's `iter_blocks`), for the simulator."""
+        blocks = (
+            self.inner.iter_blocks()
+            if isinstance(self.inner, Workload)
+            else Workload.iter_blocks(_Iterable(self.inner))
+        )
+        for block in blocks:
+            if not block:
+                continue  # the contract says never; the simulator reads [] as the end
+            if not self.jitter:
+                yield block, [self._one(r).prompt_bytes for r in block]
+                continue
+            todo = [r for r in block if r.prompt_bytes is None and r.prompt_tokens >= 0]
+            if len(todo) == len(block):
+                nbytes: list[int | None] = list(self._bytes_of(block))
+                yield block, nbytes
+            elif not todo:
+                yield block, [r.prompt_bytes for r in block]
+            else:
+                it = iter(self._bytes_of(todo))
+                yield (
+                    block,
+                    [
+                        next(it)
+                        if r.prompt_bytes is None and r.prompt_tokens >= 0
+                        else r.prompt_bytes
+                        for r in block
+                    ],
+                )
 
     def iter_with_bytes(self) -> Iterator[tuple[Request, int | None]]:
         """(inner request, its prompt bytes) pairs: what iterating yields, without
