@@ -21,3 +21,25 @@ def shared_data() -> Path:
     if not d.is_dir():
         pytest.skip(f"shared data not found at {d} (set DUALPOOL_SHARED_DATA to its folder)")
     return d
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test stale compiled modules.
+
+    `make compile` puts mypyc extensions next to their sources, and Python
+    imports an extension before the .py beside it: after an edit, the tests
+    would run the old code. Stop with what to do instead.
+    """
+    src = REPO / "src" / "dualpool"
+    stale = [
+        so.relative_to(REPO)
+        for so in src.rglob("*.so")
+        if (py := so.with_name(so.name.split(".", 1)[0] + ".py")).exists()
+        and py.stat().st_mtime > so.stat().st_mtime
+    ]
+    if stale:
+        pytest.exit(
+            f"compiled modules older than their sources: {', '.join(map(str, stale))}; "
+            "run `make compile` again, or `make uncompile` to test the pure-Python code",
+            returncode=2,
+        )
