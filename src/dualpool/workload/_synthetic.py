@@ -9,7 +9,6 @@ constant memory (one block at a time), and can seek to any time instantly.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,10 +42,6 @@ __all__ = [
 ]
 
 _STREAM = 0  # block_rng stream id of synthetic workloads
-
-
-def _arrival(r: Request) -> float:
-    return r.arrival_s
 
 
 @dataclass(frozen=True)
@@ -116,18 +111,28 @@ class SyntheticWorkload(Workload):
     def rate_hint(self) -> float | None:
         return self.arrivals.rate
 
-    def _block(self, k: int) -> list[Request]:
-        """The requests of block k (a pure function of seed and k)."""
+    def _block(self, k: int, start_s: float = -math.inf, end_s: float = math.inf) -> list[Request]:
+        """The requests of block k with start_s <= arrival < end_s (a pure function
+        of seed and k: the whole block is drawn, then cut, so cuts never shift
+        the random streams)."""
         rng = block_rng(self.seed, _STREAM, k)
         arr = self.arrivals.block(rng, k)
         n = int(arr.shape[0])
         if n == 0:
             return []
-        arrival = arr.tolist()
+        lo = 0 if arr[0] >= start_s else int(np.searchsorted(arr, start_s, side="left"))
+        hi = n if arr[-1] < end_s else int(np.searchsorted(arr, end_s, side="left"))
         if len(self.classes) == 1:
             cls = self.classes[0]
             p, o = cls.lengths.sample(rng, n)
-            return requests_of(arrival, p.tolist(), o.tolist(), [cls.category] * n)
+            if hi <= lo:
+                return []
+            return requests_of(
+                arr[lo:hi].tolist(),
+                p[lo:hi].tolist(),
+                o[lo:hi].tolist(),
+                [cls.category] * (hi - lo),
+            )
         which = np.minimum(
             np.searchsorted(self._cum, rng.random(n), side="right"), len(self._cum) - 1
         )
@@ -137,9 +142,14 @@ class SyntheticWorkload(Workload):
             idx = np.flatnonzero(which == i)
             if idx.size:
                 prompt[idx], output[idx] = cls.lengths.sample(rng, int(idx.size))
+        if hi <= lo:
+            return []
         cats = [c.category for c in self.classes]
         return requests_of(
-            arrival, prompt.tolist(), output.tolist(), [cats[w] for w in which.tolist()]
+            arr[lo:hi].tolist(),
+            prompt[lo:hi].tolist(),
+            output[lo:hi].tolist(),
+            [cats[w] for w in which[lo:hi].tolist()],
         )
 
     def iter_blocks(
@@ -153,29 +163,16 @@ class SyntheticWorkload(Workload):
         block_s = self.arrivals.block_s
         k = max(0, math.floor(start_s / block_s)) if start_s > 0 else 0
         while k * block_s < end:
-            block = self._block(k)
+            block = self._block(k, start_s, end)
             k += 1
-            if not block:
-                continue
-            lo = 0
-            if block[0].arrival_s < start_s:
-                lo = bisect.bisect_left(block, start_s, key=_arrival)
-            if block[-1].arrival_s >= end:
-                hi = bisect.bisect_left(block, end, key=_arrival)
-                if hi > lo:
-                    yield block[lo:hi]
-                return
-            if lo < len(block):
-                yield block[lo:] if lo else block
+            if block:
+                yield block
 
     def _blocks_from(self, k: int) -> Iterator[Request]:
         end = math.inf if self.duration_s is None else self.duration_s
         block_s = self.arrivals.block_s
         while k * block_s < end:
-            for r in self._block(k):
-                if r.arrival_s >= end:
-                    return
-                yield r
+            yield from self._block(k, -math.inf, end)
             k += 1
 
     def __iter__(self) -> Iterator[Request]:
