@@ -29,10 +29,10 @@ One `schedule()` pass, like vllm/v1/core/sched/scheduler.py:
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from heapq import heappop, heappush
+from typing import Any, Final
 
 from dualpool.engine.config import EngineConfig
 from dualpool.engine.kv_cache import KVCacheManager
@@ -44,7 +44,7 @@ from dualpool.errors import RequestError
 
 __all__ = ["FastForwardResult", "Scheduler", "SchedulerOutput", "StepResult"]
 
-_RUNNING = RequestStatus.RUNNING
+_RUNNING: Final = RequestStatus.RUNNING
 
 
 @dataclass(slots=True, init=False)
@@ -391,7 +391,7 @@ class Scheduler:
         lst = self._gdone.get(fin)
         if lst is None:
             self._gdone[fin] = [req]
-            heapq.heappush(self._gheap, fin)
+            heappush(self._gheap, fin)
         else:
             lst.append(req)
 
@@ -672,7 +672,14 @@ class Scheduler:
 
     def step_time(self, output: SchedulerOutput) -> float:
         """Seconds the step takes (timing model); 0 for an empty step."""
-        return self.timing.step_time(output)
+        # timing.step_time(output), spelled out: it reads a StepShape protocol,
+        # which compiled code reads attribute by attribute generically.
+        return self.timing.step_time_raw(
+            output.total_num_scheduled_tokens,
+            output.num_scheduled_seqs,
+            output.kv_read_tokens,
+            output.attention_pairs,
+        )
 
     def update_from_output(self, output: SchedulerOutput, now: float) -> StepResult:
         """Apply a step that ended at `now`: advance tokens, emit events."""
@@ -899,7 +906,7 @@ class Scheduler:
         heap = self._gheap
         done = self._gdone
         while heap[0] not in done:
-            heapq.heappop(heap)
+            heappop(heap)
         k_done = heap[0] - d
 
         # Steps before a block allocation fails. A member with c computed

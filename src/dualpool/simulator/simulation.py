@@ -40,10 +40,11 @@ does; if no larger pool exists or it refuses too, the request is rejected.
 from __future__ import annotations
 
 import gc
-import heapq
 import math
 import time
 from collections.abc import Callable, Iterable
+from heapq import heappop, heappush
+from typing import Final
 
 from dualpool.budget import EstimatorConfig, RequestFeatures
 from dualpool.engine import Request as EngineRequest
@@ -60,7 +61,10 @@ from dualpool.workload import Request, WithPromptBytes
 
 __all__ = ["SimOptions", "Simulation", "simulate"]
 
-_IDLE, _STEP, _RUN = 0, 1, 2
+# Final: compiled, these are C constants, not module-dict lookups.
+_IDLE: Final = 0
+_STEP: Final = 1
+_RUN: Final = 2
 
 # Workload categories -> the estimator's content classes.
 _CLASS_OF: dict[str, str] = {
@@ -210,7 +214,11 @@ class Simulation:
         self._warmup_until = -math.inf
         self.summary = Summary(fleet.describe(), opts.slo, {p.name: p.stats for p in self.pools})
         self._balancer_is_rr = kind is BalancerKind.ROUND_ROBIN
-        self._observe = self.router.estimator.calibrator.observe
+        self._calibrator = self.router.estimator.calibrator
+        # Read per request: plain attributes (SimOptions and SLO are frozen).
+        self._spillover = opts.spillover
+        self._slo_ttft = opts.slo.ttft_s
+        self._slo_tpot = opts.slo.tpot_s
 
     # -- the loop -------------------------------------------------------------------
 
@@ -241,7 +249,7 @@ class Simulation:
             requests, opts.bytes_per_token, jitter=opts.bytes_jitter, seed=opts.seed
         ).iter_blocks_with_bytes()
         heap = self._heap
-        pop = heapq.heappop
+        pop = heappop
         block, block_bytes = next(blocks, _NO_BLOCK)
         bi = 0
         n_block = len(block)
@@ -294,7 +302,7 @@ class Simulation:
 
     def _push(self, t: float, inst: _Instance) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (t, self._seq, inst, inst.version))
+        heappush(self._heap, (t, self._seq, inst, inst.version))
 
     def _boundary(self, inst: _Instance, t: float) -> None:
         """Instance `inst` reached the end of its step or decode run at t."""
@@ -380,7 +388,7 @@ class Simulation:
         return out
 
     def _route(self, r: Request, nbytes: int | None) -> RoutedRequest:
-        saturated = self._saturation() if self.options.spillover else None
+        saturated = self._saturation() if self._spillover else None
         if r.body is not None:
             return self.router.route(r.body, saturated=saturated)
         return self.router.route_features(
@@ -496,14 +504,13 @@ class Simulation:
         prompt = req.prompt_tokens
         n_out = req.num_output_tokens
         # Router.observe with a usage dict, without the dict and two calls.
-        self._observe(routed.features, prompt, n_out)
+        self._calibrator.observe(routed.features, prompt, n_out)
         t = req.finish_time
         assert t is not None and req.first_token_time is not None
         if t > self._t_end:
             self._t_end = t
         if counted:
             st = self.pools[pool].stats
-            slo = self.options.slo
             ft = req.first_token_time
             arrival = req.arrival_time
             ttft = ft - arrival
@@ -515,8 +522,8 @@ class Simulation:
             st.ttft.add(ttft)
             st.tpot.add(tpot)
             st.e2e.add(t - arrival)
-            ok1 = ttft <= slo.ttft_s
-            ok2 = tpot <= slo.tpot_s
+            ok1 = ttft <= self._slo_ttft
+            ok2 = tpot <= self._slo_tpot
             st.ttft_ok += ok1
             st.tpot_ok += ok2
             st.slo_ok += ok1 and ok2
