@@ -11,7 +11,7 @@
    the smallest TP its config fits), sized for 80% utilization (>= 100
    instances), fed azure-conv-like at 1,000 req/s. `requests_per_s` divides
    by the child's CPU time in `simulate` (one core; the machine may be
-   shared, which inflates wall time), best of the rounds (two; one with
+   shared, which inflates wall time), best of the rounds (three; one with
    --quick); it is the compiled build's when there is one.
 2. Memory: a 1M-request synthetic run (100k with --quick) in a subprocess;
    peak RSS from resource.getrusage(RUSAGE_CHILDREN).ru_maxrss.
@@ -206,7 +206,7 @@ def main() -> None:
         print(json.dumps(fn(float(args.child[1]))))
         return
     q = args.quick
-    rounds = 1 if q else 2
+    rounds = 1 if q else 3
     out: dict[str, object] = {"quick": q}
     with tempfile.TemporaryDirectory(prefix="dualpool-bench-") as tmp:
         builds = make_builds(Path(tmp))
