@@ -258,6 +258,8 @@ class Simulation:
         events = 0
         while True:
             if bi == n_block:
+                # The block is used up. An empty one means the stream is: blocks
+                # are never empty (Workload.iter_blocks' contract).
                 if not n_block:
                     if not heap:
                         break
