@@ -209,9 +209,16 @@ def test_blocks_with_bytes_match_the_per_request_path() -> None:
             for block, nb in wb.iter_blocks_with_bytes()
             for r, b in zip(block, nb, strict=True)
         ]
-        assert pairs == list(wb.iter_with_bytes())
-        assert [b for _, b in pairs] == [r.prompt_bytes for r in wb]
+        # the requests as they are, and the bytes that iterating stamps on copies
+        stamped = list(wb)
+        assert [r for r, _ in pairs] == list(w)
+        assert [b for _, b in pairs] == [r.prompt_bytes for r in stamped]
+        assert [b for _, b in pairs][:5] == [wb._one(r).prompt_bytes for r in list(w)[:5]]
+        assert list(wb.iter_with_bytes()) == pairs
     # a plain list (not a Workload) goes through the default batching
     reqs = list(limit(w, 100))
     wl = WithPromptBytes(reqs, seed=9)
-    assert [r for b, _ in wl.iter_blocks_with_bytes() for r in b] == reqs
+    blocks = list(wl.iter_blocks_with_bytes())
+    assert all(b for b, _ in blocks)
+    assert [r for b, _ in blocks for r in b] == reqs
+    assert [n for _, nb in blocks for n in nb] == [r.prompt_bytes for r in wl]

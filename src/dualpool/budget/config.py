@@ -97,12 +97,6 @@ class EstimatorConfig:
                 "estimator.output_quantile", f"must be in [0.5, 1), got {self.output_quantile}"
             )
 
-    def prior_for(self, cls: str) -> float:
-        return self.class_priors.get(cls, self.prior_bytes_per_token)
-
-    def default_output(self, model: str) -> int:
-        return self.model_default_max_tokens.get(model, self.default_max_tokens)
-
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> EstimatorConfig:
         """Build from a YAML/JSON mapping; unknown keys are an error naming the key."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dualpool.errors import WorkloadError
@@ -53,16 +53,8 @@ class Workload(ABC):
         in blocks (the synthetic ones) override it and skip the per-request
         generator steps. The default batches `iter_window`.
         """
-        it = iter(self) if start_s == -math.inf and end_s == math.inf else None
-        it = self.iter_window(start_s, end_s) if it is None else it
-        size = 16
-        while True:
-            block = list(itertools.islice(it, size))
-            if not block:
-                return
-            yield block
-            if size < 1024:
-                size *= 2
+        whole = start_s == -math.inf and end_s == math.inf
+        return batched(self if whole else self.iter_window(start_s, end_s))
 
     def duration_hint(self) -> float | None:
         """The workload's nominal length in seconds when known without a pass."""
@@ -74,6 +66,19 @@ class Workload(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.describe()}>"
+
+
+def batched(requests: Iterable[Request]) -> Iterator[list[Request]]:
+    """Consecutive requests in non-empty lists of 16, 32, ... up to 1,024."""
+    it = iter(requests)
+    size = 16
+    while True:
+        block = list(itertools.islice(it, size))
+        if not block:
+            return
+        yield block
+        if size < 1024:
+            size *= 2
 
 
 def where(path: Path | str, line: int | None = None) -> str:

@@ -9,7 +9,6 @@ seekable source stays cheap through a chain of rate scaling and windows.
 
 from __future__ import annotations
 
-import itertools
 import math
 import struct
 from collections.abc import Iterable, Iterator, Mapping
@@ -18,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dualpool.errors import WorkloadError
-from dualpool.workload._base import Workload, check_positive
+from dualpool.workload._base import Workload, batched, check_positive
 from dualpool.workload._request import Request
 
 __all__ = [
@@ -356,19 +355,6 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-class _Iterable(Workload):
-    """A plain iterable seen as a Workload (for the default `iter_blocks`)."""
-
-    def __init__(self, inner: Iterable[Request]) -> None:
-        self.inner = inner
-
-    def __iter__(self) -> Iterator[Request]:
-        return iter(self.inner)
-
-    def describe(self) -> str:
-        return _describe(self.inner)
-
-
 class WithPromptBytes(Workload):
     """Synthesize `prompt_bytes` for sources that only know token counts.
 
@@ -410,14 +396,8 @@ class WithPromptBytes(Workload):
             for r in it:
                 yield self._one(r)
             return
-        size = 16
-        while True:
-            block = list(itertools.islice(it, size))
-            if not block:
-                return
+        for block in batched(it):
             yield from self._block(block)
-            if size < 1024:
-                size *= 2
 
     def _one(self, r: Request) -> Request:
         """One request, in plain Python (the definition _block vectorizes)."""
@@ -474,9 +454,7 @@ class WithPromptBytes(Workload):
         """(requests, their prompt bytes) in blocks: what `iter_with_bytes` yields,
         a block at a time (the inner workload's `iter_blocks`), for the simulator."""
         blocks = (
-            self.inner.iter_blocks()
-            if isinstance(self.inner, Workload)
-            else Workload.iter_blocks(_Iterable(self.inner))
+            self.inner.iter_blocks() if isinstance(self.inner, Workload) else batched(self.inner)
         )
         for block in blocks:
             if not block:
@@ -504,34 +482,10 @@ class WithPromptBytes(Workload):
 
     def iter_with_bytes(self) -> Iterator[tuple[Request, int | None]]:
         """(inner request, its prompt bytes) pairs: what iterating yields, without
-        copying each record to stamp the bytes on it (for the simulator's loop).
-        The bytes are the record's own when it has them, None when its prompt
-        tokens are unknown."""
-        it = iter(self.inner)
-        if not self.jitter:
-            for r in it:
-                yield r, self._one(r).prompt_bytes
-            return
-        size = 16
-        while True:
-            block = list(itertools.islice(it, size))
-            if not block:
-                return
-            todo = [r for r in block if r.prompt_bytes is None and r.prompt_tokens >= 0]
-            if len(todo) == len(block):
-                yield from zip(block, self._bytes_of(block), strict=True)
-            elif not todo:
-                for r in block:
-                    yield r, r.prompt_bytes
-            else:
-                nbytes = iter(self._bytes_of(todo))
-                for r in block:
-                    if r.prompt_bytes is None and r.prompt_tokens >= 0:
-                        yield r, next(nbytes)
-                    else:
-                        yield r, r.prompt_bytes
-            if size < 1024:
-                size *= 2
+        copying each record to stamp the bytes on it. The bytes are the record's
+        own when it has them, None when its prompt tokens are unknown."""
+        for block, nbytes in self.iter_blocks_with_bytes():
+            yield from zip(block, nbytes, strict=True)
 
     def rate_hint(self) -> float | None:
         return self.inner.rate_hint() if isinstance(self.inner, Workload) else None
