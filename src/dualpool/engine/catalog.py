@@ -243,6 +243,22 @@ BUILTIN_GPUS: dict[str, GPUSpec] = {
         interconnect_bandwidth=64 * GB,
         price_per_hour=1.89,
     ),
+    # NVIDIA Ada Lovelace architecture whitepaper (GeForce RTX 4090): 24 GB
+    # GDDR6X at 1,008 GB/s; FP16/BF16 tensor with FP32 accumulate 165.2 TFLOPS
+    # dense (330.4 sparse), FP8 with FP32 accumulate 330.3 dense. No NVLink:
+    # PCIe 4.0 x16, 32 GB/s per direction (P2P is disabled on GeForce, so
+    # all-reduce goes through host memory; see timing.AllReduceModel).
+    # Memory: PyTorch reports "total capacity of 23.64 GiB" on a 24 GB 4090.
+    # Price: $0.35/h is an assumption (community-cloud listings); override it.
+    "rtx-4090": GPUSpec(
+        name="rtx-4090",
+        memory_bytes=int(23.64 * GiB),
+        hbm_bandwidth=1008 * GB,
+        bf16_flops=165.2 * TFLOPS,
+        fp8_flops=330.3 * TFLOPS,
+        interconnect_bandwidth=32 * GB,
+        price_per_hour=0.35,
+    ),
 }
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from dualpool.errors import ConfigError
 
-__all__ = ["StepTimeParams"]
+__all__ = ["StepTimeParams", "step_params_from_mapping"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +42,19 @@ class StepTimeParams:
             v = getattr(self, name)
             if v < 0.0 or not math.isfinite(v):
                 raise ConfigError(name, f"must be a finite number >= 0, got {v!r}")
+
+
+def step_params_from_mapping(data: object, where: str = "step_params") -> StepTimeParams:
+    """StepTimeParams from a parsed `step_params:` mapping (YAML); ConfigError names the key."""
+    from dataclasses import fields
+
+    if not isinstance(data, dict):
+        raise ConfigError("step_params", f"{where}: must be a mapping")
+    known = {f.name for f in fields(StepTimeParams)}
+    for k in data:
+        if k not in known:
+            raise ConfigError(f"step_params.{k}", f"unknown; expected one of {sorted(known)}")
+    try:
+        return StepTimeParams(**{str(k): float(v) for k, v in data.items()})
+    except (TypeError, ValueError) as e:
+        raise ConfigError("step_params", f"{where}: {e}") from None

@@ -86,6 +86,7 @@ class StepTimeModel:
         "_expert_bytes",
         "_expert_frac",
         "_flop_attn",
+        "_flop_head",
         "_flop_linear",
         "_is_moe",
         "_kv_per_token",
@@ -118,14 +119,24 @@ class StepTimeModel:
             if model.weight_dtype == "fp8" and gpu.fp8_flops > 0
             else bf16
         )
-        # Seconds per unit of work.
-        self._flop_linear = 2.0 * model.num_active_params / tp / linear_rate
+        # Seconds per unit of work. Every scheduled token goes through the
+        # decoder's linear layers; the input embedding is a lookup (no FLOPs)
+        # and the LM head runs only on each sequence's last position (vLLM
+        # computes logits at logits_indices, one row per scheduled request),
+        # so their parameters are charged per sequence, not per token.
+        head = model.vocab_size * model.hidden_size
+        decoder = model.num_active_params - model.num_embedding_params
+        self._flop_linear = 2.0 * decoder / tp / linear_rate
+        self._flop_head = 2.0 * head / tp / bf16
         heads_per_gpu = model.num_attention_heads / tp
         self._flop_attn = 4.0 * model.num_layers * heads_per_gpu * model.head_dim / bf16
         self._kv_per_token = kv_bytes_per_token(model, config) / bw
         expert_bytes = model.expert_params * model.weight_bytes_per_param / tp
         self._expert_bytes = expert_bytes / bw
-        self._dense_weight_bytes = (model.weight_bytes / tp - expert_bytes) / bw
+        # An untied input embedding table is only indexed (a few rows a
+        # step), not streamed: every other weight is read once per step.
+        input_embedding = max(0, model.num_embedding_params - head) * 2 / tp
+        self._dense_weight_bytes = (model.weight_bytes / tp - expert_bytes - input_embedding) / bw
         self._expert_frac = model.num_experts_per_tok / model.num_experts if model.is_moe else 1.0
         self._is_moe = model.is_moe
         self._weight_cache: dict[int, float] = {}
@@ -162,7 +173,11 @@ class StepTimeModel:
         """Seconds of one step of this shape (0 for an empty step)."""
         if num_tokens <= 0:
             return 0.0
-        compute = self._flop_linear * num_tokens + self._flop_attn * attention_pairs
+        compute = (
+            self._flop_linear * num_tokens
+            + self._flop_head * num_seqs
+            + self._flop_attn * attention_pairs
+        )
         w = self._weight_cache.get(num_tokens)
         if w is None:
             w = self.weight_read_time(num_tokens)
@@ -195,7 +210,7 @@ class StepTimeModel:
         """Step j of a decode run costs a + max(c0 + c1 j, m0 + m1 j)."""
         a = self._overhead + self._per_seq * n + self._comm_fixed + self._comm_per_token * n
         # attention_pairs = ctx + j n + n, kv_read = ctx + j n
-        c0 = self._flop_linear * n + self._flop_attn * (ctx + n)
+        c0 = (self._flop_linear + self._flop_head) * n + self._flop_attn * (ctx + n)
         c1 = self._flop_attn * n
         m0 = self.weight_read_time(n) + self._kv_per_token * ctx
         m1 = self._kv_per_token * n
@@ -214,7 +229,7 @@ class StepTimeModel:
             a = self._overhead + self._per_seq * n + self._comm_fixed + self._comm_per_token * n
             co = (
                 a,
-                self._flop_linear * n,
+                (self._flop_linear + self._flop_head) * n,
                 self._flop_attn * n,
                 self.weight_read_time(n),
                 self._kv_per_token * n,
@@ -386,7 +401,7 @@ def calibrate(
         for q in prefill:
             t = q.prompt_tokens
             pairs = t * (t + 1) // 2
-            compute_at_peak = unit_f._flop_linear * t + unit_f._flop_attn * pairs
+            compute_at_peak = unit_f._flop_linear * t + unit_f._flop_head + unit_f._flop_attn * pairs
             rest = q.seconds - overhead - per_seq - unit_f._comm_fixed - unit_f._comm_per_token * t
             if rest <= 0:
                 raise ConfigError(
