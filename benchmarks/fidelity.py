@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import emit, shared_data_dir
 
+from _common import emit, shared_data_dir
 from dualpool.engine import Catalog, StepTimeParams
 from dualpool.engine.measured import (
     MeasuredRun,

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dualpool.engine.catalog import Catalog
-from dualpool.engine.config import EngineConfig
+from dualpool.engine.config import EngineConfig, KVCacheDType
 from dualpool.engine.memory import MemoryParams, MemoryPlan, plan_memory
 from dualpool.engine.scheduler import Scheduler
 from dualpool.engine.specs import GPUSpec, ModelSpec
@@ -120,7 +120,11 @@ def _logged_blocks(meta: dict[str, Any], readme: str, stem: str) -> int | None:
     for key in ("num_gpu_blocks", "kv_cache_blocks"):
         v = meta.get(key)
         if v is None:
-            v = (meta.get("kv_cache") or {}).get(key) if isinstance(meta.get("kv_cache"), dict) else None
+            v = (
+                (meta.get("kv_cache") or {}).get(key)
+                if isinstance(meta.get("kv_cache"), dict)
+                else None
+            )
         if isinstance(v, int) and v > 0:
             return v
     # The runs' README states the figure in prose next to the run's file prefix.
@@ -139,7 +143,7 @@ def load_run(path: str | Path) -> MeasuredRun:
     for suffix in ("_meta.json", "_requests.jsonl", "_timeseries.csv"):
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
-    base = p.parent if p.name != stem else p.parent
+    base = p.parent
     meta_path = base / f"{stem}_meta.json"
     req_path = base / f"{stem}_requests.jsonl"
     try:
@@ -167,7 +171,9 @@ def load_run(path: str | Path) -> MeasuredRun:
     if ts_path.exists():
         with ts_path.open(encoding="utf-8") as f:
             for row in csv.DictReader(f):
-                series.append((float(row["t"]), int(float(row["running"])), int(float(row["waiting"]))))
+                series.append(
+                    (float(row["t"]), int(float(row["running"])), int(float(row["waiting"])))
+                )
     readme = ""
     for name in ("README.md", "README"):
         if (base / name).exists():
@@ -298,7 +304,9 @@ def engine_config(run: MeasuredRun, model: ModelSpec) -> EngineConfig:
     # vLLM v1's default for the OpenAI server on a GPU that is not an
     # H100/H200-class part is 2048 batched tokens (8192 on those).
     mnbt = int(kw.get("max_num_batched_tokens") or 2048)
-    kv = kw.get("kv_cache_dtype") or "auto"
+    kv: KVCacheDType = "auto"
+    if kw.get("kv_cache_dtype") in ("fp8", "fp8_e4m3", "fp8_e5m2"):
+        kv = kw["kv_cache_dtype"]
     return EngineConfig(
         tensor_parallel_size=int(kw.get("tensor_parallel_size") or 1),
         max_model_len=int(max_len),
@@ -307,7 +315,7 @@ def engine_config(run: MeasuredRun, model: ModelSpec) -> EngineConfig:
         gpu_memory_utilization=float(kw.get("gpu_memory_utilization") or 0.9),
         block_size=int(kw.get("block_size") or 16),
         enable_chunked_prefill=bool(kw.get("enable_chunked_prefill", True)),
-        kv_cache_dtype=kv if kv in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2") else "auto",
+        kv_cache_dtype=kv,
     )
 
 
@@ -360,18 +368,13 @@ def replay(
             now = reqs[i].arrival
         while i < n and reqs[i].arrival <= now:
             r = reqs[i]
-            handles.append(
-                sched.add_request(str(i), r.input_tokens, r.output_tokens, r.arrival)
-            )
+            handles.append(sched.add_request(str(i), r.input_tokens, r.output_tokens, r.arrival))
             i += 1
         while now >= next_tick:
             series.append((next_tick, sched.num_running, sched.num_waiting))
             next_tick += 1.0
-        until = reqs[i].arrival if i < n else None
-        if until is not None:
-            until = min(until, next_tick)
-        else:
-            until = next_tick
+        nxt = reqs[i].arrival if i < n else None
+        until = min(nxt, next_tick) if nxt is not None else next_tick
         ff = sched.fast_forward(now, until_time=until)
         if ff.steps:
             now = ff.now
@@ -422,7 +425,9 @@ class LatencyStats:
         return {k: getattr(self, k) for k in self.__slots__}
 
 
-def latency_stats(ttft: Sequence[float], e2e: Sequence[float], tpot: Sequence[float]) -> LatencyStats:
+def latency_stats(
+    ttft: Sequence[float], e2e: Sequence[float], tpot: Sequence[float]
+) -> LatencyStats:
     return LatencyStats(
         percentile(ttft, 50), percentile(ttft, 90),
         percentile(e2e, 50), percentile(e2e, 90),

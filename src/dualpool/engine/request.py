@@ -87,6 +87,7 @@ class Request:
         "_adm",
         "_b",
         "_c",
+        "_cseg",
         "_fin",
         "_grp",
         "_o",
@@ -141,6 +142,9 @@ class Request:
         self._grp: DecodeGroup | None = None
         self._fin = -1
         self._adm = 0
+        # The free-queue segment of this request's cached prefix while it waits
+        # after a preemption (KVCacheManager, prefix caching); None otherwise.
+        self._cseg: list[object] | None = None
 
     def __repr__(self) -> str:
         return (

@@ -192,6 +192,7 @@ class Scheduler:
         "_max_len",
         "_max_seqs",
         "_pending",
+        "_prefix",
         "config",
         "generation_tokens_total",
         "kv",
@@ -221,6 +222,7 @@ class Scheduler:
         self._max_batched = config.max_num_batched_tokens
         self._max_seqs = config.max_num_seqs
         self._chunked = config.enable_chunked_prefill
+        self._prefix = config.enable_prefix_caching
         self.kv = KVCacheManager(num_gpu_blocks, config.block_size)
         self.timing = timing
         self.memory_plan = memory_plan
@@ -351,6 +353,7 @@ class Scheduler:
             self.kv.free(req)
         else:
             self.waiting.remove(req)
+            self.kv.take_cached(req, 0)
         req.status = RequestStatus.FINISHED_ABORTED
         req.finish_time = now
         self.num_aborted_total += 1
@@ -361,7 +364,11 @@ class Scheduler:
     def _preempt(self, victim: Request) -> None:
         # NOTE: victims are never decode-group members (the slow path dissolves
         # the group first; the fast path only preempts the non-member tail).
-        self.kv.num_free_blocks += victim._b
+        # With prefix caching its computed full blocks stay hashed in the free
+        # queue (vLLM's _preempt_request -> kv_cache_manager.free).
+        kv = self.kv
+        cached = victim._c // kv.block_size if self._prefix else 0
+        kv.free_cached(victim, victim._b, min(cached, victim._b))
         victim._b = 0
         victim.status = RequestStatus.PREEMPTED
         victim._c = 0
@@ -485,7 +492,7 @@ class Scheduler:
         n = len(lst)
         self._gn -= n
         self.num_finished_total += n
-        self.kv.num_free_blocks += freed
+        self.kv.release(freed)
 
     # -- one step ------------------------------------------------------------
 
@@ -517,7 +524,7 @@ class Scheduler:
             need = self._ghist[-g.d % g.block_size]
             if need > kv.num_free_blocks:
                 return self._schedule_slow()
-            kv.num_free_blocks -= need
+            kv.take(need)
             g.pending = 1
             budget -= gn
             kv_read = self._gsum + gn * g.d
@@ -632,16 +639,27 @@ class Scheduler:
             bs = kv.block_size
             while waiting and budget > 0 and len(running) < max_seqs:
                 req = waiting[0]
-                num_new = req.prompt_tokens + req._o  # num_computed_tokens is 0 while waiting
+                total = req.prompt_tokens + req._o
+                # A waiting request holds no blocks; after a preemption its
+                # surviving cached prefix counts as computed (vLLM's
+                # get_computed_blocks, at most num_tokens - 1 tokens).
+                hit = 0
+                if req._cseg is not None:
+                    hit = min(kv.cached_blocks(req), (total - 1) // bs)
+                p = hit * bs
+                num_new = total - p
                 if num_new > budget:
                     if not chunked:
                         break
                     num_new = budget
-                need = -(-num_new // bs)  # a waiting request holds no blocks
+                need = -(-(p + num_new) // bs)
                 if need > kv.num_free_blocks:
                     break
-                kv.num_free_blocks -= need
+                if req._cseg is not None:
+                    kv.take_cached(req, hit)
+                kv.take(need - hit)
                 req._b = need
+                req._c = p
                 waiting.popleft()
                 req.status = _RUNNING
                 self._adm_seq += 1
@@ -652,7 +670,8 @@ class Scheduler:
                 counts.append(num_new)
                 budget -= num_new
                 prefill_tokens += num_new
-                pairs += num_new * (num_new + 1) // 2
+                kv_read += p
+                pairs += num_new * p + num_new * (num_new + 1) // 2
 
         out = SchedulerOutput(
             scheduled,
@@ -736,7 +755,7 @@ class Scheduler:
             else RequestStatus.FINISHED_STOPPED
         )
         req.finish_time = now
-        self.kv.num_free_blocks += req._b
+        self.kv.release(req._b)
         req._b = 0
         del self.requests[req.request_id]
         self.num_finished_total += 1
@@ -897,10 +916,17 @@ class Scheduler:
         if self.waiting and n < self._max_seqs:
             left_budget = self._max_batched - n
             head = self.waiting[0]
-            tokens = head.prompt_tokens + head._o
+            total = head.prompt_tokens + head._o
+            p = 0
+            if head._cseg is not None:
+                # Its cached prefix after the next step's allocations. Along the
+                # run, each evicted block of it lowers both its need and the
+                # free blocks by one: free - need still only shrinks.
+                p = min(self.kv.cached_blocks(head, need_next), (total - 1) // bs) * bs
+            tokens = total - p
             if left_budget > 0 and (self._chunked or tokens <= left_budget):
                 chunk = min(tokens, left_budget)
-                if -(-chunk // bs) <= free - need_next:
+                if -(-(p + chunk) // bs) <= free - need_next:
                     return None  # the next step admits it
 
         heap = self._gheap
@@ -944,7 +970,7 @@ class Scheduler:
         for j in range(rk):
             used += hist[-(d + j) % bs]
         g.d = d + k
-        self.kv.num_free_blocks -= used
+        self.kv.take(used)
         generated = n * k
         self.generation_tokens_total += generated
         result = FastForwardResult(k, end, num_generated_tokens=generated)

@@ -401,7 +401,9 @@ def calibrate(
         for q in prefill:
             t = q.prompt_tokens
             pairs = t * (t + 1) // 2
-            compute_at_peak = unit_f._flop_linear * t + unit_f._flop_head + unit_f._flop_attn * pairs
+            compute_at_peak = (
+                unit_f._flop_linear * t + unit_f._flop_head + unit_f._flop_attn * pairs
+            )
             rest = q.seconds - overhead - per_seq - unit_f._comm_fixed - unit_f._comm_per_token * t
             if rest <= 0:
                 raise ConfigError(
