@@ -8,9 +8,9 @@ sequence) of `num_seqs` sequences. Per GPU of the TP group::
               / (peak FLOP/s x flops_efficiency)
     memory  = (weights read + kv_bytes_per_token x kv_read_tokens)
               / (HBM bandwidth x bandwidth_efficiency)
-    comm    = 2 x layers x (allreduce_latency
-              + 2 (TP-1)/TP x num_tokens x hidden x 2 B
-                / (interconnect bandwidth x interconnect_efficiency))   [TP > 1]
+    comm    = 2 x layers x AllReduceModel.time(num_tokens x hidden x 2 B)    [TP > 1]
+              (vLLM's custom all-reduce on NVLink/xGMI up to 8 MiB, else NCCL's
+              ring; PCIe-only machines always use NCCL, see AllReduceModel)
     step    = step_overhead + per_seq_overhead x num_seqs + comm
               + max(compute, memory)
 
@@ -50,6 +50,7 @@ from dualpool.engine.step_params import StepTimeParams
 from dualpool.errors import ConfigError
 
 __all__ = [
+    "AllReduceModel",
     "DecodePoint",
     "PrefillPoint",
     "StepShape",
@@ -72,6 +73,57 @@ class StepShape(Protocol):
     def attention_pairs(self) -> int: ...
 
 
+class AllReduceModel:
+    """Seconds of one all-reduce of S bytes across a TP group (alpha-beta model).
+
+    Which algorithm vLLM 0.19 uses (vllm/distributed/device_communicators/
+    custom_all_reduce.py and cuda_communicator.py):
+
+    - NVLink / xGMI (peer-to-peer): vLLM's custom all-reduce for messages up
+      to 8 MiB (its max_size), one-shot or two-shot: about
+      `allreduce_latency_s + 2 (TP-1)/TP x S / (link x eff)`;
+    - otherwise NCCL's ring: `nccl_latency_s + 2 (TP-1)/TP x S / (link x eff)`.
+      On PCIe-only machines vLLM disables the custom all-reduce ("not
+      supported on more than two PCIe-only GPUs"; GeForce cards have no P2P
+      at all), so every all-reduce is NCCL's, whose small-message latency
+      over PCIe is tens of microseconds (nccl-tests all_reduce_perf on PCIe
+      Gen4/Gen5 boxes: 20-40 us at 8 B-64 KiB; the default 30 us) against
+      under 10 us for the custom kernel over NVLink.
+
+    `link` is the GPU's interconnect_bandwidth per direction (NVLink 4: 450
+    GB/s on H100; PCIe 4.0 x16: 32 GB/s; PCIe 5.0 x16: 64 GB/s).
+    """
+
+    __slots__ = ("_bw", "_custom", "_ring", "custom_max_bytes", "params", "tp")
+
+    # vLLM's CustomAllreduce max_size (8 MiB).
+    CUSTOM_MAX_BYTES = 8 * 1024 * 1024
+
+    def __init__(self, gpu: GPUSpec, tp: int, params: StepTimeParams) -> None:
+        self.tp = tp
+        self.params = params
+        self._bw = gpu.interconnect_bandwidth * params.interconnect_efficiency
+        self._ring = 2.0 * (tp - 1) / tp if tp > 1 else 0.0
+        self._custom = gpu.link != "pcie" and tp > 1
+        self.custom_max_bytes = float(self.CUSTOM_MAX_BYTES if self._custom else 0)
+
+    def latency(self, *, small: bool) -> float:
+        if self.tp <= 1:
+            return 0.0
+        if small and self._custom:
+            return self.params.allreduce_latency_s
+        return self.params.nccl_latency_s
+
+    def seconds_per_byte(self, *, small: bool) -> float:
+        del small  # both algorithms move 2 (TP-1)/TP x S bytes per GPU
+        return self._ring / self._bw if self.tp > 1 else 0.0
+
+    def time(self, nbytes: float) -> float:
+        """Seconds of one all-reduce of nbytes."""
+        small = nbytes <= self.custom_max_bytes
+        return self.latency(small=small) + self.seconds_per_byte(small=small) * nbytes
+
+
 class StepTimeModel:
     """Step times of one instance (model x GPU x config x params).
 
@@ -80,8 +132,11 @@ class StepTimeModel:
     """
 
     __slots__ = (
+        "_ar_small_tokens",
         "_comm_fixed",
+        "_comm_fixed_large",
         "_comm_per_token",
+        "_comm_per_token_large",
         "_dense_weight_bytes",
         "_expert_bytes",
         "_expert_frac",
@@ -94,7 +149,9 @@ class StepTimeModel:
         "_per_seq",
         "_run_cache",
         "_weight_cache",
+        "bandwidth_efficiency",
         "config",
+        "flops_efficiency",
         "gpu",
         "model",
         "params",
@@ -112,12 +169,13 @@ class StepTimeModel:
         self.config = config
         self.params = p = params or StepTimeParams()
         tp = config.tensor_parallel_size
-        bw = gpu.hbm_bandwidth * p.bandwidth_efficiency
-        bf16 = gpu.bf16_flops * p.flops_efficiency
+        fe, be = p.resolved(gpu.flops_efficiency, gpu.bandwidth_efficiency)
+        self.flops_efficiency = fe
+        self.bandwidth_efficiency = be
+        bw = gpu.hbm_bandwidth * be
+        bf16 = gpu.bf16_flops * fe
         linear_rate = (
-            gpu.fp8_flops * p.flops_efficiency
-            if model.weight_dtype == "fp8" and gpu.fp8_flops > 0
-            else bf16
+            gpu.fp8_flops * fe if model.weight_dtype == "fp8" and gpu.fp8_flops > 0 else bf16
         )
         # Seconds per unit of work. Every scheduled token goes through the
         # decoder's linear layers; the input embedding is a lookup (no FLOPs)
@@ -141,14 +199,17 @@ class StepTimeModel:
         self._is_moe = model.is_moe
         self._weight_cache: dict[int, float] = {}
         self._run_cache: dict[int, tuple[float, float, float, float, float]] = {}
-        if tp > 1:
-            link = gpu.interconnect_bandwidth * p.interconnect_efficiency
-            ring = 2.0 * (tp - 1) / tp
-            self._comm_fixed = 2.0 * model.num_layers * p.allreduce_latency_s
-            self._comm_per_token = 2.0 * model.num_layers * ring * model.hidden_size * 2.0 / link
-        else:
-            self._comm_fixed = 0.0
-            self._comm_per_token = 0.0
+        ar = AllReduceModel(gpu, tp, p)
+        token_bytes = model.hidden_size * 2.0  # one BF16 activation row
+        per_step = 2.0 * model.num_layers  # two all-reduces per layer (attention, MLP)
+        # comm(n) = fixed + per_token * n, one line up to the custom all-reduce's
+        # size limit and another (NCCL) above it: a function of n alone, so the
+        # decode-run closed forms keep it in their per-n constant.
+        self._ar_small_tokens = int(ar.custom_max_bytes // token_bytes)
+        self._comm_fixed = per_step * ar.latency(small=True)
+        self._comm_per_token = per_step * ar.seconds_per_byte(small=True) * token_bytes
+        self._comm_fixed_large = per_step * ar.latency(small=False)
+        self._comm_per_token_large = per_step * ar.seconds_per_byte(small=False) * token_bytes
         self._overhead = p.step_overhead_s
         self._per_seq = p.per_seq_overhead_s
 
@@ -182,13 +243,22 @@ class StepTimeModel:
         if w is None:
             w = self.weight_read_time(num_tokens)
         memory = w + self._kv_per_token * kv_read_tokens
+        if num_tokens <= self._ar_small_tokens:
+            comm = self._comm_fixed + self._comm_per_token * num_tokens
+        else:
+            comm = self._comm_fixed_large + self._comm_per_token_large * num_tokens
         return (
             self._overhead
             + self._per_seq * num_seqs
-            + self._comm_fixed
-            + self._comm_per_token * num_tokens
+            + comm
             + (compute if compute > memory else memory)
         )
+
+    def comm_time(self, num_tokens: int) -> float:
+        """Seconds of a step's all-reduces (two per layer) for num_tokens tokens."""
+        if num_tokens <= self._ar_small_tokens:
+            return self._comm_fixed + self._comm_per_token * num_tokens
+        return self._comm_fixed_large + self._comm_per_token_large * num_tokens
 
     def step_time(self, output: StepShape) -> float:
         """Seconds of the step a scheduler output describes."""
@@ -208,7 +278,7 @@ class StepTimeModel:
 
     def _decode_coeffs(self, n: int, ctx: int) -> tuple[float, float, float, float, float]:
         """Step j of a decode run costs a + max(c0 + c1 j, m0 + m1 j)."""
-        a = self._overhead + self._per_seq * n + self._comm_fixed + self._comm_per_token * n
+        a = self._overhead + self._per_seq * n + self.comm_time(n)
         # attention_pairs = ctx + j n + n, kv_read = ctx + j n
         c0 = (self._flop_linear + self._flop_head) * n + self._flop_attn * (ctx + n)
         c1 = self._flop_attn * n
@@ -226,7 +296,7 @@ class StepTimeModel:
         """(a, linear FLOP time, c1, weight read time, m1) of a decode run of n sequences."""
         co = self._run_cache.get(n)
         if co is None:
-            a = self._overhead + self._per_seq * n + self._comm_fixed + self._comm_per_token * n
+            a = self._overhead + self._per_seq * n + self.comm_time(n)
             co = (
                 a,
                 (self._flop_linear + self._flop_head) * n,
@@ -363,7 +433,7 @@ def calibrate(
     for p in decode:
         n, ctx = p.num_seqs, p.total_context_tokens
         bytes_time = unit.weight_read_time(n) + unit._kv_per_token * ctx  # at eff 1.0
-        comm = unit._comm_fixed + unit._comm_per_token * n
+        comm = unit.comm_time(n)
         y = p.seconds - comm
         if fit_per_seq:
             rows.append([1.0, float(n), bytes_time])
@@ -404,7 +474,7 @@ def calibrate(
             compute_at_peak = (
                 unit_f._flop_linear * t + unit_f._flop_head + unit_f._flop_attn * pairs
             )
-            rest = q.seconds - overhead - per_seq - unit_f._comm_fixed - unit_f._comm_per_token * t
+            rest = q.seconds - overhead - per_seq - unit_f.comm_time(t)
             if rest <= 0:
                 raise ConfigError(
                     "prefill", f"prefill of {t} tokens ({q.seconds}s) is faster than the overhead"
