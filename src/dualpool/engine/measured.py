@@ -284,7 +284,12 @@ def resolve_specs(
         )
     else:
         stem = _norm(run.name.split("_")[0])
+        # the file prefix names the GPU: rtx4090_ -> rtx-4090, h100_ -> h100-80gb
         best = [n for n in catalog.gpus if stem.startswith(_norm(n))]
+        if not best:
+            best = [n for n in catalog.gpus if _norm(n).startswith(stem)]
+            if len(best) > 1:
+                best = []  # ambiguous (e.g. a100 with two memory sizes): ask for the name
         if best:
             spec_g = catalog.gpus[max(best, key=len)]
         gname = run.name.split("_")[0]

@@ -53,10 +53,12 @@ __all__ = [
     "AllReduceModel",
     "DecodePoint",
     "PrefillPoint",
+    "ProfileTableModel",
     "StepShape",
     "StepTimeModel",
     "StepTimeParams",
     "calibrate",
+    "load_profile_table",
 ]
 
 
@@ -487,3 +489,185 @@ def calibrate(
             )
         params = replace(params, flops_efficiency=eff)
     return params
+
+
+# -- a measured profile table ----------------------------------------------------
+
+
+def _interp(xs: list[float], ys: list[float], x: float) -> float:
+    """Piecewise-linear through (xs, ys), extended linearly past both ends."""
+    n = len(xs)
+    if n == 1:
+        return ys[0]
+    i = 1
+    while i < n - 1 and x > xs[i]:
+        i += 1
+    x0, x1 = xs[i - 1], xs[i]
+    y0, y1 = ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+class ProfileTableModel(StepTimeModel):
+    """Step times read from a measured profile table instead of the roofline.
+
+    The table is a rectilinear grid of measured step times over
+    (num_tokens, kv_read_tokens): every combination of the listed token
+    counts and cached-context sizes, e.g. from timing a vLLM instance at
+    fixed shapes (decode batches of n sequences holding C cached tokens,
+    prefill chunks of t tokens after p cached ones). A step's time is the
+    bilinear interpolation of the table at (num_tokens, kv_read_tokens),
+    extended linearly past its edges; the other shape fields (sequences,
+    attention pairs) are what the table measured implicitly. Decode runs
+    keep a closed form: at fixed n the time is piecewise linear in the
+    context, so `decode_run_time` sums an arithmetic series per grid cell.
+
+    It is a StepTimeModel (the memory model and the Scheduler's typing are
+    unchanged); `StepTimeModel` is the other implementation of the same
+    interface (step_time_raw, decode_step_time, decode_run_time,
+    steps_within, prefill_time).
+    """
+
+    __slots__ = ("_kv", "_rows", "_tokens")
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        gpu: GPUSpec,
+        config: EngineConfig,
+        rows: list[tuple[int, int, float]],
+        params: StepTimeParams | None = None,
+    ) -> None:
+        super().__init__(model, gpu, config, params)
+        tokens = sorted({r[0] for r in rows})
+        kv = sorted({r[1] for r in rows})
+        grid: dict[tuple[int, int], float] = {}
+        for t, c, sec in rows:
+            if t <= 0 or c < 0 or not sec > 0.0:
+                raise ConfigError(
+                    "profile", f"bad row ({t}, {c}, {sec}): need tokens > 0, kv >= 0, seconds > 0"
+                )
+            grid[(t, c)] = sec
+        missing = [(t, c) for t in tokens for c in kv if (t, c) not in grid]
+        if missing:
+            raise ConfigError(
+                "profile",
+                f"the table must be a full grid over num_tokens x kv_read_tokens; "
+                f"missing {missing[0]} (and {len(missing) - 1} more)",
+            )
+        self._tokens = [float(t) for t in tokens]
+        self._kv = [float(c) for c in kv]
+        # _rows[i]: step seconds along kv for tokens[i]
+        self._rows = [[grid[(t, c)] for c in kv] for t in tokens]
+
+    def _row_at(self, num_tokens: int) -> list[float]:
+        """Seconds along the kv grid at num_tokens (linear in tokens between rows)."""
+        ts = self._tokens
+        if len(ts) == 1:
+            return self._rows[0]
+        x = float(num_tokens)
+        i = 1
+        while i < len(ts) - 1 and x > ts[i]:
+            i += 1
+        w = (x - ts[i - 1]) / (ts[i] - ts[i - 1])
+        a = self._rows[i - 1]
+        b = self._rows[i]
+        return [a[j] + (b[j] - a[j]) * w for j in range(len(a))]
+
+    def step_time_raw(
+        self, num_tokens: int, num_seqs: int, kv_read_tokens: int, attention_pairs: int
+    ) -> float:
+        if num_tokens <= 0:
+            return 0.0
+        t = _interp(self._kv, self._row_at(num_tokens), float(kv_read_tokens))
+        return t if t > 0.0 else 0.0
+
+    def decode_step_time(self, num_seqs: int, total_context_tokens: int) -> float:
+        return self.step_time_raw(num_seqs, num_seqs, total_context_tokens, 0)
+
+    def decode_run_time(self, num_seqs: int, total_context_tokens: int, k: int) -> float:
+        """Sum of k decode steps: context C + j n at step j, piecewise linear in it."""
+        if k <= 0 or num_seqs <= 0:
+            return 0.0
+        ys = self._row_at(num_seqs)
+        xs = self._kv
+        n = float(num_seqs)
+        c0 = float(total_context_tokens)
+        total = 0.0
+        j = 0
+        while j < k:
+            x = c0 + j * n
+            # the linear piece holding x and the last step j_end (exclusive) on it
+            i = 1
+            while i < len(xs) - 1 and x > xs[i]:
+                i += 1
+            if len(xs) == 1:
+                slope = 0.0
+                y0 = ys[0]
+                x0 = x
+                j_end = k
+            else:
+                x0, x1 = xs[i - 1], xs[i]
+                y0 = ys[i - 1]
+                slope = (ys[i] - y0) / (x1 - x0)
+                if i < len(xs) - 1:
+                    # steps with c0 + j n <= x1 stay on this piece
+                    j_end = min(k, math.floor((x1 - c0) / n) + 1)
+                    if j_end <= j:
+                        j_end = j + 1
+                else:
+                    j_end = k
+            cnt = j_end - j
+            # sum over jj in [j, j_end) of y0 + slope (c0 + jj n - x0)
+            sum_j = (j + j_end - 1) * cnt / 2.0
+            total += cnt * (y0 + slope * (c0 - x0)) + slope * n * sum_j
+            j = j_end
+        return total
+
+    def steps_within(
+        self, num_seqs: int, total_context_tokens: int, budget: float, limit: int | None = None
+    ) -> int:
+        if budget <= 0.0 or num_seqs <= 0:
+            return 0
+        first = self.decode_step_time(num_seqs, total_context_tokens)
+        if first > budget:
+            return 0
+        hi = int(budget / first) + 1 if first > 0.0 else (limit or 1 << 30)
+        if limit is not None and limit < hi:
+            hi = max(1, limit)
+        lo = 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.decode_run_time(num_seqs, total_context_tokens, mid) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def with_params(self, params: StepTimeParams) -> StepTimeModel:
+        rows = [
+            (int(t), int(c), self._rows[i][j])
+            for i, t in enumerate(self._tokens)
+            for j, c in enumerate(self._kv)
+        ]
+        return ProfileTableModel(self.model, self.gpu, self.config, rows, params)
+
+
+def load_profile_table(path: str) -> list[tuple[int, int, float]]:
+    """Rows of a profile CSV: num_tokens, kv_read_tokens, seconds (header required)."""
+    import csv
+    from pathlib import Path
+
+    try:
+        with Path(path).open(encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            need = {"num_tokens", "kv_read_tokens", "seconds"}
+            if reader.fieldnames is None or not need <= set(reader.fieldnames):
+                raise ConfigError("profile", f"{path}: need the columns {sorted(need)}")
+            return [
+                (int(r["num_tokens"]), int(r["kv_read_tokens"]), float(r["seconds"]))
+                for r in reader
+            ]
+    except OSError as e:
+        raise ConfigError("profile", f"cannot read {path}: {e}") from e
+    except ValueError as e:
+        raise ConfigError("profile", f"{path}: {e}") from e
