@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -154,13 +155,8 @@ def test_tp_over_pcie_costs_more_per_step() -> None:
     m = get_model("llama-3-70b")
     cfg = EngineConfig(tensor_parallel_size=4)
     nv = StepTimeModel(m, get_gpu("h100-80gb"), cfg)
-    pcie_gpu = get_gpu("h100-80gb").__class__(
-        **{
-            **{f: getattr(get_gpu("h100-80gb"), f) for f in get_gpu("h100-80gb").__slots__},
-            "name": "h100-pcie",
-            "interconnect_bandwidth": 64e9,
-            "link": "pcie",
-        }  # fmt: skip
+    pcie_gpu = dataclasses.replace(
+        get_gpu("h100-80gb"), name="h100-pcie", interconnect_bandwidth=64e9, link="pcie"
     )
     pc = StepTimeModel(m, pcie_gpu, cfg)
     assert pc.comm_time(64) > 3 * nv.comm_time(64)
