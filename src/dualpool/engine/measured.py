@@ -39,18 +39,21 @@ from dualpool.engine.timing import StepTimeModel
 from dualpool.errors import CatalogError, ConfigError
 
 __all__ = [
+    "FitResult",
     "LatencyStats",
     "MeasuredRequest",
     "MeasuredRun",
     "ReplayResult",
     "compare",
     "find_runs",
+    "fit_step_params",
     "latency_stats",
     "load_bench_json",
     "load_run",
     "percentile",
     "replay",
     "resolve_specs",
+    "step_params_yaml",
 ]
 
 
@@ -440,13 +443,153 @@ def latency_stats(
     )  # fmt: skip
 
 
-def measured_stats(run: MeasuredRun) -> LatencyStats:
-    rs = run.requests
+def measured_stats(run: MeasuredRun, select: range | None = None) -> LatencyStats:
+    rs = run.requests if select is None else run.requests[select.start : select.stop]
     return latency_stats([r.ttft for r in rs], [r.e2e for r in rs], [r.tpot for r in rs])
 
 
-def compare(run: MeasuredRun, result: ReplayResult) -> dict[str, float]:
-    """Relative error (model / measured - 1) of each percentile."""
-    meas = measured_stats(run).as_dict()
-    mod = latency_stats(result.ttft, result.e2e, result.tpot).as_dict()
+def compare(
+    run: MeasuredRun, result: ReplayResult, select: range | None = None
+) -> dict[str, float]:
+    """Relative error (model / measured - 1) of each percentile.
+
+    `select`: only these requests (by arrival order) of the same replay,
+    e.g. the second half of a run as a holdout of a fit on the first half.
+    """
+    meas = measured_stats(run, select).as_dict()
+    if select is None:
+        mod = latency_stats(result.ttft, result.e2e, result.tpot).as_dict()
+    else:
+        a, b = select.start, select.stop
+        mod = latency_stats(result.ttft[a:b], result.e2e[a:b], result.tpot[a:b]).as_dict()
     return {k: (mod[k] / meas[k] - 1.0) if meas[k] else math.nan for k in meas}
+
+
+# -- fitting step-time parameters to a run ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FitResult:
+    """Step-time parameters fitted to a run, and the run's errors with them."""
+
+    params: StepTimeParams
+    # model / measured - 1 per percentile, before (the starting params) and after.
+    before: dict[str, float]
+    after: dict[str, float]
+    replays: int
+
+    @property
+    def max_abs_error(self) -> float:
+        return max(abs(v) for v in self.after.values())
+
+
+_FIT_FIELDS = ("flops_efficiency", "bandwidth_efficiency", "step_overhead_s", "per_seq_overhead_s")
+_FIT_BOUNDS = {
+    "flops_efficiency": (0.05, 1.0),
+    "bandwidth_efficiency": (0.05, 1.0),
+    "step_overhead_s": (0.0, 0.05),
+    "per_seq_overhead_s": (0.0, 1e-3),
+}
+
+
+def _loss(err: dict[str, float]) -> float:
+    """Mean squared log ratio of the six percentiles, plus the worst one."""
+    logs = [math.log1p(v) for v in err.values() if not math.isnan(v) and v > -1.0]
+    if len(logs) < len(err):
+        return math.inf
+    worst = max(abs(x) for x in logs)
+    return sum(x * x for x in logs) / len(logs) + worst * worst
+
+
+def fit_step_params(
+    run: MeasuredRun,
+    model: ModelSpec,
+    gpu: GPUSpec,
+    config: EngineConfig,
+    start: StepTimeParams | None = None,
+    num_gpu_blocks: int | None = None,
+    max_replays: int = 160,
+    select: range | None = None,
+) -> FitResult:
+    """Fit flops/bandwidth efficiency and the two overheads by replaying the run.
+
+    Pattern search (coordinate steps that halve when nothing improves) on
+    the P50/P90 of TTFT, E2E and TPOT, each replay a full `replay` of the
+    run: the fit sees queueing, chunked prefill, preemptions and recompute
+    the way the model plays them, not a per-step formula. ~100 replays of
+    a 300-request run take a few seconds. `select` fits on those requests
+    only (the whole run is still replayed, so their queueing is right).
+    """
+    base = start or StepTimeParams()
+    timing0 = StepTimeModel(model, gpu, config, base)
+    x = {
+        "flops_efficiency": timing0.flops_efficiency,
+        "bandwidth_efficiency": timing0.bandwidth_efficiency,
+        "step_overhead_s": base.step_overhead_s,
+        "per_seq_overhead_s": base.per_seq_overhead_s,
+    }
+    steps = {
+        "flops_efficiency": 0.1,
+        "bandwidth_efficiency": 0.1,
+        "step_overhead_s": 0.002,
+        "per_seq_overhead_s": 2e-5,
+    }
+    count = 0
+
+    def evaluate(v: dict[str, float]) -> tuple[float, dict[str, float]]:
+        nonlocal count
+        count += 1
+        p = replace_params(base, v)
+        res = replay(run, model, gpu, config, p, num_gpu_blocks=num_gpu_blocks)
+        err = compare(run, res, select)
+        return _loss(err), err
+
+    best, before = evaluate(x)
+    best_err = before
+    while count < max_replays:
+        improved = False
+        for name in _FIT_FIELDS:
+            lo, hi = _FIT_BOUNDS[name]
+            for sign in (1.0, -1.0):
+                cand = dict(x)
+                cand[name] = min(hi, max(lo, x[name] + sign * steps[name]))
+                if cand[name] == x[name] or (name.endswith("efficiency") and cand[name] <= 0):
+                    continue
+                loss, err = evaluate(cand)
+                if loss < best:
+                    best, best_err, x = loss, err, cand
+                    improved = True
+                    break
+            if count >= max_replays:
+                break
+        if not improved:
+            for name in steps:
+                steps[name] /= 2.0
+            if steps["flops_efficiency"] < 0.005:
+                break
+    return FitResult(replace_params(base, x), before, best_err, count)
+
+
+def replace_params(base: StepTimeParams, values: dict[str, float]) -> StepTimeParams:
+    from dataclasses import replace as _replace
+
+    return _replace(base, **{k: round(v, 6) for k, v in values.items()})
+
+
+def step_params_yaml(params: StepTimeParams, comment: str = "") -> str:
+    """The `step_params:` YAML fragment simulate, plan and emulate read."""
+    lines = [f"# {line}" for line in comment.splitlines()] if comment else []
+    lines.append("step_params:")
+    for name in (
+        "flops_efficiency",
+        "bandwidth_efficiency",
+        "interconnect_efficiency",
+        "step_overhead_s",
+        "per_seq_overhead_s",
+        "allreduce_latency_s",
+        "nccl_latency_s",
+    ):
+        v = getattr(params, name)
+        if v is not None:
+            lines.append(f"  {name}: {v:.6g}")
+    return "\n".join(lines) + "\n"
