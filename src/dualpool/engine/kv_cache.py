@@ -36,6 +36,10 @@ from collections import deque
 from dualpool.engine.request import Request
 
 
+def _segment(request: Request) -> list[object] | None:
+    return request._cseg
+
+
 class KVCacheManager:
     """Free/used block counts of one instance, and the cached prefixes of preempted requests."""
 
@@ -139,13 +143,17 @@ class KVCacheManager:
         if request._cseg is None:
             return 0
         self._reconcile()
-        if request._cseg is None:
+        # NOTE: re-read through a call: _reconcile may have evicted the whole
+        # segment (request._cseg = None), and a narrowed attribute read would
+        # not see it (mypyc compiles the narrowing as a type check).
+        mine = _segment(request)
+        if mine is None:
             return 0
         ahead = 0
         for seg in self._segs:
             gap: int = seg[2]  # type: ignore[assignment]
             count: int = seg[1]  # type: ignore[assignment]
-            if seg is request._cseg:
+            if seg is mine:
                 eaten = extra - ahead - gap
                 return count if eaten <= 0 else max(0, count - eaten)
             ahead += gap + count

@@ -644,7 +644,8 @@ class Scheduler:
                 # surviving cached prefix counts as computed (vLLM's
                 # get_computed_blocks, at most num_tokens - 1 tokens).
                 hit = 0
-                if req._cseg is not None:
+                cached = req._cseg is not None
+                if cached:
                     hit = min(kv.cached_blocks(req), (total - 1) // bs)
                 p = hit * bs
                 num_new = total - p
@@ -655,8 +656,8 @@ class Scheduler:
                 need = -(-(p + num_new) // bs)
                 if need > kv.num_free_blocks:
                     break
-                if req._cseg is not None:
-                    kv.take_cached(req, hit)
+                if cached:
+                    kv.take_cached(req, hit)  # (a no-op if evicted meanwhile)
                 kv.take(need - hit)
                 req._b = need
                 req._c = p
