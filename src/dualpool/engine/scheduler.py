@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from heapq import heappop, heappush
-from typing import Any, Final
+from typing import Final
 
 from dualpool.engine.config import EngineConfig
 from dualpool.engine.kv_cache import KVCacheManager
@@ -171,6 +171,24 @@ class FastForwardResult:
         self.num_generated_tokens = num_generated_tokens
 
 
+class RunPlan:
+    """The last decode run `_plan_decode_run` planned (any state change clears it).
+
+    `now` it was planned at, `k` steps, `k_done` steps to the next
+    completion, `ctx` the members' total context, `end` the run's end time
+    (-1 until first needed).
+    """
+
+    __slots__ = ("ctx", "end", "k", "k_done", "now")
+
+    def __init__(self, now: float, k: int, k_done: int, ctx: int, end: float) -> None:
+        self.now = now
+        self.k = k
+        self.k_done = k_done
+        self.ctx = ctx
+        self.end = end
+
+
 class Scheduler:
     """One instance's queue, batch and KV cache (vLLM v1 semantics).
 
@@ -255,7 +273,7 @@ class Scheduler:
         self.list_decode_members = True
         # [now, k, steps to completion, context, end time or -1] of the last
         # decode-run plan; any state change clears it (see _plan_decode_run).
-        self._ff_cache: list[Any] | None = None
+        self._ff_cache: RunPlan | None = None
         # Counters for /metrics (vllm:* names in the docstrings of properties).
         self.num_preemptions_total = 0
         self.prompt_tokens_total = 0
@@ -840,16 +858,16 @@ class Scheduler:
             return res, 0, t
         k, k_done, ctx = nxt
         end = t + self.timing.decode_run_time(len(self.running), ctx, k)
-        self._ff_cache = [t, k, k_done, ctx, end]
+        self._ff_cache = RunPlan(t, k, k_done, ctx, end)
         return res, k, end
 
     def _run_end(self, now: float, k: int, ctx: int) -> float:
         """End time of a k-step run planned at now; the whole run's is cached."""
         cache = self._ff_cache
-        if cache is not None and cache[1] == k and cache[0] == now:
-            end: float = cache[4]
+        if cache is not None and cache.k == k and cache.now == now:
+            end = cache.end
             if end < 0.0:
-                end = cache[4] = now + self.timing.decode_run_time(len(self.running), ctx, k)
+                end = cache.end = now + self.timing.decode_run_time(len(self.running), ctx, k)
             return end
         return now + self.timing.decode_run_time(len(self.running), ctx, k)
 
@@ -862,19 +880,19 @@ class Scheduler:
         if until_time is not None and until_time <= now:
             return None
         cache = self._ff_cache
-        if cache is not None and cache[0] == now:
+        if cache is not None and cache.now == now:
             # NOTE: a driver peeks a run, then applies it (or its part before an
             # arrival) without changing the state in between: reuse the O(n) scan.
-            k = cache[1]
-            k_done = cache[2]
-            ctx = cache[3]
+            k = cache.k
+            k_done = cache.k_done
+            ctx = cache.ctx
         else:
             plan = self._plan_full_run()
             if plan is None:
                 return None
             k, k_done, ctx = plan
             # the end time of the whole run is filled in when first needed
-            self._ff_cache = [now, k, k_done, ctx, -1.0]
+            self._ff_cache = RunPlan(now, k, k_done, ctx, -1.0)
         timing = self.timing
         if max_steps is not None and max_steps < k:
             k = max_steps
