@@ -285,6 +285,11 @@ def resolve_specs(
         spec_g = next(
             (g for n, g in catalog.gpus.items() if _norm(n) == gkey or _norm(n) in gkey), None
         )
+        if spec_g is None:
+            # "NVIDIA A100-SXM4-80GB" -> a100-80gb: the name without its memory suffix
+            hits = [n for n in catalog.gpus if re.sub(r"\d+gb$", "", _norm(n)) in gkey]
+            if len(hits) == 1:
+                spec_g = catalog.gpus[hits[0]]
     else:
         stem = _norm(run.name.split("_")[0])
         # the file prefix names the GPU: rtx4090_ -> rtx-4090, h100_ -> h100-80gb
