@@ -244,8 +244,9 @@ BUILTIN_GPUS: dict[str, GPUSpec] = {
         price_per_hour=1.89,
         link="pcie",
         # Measured on shared/data/vllm-runs/rtxpro6000_llama31_8b (vLLM 0.19):
-        # unqueued prefills run at ~46% of 500 TFLOPS (1,320 tokens in
-        # 79 ms), decode-only steps at ~80% of 1,792 GB/s.
+        # unqueued prefills run at ~47% of 500 TFLOPS (1,320 tokens in
+        # 79 ms), decode-only steps at ~80% of 1,792 GB/s; 0.55 / 0.8 (the
+        # old defaults) put the run's percentiles within 7.2%.
         flops_efficiency=0.55,
         bandwidth_efficiency=0.8,
     ),
@@ -266,9 +267,10 @@ BUILTIN_GPUS: dict[str, GPUSpec] = {
         price_per_hour=0.35,
         link="pcie",
         # Measured on shared/data/vllm-runs/rtx4090_llama31_8b_seqs128 (vLLM
-        # 0.19): unqueued prefills at ~75% of 165.2 TFLOPS (2,358 tokens in
-        # 244 ms; GeForce cards boost above their rated clock), decode-only
-        # seconds at ~88% of 1,008 GB/s (25.5 ms a step with 41K tokens of KV).
+        # 0.19): unqueued prefills at ~80% of 165.2 TFLOPS (2,358 tokens in
+        # 244 ms; GeForce cards boost above their rated clock; 0.75 here, as
+        # the model adds a 2 ms step overhead), decode-only seconds at ~88% of
+        # 1,008 GB/s (25.5 ms a step with 41K tokens of KV).
         flops_efficiency=0.75,
         bandwidth_efficiency=0.88,
     ),
