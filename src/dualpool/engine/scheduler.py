@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from heapq import heappop, heappush
 from typing import Final
 
 from dualpool.engine.config import EngineConfig
@@ -201,11 +200,6 @@ class Scheduler:
         "_chunked",
         "_ff_cache",
         "_g",
-        "_gdone",
-        "_gheap",
-        "_ghist",
-        "_gn",
-        "_gsum",
         "_max_batched",
         "_max_len",
         "_max_seqs",
@@ -251,21 +245,11 @@ class Scheduler:
         # last one is the first to be preempted.
         self.running: dict[Request, None] = {}
         self._adm_seq = 0
-        # The lazy decode group: every running request in steady decode state
-        # (num_computed_tokens == num_tokens - 1, blocks as allocate_slots
-        # leaves them) is a member. Its counters are offsets from _g.d, the
-        # group's step counter, so a decode step of all members is d += 1.
-        # _gn members, _gsum the sum of their computed-token offsets (the
-        # context is _gsum + _gn * d), _ghist[r] members with offset % bs == r
-        # (the ones needing a new block at a step), _gdone[step] the members
-        # finishing at that group step, _gheap those steps (lazy min-heap).
-        bs = config.block_size
-        self._g = DecodeGroup(bs)
-        self._gn = 0
-        self._gsum = 0
-        self._ghist = [0] * bs
-        self._gdone: dict[int, list[Request]] = {}
-        self._gheap: list[int] = []
+        # The lazy decode group (request.DecodeGroup): every running request in
+        # steady decode state (num_computed_tokens == num_tokens - 1, blocks as
+        # allocate_slots leaves them) is a member; a decode step of all members
+        # is g.d += 1.
+        self._g = DecodeGroup(config.block_size)
         self._pending: SchedulerOutput | None = None
         # False: a fast step's SchedulerOutput.scheduled / num_scheduled_tokens
         # leave out the decode-group members (their count is group_size), which
@@ -366,7 +350,7 @@ class Scheduler:
         self._ff_cache = None
         if req.status == _RUNNING:
             if req._grp is not None:
-                self._leave(req)
+                self._g.leave(req)
             del self.running[req]
             self.kv.free(req)
         else:
@@ -396,111 +380,30 @@ class Scheduler:
 
     # -- the lazy decode group -------------------------------------------------
 
-    def _join(self, req: Request) -> None:
-        """Make a running request in decode state a member of the group."""
-        g = self._g
-        bs = g.block_size
-        c = req._c
-        if req._b != -(-c // bs):
-            return  # not the block layout allocate_slots leaves: stays eager
-        d = g.d
-        off = c - d
-        req._c = off
-        req._o -= d
-        req._grp = g
-        self._gn += 1
-        self._gsum += off
-        self._ghist[off % bs] += 1
-        fin = req.output_tokens - req._o  # the group step at which it finishes
-        req._fin = fin
-        lst = self._gdone.get(fin)
-        if lst is None:
-            self._gdone[fin] = [req]
-            heappush(self._gheap, fin)
-        else:
-            lst.append(req)
-
-    def _unlink(self, req: Request) -> None:
-        """Materialize one member's counters and drop it from the group."""
-        g = self._g
-        bs = g.block_size
-        off = req._c
-        self._gn -= 1
-        self._gsum -= off
-        self._ghist[off % bs] -= 1
-        c = off + g.d
-        req._c = c
-        req._o += g.d
-        req._b = -(-(c + g.pending) // bs)
-        req._grp = None
-        req._fin = -1
-
-    def _leave(self, req: Request) -> None:
-        fin = req._fin
-        lst = self._gdone[fin]
-        if len(lst) == 1:
-            del self._gdone[fin]
-        else:
-            lst.remove(req)
-        self._unlink(req)
-
     def _dissolve(self) -> None:
         """Materialize every member (before a step the group cannot take)."""
-        if not self._gn:
-            return
-        g = self._g
-        d = g.d
-        p = g.pending
-        bs = g.block_size
-        for req in self.running:
-            if req._grp is g:
-                c = req._c + d
-                req._c = c
-                req._o += d
-                req._b = -(-(c + p) // bs)
-                req._grp = None
-                req._fin = -1
-        self._gn = 0
-        self._gsum = 0
-        self._ghist = [0] * bs
-        self._gdone = {}
-        self._gheap = []
+        self._g.dissolve(self.running)
 
     def _regroup(self) -> None:
         for req in self.running:
             if req._grp is None and req._o > 0 and req._c == req.prompt_tokens + req._o - 1:
-                self._join(req)
+                self._g.join(req)
 
     def _finish_group(self, key: int, now: float, finished: list[Request]) -> None:
         """Finish the members whose output target is reached at group step `key`."""
-        lst = self._gdone.pop(key, None)
+        g = self._g
+        lst = g.pop_finishers(key)
         if not lst:
             return
-        if len(lst) > 1:
-            lst.sort(key=_admission_order)  # the order step-by-step would finish them
         running = self.running
         requests = self.requests
-        g = self._g
-        d = g.d
-        bs = g.block_size
-        hist = self._ghist
         freed = 0
         for req in lst:
-            # _unlink + _finish, inline (a completion is the commonest group exit)
-            off = req._c
-            self._gsum -= off
-            hist[off % bs] -= 1
-            c = off + d
-            o = req._o + d
-            req._c = c
-            req._o = o
-            req._grp = None
-            req._fin = -1
-            freed += -(-(c + g.pending) // bs)
+            freed += g.settle(req)
             req._b = 0
             req.status = (
                 RequestStatus.FINISHED_LENGTH_CAPPED
-                if o >= req.max_tokens
+                if req._o >= req.max_tokens
                 else RequestStatus.FINISHED_STOPPED
             )
             req.finish_time = now
@@ -508,7 +411,7 @@ class Scheduler:
             del running[req]
             finished.append(req)
         n = len(lst)
-        self._gn -= n
+        g.n -= n
         self.num_finished_total += n
         self.kv.release(freed)
 
@@ -521,7 +424,7 @@ class Scheduler:
         self._ff_cache = None
         running = self.running
         g = self._g
-        gn = self._gn
+        gn = g.n
         nrun = len(running)
         budget = self._max_batched
         kv = self.kv
@@ -539,13 +442,13 @@ class Scheduler:
         if gn:
             if gn > budget:
                 return self._schedule_slow()
-            need = self._ghist[-g.d % g.block_size]
+            need = g.due(0)
             if need > kv.num_free_blocks:
                 return self._schedule_slow()
             kv.take(need)
             g.pending = 1
             budget -= gn
-            kv_read = self._gsum + gn * g.d
+            kv_read = g.context()
             pairs = kv_read + gn
             decode_tokens = gn
         listed = self.list_decode_members
@@ -735,7 +638,7 @@ class Scheduler:
             if gs:
                 # Every member (minus any aborted since schedule()) decodes one token.
                 g.d += 1
-                generated = self._gn
+                generated = g.n
                 self._finish_group(g.d, now, result.finished)
                 if output.group_listed:
                     scheduled = scheduled[gs:]
@@ -759,7 +662,7 @@ class Scheduler:
                 del running[req]
                 result.finished.append(req)
             elif gs >= 0:
-                self._join(req)  # now decoding
+                self._g.join(req)  # now decoding
         if gs < 0:
             self._regroup()
         self.generation_tokens_total += generated
@@ -915,12 +818,12 @@ class Scheduler:
         n = len(running)
         if self._pending is not None or n == 0 or n > self._max_batched:
             return None
-        if self._gn != n:
+        if self._g.n != n:
             return None  # a prefill (or recompute) is in flight
         g = self._g
         bs = g.block_size
         d = g.d
-        hist = self._ghist
+        hist = g.hist
         free = self.kv.num_free_blocks
         need_next = hist[-d % bs]  # blocks the next step allocates
 
@@ -948,11 +851,7 @@ class Scheduler:
                 if -(-(p + chunk) // bs) <= free - need_next:
                     return None  # the next step admits it
 
-        heap = self._gheap
-        done = self._gdone
-        while heap[0] not in done:
-            heappop(heap)
-        k_done = heap[0] - d
+        k_done = g.next_finish()
 
         # Steps before a block allocation fails. A member with c computed
         # tokens needs a new block at steps j with (c + j - 1) % bs == 0, so
@@ -973,7 +872,7 @@ class Scheduler:
             k = min(k_done, q * bs + o_fail - 1)
         if k <= 0:
             return None
-        return k, k_done, self._gsum + n * d
+        return k, k_done, g.context()
 
     def _apply_decode_run(
         self, now: float, k: int, k_done: int, ctx: int, end: float
@@ -983,7 +882,7 @@ class Scheduler:
         g = self._g
         bs = g.block_size
         d = g.d
-        hist = self._ghist
+        hist = g.hist
         qk, rk = divmod(k, bs)
         used = qk * n
         for j in range(rk):
@@ -996,7 +895,3 @@ class Scheduler:
         if k == k_done:
             self._finish_group(d + k, end, result.finished)
         return result
-
-
-def _admission_order(req: Request) -> int:
-    return req._adm
