@@ -95,8 +95,8 @@ class KVCacheManager:
 
     def free(self, request: Request) -> None:
         """Return all of the request's blocks to the pool (no cached prefix kept)."""
-        self.release(request._b)
-        request._b = 0
+        self.release(request._blocks)
+        request._blocks = 0
 
     def free_cached(self, request: Request, num_blocks: int, cached: int) -> None:
         """Free a preempted request's blocks, keeping its first `cached` full blocks hashed.

@@ -102,19 +102,19 @@ class DecodeGroup:
         """Make a running request in decode state a member (if its blocks are as
         allocate_slots leaves them; otherwise it stays eager)."""
         bs = self.block_size
-        c = req._c
-        if req._b != -(-c // bs):
+        c = req._computed
+        if req._blocks != -(-c // bs):
             return
         d = self.d
         off = c - d
-        req._c = off
-        req._o -= d
-        req._grp = self
+        req._computed = off
+        req._generated -= d
+        req._group = self
         self.n += 1
         self.ctx_sum += off
         self.hist[off % bs] += 1
-        fin = req.output_tokens - req._o  # the group step at which it finishes
-        req._fin = fin
+        fin = req.output_tokens - req._generated  # the group step at which it finishes
+        req._finish_step = fin
         lst = self.done.get(fin)
         if lst is None:
             self.done[fin] = [req]
@@ -125,20 +125,20 @@ class DecodeGroup:
     def _unlink(self, req: Request) -> None:
         """Materialize one member's counters and drop it from the aggregates."""
         bs = self.block_size
-        off = req._c
+        off = req._computed
         self.n -= 1
         self.ctx_sum -= off
         self.hist[off % bs] -= 1
         c = off + self.d
-        req._c = c
-        req._o += self.d
-        req._b = -(-(c + self.pending) // bs)
-        req._grp = None
-        req._fin = -1
+        req._computed = c
+        req._generated += self.d
+        req._blocks = -(-(c + self.pending) // bs)
+        req._group = None
+        req._finish_step = -1
 
     def leave(self, req: Request) -> None:
         """Take one member out (an abort): its counters become plain values again."""
-        fin = req._fin
+        fin = req._finish_step
         lst = self.done[fin]
         if len(lst) == 1:
             del self.done[fin]
@@ -154,13 +154,13 @@ class DecodeGroup:
         p = self.pending
         bs = self.block_size
         for req in running:
-            if req._grp is self:
-                c = req._c + d
-                req._c = c
-                req._o += d
-                req._b = -(-(c + p) // bs)
-                req._grp = None
-                req._fin = -1
+            if req._group is self:
+                c = req._computed + d
+                req._computed = c
+                req._generated += d
+                req._blocks = -(-(c + p) // bs)
+                req._group = None
+                req._finish_step = -1
         self.n = 0
         self.ctx_sum = 0
         self.hist = [0] * bs
@@ -182,14 +182,14 @@ class DecodeGroup:
         (`_unlink` for the commonest exit, without the per-member count:
         the caller subtracts len(finishers) from `n` once.)"""
         bs = self.block_size
-        off = req._c
+        off = req._computed
         self.ctx_sum -= off
         self.hist[off % bs] -= 1
         d = self.d
-        req._c = off + d
-        req._o += d
-        req._grp = None
-        req._fin = -1
+        req._computed = off + d
+        req._generated += d
+        req._group = None
+        req._finish_step = -1
         return -(-(off + d + self.pending) // bs)
 
     def next_finish(self) -> int:
@@ -202,7 +202,7 @@ class DecodeGroup:
 
 
 def _admission_order(req: Request) -> int:
-    return req._adm
+    return req._admission
 
 
 class Request:
@@ -210,18 +210,18 @@ class Request:
 
     `num_computed_tokens`, `num_output_tokens` and `num_blocks` read through
     the scheduler's decode group while the request is a member (the raw
-    slots `_c`, `_o` then hold offsets from the group's step counter), so
+    slots `_computed`, `_generated` then hold offsets from the group's step counter), so
     they are always current whoever reads them.
     """
 
     __slots__ = (
-        "_adm",
-        "_b",
-        "_c",
+        "_admission",
+        "_blocks",
+        "_computed",
         "_cseg",
-        "_fin",
-        "_grp",
-        "_o",
+        "_finish_step",
+        "_generated",
+        "_group",
         "arrival_time",
         "error",
         "finish_time",
@@ -258,21 +258,21 @@ class Request:
         # workload's output length; generation stops there (EOS).
         self.output_tokens = output_tokens
         self.arrival_time = arrival_time
-        self._c = num_computed_tokens
-        self._o = num_output_tokens
+        self._computed = num_computed_tokens
+        self._generated = num_output_tokens
         self.status = status
         self.num_preemptions = num_preemptions
         # KV blocks held (managed by KVCacheManager).
-        self._b = num_blocks
+        self._blocks = num_blocks
         self.first_token_time = first_token_time
         self.finish_time = finish_time
         # The 400 message when status is FINISHED_REJECTED.
         self.error = error
         # Decode group membership (None: the raw counters are the values),
         # the group step at which it finishes, and its admission number.
-        self._grp: DecodeGroup | None = None
-        self._fin = -1
-        self._adm = 0
+        self._group: DecodeGroup | None = None
+        self._finish_step = -1
+        self._admission = 0
         # The free-queue segment of this request's cached prefix while it waits
         # after a preemption (KVCacheManager, prefix caching); None otherwise.
         self._cseg: list[object] | None = None
@@ -287,36 +287,36 @@ class Request:
 
     @property
     def num_computed_tokens(self) -> int:
-        g = self._grp
-        return self._c if g is None else self._c + g.d
+        g = self._group
+        return self._computed if g is None else self._computed + g.d
 
     @num_computed_tokens.setter
     def num_computed_tokens(self, value: int) -> None:
-        g = self._grp
-        self._c = value if g is None else value - g.d
+        g = self._group
+        self._computed = value if g is None else value - g.d
 
     @property
     def num_output_tokens(self) -> int:
-        g = self._grp
-        return self._o if g is None else self._o + g.d
+        g = self._group
+        return self._generated if g is None else self._generated + g.d
 
     @num_output_tokens.setter
     def num_output_tokens(self, value: int) -> None:
-        g = self._grp
-        self._o = value if g is None else value - g.d
+        g = self._group
+        self._generated = value if g is None else value - g.d
 
     @property
     def num_blocks(self) -> int:
-        g = self._grp
+        g = self._group
         if g is None:
-            return self._b
-        return -(-(self._c + g.d + g.pending) // g.block_size)
+            return self._blocks
+        return -(-(self._computed + g.d + g.pending) // g.block_size)
 
     @num_blocks.setter
     def num_blocks(self, value: int) -> None:
-        if self._grp is not None:
+        if self._group is not None:
             raise RuntimeError("a decode group member's blocks follow its tokens")
-        self._b = value
+        self._blocks = value
 
     @property
     def num_tokens(self) -> int:

@@ -349,7 +349,7 @@ class Scheduler:
             return None
         self._ff_cache = None
         if req.status == _RUNNING:
-            if req._grp is not None:
+            if req._group is not None:
                 self._g.leave(req)
             del self.running[req]
             self.kv.free(req)
@@ -369,11 +369,11 @@ class Scheduler:
         # With prefix caching its computed full blocks stay hashed in the free
         # queue (vLLM's _preempt_request -> kv_cache_manager.free).
         kv = self.kv
-        cached = victim._c // kv.block_size if self._prefix else 0
-        kv.free_cached(victim, victim._b, min(cached, victim._b))
-        victim._b = 0
+        cached = victim._computed // kv.block_size if self._prefix else 0
+        kv.free_cached(victim, victim._blocks, min(cached, victim._blocks))
+        victim._blocks = 0
         victim.status = RequestStatus.PREEMPTED
-        victim._c = 0
+        victim._computed = 0
         victim.num_preemptions += 1
         self.num_preemptions_total += 1
         self.waiting.appendleft(victim)
@@ -386,7 +386,11 @@ class Scheduler:
 
     def _regroup(self) -> None:
         for req in self.running:
-            if req._grp is None and req._o > 0 and req._c == req.prompt_tokens + req._o - 1:
+            if (
+                req._group is None
+                and req._generated > 0
+                and req._computed == req.prompt_tokens + req._generated - 1
+            ):
                 self._g.join(req)
 
     def _finish_group(self, key: int, now: float, finished: list[Request]) -> None:
@@ -400,10 +404,10 @@ class Scheduler:
         freed = 0
         for req in lst:
             freed += g.settle(req)
-            req._b = 0
+            req._blocks = 0
             req.status = (
                 RequestStatus.FINISHED_LENGTH_CAPPED
-                if req._o >= req.max_tokens
+                if req._generated >= req.max_tokens
                 else RequestStatus.FINISHED_STOPPED
             )
             req.finish_time = now
@@ -436,7 +440,7 @@ class Scheduler:
             if gn != nrun - 1:
                 return self._schedule_slow()
             tail = next(reversed(running))
-            if tail._grp is not None:
+            if tail._group is not None:
                 return self._schedule_slow()
         prefill_tokens = decode_tokens = kv_read = pairs = 0
         if gn:
@@ -461,8 +465,8 @@ class Scheduler:
         preempted: list[str] = []
         if tail is not None:
             if budget > 0:
-                p = tail._c
-                num_new = tail.prompt_tokens + tail._o - p
+                p = tail._computed
+                num_new = tail.prompt_tokens + tail._generated - p
                 if num_new > budget:
                     num_new = budget
                 if kv.allocate_slots(tail, num_new) is None:
@@ -476,7 +480,11 @@ class Scheduler:
                     budget -= num_new
                     kv_read += p
                     pairs += num_new * p + num_new * (num_new + 1) // 2
-                    if num_new == 1 and tail._o > 0 and p == tail.prompt_tokens + tail._o - 1:
+                    if (
+                        num_new == 1
+                        and tail._generated > 0
+                        and p == tail.prompt_tokens + tail._generated - 1
+                    ):
                         decode_tokens += 1
                     else:
                         prefill_tokens += num_new
@@ -505,7 +513,7 @@ class Scheduler:
         i = 0
         while i < end and budget > 0:
             req = order[i]
-            num_new = req.prompt_tokens + req._o - req._c
+            num_new = req.prompt_tokens + req._generated - req._computed
             if num_new > budget:
                 num_new = budget
             while kv.allocate_slots(req, num_new) is None:
@@ -520,13 +528,17 @@ class Scheduler:
                 if victim is req:
                     break
             else:
-                p = req._c
+                p = req._computed
                 scheduled.append(req)
                 counts.append(num_new)
                 budget -= num_new
                 kv_read += p
                 pairs += num_new * p + num_new * (num_new + 1) // 2
-                if num_new == 1 and req._o > 0 and p == req.prompt_tokens + req._o - 1:
+                if (
+                    num_new == 1
+                    and req._generated > 0
+                    and p == req.prompt_tokens + req._generated - 1
+                ):
                     decode_tokens += 1
                 else:
                     prefill_tokens += num_new
@@ -560,7 +572,7 @@ class Scheduler:
             bs = kv.block_size
             while waiting and budget > 0 and len(running) < max_seqs:
                 req = waiting[0]
-                total = req.prompt_tokens + req._o
+                total = req.prompt_tokens + req._generated
                 # A waiting request holds no blocks; after a preemption its
                 # surviving cached prefix counts as computed (vLLM's
                 # get_computed_blocks, at most num_tokens - 1 tokens).
@@ -580,12 +592,12 @@ class Scheduler:
                 if cached:
                     kv.take_cached(req, hit)  # (a no-op if evicted meanwhile)
                 kv.take(need - hit)
-                req._b = need
-                req._c = p
+                req._blocks = need
+                req._computed = p
                 waiting.popleft()
                 req.status = _RUNNING
                 self._adm_seq += 1
-                req._adm = self._adm_seq
+                req._admission = self._adm_seq
                 running[req] = None
                 admitted.append(req.request_id)
                 scheduled.append(req)
@@ -647,17 +659,17 @@ class Scheduler:
         for req, n in zip(scheduled, counts, strict=True):
             if req.status != _RUNNING:
                 continue  # aborted between schedule() and now
-            c = req._c + n
-            req._c = c
-            if c < req.prompt_tokens + req._o:
+            c = req._computed + n
+            req._computed = c
+            if c < req.prompt_tokens + req._generated:
                 continue  # a partial prefill: no token sampled yet
-            req._o += 1
+            req._generated += 1
             generated += 1
             if req.first_token_time is None:
                 req.first_token_time = now
                 self.prompt_tokens_total += req.prompt_tokens
                 result.first_tokens.append(req)
-            if req._o >= req.output_tokens:
+            if req._generated >= req.output_tokens:
                 self._finish(req, now)
                 del running[req]
                 result.finished.append(req)
@@ -673,12 +685,12 @@ class Scheduler:
         # A non-member (members are unlinked first): the raw counters are current.
         req.status = (
             RequestStatus.FINISHED_LENGTH_CAPPED
-            if req._o >= req.max_tokens
+            if req._generated >= req.max_tokens
             else RequestStatus.FINISHED_STOPPED
         )
         req.finish_time = now
-        self.kv.release(req._b)
-        req._b = 0
+        self.kv.release(req._blocks)
+        req._blocks = 0
         del self.requests[req.request_id]
         self.num_finished_total += 1
 
@@ -838,7 +850,7 @@ class Scheduler:
         if self.waiting and n < self._max_seqs:
             left_budget = self._max_batched - n
             head = self.waiting[0]
-            total = head.prompt_tokens + head._o
+            total = head.prompt_tokens + head._generated
             p = 0
             if head._cseg is not None:
                 # Its cached prefix after the next step's allocations. Along the
