@@ -32,7 +32,7 @@ def test_overload_queues_and_preempts() -> None:
     cfg = EmulatorConfig(
         model=MODEL,
         tensor_parallel_size=1,
-        gpu_memory_utilization=0.25,
+        gpu_memory_utilization=0.2322,  # 760 blocks (vLLM 0.19 memory account)
         max_model_len=4096,
         max_num_seqs=64,
         port=0,
@@ -127,11 +127,14 @@ def test_sigterm_exits_zero_and_ends_streams() -> None:
 
 def test_infeasible_config_is_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["emulate", "--model", "llama-3-70b", "--gpu", "a100-80gb", "--tp", "2"]
-    code = main([*argv, "--max-model-len", "8192", "--max-num-seqs", "128"])
+    # (At 8K vLLM 0.19's memory account leaves 10,512 KV tokens at TP 2; 16K does not fit.)
+    code = main([*argv, "--max-model-len", "16384", "--max-num-seqs", "128"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("dualpool emulate: error: ")
     assert "tensor_parallel_size=2" in err and "memory" in err
     # Without --tp the smallest feasible TP is chosen (4 for the paper's 70B pools).
-    cfg = EmulatorConfig(model="llama-3-70b", gpu="a100-80gb", max_model_len=8192, max_num_seqs=128)
+    cfg = EmulatorConfig(
+        model="llama-3-70b", gpu="a100-80gb", max_model_len=16384, max_num_seqs=128
+    )
     assert cfg.engine_config().tensor_parallel_size == 4

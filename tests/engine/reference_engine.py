@@ -78,9 +78,15 @@ class Request:  # the old dataclass
 
 
 class KVCacheManager:
-    """Free/used block counts of one instance."""
+    """Free/used block counts of one instance, and an explicit free queue.
 
-    __slots__ = ("block_size", "num_free_blocks", "num_gpu_blocks")
+    Prefix caching, block by block: the free queue holds one tag per free
+    block, None or (request, i) for a preempted request's cached full block
+    i. Allocations pop from the head (evicting), frees append at the tail,
+    a preempted request's blocks in reverse order (vLLM's free order).
+    """
+
+    __slots__ = ("block_size", "cached", "free_queue", "num_free_blocks", "num_gpu_blocks")
 
     def __init__(self, num_gpu_blocks: int, block_size: int) -> None:
         if num_gpu_blocks <= 0 or block_size <= 0:
@@ -90,6 +96,48 @@ class KVCacheManager:
         self.num_gpu_blocks = num_gpu_blocks
         self.block_size = block_size
         self.num_free_blocks = num_gpu_blocks
+        self.free_queue: deque[tuple[Request, int] | None] = deque([None] * num_gpu_blocks)
+        # request -> indices of its full blocks still cached in the free queue
+        self.cached: dict[Request, set[int]] = {}
+
+    def _pop(self, n: int) -> None:
+        for _ in range(n):
+            tag = self.free_queue.popleft()
+            if tag is not None:
+                self.cached[tag[0]].discard(tag[1])
+        self.num_free_blocks -= n
+
+    def _push(self, n: int) -> None:
+        self.free_queue.extend([None] * n)
+        self.num_free_blocks += n
+
+    def prefix_hit(self, request: Request) -> int:
+        """Leading full blocks of the request still cached."""
+        have = self.cached.get(request, set())
+        h = 0
+        while h in have:
+            h += 1
+        return h
+
+    def take_prefix(self, request: Request, n: int) -> None:
+        """Take the request's first n cached blocks out of the free queue; forget the rest."""
+        self.cached.pop(request, None)
+        q = self.free_queue
+        for i, tag in enumerate(q):
+            if tag is not None and tag[0] is request:
+                q[i] = None if tag[1] >= n else (request, -1)
+        kept = deque(t for t in q if t is None or t[1] != -1)
+        self.free_queue = kept
+        self.num_free_blocks -= n
+
+    def free_preempted(self, request: Request, cached: int) -> None:
+        """Free a preempted request's blocks: uncached ones, then cached last to first."""
+        self.free_queue.extend([None] * (request.num_blocks - cached))
+        self.free_queue.extend((request, i) for i in reversed(range(cached)))
+        if cached:
+            self.cached[request] = set(range(cached))
+        self.num_free_blocks += request.num_blocks
+        request.num_blocks = 0
 
     @property
     def num_used_blocks(self) -> int:
@@ -110,13 +158,13 @@ class KVCacheManager:
         need = self.blocks_needed(request, num_new_tokens)
         if need > self.num_free_blocks:
             return None
-        self.num_free_blocks -= need
+        self._pop(need)
         request.num_blocks += need
         return need
 
     def free(self, request: Request) -> None:
         """Return all of the request's blocks to the pool."""
-        self.num_free_blocks += request.num_blocks
+        self._push(request.num_blocks)
         request.num_blocks = 0
 
 
@@ -309,6 +357,8 @@ class Scheduler:
             self.kv.free(req)
         else:
             self.waiting.remove(req)
+            if req in self.kv.cached:
+                self.kv.take_prefix(req, 0)
         req.status = RequestStatus.FINISHED_ABORTED
         req.finish_time = now
         self.num_aborted_total += 1
@@ -317,7 +367,13 @@ class Scheduler:
     # -- one step ------------------------------------------------------------
 
     def _preempt(self, victim: Request) -> None:
-        self.kv.free(victim)
+        kv = self.kv
+        if self.config.enable_prefix_caching:
+            kv.free_preempted(
+                victim, min(victim.num_computed_tokens // kv.block_size, victim.num_blocks)
+            )
+        else:
+            kv.free(victim)
         victim.status = RequestStatus.PREEMPTED
         victim.num_computed_tokens = 0
         victim.num_preemptions += 1
@@ -375,13 +431,22 @@ class Scheduler:
             chunked = cfg.enable_chunked_prefill
             while waiting and budget > 0 and len(running) < max_seqs:
                 req = waiting[0]
-                num_new = req.num_tokens  # num_computed_tokens is 0 while waiting
+                # After a preemption the surviving cached prefix counts as computed
+                # (at most num_tokens - 1 tokens).
+                hit = min(kv.prefix_hit(req), (req.num_tokens - 1) // kv.block_size)
+                p = hit * kv.block_size
+                num_new = req.num_tokens - p
                 if num_new > budget:
                     if not chunked:
                         break
                     num_new = budget
-                if kv.allocate_slots(req, num_new) is None:
+                if -(-(p + num_new) // kv.block_size) > kv.num_free_blocks:
                     break
+                if req in kv.cached:
+                    kv.take_prefix(req, hit)
+                req.num_blocks = hit
+                req.num_computed_tokens = p
+                kv.allocate_slots(req, num_new)
                 waiting.popleft()
                 req.status = _RUNNING
                 running.append(req)
@@ -390,7 +455,8 @@ class Scheduler:
                 counts.append(num_new)
                 budget -= num_new
                 prefill_tokens += num_new
-                pairs += num_new * (num_new + 1) // 2
+                kv_read += p
+                pairs += num_new * p + num_new * (num_new + 1) // 2
 
         out = SchedulerOutput(
             scheduled=scheduled,

@@ -104,3 +104,22 @@ def test_report_runs_and_prints_the_doc_figures(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "smallest feasible TP for long 64K/16: 4" in out
     assert "16 sequences x 65,536 tokens need 160.0 GiB per GPU at TP2" in out
+
+
+def test_rtx4090_matches_vllm_019_logged_blocks() -> None:
+    # shared/data/vllm-runs/README.md: vLLM 0.19, Llama-3.1-8B BF16, RTX 4090,
+    # gpu_memory_utilization 0.9, max_num_seqs 128, max_num_batched_tokens 2048,
+    # max_model_len 32768: num_gpu_blocks 2,588 (41,408 tokens), and it started.
+    cfg = EngineConfig(max_model_len=32768, max_num_seqs=128, max_num_batched_tokens=2048)
+    plan = plan_memory(get_model("llama-3.1-8b"), get_gpu("rtx-4090"), cfg)
+    assert plan.num_gpu_blocks == pytest.approx(2588, rel=0.03)
+    assert plan.kv_cache_tokens >= 32768  # max_model_len 32768 is accepted
+
+
+def test_cuda_graph_pool_counts_only_when_profiled() -> None:
+    from dualpool.engine import MemoryParams
+
+    m, g, cfg = get_model("llama-3.1-8b"), get_gpu("h100-80gb"), EngineConfig()
+    off = plan_memory(m, g, cfg)
+    on = plan_memory(m, g, cfg, MemoryParams(profile_cuda_graphs=True))
+    assert off.kv_cache_bytes - on.kv_cache_bytes == MemoryParams().cuda_graph_bytes

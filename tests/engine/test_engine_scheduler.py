@@ -114,7 +114,13 @@ def test_preemption_forced_by_a_tiny_kv_cache() -> None:
 
 
 def test_preempted_request_recomputes_prompt_and_output() -> None:
-    s = make(num_blocks=5, block_size=4, max_model_len=16, max_num_batched_tokens=256)
+    s = make(
+        num_blocks=5,
+        block_size=4,
+        max_model_len=16,
+        max_num_batched_tokens=256,
+        enable_prefix_caching=False,
+    )
     s.add_request("a", 8, max_tokens=4, arrival_time=0.0)
     b = s.add_request("b", 8, max_tokens=8, arrival_time=0.0)
     _, res = s.step(0.0)
@@ -237,3 +243,27 @@ def test_fast_forward_refuses_when_a_prefill_is_pending() -> None:
     _, res = s.step(0.0)
     s.add_request("b", 10, max_tokens=5, arrival_time=res.now)
     assert s.fast_forward(res.now).steps == 0  # b can be admitted next step
+
+
+def test_preempted_request_reuses_its_cached_prefix() -> None:
+    # vLLM v1 with prefix caching: the preempted request's full blocks stay
+    # hashed in the free queue; re-admitted before they are reused, it only
+    # computes the tokens past its cached prefix (at least one).
+    s = make(num_blocks=5, block_size=4, max_model_len=16, max_num_batched_tokens=256)
+    s.add_request("a", 8, max_tokens=4, arrival_time=0.0)
+    b = s.add_request("b", 8, max_tokens=8, arrival_time=0.0)
+    _, res = s.step(0.0)
+    out, res = s.step(res.now)
+    assert out.preempted_ids == ["b"]
+    now = res.now
+    while "b" not in out.admitted_ids:
+        out, res = s.step(now)
+        now = res.now
+    i = out.scheduled.index(b)
+    # 8 prompt tokens were computed (2 full blocks); a's 3 steps took the free
+    # block and then freed its own, so both of b's blocks survived.
+    assert b.num_computed_tokens + 0 >= 8
+    assert out.num_scheduled_tokens[i] == 1
+    drain(s, now)
+    assert b.num_output_tokens == 8
+    assert s.kv.num_free_blocks == 5

@@ -25,7 +25,7 @@ def tiny_kv_fleet(instances: int = 1) -> FleetConfig:
         max_model_len=4096,
         max_num_seqs=64,
         max_num_batched_tokens=4096,
-        gpu_memory_utilization=0.24,
+        gpu_memory_utilization=0.215,  # about 0.6 GiB of KV cache
     )
     long = EngineConfig(max_model_len=32768, max_num_seqs=8, max_num_batched_tokens=8192)
     return FleetConfig(

@@ -7,10 +7,68 @@ import json
 import sys
 from typing import Any
 
-from dualpool.errors import ConfigError
+from dualpool.engine.catalog import Catalog
+from dualpool.engine.step_params import StepTimeParams, step_params_from_mapping
+from dualpool.errors import CatalogError, ConfigError
 from dualpool.policy import PoolSpec
 
-__all__ = ["add_pool_args", "pools_from_args", "print_json"]
+__all__ = [
+    "add_catalog_args",
+    "add_pool_args",
+    "catalog_from_args",
+    "pools_from_args",
+    "print_json",
+    "step_params_from_args",
+]
+
+
+def add_catalog_args(parser: argparse.ArgumentParser, *, step_params: bool = True) -> None:
+    """--catalog FILE (extra models/GPUs) and, optionally, --step-params FILE."""
+    parser.add_argument(
+        "--catalog",
+        default=None,
+        metavar="FILE",
+        help="YAML with extra models: and gpus: (see dualpool.engine.catalog)",
+    )
+    if step_params:
+        parser.add_argument(
+            "--step-params",
+            default=None,
+            metavar="FILE",
+            help="YAML with a step_params: mapping (e.g. from dualpool calibrate)",
+        )
+
+
+def catalog_from_args(args: argparse.Namespace) -> Catalog:
+    """The built-in catalog plus --catalog FILE's entries (one-line error naming the flag)."""
+    path = getattr(args, "catalog", None)
+    if not path:
+        return Catalog()
+    try:
+        return Catalog().load_yaml(path)
+    except CatalogError as e:
+        raise ConfigError("--catalog", str(e)) from None
+
+
+def step_params_from_args(args: argparse.Namespace) -> StepTimeParams | None:
+    """--step-params FILE's `step_params:` mapping, or None when the flag is absent."""
+    path = getattr(args, "step_params", None)
+    if not path:
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(open(path, encoding="utf-8").read())  # noqa: SIM115
+    except OSError as e:
+        raise ConfigError("--step-params", f"cannot read {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError("--step-params", f"{path}: not YAML: {e}") from None
+    if isinstance(data, dict) and "step_params" in data:
+        data = data["step_params"]
+    try:
+        return step_params_from_mapping(data, path)
+    except ConfigError as e:
+        raise ConfigError("--step-params", f"{path}: {e}") from None
 
 
 def add_pool_args(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,12 @@ import asyncio
 import sys
 from typing import Any
 
-from dualpool.cli.common import print_json
+from dualpool.cli.common import (
+    add_catalog_args,
+    catalog_from_args,
+    print_json,
+    step_params_from_args,
+)
 from dualpool.emulator import EmulatorConfig, EmulatorServer, serve
 from dualpool.tokenizers import TOKENIZERS
 
@@ -62,6 +67,7 @@ def register(sub: Any) -> None:
         default=5.0,
         help="wall seconds in-flight requests get to finish on SIGTERM (default 5)",
     )
+    add_catalog_args(p)
     p.set_defaults(func=run)
 
 
@@ -81,6 +87,8 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         tokenizer=args.tokenizer,
         seed=args.seed,
         served_model_name=args.served_model_name,
+        catalog=catalog_from_args(args),
+        step_params=step_params_from_args(args),
     )
 
 

@@ -23,9 +23,14 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dualpool.cli.common import print_json
-from dualpool.engine import EngineConfig, get_gpu, get_model
-from dualpool.errors import ConfigError
+from dualpool.cli.common import (
+    add_catalog_args,
+    catalog_from_args,
+    print_json,
+    step_params_from_args,
+)
+from dualpool.engine import EngineConfig
+from dualpool.errors import CatalogError, ConfigError
 
 
 def register(sub: Any) -> None:
@@ -88,6 +93,7 @@ def register(sub: Any) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.add_argument("--report", default=None, metavar="DIR", help="write DIR/index.html with plots")
+    add_catalog_args(p)
     p.set_defaults(func=run)
 
 
@@ -121,8 +127,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--max-requests", f"must be >= 2, got {args.max_requests}")
     if args.processes is not None and args.processes < 1:
         raise ConfigError("--processes", f"must be >= 1, got {args.processes}")
-    model = get_model(args.model, args.weight_dtype)
-    gpu = get_gpu(args.gpu)
+    catalog = catalog_from_args(args)
+    try:
+        model = catalog.model(args.model, args.weight_dtype)
+    except CatalogError as e:
+        raise ConfigError("--model", str(e)) from None
+    try:
+        gpu = catalog.gpu(args.gpu)
+    except CatalogError as e:
+        raise ConfigError("--gpu", str(e)) from None
     settings = PlanSettings(
         model=model,
         gpu=gpu,
@@ -135,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         short=parse_pool("--short", args.short) if args.short else None,
         long=parse_pool("--long", args.long) if args.long else None,
         check_memory=not args.no_memory_check,
+        step_params=step_params_from_args(args),
         simulate=not args.no_simulate,
         simulate_sweep=args.simulate_sweep,
         verify=VerifySettings(

@@ -17,6 +17,7 @@ workload runs for --duration seconds (default 60).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import types
 from collections.abc import Mapping
@@ -26,9 +27,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dualpool.cli.common import print_json
+from dualpool.cli.common import (
+    add_catalog_args,
+    catalog_from_args,
+    print_json,
+    step_params_from_args,
+)
 from dualpool.engine import StepTimeParams
-from dualpool.engine.catalog import Catalog
 from dualpool.errors import CatalogError, ConfigError
 from dualpool.simulator import (
     SLO,
@@ -103,6 +108,7 @@ def register(sub: Any) -> None:
     p.add_argument("--slo-tpot", type=float, default=0.080, help="TPOT target, s (0.080)")
     p.add_argument("--requests-out", default=None, help="per-request rows (.csv or .parquet)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_catalog_args(p)
     p.set_defaults(func=run)
 
 
@@ -201,7 +207,8 @@ def _is_endless(w: Any) -> bool:
 
 
 def _fleet(args: argparse.Namespace) -> FleetConfig:
-    cat = Catalog()
+    cat = catalog_from_args(args)
+    override = step_params_from_args(args)
     try:
         model = cat.model(args.model)
     except CatalogError as e:
@@ -211,8 +218,9 @@ def _fleet(args: argparse.Namespace) -> FleetConfig:
     except CatalogError as e:
         raise ConfigError("--gpu", str(e)) from None
     if args.fleet:
-        return load_fleet(args.fleet, cat)
-    params = StepTimeParams()
+        loaded = load_fleet(args.fleet, cat)
+        return loaded if override is None else dataclasses.replace(loaded, step_params=override)
+    params = override or StepTimeParams()
     if args.homogeneous is not None:
         n = args.homogeneous or None  # 0: size it
         return homogeneous_fleet(model, gpu, instances=n, tp=args.tp, step_params=params)

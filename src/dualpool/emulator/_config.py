@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from dualpool.engine import (
+    Catalog,
     EngineConfig,
     GPUSpec,
     ModelSpec,
     Scheduler,
-    get_gpu,
-    get_model,
+    StepTimeParams,
     smallest_feasible_tp,
 )
 from dualpool.errors import ConfigError
@@ -57,6 +57,10 @@ class EmulatorConfig:
     # x-dualpool-output-tokens header (log-normal, sigma 1, capped by
     # max_model_len - prompt as vLLM's default max_tokens is).
     default_output_median: int = 200
+    # Where `model` and `gpu` are looked up (the built-in one plus --catalog FILE).
+    catalog: Catalog = field(default_factory=Catalog)
+    # The step-time model's parameters (None: defaults; --step-params FILE).
+    step_params: StepTimeParams | None = None
 
     def __post_init__(self) -> None:
         if self.instances < 1:
@@ -78,7 +82,7 @@ class EmulatorConfig:
         return self.served_model_name or self.model
 
     def specs(self) -> tuple[ModelSpec, GPUSpec]:
-        return get_model(self.model), get_gpu(self.gpu)
+        return self.catalog.model(self.model), self.catalog.gpu(self.gpu)
 
     def engine_config(self) -> EngineConfig:
         """The EngineConfig with TP resolved (raises InfeasibleConfigError, ConfigError)."""
@@ -100,4 +104,4 @@ class EmulatorConfig:
     def build_scheduler(self) -> Scheduler:
         """A fresh engine model for one instance; vLLM's start-up refusal as InfeasibleConfigError."""
         model, gpu = self.specs()
-        return Scheduler.from_specs(model, gpu, self.engine_config())
+        return Scheduler.from_specs(model, gpu, self.engine_config(), self.step_params)

@@ -37,6 +37,7 @@ from dualpool.engine.request import FINISH_REASONS, Request, RequestStatus, over
 from dualpool.engine.scheduler import FastForwardResult, Scheduler, SchedulerOutput, StepResult
 from dualpool.engine.specs import DTYPE_BYTES, GPUSpec, ModelSpec, WeightDType, count_params
 from dualpool.engine.timing import (
+    AllReduceModel,
     DecodePoint,
     PrefillPoint,
     StepShape,
@@ -50,6 +51,7 @@ __all__ = [
     "BUILTIN_MODELS",
     "DTYPE_BYTES",
     "FINISH_REASONS",
+    "AllReduceModel",
     "Catalog",
     "DecodePoint",
     "EngineConfig",

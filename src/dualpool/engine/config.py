@@ -37,6 +37,9 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     # "auto": the model's activation dtype (BF16); "fp8*": one byte per element.
     kv_cache_dtype: KVCacheDType = "auto"
+    # vLLM v1's automatic prefix caching (on by default): a preempted request
+    # re-admitted before its blocks were reused skips recomputing them.
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         for name in ("tensor_parallel_size", "max_model_len", "max_num_seqs", "block_size"):

@@ -5,7 +5,8 @@ Per GPU of a tensor-parallel group::
     usable     = memory_bytes x gpu_memory_utilization
     weights    = model.weight_bytes / TP
     activation = profile-run peak for max_num_batched_tokens tokens (below)
-    overhead   = non-torch memory (cuBLAS/NCCL workspaces) + CUDA graphs
+    overhead   = non-torch memory (cuBLAS/NCCL workspaces, kernel modules)
+                 [+ CUDA graphs when vLLM profiles them: v0.21 and later]
     kv_memory  = usable - weights - activation - overhead
     num_blocks = floor(kv_memory / (block_size x kv_bytes_per_token))
 
@@ -51,16 +52,46 @@ GiB = 1 << 30
 
 @dataclass(frozen=True, slots=True)
 class MemoryParams:
-    """Constants of the start-up memory account (all overridable)."""
+    """Constants of the start-up memory account (all overridable).
 
-    # Non-torch memory on a single GPU: CUDA context extras, cuBLAS workspace.
-    # vLLM logs 1.79 GiB for Llama-3-8B at TP 1 (PR #10511).
-    non_torch_bytes: int = int(1.8 * GiB)
-    # Extra non-torch memory per GPU when TP > 1 (NCCL and custom all-reduce
-    # buffers); the same log shows 3.58 GiB at TP 2, i.e. +1.8 GiB.
+    The account follows vLLM 0.19's v1 worker
+    (vllm/v1/worker/gpu_worker.py, Worker.determine_available_memory)::
+
+        requested  = total_memory x gpu_memory_utilization
+        non_kv     = weights_memory (model_runner.model_memory_usage)
+                     + torch_peak_increase (profile_run: one forward pass of
+                       max_num_batched_tokens dummy tokens, then the sampler
+                       on min(max_num_seqs, max_num_batched_tokens) rows)
+                     + non_torch_increase (memory outside PyTorch's allocator
+                       gained since the worker's first snapshot)
+        available_kv = requested - non_kv - cudagraph_memory_estimate_applied
+
+    (vllm/utils/mem_utils.py memory_profiling computes the three non-KV
+    terms.) `cudagraph_memory_estimate_applied` is 0 unless
+    VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS is set: it was added off by
+    default (vLLM PR #30515) and turned on by default in v0.21.0 (vLLM's
+    start-up log: "CUDA graph memory profiling is enabled (default since
+    v0.21.0)"). In vLLM 0.19 the graphs are captured after the KV cache is
+    allocated, out of the (1 - gpu_memory_utilization) headroom, so they do
+    not shrink the KV cache; set `profile_cuda_graphs=True` for >= 0.21.
+    The CUDA context itself predates the snapshot and is not counted.
+    """
+
+    # Non-torch increase of a single-GPU worker: cuBLAS/cuBLASLt workspaces
+    # and the lazily loaded kernel modules (FlashAttention, Triton kernels of
+    # torch.compile) that the profile run pulls in. Fitted, as the residue
+    # of the one vLLM 0.19 log we have (RTX 4090, Llama-3.1-8B: 2,588
+    # blocks); the older v0 worker logged 1.79 GiB because its baseline
+    # preceded the CUDA context (vllm PR #10511).
+    non_torch_bytes: int = int(0.89 * GiB)
+    # Extra non-torch memory per GPU when TP > 1 (NCCL communicators and
+    # buffers, custom all-reduce IPC buffers); vllm PR #10511 logs 3.58 GiB
+    # at TP 2 against 1.79 GiB at TP 1, i.e. +1.8 GiB.
     tp_comm_bytes: int = int(1.8 * GiB)
-    # CUDA graph capture pool, which recent vLLM subtracts before sizing KV.
+    # CUDA graph pool, subtracted before sizing the KV cache only when vLLM
+    # profiles it (profile_cuda_graphs; the default from vLLM 0.21 on).
     cuda_graph_bytes: int = int(0.5 * GiB)
+    profile_cuda_graphs: bool = False
     # Copies of FP32 (max_num_seqs x vocab) tensors alive at the sampler peak.
     sampler_copies: int = 2
 
@@ -121,7 +152,9 @@ def _activation_bytes(model: ModelSpec, config: EngineConfig, params: MemoryPara
     )
     qkv = (model.num_attention_heads + 2 * model.num_kv_heads) * model.head_dim
     per_token = 2 * (4 * model.hidden_size + qkv // tp + 3 * ffn // tp)
-    sampler = config.max_num_seqs * (model.vocab_size // tp) * 4 * params.sampler_copies
+    # vLLM's _dummy_sampler_run samples min(max_num_seqs, max_num_batched_tokens) rows.
+    rows = min(config.max_num_seqs, config.max_num_batched_tokens)
+    sampler = rows * (model.vocab_size // tp) * 4 * params.sampler_copies
     return config.max_num_batched_tokens * per_token + sampler
 
 
@@ -158,7 +191,9 @@ def plan_memory(
     usable = int(gpu.memory_bytes * config.gpu_memory_utilization)
     weights = -(-model.weight_bytes // tp)
     activation = _activation_bytes(model, config, params)
-    overhead = params.non_torch_bytes + params.cuda_graph_bytes
+    overhead = params.non_torch_bytes
+    if params.profile_cuda_graphs:
+        overhead += params.cuda_graph_bytes
     if tp > 1:
         overhead += params.tp_comm_bytes
     kv_memory = usable - weights - activation - overhead

@@ -19,6 +19,8 @@ prompt + generated tokens as one prefill when re-admitted.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
+from heapq import heappop, heappush
 
 from dualpool.contract import over_length_message
 
@@ -57,21 +59,150 @@ FINISH_REASONS: dict[RequestStatus, str | None] = {
 
 
 class DecodeGroup:
-    """The clock of a scheduler's lazy decode group (see scheduler.py).
+    """A scheduler's lazy decode group: every running request in steady decode state.
 
-    Every running request in steady decode state is a member: its counters
-    are stored as offsets from `d`, the number of group decode steps taken,
-    so one step advances every member in O(1) by `d += 1`. `pending` is 1
+    A member's counters are stored as offsets from `d`, the number of group
+    decode steps taken, so one step advances every member in O(1) by
+    `d += 1`. The group keeps the aggregates a step or a decode run needs:
+    `n` members, `ctx_sum` the sum of their computed-token offsets (the
+    members' context is `context()`), `hist[r]` the members whose offset is
+    r mod block_size (the ones needing a new KV block at a given step:
+    `due(j)`), and the members by the group step at which they finish
+    (`done`, with a lazy min-heap of those steps in `heap`). `pending` is 1
     between a schedule() that allocated the members' next slot and the
-    update that applies it (their blocks already cover one more token).
+    update that applies it (their blocks then cover one more token).
+
+    Named operations: `join` (a request that reached steady decode),
+    `leave` (abort), `dissolve` (before a step the group cannot take),
+    `pop_finishers` + `settle` (members reaching their output target), and
+    `next_finish` (steps to the next completion).
     """
 
-    __slots__ = ("block_size", "d", "pending")
+    __slots__ = ("block_size", "ctx_sum", "d", "done", "heap", "hist", "n", "pending")
 
     def __init__(self, block_size: int) -> None:
         self.block_size = block_size
         self.d = 0
         self.pending = 0
+        self.n = 0
+        self.ctx_sum = 0
+        self.hist = [0] * block_size
+        self.done: dict[int, list[Request]] = {}
+        self.heap: list[int] = []
+
+    def context(self) -> int:
+        """Total computed tokens of the members."""
+        return self.ctx_sum + self.n * self.d
+
+    def due(self, j: int) -> int:
+        """Members that need a new block at group step d + j (for its token)."""
+        return self.hist[-(self.d + j) % self.block_size]
+
+    def join(self, req: Request) -> None:
+        """Make a running request in decode state a member (if its blocks are as
+        allocate_slots leaves them; otherwise it stays eager)."""
+        bs = self.block_size
+        c = req._computed
+        if req._blocks != -(-c // bs):
+            return
+        d = self.d
+        off = c - d
+        req._computed = off
+        req._generated -= d
+        req._group = self
+        self.n += 1
+        self.ctx_sum += off
+        self.hist[off % bs] += 1
+        fin = req.output_tokens - req._generated  # the group step at which it finishes
+        req._finish_step = fin
+        lst = self.done.get(fin)
+        if lst is None:
+            self.done[fin] = [req]
+            heappush(self.heap, fin)
+        else:
+            lst.append(req)
+
+    def _unlink(self, req: Request) -> None:
+        """Materialize one member's counters and drop it from the aggregates."""
+        bs = self.block_size
+        off = req._computed
+        self.n -= 1
+        self.ctx_sum -= off
+        self.hist[off % bs] -= 1
+        c = off + self.d
+        req._computed = c
+        req._generated += self.d
+        req._blocks = -(-(c + self.pending) // bs)
+        req._group = None
+        req._finish_step = -1
+
+    def leave(self, req: Request) -> None:
+        """Take one member out (an abort): its counters become plain values again."""
+        fin = req._finish_step
+        lst = self.done[fin]
+        if len(lst) == 1:
+            del self.done[fin]
+        else:
+            lst.remove(req)
+        self._unlink(req)
+
+    def dissolve(self, running: Iterable[Request]) -> None:
+        """Materialize every member (those of `running` in the group) and empty it."""
+        if not self.n:
+            return
+        d = self.d
+        p = self.pending
+        bs = self.block_size
+        for req in running:
+            if req._group is self:
+                c = req._computed + d
+                req._computed = c
+                req._generated += d
+                req._blocks = -(-(c + p) // bs)
+                req._group = None
+                req._finish_step = -1
+        self.n = 0
+        self.ctx_sum = 0
+        self.hist = [0] * bs
+        self.done = {}
+        self.heap = []
+
+    def pop_finishers(self, key: int) -> list[Request] | None:
+        """The members whose output target is reached at group step `key`, in
+        admission order (the order step-by-step would finish them); they stay
+        counted in `n` until `settle`."""
+        lst = self.done.pop(key, None)
+        if lst and len(lst) > 1:
+            lst.sort(key=_admission_order)
+        return lst
+
+    def settle(self, req: Request) -> int:
+        """Materialize a finishing member's counters; the blocks it held.
+
+        (`_unlink` for the commonest exit, without the per-member count:
+        the caller subtracts len(finishers) from `n` once.)"""
+        bs = self.block_size
+        off = req._computed
+        self.ctx_sum -= off
+        self.hist[off % bs] -= 1
+        d = self.d
+        req._computed = off + d
+        req._generated += d
+        req._group = None
+        req._finish_step = -1
+        return -(-(off + d + self.pending) // bs)
+
+    def next_finish(self) -> int:
+        """Group steps until the next member finishes (the group is not empty)."""
+        heap = self.heap
+        done = self.done
+        while heap[0] not in done:
+            heappop(heap)
+        return heap[0] - self.d
+
+
+def _admission_order(req: Request) -> int:
+    return req._admission
 
 
 class Request:
@@ -79,17 +210,18 @@ class Request:
 
     `num_computed_tokens`, `num_output_tokens` and `num_blocks` read through
     the scheduler's decode group while the request is a member (the raw
-    slots `_c`, `_o` then hold offsets from the group's step counter), so
+    slots `_computed`, `_generated` then hold offsets from the group's step counter), so
     they are always current whoever reads them.
     """
 
     __slots__ = (
-        "_adm",
-        "_b",
-        "_c",
-        "_fin",
-        "_grp",
-        "_o",
+        "_admission",
+        "_blocks",
+        "_computed",
+        "_cseg",
+        "_finish_step",
+        "_generated",
+        "_group",
         "arrival_time",
         "error",
         "finish_time",
@@ -126,21 +258,24 @@ class Request:
         # workload's output length; generation stops there (EOS).
         self.output_tokens = output_tokens
         self.arrival_time = arrival_time
-        self._c = num_computed_tokens
-        self._o = num_output_tokens
+        self._computed = num_computed_tokens
+        self._generated = num_output_tokens
         self.status = status
         self.num_preemptions = num_preemptions
         # KV blocks held (managed by KVCacheManager).
-        self._b = num_blocks
+        self._blocks = num_blocks
         self.first_token_time = first_token_time
         self.finish_time = finish_time
         # The 400 message when status is FINISHED_REJECTED.
         self.error = error
         # Decode group membership (None: the raw counters are the values),
         # the group step at which it finishes, and its admission number.
-        self._grp: DecodeGroup | None = None
-        self._fin = -1
-        self._adm = 0
+        self._group: DecodeGroup | None = None
+        self._finish_step = -1
+        self._admission = 0
+        # The free-queue segment of this request's cached prefix while it waits
+        # after a preemption (KVCacheManager, prefix caching); None otherwise.
+        self._cseg: list[object] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -152,36 +287,36 @@ class Request:
 
     @property
     def num_computed_tokens(self) -> int:
-        g = self._grp
-        return self._c if g is None else self._c + g.d
+        g = self._group
+        return self._computed if g is None else self._computed + g.d
 
     @num_computed_tokens.setter
     def num_computed_tokens(self, value: int) -> None:
-        g = self._grp
-        self._c = value if g is None else value - g.d
+        g = self._group
+        self._computed = value if g is None else value - g.d
 
     @property
     def num_output_tokens(self) -> int:
-        g = self._grp
-        return self._o if g is None else self._o + g.d
+        g = self._group
+        return self._generated if g is None else self._generated + g.d
 
     @num_output_tokens.setter
     def num_output_tokens(self, value: int) -> None:
-        g = self._grp
-        self._o = value if g is None else value - g.d
+        g = self._group
+        self._generated = value if g is None else value - g.d
 
     @property
     def num_blocks(self) -> int:
-        g = self._grp
+        g = self._group
         if g is None:
-            return self._b
-        return -(-(self._c + g.d + g.pending) // g.block_size)
+            return self._blocks
+        return -(-(self._computed + g.d + g.pending) // g.block_size)
 
     @num_blocks.setter
     def num_blocks(self, value: int) -> None:
-        if self._grp is not None:
+        if self._group is not None:
             raise RuntimeError("a decode group member's blocks follow its tokens")
-        self._b = value
+        self._blocks = value
 
     @property
     def num_tokens(self) -> int:

@@ -31,8 +31,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from heapq import heappop, heappush
-from typing import Any, Final
+from typing import Final
 
 from dualpool.engine.config import EngineConfig
 from dualpool.engine.kv_cache import KVCacheManager
@@ -171,6 +170,24 @@ class FastForwardResult:
         self.num_generated_tokens = num_generated_tokens
 
 
+class RunPlan:
+    """The last decode run `_plan_decode_run` planned (any state change clears it).
+
+    `now` it was planned at, `k` steps, `k_done` steps to the next
+    completion, `ctx` the members' total context, `end` the run's end time
+    (-1 until first needed).
+    """
+
+    __slots__ = ("ctx", "end", "k", "k_done", "now")
+
+    def __init__(self, now: float, k: int, k_done: int, ctx: int, end: float) -> None:
+        self.now = now
+        self.k = k
+        self.k_done = k_done
+        self.ctx = ctx
+        self.end = end
+
+
 class Scheduler:
     """One instance's queue, batch and KV cache (vLLM v1 semantics).
 
@@ -183,15 +200,11 @@ class Scheduler:
         "_chunked",
         "_ff_cache",
         "_g",
-        "_gdone",
-        "_gheap",
-        "_ghist",
-        "_gn",
-        "_gsum",
         "_max_batched",
         "_max_len",
         "_max_seqs",
         "_pending",
+        "_prefix",
         "config",
         "generation_tokens_total",
         "kv",
@@ -221,6 +234,7 @@ class Scheduler:
         self._max_batched = config.max_num_batched_tokens
         self._max_seqs = config.max_num_seqs
         self._chunked = config.enable_chunked_prefill
+        self._prefix = config.enable_prefix_caching
         self.kv = KVCacheManager(num_gpu_blocks, config.block_size)
         self.timing = timing
         self.memory_plan = memory_plan
@@ -231,21 +245,11 @@ class Scheduler:
         # last one is the first to be preempted.
         self.running: dict[Request, None] = {}
         self._adm_seq = 0
-        # The lazy decode group: every running request in steady decode state
-        # (num_computed_tokens == num_tokens - 1, blocks as allocate_slots
-        # leaves them) is a member. Its counters are offsets from _g.d, the
-        # group's step counter, so a decode step of all members is d += 1.
-        # _gn members, _gsum the sum of their computed-token offsets (the
-        # context is _gsum + _gn * d), _ghist[r] members with offset % bs == r
-        # (the ones needing a new block at a step), _gdone[step] the members
-        # finishing at that group step, _gheap those steps (lazy min-heap).
-        bs = config.block_size
-        self._g = DecodeGroup(bs)
-        self._gn = 0
-        self._gsum = 0
-        self._ghist = [0] * bs
-        self._gdone: dict[int, list[Request]] = {}
-        self._gheap: list[int] = []
+        # The lazy decode group (request.DecodeGroup): every running request in
+        # steady decode state (num_computed_tokens == num_tokens - 1, blocks as
+        # allocate_slots leaves them) is a member; a decode step of all members
+        # is g.d += 1.
+        self._g = DecodeGroup(config.block_size)
         self._pending: SchedulerOutput | None = None
         # False: a fast step's SchedulerOutput.scheduled / num_scheduled_tokens
         # leave out the decode-group members (their count is group_size), which
@@ -253,7 +257,7 @@ class Scheduler:
         self.list_decode_members = True
         # [now, k, steps to completion, context, end time or -1] of the last
         # decode-run plan; any state change clears it (see _plan_decode_run).
-        self._ff_cache: list[Any] | None = None
+        self._ff_cache: RunPlan | None = None
         # Counters for /metrics (vllm:* names in the docstrings of properties).
         self.num_preemptions_total = 0
         self.prompt_tokens_total = 0
@@ -345,12 +349,13 @@ class Scheduler:
             return None
         self._ff_cache = None
         if req.status == _RUNNING:
-            if req._grp is not None:
-                self._leave(req)
+            if req._group is not None:
+                self._g.leave(req)
             del self.running[req]
             self.kv.free(req)
         else:
             self.waiting.remove(req)
+            self.kv.take_cached(req, 0)
         req.status = RequestStatus.FINISHED_ABORTED
         req.finish_time = now
         self.num_aborted_total += 1
@@ -361,121 +366,48 @@ class Scheduler:
     def _preempt(self, victim: Request) -> None:
         # NOTE: victims are never decode-group members (the slow path dissolves
         # the group first; the fast path only preempts the non-member tail).
-        self.kv.num_free_blocks += victim._b
-        victim._b = 0
+        # With prefix caching its computed full blocks stay hashed in the free
+        # queue (vLLM's _preempt_request -> kv_cache_manager.free).
+        kv = self.kv
+        cached = victim._computed // kv.block_size if self._prefix else 0
+        kv.free_cached(victim, victim._blocks, min(cached, victim._blocks))
+        victim._blocks = 0
         victim.status = RequestStatus.PREEMPTED
-        victim._c = 0
+        victim._computed = 0
         victim.num_preemptions += 1
         self.num_preemptions_total += 1
         self.waiting.appendleft(victim)
 
     # -- the lazy decode group -------------------------------------------------
 
-    def _join(self, req: Request) -> None:
-        """Make a running request in decode state a member of the group."""
-        g = self._g
-        bs = g.block_size
-        c = req._c
-        if req._b != -(-c // bs):
-            return  # not the block layout allocate_slots leaves: stays eager
-        d = g.d
-        off = c - d
-        req._c = off
-        req._o -= d
-        req._grp = g
-        self._gn += 1
-        self._gsum += off
-        self._ghist[off % bs] += 1
-        fin = req.output_tokens - req._o  # the group step at which it finishes
-        req._fin = fin
-        lst = self._gdone.get(fin)
-        if lst is None:
-            self._gdone[fin] = [req]
-            heappush(self._gheap, fin)
-        else:
-            lst.append(req)
-
-    def _unlink(self, req: Request) -> None:
-        """Materialize one member's counters and drop it from the group."""
-        g = self._g
-        bs = g.block_size
-        off = req._c
-        self._gn -= 1
-        self._gsum -= off
-        self._ghist[off % bs] -= 1
-        c = off + g.d
-        req._c = c
-        req._o += g.d
-        req._b = -(-(c + g.pending) // bs)
-        req._grp = None
-        req._fin = -1
-
-    def _leave(self, req: Request) -> None:
-        fin = req._fin
-        lst = self._gdone[fin]
-        if len(lst) == 1:
-            del self._gdone[fin]
-        else:
-            lst.remove(req)
-        self._unlink(req)
-
     def _dissolve(self) -> None:
         """Materialize every member (before a step the group cannot take)."""
-        if not self._gn:
-            return
-        g = self._g
-        d = g.d
-        p = g.pending
-        bs = g.block_size
-        for req in self.running:
-            if req._grp is g:
-                c = req._c + d
-                req._c = c
-                req._o += d
-                req._b = -(-(c + p) // bs)
-                req._grp = None
-                req._fin = -1
-        self._gn = 0
-        self._gsum = 0
-        self._ghist = [0] * bs
-        self._gdone = {}
-        self._gheap = []
+        self._g.dissolve(self.running)
 
     def _regroup(self) -> None:
         for req in self.running:
-            if req._grp is None and req._o > 0 and req._c == req.prompt_tokens + req._o - 1:
-                self._join(req)
+            if (
+                req._group is None
+                and req._generated > 0
+                and req._computed == req.prompt_tokens + req._generated - 1
+            ):
+                self._g.join(req)
 
     def _finish_group(self, key: int, now: float, finished: list[Request]) -> None:
         """Finish the members whose output target is reached at group step `key`."""
-        lst = self._gdone.pop(key, None)
+        g = self._g
+        lst = g.pop_finishers(key)
         if not lst:
             return
-        if len(lst) > 1:
-            lst.sort(key=_admission_order)  # the order step-by-step would finish them
         running = self.running
         requests = self.requests
-        g = self._g
-        d = g.d
-        bs = g.block_size
-        hist = self._ghist
         freed = 0
         for req in lst:
-            # _unlink + _finish, inline (a completion is the commonest group exit)
-            off = req._c
-            self._gsum -= off
-            hist[off % bs] -= 1
-            c = off + d
-            o = req._o + d
-            req._c = c
-            req._o = o
-            req._grp = None
-            req._fin = -1
-            freed += -(-(c + g.pending) // bs)
-            req._b = 0
+            freed += g.settle(req)
+            req._blocks = 0
             req.status = (
                 RequestStatus.FINISHED_LENGTH_CAPPED
-                if o >= req.max_tokens
+                if req._generated >= req.max_tokens
                 else RequestStatus.FINISHED_STOPPED
             )
             req.finish_time = now
@@ -483,9 +415,9 @@ class Scheduler:
             del running[req]
             finished.append(req)
         n = len(lst)
-        self._gn -= n
+        g.n -= n
         self.num_finished_total += n
-        self.kv.num_free_blocks += freed
+        self.kv.release(freed)
 
     # -- one step ------------------------------------------------------------
 
@@ -496,7 +428,7 @@ class Scheduler:
         self._ff_cache = None
         running = self.running
         g = self._g
-        gn = self._gn
+        gn = g.n
         nrun = len(running)
         budget = self._max_batched
         kv = self.kv
@@ -508,19 +440,19 @@ class Scheduler:
             if gn != nrun - 1:
                 return self._schedule_slow()
             tail = next(reversed(running))
-            if tail._grp is not None:
+            if tail._group is not None:
                 return self._schedule_slow()
         prefill_tokens = decode_tokens = kv_read = pairs = 0
         if gn:
             if gn > budget:
                 return self._schedule_slow()
-            need = self._ghist[-g.d % g.block_size]
+            need = g.due(0)
             if need > kv.num_free_blocks:
                 return self._schedule_slow()
-            kv.num_free_blocks -= need
+            kv.take(need)
             g.pending = 1
             budget -= gn
-            kv_read = self._gsum + gn * g.d
+            kv_read = g.context()
             pairs = kv_read + gn
             decode_tokens = gn
         listed = self.list_decode_members
@@ -533,8 +465,8 @@ class Scheduler:
         preempted: list[str] = []
         if tail is not None:
             if budget > 0:
-                p = tail._c
-                num_new = tail.prompt_tokens + tail._o - p
+                p = tail._computed
+                num_new = tail.prompt_tokens + tail._generated - p
                 if num_new > budget:
                     num_new = budget
                 if kv.allocate_slots(tail, num_new) is None:
@@ -548,7 +480,11 @@ class Scheduler:
                     budget -= num_new
                     kv_read += p
                     pairs += num_new * p + num_new * (num_new + 1) // 2
-                    if num_new == 1 and tail._o > 0 and p == tail.prompt_tokens + tail._o - 1:
+                    if (
+                        num_new == 1
+                        and tail._generated > 0
+                        and p == tail.prompt_tokens + tail._generated - 1
+                    ):
                         decode_tokens += 1
                     else:
                         prefill_tokens += num_new
@@ -577,7 +513,7 @@ class Scheduler:
         i = 0
         while i < end and budget > 0:
             req = order[i]
-            num_new = req.prompt_tokens + req._o - req._c
+            num_new = req.prompt_tokens + req._generated - req._computed
             if num_new > budget:
                 num_new = budget
             while kv.allocate_slots(req, num_new) is None:
@@ -592,13 +528,17 @@ class Scheduler:
                 if victim is req:
                     break
             else:
-                p = req._c
+                p = req._computed
                 scheduled.append(req)
                 counts.append(num_new)
                 budget -= num_new
                 kv_read += p
                 pairs += num_new * p + num_new * (num_new + 1) // 2
-                if num_new == 1 and req._o > 0 and p == req.prompt_tokens + req._o - 1:
+                if (
+                    num_new == 1
+                    and req._generated > 0
+                    and p == req.prompt_tokens + req._generated - 1
+                ):
                     decode_tokens += 1
                 else:
                     prefill_tokens += num_new
@@ -632,27 +572,40 @@ class Scheduler:
             bs = kv.block_size
             while waiting and budget > 0 and len(running) < max_seqs:
                 req = waiting[0]
-                num_new = req.prompt_tokens + req._o  # num_computed_tokens is 0 while waiting
+                total = req.prompt_tokens + req._generated
+                # A waiting request holds no blocks; after a preemption its
+                # surviving cached prefix counts as computed (vLLM's
+                # get_computed_blocks, at most num_tokens - 1 tokens).
+                hit = 0
+                cached = req._cseg is not None
+                if cached:
+                    hit = min(kv.cached_blocks(req), (total - 1) // bs)
+                p = hit * bs
+                num_new = total - p
                 if num_new > budget:
                     if not chunked:
                         break
                     num_new = budget
-                need = -(-num_new // bs)  # a waiting request holds no blocks
+                need = -(-(p + num_new) // bs)
                 if need > kv.num_free_blocks:
                     break
-                kv.num_free_blocks -= need
-                req._b = need
+                if cached:
+                    kv.take_cached(req, hit)  # (a no-op if evicted meanwhile)
+                kv.take(need - hit)
+                req._blocks = need
+                req._computed = p
                 waiting.popleft()
                 req.status = _RUNNING
                 self._adm_seq += 1
-                req._adm = self._adm_seq
+                req._admission = self._adm_seq
                 running[req] = None
                 admitted.append(req.request_id)
                 scheduled.append(req)
                 counts.append(num_new)
                 budget -= num_new
                 prefill_tokens += num_new
-                pairs += num_new * (num_new + 1) // 2
+                kv_read += p
+                pairs += num_new * p + num_new * (num_new + 1) // 2
 
         out = SchedulerOutput(
             scheduled,
@@ -697,7 +650,7 @@ class Scheduler:
             if gs:
                 # Every member (minus any aborted since schedule()) decodes one token.
                 g.d += 1
-                generated = self._gn
+                generated = g.n
                 self._finish_group(g.d, now, result.finished)
                 if output.group_listed:
                     scheduled = scheduled[gs:]
@@ -706,22 +659,22 @@ class Scheduler:
         for req, n in zip(scheduled, counts, strict=True):
             if req.status != _RUNNING:
                 continue  # aborted between schedule() and now
-            c = req._c + n
-            req._c = c
-            if c < req.prompt_tokens + req._o:
+            c = req._computed + n
+            req._computed = c
+            if c < req.prompt_tokens + req._generated:
                 continue  # a partial prefill: no token sampled yet
-            req._o += 1
+            req._generated += 1
             generated += 1
             if req.first_token_time is None:
                 req.first_token_time = now
                 self.prompt_tokens_total += req.prompt_tokens
                 result.first_tokens.append(req)
-            if req._o >= req.output_tokens:
+            if req._generated >= req.output_tokens:
                 self._finish(req, now)
                 del running[req]
                 result.finished.append(req)
             elif gs >= 0:
-                self._join(req)  # now decoding
+                self._g.join(req)  # now decoding
         if gs < 0:
             self._regroup()
         self.generation_tokens_total += generated
@@ -732,12 +685,12 @@ class Scheduler:
         # A non-member (members are unlinked first): the raw counters are current.
         req.status = (
             RequestStatus.FINISHED_LENGTH_CAPPED
-            if req._o >= req.max_tokens
+            if req._generated >= req.max_tokens
             else RequestStatus.FINISHED_STOPPED
         )
         req.finish_time = now
-        self.kv.num_free_blocks += req._b
-        req._b = 0
+        self.kv.release(req._blocks)
+        req._blocks = 0
         del self.requests[req.request_id]
         self.num_finished_total += 1
 
@@ -820,16 +773,16 @@ class Scheduler:
             return res, 0, t
         k, k_done, ctx = nxt
         end = t + self.timing.decode_run_time(len(self.running), ctx, k)
-        self._ff_cache = [t, k, k_done, ctx, end]
+        self._ff_cache = RunPlan(t, k, k_done, ctx, end)
         return res, k, end
 
     def _run_end(self, now: float, k: int, ctx: int) -> float:
         """End time of a k-step run planned at now; the whole run's is cached."""
         cache = self._ff_cache
-        if cache is not None and cache[1] == k and cache[0] == now:
-            end: float = cache[4]
+        if cache is not None and cache.k == k and cache.now == now:
+            end = cache.end
             if end < 0.0:
-                end = cache[4] = now + self.timing.decode_run_time(len(self.running), ctx, k)
+                end = cache.end = now + self.timing.decode_run_time(len(self.running), ctx, k)
             return end
         return now + self.timing.decode_run_time(len(self.running), ctx, k)
 
@@ -842,19 +795,19 @@ class Scheduler:
         if until_time is not None and until_time <= now:
             return None
         cache = self._ff_cache
-        if cache is not None and cache[0] == now:
+        if cache is not None and cache.now == now:
             # NOTE: a driver peeks a run, then applies it (or its part before an
             # arrival) without changing the state in between: reuse the O(n) scan.
-            k = cache[1]
-            k_done = cache[2]
-            ctx = cache[3]
+            k = cache.k
+            k_done = cache.k_done
+            ctx = cache.ctx
         else:
             plan = self._plan_full_run()
             if plan is None:
                 return None
             k, k_done, ctx = plan
             # the end time of the whole run is filled in when first needed
-            self._ff_cache = [now, k, k_done, ctx, -1.0]
+            self._ff_cache = RunPlan(now, k, k_done, ctx, -1.0)
         timing = self.timing
         if max_steps is not None and max_steps < k:
             k = max_steps
@@ -877,12 +830,12 @@ class Scheduler:
         n = len(running)
         if self._pending is not None or n == 0 or n > self._max_batched:
             return None
-        if self._gn != n:
+        if self._g.n != n:
             return None  # a prefill (or recompute) is in flight
         g = self._g
         bs = g.block_size
         d = g.d
-        hist = self._ghist
+        hist = g.hist
         free = self.kv.num_free_blocks
         need_next = hist[-d % bs]  # blocks the next step allocates
 
@@ -897,17 +850,20 @@ class Scheduler:
         if self.waiting and n < self._max_seqs:
             left_budget = self._max_batched - n
             head = self.waiting[0]
-            tokens = head.prompt_tokens + head._o
+            total = head.prompt_tokens + head._generated
+            p = 0
+            if head._cseg is not None:
+                # Its cached prefix after the next step's allocations. Along the
+                # run, each evicted block of it lowers both its need and the
+                # free blocks by one: free - need still only shrinks.
+                p = min(self.kv.cached_blocks(head, need_next), (total - 1) // bs) * bs
+            tokens = total - p
             if left_budget > 0 and (self._chunked or tokens <= left_budget):
                 chunk = min(tokens, left_budget)
-                if -(-chunk // bs) <= free - need_next:
+                if -(-(p + chunk) // bs) <= free - need_next:
                     return None  # the next step admits it
 
-        heap = self._gheap
-        done = self._gdone
-        while heap[0] not in done:
-            heappop(heap)
-        k_done = heap[0] - d
+        k_done = g.next_finish()
 
         # Steps before a block allocation fails. A member with c computed
         # tokens needs a new block at steps j with (c + j - 1) % bs == 0, so
@@ -928,7 +884,7 @@ class Scheduler:
             k = min(k_done, q * bs + o_fail - 1)
         if k <= 0:
             return None
-        return k, k_done, self._gsum + n * d
+        return k, k_done, g.context()
 
     def _apply_decode_run(
         self, now: float, k: int, k_done: int, ctx: int, end: float
@@ -938,20 +894,16 @@ class Scheduler:
         g = self._g
         bs = g.block_size
         d = g.d
-        hist = self._ghist
+        hist = g.hist
         qk, rk = divmod(k, bs)
         used = qk * n
         for j in range(rk):
             used += hist[-(d + j) % bs]
         g.d = d + k
-        self.kv.num_free_blocks -= used
+        self.kv.take(used)
         generated = n * k
         self.generation_tokens_total += generated
         result = FastForwardResult(k, end, num_generated_tokens=generated)
         if k == k_done:
             self._finish_group(d + k, end, result.finished)
         return result
-
-
-def _admission_order(req: Request) -> int:
-    return req._adm

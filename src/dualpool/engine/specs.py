@@ -22,12 +22,14 @@ from dualpool.errors import ConfigError
 __all__ = [
     "DTYPE_BYTES",
     "GPUSpec",
+    "LinkType",
     "ModelSpec",
     "WeightDType",
     "count_params",
 ]
 
 WeightDType = Literal["bf16", "fp16", "fp8"]
+LinkType = Literal["nvlink", "xgmi", "pcie"]
 
 # Bytes per element of each dtype we model.
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp8": 1}
@@ -191,8 +193,23 @@ class GPUSpec:
     interconnect_bandwidth: float
     # Default $/GPU-hour.
     price_per_hour: float
+    # GPU-to-GPU link: "nvlink" (or AMD "xgmi"): peer-to-peer, vLLM's custom
+    # all-reduce; "pcie": NCCL over PCIe (vLLM disables its custom all-reduce
+    # on PCIe-only systems of more than two GPUs, and GeForce parts have no P2P).
+    link: LinkType = "nvlink"
+    # Achieved fractions of the datasheet peaks measured on this GPU (vLLM
+    # serving runs); 0 = not measured: StepTimeParams' defaults apply.
+    # Explicit StepTimeParams values (a calibration) override these.
+    flops_efficiency: float = 0.0
+    bandwidth_efficiency: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.link not in ("nvlink", "xgmi", "pcie"):
+            raise ConfigError("link", f"must be nvlink, xgmi or pcie, got {self.link!r}")
+        for f in ("flops_efficiency", "bandwidth_efficiency"):
+            v = getattr(self, f)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f, f"must be in [0, 1] (0: not measured), got {v!r}")
         for f in ("memory_bytes", "hbm_bandwidth", "bf16_flops", "interconnect_bandwidth"):
             if getattr(self, f) <= 0:
                 raise ConfigError(f, f"must be positive, got {getattr(self, f)} for {self.name}")

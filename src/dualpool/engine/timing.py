@@ -8,9 +8,9 @@ sequence) of `num_seqs` sequences. Per GPU of the TP group::
               / (peak FLOP/s x flops_efficiency)
     memory  = (weights read + kv_bytes_per_token x kv_read_tokens)
               / (HBM bandwidth x bandwidth_efficiency)
-    comm    = 2 x layers x (allreduce_latency
-              + 2 (TP-1)/TP x num_tokens x hidden x 2 B
-                / (interconnect bandwidth x interconnect_efficiency))   [TP > 1]
+    comm    = 2 x layers x AllReduceModel.time(num_tokens x hidden x 2 B)    [TP > 1]
+              (vLLM's custom all-reduce on NVLink/xGMI up to 8 MiB, else NCCL's
+              ring; PCIe-only machines always use NCCL, see AllReduceModel)
     step    = step_overhead + per_seq_overhead x num_seqs + comm
               + max(compute, memory)
 
@@ -50,12 +50,15 @@ from dualpool.engine.step_params import StepTimeParams
 from dualpool.errors import ConfigError
 
 __all__ = [
+    "AllReduceModel",
     "DecodePoint",
     "PrefillPoint",
+    "ProfileTableModel",
     "StepShape",
     "StepTimeModel",
     "StepTimeParams",
     "calibrate",
+    "load_profile_table",
 ]
 
 
@@ -72,6 +75,57 @@ class StepShape(Protocol):
     def attention_pairs(self) -> int: ...
 
 
+class AllReduceModel:
+    """Seconds of one all-reduce of S bytes across a TP group (alpha-beta model).
+
+    Which algorithm vLLM 0.19 uses (vllm/distributed/device_communicators/
+    custom_all_reduce.py and cuda_communicator.py):
+
+    - NVLink / xGMI (peer-to-peer): vLLM's custom all-reduce for messages up
+      to 8 MiB (its max_size), one-shot or two-shot: about
+      `allreduce_latency_s + 2 (TP-1)/TP x S / (link x eff)`;
+    - otherwise NCCL's ring: `nccl_latency_s + 2 (TP-1)/TP x S / (link x eff)`.
+      On PCIe-only machines vLLM disables the custom all-reduce ("not
+      supported on more than two PCIe-only GPUs"; GeForce cards have no P2P
+      at all), so every all-reduce is NCCL's, whose small-message latency
+      over PCIe is tens of microseconds (nccl-tests all_reduce_perf on PCIe
+      Gen4/Gen5 boxes: 20-40 us at 8 B-64 KiB; the default 30 us) against
+      under 10 us for the custom kernel over NVLink.
+
+    `link` is the GPU's interconnect_bandwidth per direction (NVLink 4: 450
+    GB/s on H100; PCIe 4.0 x16: 32 GB/s; PCIe 5.0 x16: 64 GB/s).
+    """
+
+    __slots__ = ("_bw", "_custom", "_ring", "custom_max_bytes", "params", "tp")
+
+    # vLLM's CustomAllreduce max_size (8 MiB).
+    CUSTOM_MAX_BYTES = 8 * 1024 * 1024
+
+    def __init__(self, gpu: GPUSpec, tp: int, params: StepTimeParams) -> None:
+        self.tp = tp
+        self.params = params
+        self._bw = gpu.interconnect_bandwidth * params.interconnect_efficiency
+        self._ring = 2.0 * (tp - 1) / tp if tp > 1 else 0.0
+        self._custom = gpu.link != "pcie" and tp > 1
+        self.custom_max_bytes = float(self.CUSTOM_MAX_BYTES if self._custom else 0)
+
+    def latency(self, *, small: bool) -> float:
+        if self.tp <= 1:
+            return 0.0
+        if small and self._custom:
+            return self.params.allreduce_latency_s
+        return self.params.nccl_latency_s
+
+    def seconds_per_byte(self, *, small: bool) -> float:
+        del small  # both algorithms move 2 (TP-1)/TP x S bytes per GPU
+        return self._ring / self._bw if self.tp > 1 else 0.0
+
+    def time(self, nbytes: float) -> float:
+        """Seconds of one all-reduce of nbytes."""
+        small = nbytes <= self.custom_max_bytes
+        return self.latency(small=small) + self.seconds_per_byte(small=small) * nbytes
+
+
 class StepTimeModel:
     """Step times of one instance (model x GPU x config x params).
 
@@ -80,12 +134,16 @@ class StepTimeModel:
     """
 
     __slots__ = (
+        "_ar_small_tokens",
         "_comm_fixed",
+        "_comm_fixed_large",
         "_comm_per_token",
+        "_comm_per_token_large",
         "_dense_weight_bytes",
         "_expert_bytes",
         "_expert_frac",
         "_flop_attn",
+        "_flop_head",
         "_flop_linear",
         "_is_moe",
         "_kv_per_token",
@@ -93,7 +151,9 @@ class StepTimeModel:
         "_per_seq",
         "_run_cache",
         "_weight_cache",
+        "bandwidth_efficiency",
         "config",
+        "flops_efficiency",
         "gpu",
         "model",
         "params",
@@ -111,33 +171,47 @@ class StepTimeModel:
         self.config = config
         self.params = p = params or StepTimeParams()
         tp = config.tensor_parallel_size
-        bw = gpu.hbm_bandwidth * p.bandwidth_efficiency
-        bf16 = gpu.bf16_flops * p.flops_efficiency
+        fe, be = p.resolved(gpu.flops_efficiency, gpu.bandwidth_efficiency)
+        self.flops_efficiency = fe
+        self.bandwidth_efficiency = be
+        bw = gpu.hbm_bandwidth * be
+        bf16 = gpu.bf16_flops * fe
         linear_rate = (
-            gpu.fp8_flops * p.flops_efficiency
-            if model.weight_dtype == "fp8" and gpu.fp8_flops > 0
-            else bf16
+            gpu.fp8_flops * fe if model.weight_dtype == "fp8" and gpu.fp8_flops > 0 else bf16
         )
-        # Seconds per unit of work.
-        self._flop_linear = 2.0 * model.num_active_params / tp / linear_rate
+        # Seconds per unit of work. Every scheduled token goes through the
+        # decoder's linear layers; the input embedding is a lookup (no FLOPs)
+        # and the LM head runs only on each sequence's last position (vLLM
+        # computes logits at logits_indices, one row per scheduled request),
+        # so their parameters are charged per sequence, not per token.
+        head = model.vocab_size * model.hidden_size
+        decoder = model.num_active_params - model.num_embedding_params
+        self._flop_linear = 2.0 * decoder / tp / linear_rate
+        self._flop_head = 2.0 * head / tp / bf16
         heads_per_gpu = model.num_attention_heads / tp
         self._flop_attn = 4.0 * model.num_layers * heads_per_gpu * model.head_dim / bf16
         self._kv_per_token = kv_bytes_per_token(model, config) / bw
         expert_bytes = model.expert_params * model.weight_bytes_per_param / tp
         self._expert_bytes = expert_bytes / bw
-        self._dense_weight_bytes = (model.weight_bytes / tp - expert_bytes) / bw
+        # An untied input embedding table is only indexed (a few rows a
+        # step), not streamed: every other weight is read once per step.
+        input_embedding = max(0, model.num_embedding_params - head) * 2 / tp
+        self._dense_weight_bytes = (model.weight_bytes / tp - expert_bytes - input_embedding) / bw
         self._expert_frac = model.num_experts_per_tok / model.num_experts if model.is_moe else 1.0
         self._is_moe = model.is_moe
         self._weight_cache: dict[int, float] = {}
         self._run_cache: dict[int, tuple[float, float, float, float, float]] = {}
-        if tp > 1:
-            link = gpu.interconnect_bandwidth * p.interconnect_efficiency
-            ring = 2.0 * (tp - 1) / tp
-            self._comm_fixed = 2.0 * model.num_layers * p.allreduce_latency_s
-            self._comm_per_token = 2.0 * model.num_layers * ring * model.hidden_size * 2.0 / link
-        else:
-            self._comm_fixed = 0.0
-            self._comm_per_token = 0.0
+        ar = AllReduceModel(gpu, tp, p)
+        token_bytes = model.hidden_size * 2.0  # one BF16 activation row
+        per_step = 2.0 * model.num_layers  # two all-reduces per layer (attention, MLP)
+        # comm(n) = fixed + per_token * n, one line up to the custom all-reduce's
+        # size limit and another (NCCL) above it: a function of n alone, so the
+        # decode-run closed forms keep it in their per-n constant.
+        self._ar_small_tokens = int(ar.custom_max_bytes // token_bytes)
+        self._comm_fixed = per_step * ar.latency(small=True)
+        self._comm_per_token = per_step * ar.seconds_per_byte(small=True) * token_bytes
+        self._comm_fixed_large = per_step * ar.latency(small=False)
+        self._comm_per_token_large = per_step * ar.seconds_per_byte(small=False) * token_bytes
         self._overhead = p.step_overhead_s
         self._per_seq = p.per_seq_overhead_s
 
@@ -162,18 +236,31 @@ class StepTimeModel:
         """Seconds of one step of this shape (0 for an empty step)."""
         if num_tokens <= 0:
             return 0.0
-        compute = self._flop_linear * num_tokens + self._flop_attn * attention_pairs
+        compute = (
+            self._flop_linear * num_tokens
+            + self._flop_head * num_seqs
+            + self._flop_attn * attention_pairs
+        )
         w = self._weight_cache.get(num_tokens)
         if w is None:
             w = self.weight_read_time(num_tokens)
         memory = w + self._kv_per_token * kv_read_tokens
+        if num_tokens <= self._ar_small_tokens:
+            comm = self._comm_fixed + self._comm_per_token * num_tokens
+        else:
+            comm = self._comm_fixed_large + self._comm_per_token_large * num_tokens
         return (
             self._overhead
             + self._per_seq * num_seqs
-            + self._comm_fixed
-            + self._comm_per_token * num_tokens
+            + comm
             + (compute if compute > memory else memory)
         )
+
+    def comm_time(self, num_tokens: int) -> float:
+        """Seconds of a step's all-reduces (two per layer) for num_tokens tokens."""
+        if num_tokens <= self._ar_small_tokens:
+            return self._comm_fixed + self._comm_per_token * num_tokens
+        return self._comm_fixed_large + self._comm_per_token_large * num_tokens
 
     def step_time(self, output: StepShape) -> float:
         """Seconds of the step a scheduler output describes."""
@@ -193,9 +280,9 @@ class StepTimeModel:
 
     def _decode_coeffs(self, n: int, ctx: int) -> tuple[float, float, float, float, float]:
         """Step j of a decode run costs a + max(c0 + c1 j, m0 + m1 j)."""
-        a = self._overhead + self._per_seq * n + self._comm_fixed + self._comm_per_token * n
+        a = self._overhead + self._per_seq * n + self.comm_time(n)
         # attention_pairs = ctx + j n + n, kv_read = ctx + j n
-        c0 = self._flop_linear * n + self._flop_attn * (ctx + n)
+        c0 = (self._flop_linear + self._flop_head) * n + self._flop_attn * (ctx + n)
         c1 = self._flop_attn * n
         m0 = self.weight_read_time(n) + self._kv_per_token * ctx
         m1 = self._kv_per_token * n
@@ -211,10 +298,10 @@ class StepTimeModel:
         """(a, linear FLOP time, c1, weight read time, m1) of a decode run of n sequences."""
         co = self._run_cache.get(n)
         if co is None:
-            a = self._overhead + self._per_seq * n + self._comm_fixed + self._comm_per_token * n
+            a = self._overhead + self._per_seq * n + self.comm_time(n)
             co = (
                 a,
-                self._flop_linear * n,
+                (self._flop_linear + self._flop_head) * n,
                 self._flop_attn * n,
                 self.weight_read_time(n),
                 self._kv_per_token * n,
@@ -348,7 +435,7 @@ def calibrate(
     for p in decode:
         n, ctx = p.num_seqs, p.total_context_tokens
         bytes_time = unit.weight_read_time(n) + unit._kv_per_token * ctx  # at eff 1.0
-        comm = unit._comm_fixed + unit._comm_per_token * n
+        comm = unit.comm_time(n)
         y = p.seconds - comm
         if fit_per_seq:
             rows.append([1.0, float(n), bytes_time])
@@ -386,8 +473,10 @@ def calibrate(
         for q in prefill:
             t = q.prompt_tokens
             pairs = t * (t + 1) // 2
-            compute_at_peak = unit_f._flop_linear * t + unit_f._flop_attn * pairs
-            rest = q.seconds - overhead - per_seq - unit_f._comm_fixed - unit_f._comm_per_token * t
+            compute_at_peak = (
+                unit_f._flop_linear * t + unit_f._flop_head + unit_f._flop_attn * pairs
+            )
+            rest = q.seconds - overhead - per_seq - unit_f.comm_time(t)
             if rest <= 0:
                 raise ConfigError(
                     "prefill", f"prefill of {t} tokens ({q.seconds}s) is faster than the overhead"
@@ -400,3 +489,185 @@ def calibrate(
             )
         params = replace(params, flops_efficiency=eff)
     return params
+
+
+# -- a measured profile table ----------------------------------------------------
+
+
+def _interp(xs: list[float], ys: list[float], x: float) -> float:
+    """Piecewise-linear through (xs, ys), extended linearly past both ends."""
+    n = len(xs)
+    if n == 1:
+        return ys[0]
+    i = 1
+    while i < n - 1 and x > xs[i]:
+        i += 1
+    x0, x1 = xs[i - 1], xs[i]
+    y0, y1 = ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+class ProfileTableModel(StepTimeModel):
+    """Step times read from a measured profile table instead of the roofline.
+
+    The table is a rectilinear grid of measured step times over
+    (num_tokens, kv_read_tokens): every combination of the listed token
+    counts and cached-context sizes, e.g. from timing a vLLM instance at
+    fixed shapes (decode batches of n sequences holding C cached tokens,
+    prefill chunks of t tokens after p cached ones). A step's time is the
+    bilinear interpolation of the table at (num_tokens, kv_read_tokens),
+    extended linearly past its edges; the other shape fields (sequences,
+    attention pairs) are what the table measured implicitly. Decode runs
+    keep a closed form: at fixed n the time is piecewise linear in the
+    context, so `decode_run_time` sums an arithmetic series per grid cell.
+
+    It is a StepTimeModel (the memory model and the Scheduler's typing are
+    unchanged); `StepTimeModel` is the other implementation of the same
+    interface (step_time_raw, decode_step_time, decode_run_time,
+    steps_within, prefill_time).
+    """
+
+    __slots__ = ("_kv", "_rows", "_tokens")
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        gpu: GPUSpec,
+        config: EngineConfig,
+        rows: list[tuple[int, int, float]],
+        params: StepTimeParams | None = None,
+    ) -> None:
+        super().__init__(model, gpu, config, params)
+        tokens = sorted({r[0] for r in rows})
+        kv = sorted({r[1] for r in rows})
+        grid: dict[tuple[int, int], float] = {}
+        for t, c, sec in rows:
+            if t <= 0 or c < 0 or not sec > 0.0:
+                raise ConfigError(
+                    "profile", f"bad row ({t}, {c}, {sec}): need tokens > 0, kv >= 0, seconds > 0"
+                )
+            grid[(t, c)] = sec
+        missing = [(t, c) for t in tokens for c in kv if (t, c) not in grid]
+        if missing:
+            raise ConfigError(
+                "profile",
+                f"the table must be a full grid over num_tokens x kv_read_tokens; "
+                f"missing {missing[0]} (and {len(missing) - 1} more)",
+            )
+        self._tokens = [float(t) for t in tokens]
+        self._kv = [float(c) for c in kv]
+        # _rows[i]: step seconds along kv for tokens[i]
+        self._rows = [[grid[(t, c)] for c in kv] for t in tokens]
+
+    def _row_at(self, num_tokens: int) -> list[float]:
+        """Seconds along the kv grid at num_tokens (linear in tokens between rows)."""
+        ts = self._tokens
+        if len(ts) == 1:
+            return self._rows[0]
+        x = float(num_tokens)
+        i = 1
+        while i < len(ts) - 1 and x > ts[i]:
+            i += 1
+        w = (x - ts[i - 1]) / (ts[i] - ts[i - 1])
+        a = self._rows[i - 1]
+        b = self._rows[i]
+        return [a[j] + (b[j] - a[j]) * w for j in range(len(a))]
+
+    def step_time_raw(
+        self, num_tokens: int, num_seqs: int, kv_read_tokens: int, attention_pairs: int
+    ) -> float:
+        if num_tokens <= 0:
+            return 0.0
+        t = _interp(self._kv, self._row_at(num_tokens), float(kv_read_tokens))
+        return t if t > 0.0 else 0.0
+
+    def decode_step_time(self, num_seqs: int, total_context_tokens: int) -> float:
+        return self.step_time_raw(num_seqs, num_seqs, total_context_tokens, 0)
+
+    def decode_run_time(self, num_seqs: int, total_context_tokens: int, k: int) -> float:
+        """Sum of k decode steps: context C + j n at step j, piecewise linear in it."""
+        if k <= 0 or num_seqs <= 0:
+            return 0.0
+        ys = self._row_at(num_seqs)
+        xs = self._kv
+        n = float(num_seqs)
+        c0 = float(total_context_tokens)
+        total = 0.0
+        j = 0
+        while j < k:
+            x = c0 + j * n
+            # the linear piece holding x and the last step j_end (exclusive) on it
+            i = 1
+            while i < len(xs) - 1 and x > xs[i]:
+                i += 1
+            if len(xs) == 1:
+                slope = 0.0
+                y0 = ys[0]
+                x0 = x
+                j_end = k
+            else:
+                x0, x1 = xs[i - 1], xs[i]
+                y0 = ys[i - 1]
+                slope = (ys[i] - y0) / (x1 - x0)
+                if i < len(xs) - 1:
+                    # steps with c0 + j n <= x1 stay on this piece
+                    j_end = min(k, math.floor((x1 - c0) / n) + 1)
+                    if j_end <= j:
+                        j_end = j + 1
+                else:
+                    j_end = k
+            cnt = j_end - j
+            # sum over jj in [j, j_end) of y0 + slope (c0 + jj n - x0)
+            sum_j = (j + j_end - 1) * cnt / 2.0
+            total += cnt * (y0 + slope * (c0 - x0)) + slope * n * sum_j
+            j = j_end
+        return total
+
+    def steps_within(
+        self, num_seqs: int, total_context_tokens: int, budget: float, limit: int | None = None
+    ) -> int:
+        if budget <= 0.0 or num_seqs <= 0:
+            return 0
+        first = self.decode_step_time(num_seqs, total_context_tokens)
+        if first > budget:
+            return 0
+        hi = int(budget / first) + 1 if first > 0.0 else (limit or 1 << 30)
+        if limit is not None and limit < hi:
+            hi = max(1, limit)
+        lo = 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.decode_run_time(num_seqs, total_context_tokens, mid) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def with_params(self, params: StepTimeParams) -> StepTimeModel:
+        rows = [
+            (int(t), int(c), self._rows[i][j])
+            for i, t in enumerate(self._tokens)
+            for j, c in enumerate(self._kv)
+        ]
+        return ProfileTableModel(self.model, self.gpu, self.config, rows, params)
+
+
+def load_profile_table(path: str) -> list[tuple[int, int, float]]:
+    """Rows of a profile CSV: num_tokens, kv_read_tokens, seconds (header required)."""
+    import csv
+    from pathlib import Path
+
+    try:
+        with Path(path).open(encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            need = {"num_tokens", "kv_read_tokens", "seconds"}
+            if reader.fieldnames is None or not need <= set(reader.fieldnames):
+                raise ConfigError("profile", f"{path}: need the columns {sorted(need)}")
+            return [
+                (int(r["num_tokens"]), int(r["kv_read_tokens"]), float(r["seconds"]))
+                for r in reader
+            ]
+    except OSError as e:
+        raise ConfigError("profile", f"cannot read {path}: {e}") from e
+    except ValueError as e:
+        raise ConfigError("profile", f"{path}: {e}") from e
