@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ def test_window_stream_is_at_the_fleet_rate_and_seeded(
     assert wp.offset(1) == (wp.offset(0) + wp.block) % wp.n
     other = _job(small_mix, small_settings, 0, 65536, seed=1).plan
     assert other.offset(0) != wp.offset(0)
-    t1, idx1 = window_stream(small_mix.arrival_s, small_mix.source_rate, other, 0)
+    _, idx1 = window_stream(small_mix.arrival_s, small_mix.source_rate, other, 0)
     assert not np.array_equal(idx, idx1)
 
 
@@ -91,6 +92,6 @@ def test_more_instances_never_hurt_beyond_noise(
         )
         assert sim.simulated_instances == g  # the whole pool, not a sub-fleet
         rs.append(ratio(sim, 2.0, 0.02))
-    for a, b in zip(rs, rs[1:], strict=False):
+    for a, b in itertools.pairwise(rs):
         assert b <= a * 1.05, rs
     assert rs[-1] < rs[0]
