@@ -86,8 +86,8 @@ def register(sub: Any) -> None:
         "--window-requests",
         type=int,
         default=None,
-        help="distinct workload requests per window (default: an eighth of the workload, "
-        ">= 1000, at most one run)",
+        help="distinct workload requests per window (default: a run's measured requests, "
+        ">= 1000, at most the workload)",
     )
     p.add_argument(
         "--measure-s",

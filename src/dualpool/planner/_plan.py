@@ -58,7 +58,7 @@ from dualpool.planner._replicate import (
 )
 from dualpool.planner._stats import Interval, interval, one_sided_confidence
 from dualpool.planner._verify import PoolSim, VerifySettings
-from dualpool.planner._windows import WindowJob, WindowOutcome, run_window
+from dualpool.planner._windows import WindowJob, WindowOutcome, WindowPlan, run_window
 from dualpool.workload import Request, RequestColumns
 
 __all__ = [
@@ -531,11 +531,33 @@ def _split_summary(
     }
 
 
-def _warmup(s: PlanSettings, outcomes: Sequence[PoolOutcome]) -> float:
-    if s.verify.warmup_s is not None:
-        return s.verify.warmup_s
-    longest = max((o.profile.service_s for o in outcomes if o.profile is not None), default=5.0)
-    return min(30.0, max(5.0, 1.5 * longest))
+def _pool_run(s: PlanSettings, mix: Mix, job: PoolJob, wp: WindowPlan) -> WindowPlan:
+    """The pool's own run length on the shared windows.
+
+    Warm-up: the occupancy-weighted mean time a request spends in an
+    instance, E[D^2] / E[D] with D = output x TPOT_SLO / 2 + prompt / 5,000
+    tok/s (5 to 120 s): how long the pool takes to fill. Measured: the
+    plan's seconds, longer for a pool of little traffic so that it sees at
+    least `min_pool_measured` requests (at most 30 minutes).
+    """
+    v = s.verify
+    mask = (mix.budget > job.lo) & (mix.budget <= job.hi)
+    share = float(mask.mean())
+    if v.warmup_s is not None:
+        warm = v.warmup_s
+    else:
+        d = mix.output[mask] * (s.tpot_slo_s / 2.0) + mix.prompt[mask] / 5000.0
+        warm = float(np.clip((d * d).sum() / max(d.sum(), 1e-9), 5.0, 120.0)) if d.size else 5.0
+    measured = wp.run_requests / s.rate - wp.warmup_s
+    if share > 0:
+        measured = max(measured, min(1800.0, v.min_pool_measured / (s.rate * share)))
+    run = min(_MAX_RUN, math.ceil(s.rate * (warm + measured)))
+    return replace(wp, run_requests=max(run, 1), warmup_s=warm)
+
+
+# Fleet arrivals generated for one pool's run, at most (a pool of little
+# traffic takes its requests out of them).
+_MAX_RUN = 4_000_000
 
 
 def _verify(
@@ -570,11 +592,13 @@ def _verify(
         len(mix),
         s.rate,
         seed=v.seed,
-        warmup_s=_warmup(s, [by[k] for k in main]),
+        warmup_s=0.0,
         measure_s=v.measure_s,
         min_measured=v.min_measured,
         block=v.block,
     )
+
+    runs = {k: _pool_run(s, mix, jobs[k], wp) for k in keys}
 
     def make(key: str, win: int, at: int | None, start: int, step: float, keep: bool) -> WindowJob:
         j = jobs[key]
@@ -591,7 +615,7 @@ def _verify(
             lo=j.lo,
             hi=j.hi,
             window=win,
-            plan=wp,
+            plan=runs[key],
             start=start,
             ttft_slo_s=ttft,
             tpot_slo_s=tpot,
@@ -642,15 +666,18 @@ def _verify(
     # requests are the homogeneous fleet's (common random numbers), so its
     # distribution is its pools' samples together.
     fleet_p99: dict[str, dict[str, list[float]]] = {}
-    for name, ks in (
-        ("homogeneous", ["homogeneous"]),
-        ("split", [k for k in main if k != "homogeneous"]),
-    ):
+    split_names = [k for k in main if k != "homogeneous"]
+    for name, ks in (("homogeneous", ["homogeneous"]), ("split", split_names)):
         per: dict[str, list[float]] = {"ttft": [], "tpot": []}
         for w in range(n):
+            sims = [(by[k].share, final[k][w].trials[0]) for k in ks]
+            # Each pool's samples weighted by its share of the traffic (a pool
+            # of little traffic runs longer than the others to be measured).
+            sims = [(sh, x) for sh, x in sims if x.ttft]
             for metric in ("ttft", "tpot"):
-                vals = [x for k in ks for x in getattr(final[k][w].trials[0], metric)]
-                per[metric].append(float(np.quantile(vals, 0.99)) if vals else 0.0)
+                parts = [(sh, getattr(x, metric)) for sh, x in sims]
+                q = _mixture_p99(parts, []) if parts else None
+                per[metric].append(q if q is not None else 0.0)
         fleet_p99[name] = per
     sv = interval(savings, v.confidence)
     return {
@@ -664,6 +691,9 @@ def _verify(
         },
         "info": {
             **wp.as_dict(),
+            "pools": {
+                k: {"warmup_s": r.warmup_s, "run_requests": r.run_requests} for k, r in runs.items()
+            },
             "windows": n,
             "offsets": [wp.offset(w) for w in range(n)],
             "overlapping": n > wp.disjoint,

@@ -227,16 +227,17 @@ def window_plan(
     min_measured: int,
     block: int | None,
     min_block: int = 1000,
-    target_windows: int = 8,
 ) -> WindowPlan:
     """The windows' geometry: a run of warm-up + max(min_measured, rate x measure_s) requests.
 
-    Block (distinct input requests per window): `block`, else n / 8 (at least
-    `min_block`), at most a run; never more than the input.
+    Block (distinct input requests per window): `block`, else the measured
+    requests of a run (a P99 over fewer distinct requests is set by a handful
+    of them, and looping a small block repeats that handful), at least
+    `min_block`; never more than the input.
     """
     measured = max(min_measured, math.ceil(rate * measure_s))
     run = math.ceil(rate * warmup_s) + measured
-    b = block if block else min(run, max(min_block, n // target_windows))
+    b = block if block else max(min_block, measured)
     b = max(1, min(b, n))
     phase = int(np.random.default_rng(seed).integers(n))
     return WindowPlan(n=n, block=b, phase=phase, run_requests=run, warmup_s=warmup_s, rate=rate)

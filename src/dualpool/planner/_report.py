@@ -188,13 +188,21 @@ def _explain(p: dict[str, Any]) -> list[str]:
         lines.append(
             f"verified: {_pm_pct(p['saving'], p['saving_ci'])} points. Whole pools simulated on "
             f"{ver['windows']} windows of the workload ({ver['block_requests']:,} requests each, "
-            f"retimed to {p['inputs']['rate']:,.0f} req/s and run {ver['measured_s']:.0f} s after "
-            f"{ver['warmup_s']:.0f} s of warm-up); on each window the homogeneous and the split "
+            f"retimed to {p['inputs']['rate']:,.0f} req/s, looped; {_warm(ver)} of warm-up, then "
+            f"at least {ver['measured_s']:.0f} s measured); on each window the homogeneous and the split "
             "fleet see the same requests at the same times, each pool searched for the count "
             "where its P99s meet the SLOs. The provisioned counts meet them at "
             f"{ver['confidence']:.0%} confidence (one-sided t-test over windows)."
         )
     return lines
+
+
+def _warm(ver: dict[str, Any]) -> str:
+    w = [x["warmup_s"] for x in ver.get("pools", {}).values()]
+    if not w:
+        return f"{ver['warmup_s']:.0f} s"
+    lo, hi = min(w), max(w)
+    return f"{lo:.0f} s" if hi - lo < 0.5 else f"{lo:.0f} to {hi:.0f} s (by pool)"
 
 
 def render_text(p: dict[str, Any], console: Console) -> None:
@@ -617,8 +625,13 @@ def write_html(p: dict[str, Any], mix: Mix, directory: str | Path, text: str = "
                 [
                     ["windows (replications)", str(ver["windows"])],
                     ["distinct requests per window", f"{ver['block_requests']:,}"],
-                    ["requests per run (window looped)", f"{ver['run_requests']:,}"],
-                    ["warm-up, measured", f"{ver['warmup_s']:.1f} s, {ver['measured_s']:.1f} s"],
+                    *[
+                        [
+                            f"{k}: requests per run (fleet arrivals, window looped), warm-up",
+                            f"{r['run_requests']:,}, {r['warmup_s']:.1f} s",
+                        ]
+                        for k, r in ver.get("pools", {}).items()
+                    ],
                     ["disjoint windows in the workload", str(ver["disjoint_windows"])],
                     ["window offsets (--seed)", ", ".join(f"{o:,}" for o in ver["offsets"])],
                     [

@@ -60,14 +60,16 @@ class VerifySettings:
     max_windows: int = 20
     # Windows added per round after the first min_windows.
     batch: int = 2
-    # Distinct input requests per window; None: an eighth of the input (>= 1,000),
-    # at most one run.
+    # Distinct input requests per window; None: a run's measured requests
+    # (>= 1,000), at most the input.
     block: int | None = None
     # Measured seconds of each run (at the fleet's rate), and at least this many requests.
     measure_s: float = 10.0
     min_measured: int = 2000
-    # Seconds filling the instances before measuring; None: from the pools'
-    # service times (1.5 x the longest, 5 to 30 s).
+    # A pool of little traffic runs longer, to see at least this many requests.
+    min_pool_measured: int = 300
+    # Seconds filling the instances before measuring; None: per pool, from its
+    # requests' durations (`_plan._pool_run`).
     warmup_s: float | None = None
 
     def __post_init__(self) -> None:
