@@ -86,8 +86,8 @@ def register(sub: Any) -> None:
         "--window-requests",
         type=int,
         default=None,
-        help="distinct workload requests per window (default: a run's measured requests, "
-        ">= 1000, at most the workload)",
+        help="distinct workload requests per window (default: the whole workload up to "
+        "50000 requests, else a run's measured requests)",
     )
     p.add_argument(
         "--measure-s",

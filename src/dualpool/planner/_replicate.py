@@ -227,17 +227,27 @@ def window_plan(
     min_measured: int,
     block: int | None,
     min_block: int = 1000,
+    whole_input: int = 50_000,
 ) -> WindowPlan:
-    """The windows' geometry: a run of warm-up + max(min_measured, rate x measure_s) requests.
+    """The windows' geometry and a run of warm-up + the measured requests.
 
-    Block (distinct input requests per window): `block`, else the measured
-    requests of a run (a P99 over fewer distinct requests is set by a handful
-    of them, and looping a small block repeats that handful), at least
-    `min_block`; never more than the input.
+    Block (distinct input requests per window): `block`; else the whole
+    input when it holds at most `whole_input` requests (each window is then
+    the whole input, rotated to start at its offset: a short trace is not
+    split into windows whose P99s rest on a handful of tail requests and on
+    which bursts they happen to hold), else a run's measured requests
+    (disjoint windows: independent replications). The measured part covers
+    the block at least once: max(min_measured, rate x measure_s, block).
     """
     measured = max(min_measured, math.ceil(rate * measure_s))
-    run = math.ceil(rate * warmup_s) + measured
-    b = block if block else max(min_block, measured)
+    if block:
+        b = block
+    elif n <= whole_input:
+        b = n
+    else:
+        b = max(min_block, measured)
     b = max(1, min(b, n))
+    measured = max(measured, b)
+    run = math.ceil(rate * warmup_s) + measured
     phase = int(np.random.default_rng(seed).integers(n))
     return WindowPlan(n=n, block=b, phase=phase, run_requests=run, warmup_s=warmup_s, rate=rate)

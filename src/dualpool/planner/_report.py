@@ -80,8 +80,9 @@ def headline(p: dict[str, Any]) -> str:
         ver = p["verification"]
         conf = p.get("recommendation_confidence")
         return (
-            f"Recommendation: {rec}. The split needs {_pm_pct(sv, ci)} points fewer GPUs "
-            f"(95% interval {ci['low']:.1%} to {ci['high']:.1%}, {ver['windows']} windows of "
+            f"Recommendation: {rec}. The split needs {sv:.1%} fewer GPUs "
+            f"(± {ci['half_width'] * 100:.1f} points: 95% interval {ci['low']:.1%} to "
+            f"{ci['high']:.1%}, {ver['windows']} windows of "
             f"the workload, both fleets on the same requests); confidence that it saves: "
             f"{conf:.1%}. Provisioned: {p['homogeneous']['gpus']:,} -> {p['split']['gpus']:,} "
             f"GPUs (${usd:,.0f} a year)."
@@ -118,8 +119,8 @@ def caveats(p: dict[str, Any]) -> list[str]:
         if ver["overlapping"]:
             out.append(
                 f"The workload holds {ver['input_requests']:,} requests: {ver['windows']} windows "
-                f"of {ver['block_requests']:,} overlap (only {ver['disjoint_windows']} are "
-                "disjoint), so the windows are not fully independent and the intervals are "
+                f"of {ver['block_requests']:,} overlap (disjoint: {ver['disjoint_windows']}), "
+                "so the windows are not fully independent and the intervals are "
                 "somewhat too narrow."
             )
         for fleet in ("homogeneous", "split"):

@@ -60,8 +60,9 @@ class VerifySettings:
     max_windows: int = 20
     # Windows added per round after the first min_windows.
     batch: int = 2
-    # Distinct input requests per window; None: a run's measured requests
-    # (>= 1,000), at most the input.
+    # Distinct input requests per window; None: the whole input up to 50,000
+    # requests (windows are then rotations of it), else a run's measured
+    # requests (>= 1,000; disjoint windows).
     block: int | None = None
     # Measured seconds of each run (at the fleet's rate), and at least this many requests.
     measure_s: float = 10.0
