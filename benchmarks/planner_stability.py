@@ -114,6 +114,19 @@ def main() -> None:
                 "split_gpus": p["split"]["gpus"],
                 "slo_confidence": [p[f].get("slo_confidence") for f in ("homogeneous", "split")],
                 "simulations": ver["simulations"],
+                # The SLO-aware estimate against the whole-fleet verification.
+                "pools": {
+                    f"{f}/{pool['pool']}": {
+                        "estimate": pool["analytic"]["queueing"],
+                        "discrete": pool["analytic"]["discrete"],
+                        "needed": pool["simulation"]["needed"]["mean"],
+                        "needed_half_width": pool["simulation"]["needed"]["half_width"],
+                        "provisioned": pool["simulation"]["instances"],
+                        "slo_confidence": pool["simulation"]["slo_test"]["confidence"],
+                    }
+                    for f in ("homogeneous", "split")
+                    for pool in p[f]["pools"]
+                },
                 "wall_s": round(wall, 1),
                 # On 2 idle cores the wall time would be about cpu_s / 2.
                 "cpu_s": round(cpu, 1),

@@ -63,8 +63,14 @@ def test_window_stream_is_at_the_fleet_rate_and_seeded(
     assert len(t) == wp.run_requests
     # The block is retimed to the fleet's rate.
     assert (len(t) - 1) / t[-1] == pytest.approx(small_settings.rate, rel=0.05)
-    # Consecutive windows start a block apart; another seed, other windows.
-    assert wp.offset(1) == (wp.offset(0) + wp.block) % wp.n
+    # A small input: every window is all of it, rotated; never the same rotation.
+    assert wp.block == wp.n == len(small_mix)
+    assert len({wp.offset(w) for w in range(20)}) == 20
+    # Blocks smaller than the input: disjoint windows a block apart first.
+    part = dataclasses.replace(wp, block=500)
+    assert [part.offset(w) for w in range(5)] == [(wp.phase + 500 * w) % wp.n for w in range(5)]
+    assert len({part.offset(w) for w in range(20)}) == 20
+    # Another seed, other windows.
     other = _job(small_mix, small_settings, 0, 65536, seed=1).plan
     assert other.offset(0) != wp.offset(0)
     _, idx1 = window_stream(small_mix.arrival_s, small_mix.source_rate, other, 0)

@@ -132,14 +132,15 @@ class PoolSim:
 
 
 class _Collect(RecordSink):
-    """A RecordSink keeping TTFT and TPOT of completed requests."""
+    """A RecordSink keeping TTFT and TPOT of completed requests (arrived from `since` s)."""
 
-    def __init__(self) -> None:
+    def __init__(self, since: float = -math.inf) -> None:
         self.ttft: list[float] = []
         self.tpot: list[float] = []
+        self.since = since
 
     def write(self, row: tuple[Any, ...]) -> None:
-        if row[6] is not None:
+        if row[6] is not None and row[0] >= self.since:
             self.ttft.append(float(row[6]))
             self.tpot.append(float(row[7]))
 

@@ -76,7 +76,13 @@ class WindowPlan:
     rate: float
 
     def offset(self, w: int) -> int:
-        return (self.phase + w * self.block) % self.n
+        """Window w's first request: a block apart while disjoint windows remain,
+        then rotations spread by the golden ratio (never the same twice)."""
+        d = self.disjoint
+        if w < d:
+            return (self.phase + w * self.block) % self.n
+        frac = ((w - d + 1) * 0.6180339887498949) % 1.0
+        return (self.phase + int(frac * self.n)) % self.n
 
     @property
     def disjoint(self) -> int:
@@ -141,7 +147,9 @@ def simulate_whole_pool(
         step_params or StepTimeParams(),
     )
     opts = SimOptions(slo=SLO(ttft_s=ttft_slo, tpot_s=tpot_slo), seed=seed, warmup_s=warmup_s)
-    sink = _Collect() if keep_samples else None
+    # The samples, like the summary, leave the warm-up out.
+    t0 = requests[0].arrival_s if requests else 0.0
+    sink = _Collect(t0 + warmup_s) if keep_samples else None
     summary = simulate(fleet, requests, opts, records=sink)
     st = summary.pools[design.name]
     ttft99 = st.ttft.quantile(0.99) if st.completed else math.inf
