@@ -142,3 +142,19 @@ def test_report_without_simulation_has_no_empty_plots(tmp_path: Path) -> None:
     # No TTFT/TPOT or per-window figure when nothing was simulated.
     assert text.count("<img class='plot'") == 4
     assert "TTFT and TPOT" not in text and "no interval" in text
+
+
+@pytest.mark.slow
+def test_simulated_sweep_has_an_interval_at_every_b_short(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = [*ARGS[:-4], "--min-windows", "2", "--max-windows", "2", "--simulate-sweep", "--json"]
+    assert main(args) == 0
+    p = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert p["sweep"]["basis"] == "saving"
+    for row in p["sweep"]["rows"]:
+        ci = row["saving_ci"]
+        assert ci["n"] == 2 and ci["low"] <= row["saving"] <= ci["high"]
+    # The chosen B_short's row is the plan's own saving.
+    row = next(r for r in p["sweep"]["rows"] if r["b_short"] == p["inputs"]["b_short"])
+    assert row["saving"] == p["saving"]
