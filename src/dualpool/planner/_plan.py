@@ -6,12 +6,14 @@
         ├─ split: short pool (budget <= B_short)        ├─ one PoolJob each, run in
         │         long pool (the rest)                  │  parallel (processes or Ray):
         ├─ sweep: the split at B_short 2K .. 32K        │  engine profile → closed form,
-        └─ three pools (8K / 32K / 64K)                 ┘  discrete form, queueing size,
-                                                           [simulation search]
-        ─► costs (GPUs x price x 8,760 h), saving, recommendation
+        └─ three pools (8K / 32K / 64K)                 ┘  discrete form, SLO-aware size
+        ─► [verification: rounds of WindowJobs, whole pools on windows of the
+            workload, common random numbers, until the saving's 95% interval
+            is within the precision; provisioned counts; final round (`_replicate`)]
+        ─► costs (GPUs x price x 8,760 h), saving +- half-width, recommendation
 
-Every job is a pure function of picklable inputs (`PoolJob`), so the same
-list runs on a local process pool or on Ray with identical results.
+Every job is a pure function of picklable inputs (`PoolJob`, `WindowJob`),
+so the same lists run on a local process pool or on Ray with identical results.
 """
 
 from __future__ import annotations
