@@ -22,7 +22,9 @@ def small_settings() -> PlanSettings:
         model=get_model("llama-3.1-8b"),
         gpu=get_gpu("h100-80gb"),
         rate=40.0,
-        verify=VerifySettings(requests=400, instances=2),
+        verify=VerifySettings(
+            requests=400, instances=2, min_measured=400, min_windows=3, max_windows=4
+        ),
         sweep_budgets=(2048, 8192),
         three_pool=None,
     )

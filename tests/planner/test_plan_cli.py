@@ -27,6 +27,10 @@ ARGS = [
     "2",
     "--processes",
     "1",
+    "--min-windows",
+    "3",
+    "--max-windows",
+    "3",
 ]
 
 
@@ -67,6 +71,8 @@ def test_json_is_one_object_with_the_documented_keys(capsys: pytest.CaptureFixtu
         (["--b-short", "0"], "--b-short"),
         (["--utilization", "1.5"], "--utilization"),
         (["--processes", "0"], "--processes"),
+        (["--precision", "0"], "--precision"),
+        (["--max-windows", "2"], "--max-windows"),
     ],
 )
 def test_bad_input_is_one_line(
@@ -88,7 +94,12 @@ def test_report_renders_in_chromium(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main([*ARGS, "--report", str(tmp_path / "rep")]) == 0
     page = tmp_path / "rep" / "index.html"
     text = page.read_text()
-    assert text.count("<img class='plot'") == 4  # CDF, sweep, GPUs, TTFT/TPOT
+    # Saving vs B_short, vs rate, per window; GPUs; TTFT/TPOT; the budget CDF.
+    assert text.count("<img class='plot'") == 6
+    # A page to read: the recommendation and caveats before anything else,
+    # HTML tables, no terminal dump.
+    assert text.index("Recommendation") < text.index("Caveats") < text.index("<table")
+    assert "<pre>" not in text and "± " in text
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium absent (apt-get install -y chromium) to check rendering")
     # A script in the page writes what the browser decoded of each image into
@@ -122,4 +133,28 @@ def test_report_renders_in_chromium(tmp_path: Path, capsys: pytest.CaptureFixtur
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
     line = dom.split('<p id="probe">', 1)[1]
     widths = [int(w) for w in line.split("W=")[1].split("<")[0].split(",")]
-    assert len(widths) == 4 and all(w > 100 for w in widths), widths
+    assert len(widths) == 6 and all(w > 100 for w in widths), widths
+
+
+def test_report_without_simulation_has_no_empty_plots(tmp_path: Path) -> None:
+    assert main([*ARGS, "--no-simulate", "--report", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "index.html").read_text()
+    # No TTFT/TPOT or per-window figure when nothing was simulated.
+    assert text.count("<img class='plot'") == 4
+    assert "TTFT and TPOT" not in text and "no interval" in text
+
+
+@pytest.mark.slow
+def test_simulated_sweep_has_an_interval_at_every_b_short(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = [*ARGS[:-4], "--min-windows", "2", "--max-windows", "2", "--simulate-sweep", "--json"]
+    assert main(args) == 0
+    p = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert p["sweep"]["basis"] == "saving"
+    for row in p["sweep"]["rows"]:
+        ci = row["saving_ci"]
+        assert ci["n"] == 2 and ci["low"] <= row["saving"] <= ci["high"]
+    # The chosen B_short's row is the plan's own saving.
+    row = next(r for r in p["sweep"]["rows"] if r["b_short"] == p["inputs"]["b_short"])
+    assert row["saving"] == p["saving"]

@@ -35,14 +35,21 @@ def test_simulated_plan_and_runners_agree(small_mix: Mix, small_settings: PlanSe
     serial = plan(small_settings, small_mix, run_serial)
     local = plan(small_settings, small_mix, make_runner("local", processes=2))
     assert serial == local  # seeded: the same plan in any process
+    ci = serial["saving_ci"]
+    assert ci["low"] <= serial["saving"] <= ci["high"]
+    assert ci["n"] == serial["verification"]["windows"] >= 3
+    assert serial["recommendation_confidence"] is not None
     for fleet in ("homogeneous", "split"):
         f = serial[fleet]
-        assert "preemptions_per_1k" in f and "ttft_p99_s" in f
+        assert "preemptions_per_1k" in f and "ttft_p99_s" in f and "ttft_p99_ci" in f
+        assert f["gpus_needed"]["n"] == ci["n"]
         for pool in f["pools"]:
             sim = pool["simulation"]
             assert sim["instances"] == pool["instances"] >= 1
-            if sim["found"]:
-                assert sim["chosen"]["meets_slo"]
+            assert len(sim["per_window"]) == ci["n"]
+            # Provisioned for the SLO test: never below what the windows need on average.
+            assert sim["instances"] >= sim["needed"]["mean"] - 1e-9
+            assert 0.0 <= sim["slo_test"]["confidence"] <= 1.0
 
 
 def test_memory_check_off_models_the_paper_setting(small_mix: Mix) -> None:

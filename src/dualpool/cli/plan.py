@@ -5,10 +5,13 @@ retimes it to --rate, and sizes a homogeneous fleet (every instance configured
 for the longest context) against a dual-pool split:
 
   alpha and rho, the paper's closed form alpha(1 - 1/rho), the discrete form
-  with ceilings and a utilization cap, an SLO-aware queueing estimate from the
-  engine model, and the smallest counts the simulator confirms meet the SLOs;
-  GPUs, GPU-hours a day, dollars a year, the saving; a sweep of B_short and a
-  three-pool variant. --json prints one object; --report DIR writes an HTML page.
+  with ceilings and a utilization cap, an SLO-aware estimate (the simulated
+  per-instance load curve), and the counts the simulator confirms: whole pools
+  on windows of the workload (the homogeneous and the split fleet on the same
+  requests and arrival times), windows added until the saving's 95% interval
+  is within --precision points; GPUs, GPU-hours a day, dollars a year, the
+  saving with its interval; a sweep of B_short and a three-pool variant.
+  --json prints one object; --report DIR writes an HTML page.
 
 Pool configs default to the paper's (short 8192/128/16384, long 65536/16/8192)
 at the smallest tensor-parallel size at which each fits in memory.
@@ -17,7 +20,8 @@ at the smallest tensor-parallel size at which each fits in memory.
 from __future__ import annotations
 
 import argparse
-import io
+import math
+import os
 from typing import Any
 
 from rich.console import Console
@@ -71,15 +75,55 @@ def register(sub: Any) -> None:
         "--simulate-sweep", action="store_true", help="also verify every sweep point by simulation"
     )
     p.add_argument(
-        "--sim-requests", type=int, default=3000, help="requests per simulated count (default 3000)"
+        "--precision",
+        type=float,
+        default=2.0,
+        help="stop adding windows when the saving's 95%% half-width is at most this many "
+        "points (default 2)",
+    )
+    p.add_argument(
+        "--min-windows", type=int, default=4, help="windows simulated at least (default 4)"
+    )
+    p.add_argument(
+        "--max-windows", type=int, default=20, help="windows simulated at most (default 20)"
+    )
+    p.add_argument(
+        "--window-requests",
+        type=int,
+        default=None,
+        help="distinct workload requests per window (default: the whole workload up to "
+        "50000 requests, else a run's measured requests)",
+    )
+    p.add_argument(
+        "--measure-s",
+        type=float,
+        default=10.0,
+        help="measured seconds of each run at --rate (default 10; at least 2000 requests)",
+    )
+    p.add_argument(
+        "--warmup-s",
+        type=float,
+        default=None,
+        help="seconds filling the instances before measuring (default: from service times)",
+    )
+    p.add_argument(
+        "--sim-requests",
+        type=int,
+        default=3000,
+        help="requests per run of the calibrated load curve (default 3000)",
     )
     p.add_argument(
         "--sim-instances",
         type=int,
         default=4,
-        help="instances of a simulated sub-fleet (default 4)",
+        help="instances of the calibrated load curve's sub-fleet (default 4)",
     )
-    p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="chooses the windows of the workload and the simulation's seeds (default 0)",
+    )
     p.add_argument(
         "--max-requests",
         type=int,
@@ -115,7 +159,7 @@ def parse_pool(flag: str, text: str) -> EngineConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dualpool.planner import PlanSettings, VerifySettings, mix_from_requests, plan
+    from dualpool.planner import Interval, PlanSettings, VerifySettings, mix_from_requests, plan
     from dualpool.planner._parallel import make_runner
     from dualpool.planner._report import render_text, write_html
     from dualpool.workload import limit, open_workload
@@ -123,6 +167,15 @@ def run(args: argparse.Namespace) -> int:
     for flag, v in (("--sim-requests", args.sim_requests), ("--sim-instances", args.sim_instances)):
         if v < 1:
             raise ConfigError(flag, f"must be >= 1, got {v}")
+    if not 0 < args.precision < 100:
+        raise ConfigError("--precision", f"must be in (0, 100) points, got {args.precision}")
+    if args.min_windows < 2:
+        raise ConfigError("--min-windows", f"must be >= 2, got {args.min_windows}")
+    if args.max_windows < args.min_windows:
+        raise ConfigError(
+            "--max-windows",
+            f"must be >= --min-windows ({args.min_windows}), got {args.max_windows}",
+        )
     if args.max_requests < 2:
         raise ConfigError("--max-requests", f"must be >= 2, got {args.max_requests}")
     if args.processes is not None and args.processes < 1:
@@ -152,14 +205,23 @@ def run(args: argparse.Namespace) -> int:
         simulate=not args.no_simulate,
         simulate_sweep=args.simulate_sweep,
         verify=VerifySettings(
-            requests=args.sim_requests, instances=args.sim_instances, seed=args.seed
+            requests=args.sim_requests,
+            instances=args.sim_instances,
+            seed=args.seed,
+            precision=args.precision / 100.0,
+            min_windows=args.min_windows,
+            max_windows=args.max_windows,
+            block=args.window_requests,
+            measure_s=args.measure_s,
+            warmup_s=args.warmup_s,
+            batch=max(2, args.processes or os.cpu_count() or 2),
         ),
     )
     w = open_workload(args.workload)
     mix = mix_from_requests(list(limit(w, args.max_requests)), w.describe())
     err = Console(stderr=True)
     with Progress(
-        TextColumn("[bold]plan[/] sizing pools"),
+        TextColumn("[bold]plan[/] {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -167,26 +229,32 @@ def run(args: argparse.Namespace) -> int:
         transient=True,
         disable=not err.is_terminal,
     ) as bar:
-        task = bar.add_task("pools", total=None)
+        task = bar.add_task("sizing pools", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
+        def on_round(windows: int, saving: Interval) -> None:
+            hw = saving.half_width
+            bar.update(
+                task,
+                description=f"{windows} windows: saving {saving.mean:.1%}"
+                + (f" +- {hw:.1%}" if math.isfinite(hw) else ""),
+            )
+
         runner = make_runner(
             args.backend, processes=args.processes, address=args.address, progress=progress
         )
-        result = plan(settings, mix, runner)
+        result = plan(settings, mix, runner, on_round)
     samples = {f: result[f].pop("samples", None) for f in ("homogeneous", "split")}
     if args.json:
         print_json(result)
     else:
         render_text(result, Console())
     if args.report:
-        buf = io.StringIO()
-        render_text(result, Console(file=buf, width=110, color_system=None))
         for f, smp in samples.items():
             if smp is not None:
                 result[f]["samples"] = smp
-        path = write_html(result, mix, args.report, buf.getvalue())
+        path = write_html(result, mix, args.report)
         err.print(f"report: {path}")
     return 0

@@ -1,6 +1,7 @@
 """Runners for plan jobs: a local process pool (default) or a Ray cluster.
 
-A runner maps `run_job` over a list of `PoolJob`s and returns the outcomes
+A runner maps `execute` over a list of jobs (`PoolJob`: a pool's analytic
+sizing; `WindowJob`: a pool's search on one window) and returns the outcomes
 in the same order. Jobs are pure and seeded, so every runner gives the same
 plan. Ray is imported only when its runner is built (`pip install
 'dualpool[ray]'`).
@@ -14,16 +15,22 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from dualpool.errors import ConfigError
-from dualpool.planner._plan import PoolJob, PoolOutcome, run_job, run_serial
+from dualpool.planner._plan import PoolJob, execute, run_serial
+from dualpool.planner._windows import WindowJob
 
 __all__ = ["local_runner", "make_runner", "ray_runner"]
 
-Runner = Callable[[Sequence[PoolJob]], list[PoolOutcome]]
+Runner = Callable[[Sequence[Any]], list[Any]]
 
 
-def _cost(job: PoolJob) -> int:
-    """Simulated jobs first (the long ones), so the pool drains evenly."""
-    return 0 if job.simulate else 1
+def _cost(job: PoolJob | WindowJob) -> float:
+    """The long jobs first, so the pool drains evenly: window searches by
+    their requests (a pool's share of the run), then calibrations."""
+    if isinstance(job, WindowJob):
+        b = job.budget
+        share = float(((b > job.lo) & (b <= job.hi)).mean()) if b.size else 0.0
+        return -share * job.plan.run_requests * (1 if job.evaluate_at is not None else 6)
+    return 0.0 if job.calibrate else 1.0
 
 
 def local_runner(
@@ -34,17 +41,17 @@ def local_runner(
     if n < 1:
         raise ConfigError("--processes", f"must be >= 1, got {n}")
 
-    def run(jobs: Sequence[PoolJob]) -> list[PoolOutcome]:
+    def run(jobs: Sequence[Any]) -> list[Any]:
         order = sorted(range(len(jobs)), key=lambda i: _cost(jobs[i]))
-        out: list[PoolOutcome | None] = [None] * len(jobs)
+        out: list[Any] = [None] * len(jobs)
         if n == 1 or len(jobs) <= 1:
             for done, i in enumerate(order, 1):
-                out[i] = run_job(jobs[i])
+                out[i] = execute(jobs[i])
                 if progress:
                     progress(done, len(jobs))
         else:
             with ProcessPoolExecutor(max_workers=min(n, len(jobs))) as ex:
-                futs = {ex.submit(run_job, jobs[i]): i for i in order}
+                futs = {ex.submit(execute, jobs[i]): i for i in order}
                 from concurrent.futures import as_completed
 
                 for done, f in enumerate(as_completed(futs), 1):
@@ -67,10 +74,10 @@ def ray_runner(
             "--backend", "ray is not installed; pip install 'dualpool[ray]'"
         ) from None
 
-    def run(jobs: Sequence[PoolJob]) -> list[PoolOutcome]:
+    def run(jobs: Sequence[Any]) -> list[Any]:
         if not ray.is_initialized():
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        task: Any = ray.remote(run_job)
+        task: Any = ray.remote(execute)
         refs = [task.remote(j) for j in jobs]
         pending = list(refs)
         done_n = 0

@@ -6,18 +6,20 @@
         ├─ split: short pool (budget <= B_short)        ├─ one PoolJob each, run in
         │         long pool (the rest)                  │  parallel (processes or Ray):
         ├─ sweep: the split at B_short 2K .. 32K        │  engine profile → closed form,
-        └─ three pools (8K / 32K / 64K)                 ┘  discrete form, queueing size,
-                                                           [simulation search]
-        ─► costs (GPUs x price x 8,760 h), saving, recommendation
+        └─ three pools (8K / 32K / 64K)                 ┘  discrete form, SLO-aware size
+        ─► [verification: rounds of WindowJobs, whole pools on windows of the
+            workload, common random numbers, until the saving's 95% interval
+            is within the precision; provisioned counts; final round (`_replicate`)]
+        ─► costs (GPUs x price x 8,760 h), saving +- half-width, recommendation
 
-Every job is a pure function of picklable inputs (`PoolJob`), so the same
-list runs on a local process pool or on Ray with identical results.
+Every job is a pure function of picklable inputs (`PoolJob`, `WindowJob`),
+so the same lists run on a local process pool or on Ray with identical results.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -48,13 +50,17 @@ from dualpool.planner._queueing import (
     pool_instances,
     recommend_split,
 )
-from dualpool.planner._verify import (
-    PoolSim,
-    SearchResult,
-    VerifySettings,
-    search_pool_size,
-    simulate_pool,
+from dualpool.planner._replicate import (
+    Comparison,
+    PoolVerified,
+    provision,
+    replicate,
+    summarize,
+    window_plan,
 )
+from dualpool.planner._stats import Interval, interval, one_sided_confidence
+from dualpool.planner._verify import PoolSim, VerifySettings
+from dualpool.planner._windows import WindowJob, WindowOutcome, WindowPlan, run_window
 from dualpool.workload import Request, RequestColumns
 
 __all__ = [
@@ -66,6 +72,7 @@ __all__ = [
     "PoolJob",
     "PoolOutcome",
     "build_jobs",
+    "execute",
     "mix_from_requests",
     "plan",
     "run_job",
@@ -245,7 +252,7 @@ class PoolJob:
 
 @dataclass(frozen=True, slots=True)
 class PoolOutcome:
-    """A sized pool: engine profile, analytic sizes and the simulation search."""
+    """A sized pool: engine profile, analytic sizes and (after verification) the windows."""
 
     key: str
     design: PoolDesign
@@ -253,17 +260,20 @@ class PoolOutcome:
     rate: float
     profile: InstanceProfile | None
     analytic: AnalyticSize | None
-    search: SearchResult | None
-    # The simulation at the chosen count (with samples when asked for).
-    chosen: PoolSim | None
+    verified: PoolVerified | None = None
     error: str | None = None
+    confidence: float = 0.95
 
     @property
     def instances(self) -> int:
-        """Simulation-verified count when there is one, else the analytic one."""
-        if self.search is not None:
-            return self.search.instances
+        """The provisioned count when verified, else the analytic one."""
+        if self.verified is not None:
+            return self.verified.instances
         return self.analytic.instances if self.analytic else 0
+
+    @property
+    def chosen(self) -> PoolSim | None:
+        return self.verified.chosen if self.verified is not None else None
 
     @property
     def gpus(self) -> int:
@@ -314,7 +324,8 @@ class PoolOutcome:
                 "tpot_p99_s": _finite(pt.tpot_p99_s) if pt else None,
                 "occupancy": pt.occupancy if pt else None,
             }
-        out["simulation"] = self.search.as_dict() if self.search else None
+        v = self.verified
+        out["simulation"] = v.as_dict(self.confidence) if v else None
         out["instances"] = self.instances
         out["gpus"] = self.gpus
         return out
@@ -325,12 +336,15 @@ def _finite(x: float) -> float | None:
 
 
 def run_job(job: PoolJob) -> PoolOutcome:
-    """Profile, size analytically, then (optionally) search by simulation."""
+    """Profile, size analytically (closed form, then the calibrated load curve).
+
+    The verification by simulation runs afterwards, on windows (`_replicate`).
+    """
     mix = job.mix
     mask = (mix.budget > job.lo) & (mix.budget <= job.hi)
     share = float(np.count_nonzero(mask) / max(1, len(mix)))
     if share == 0:
-        return PoolOutcome(job.key, job.design, 0.0, 0.0, None, None, None, None)
+        return PoolOutcome(job.key, job.design, 0.0, 0.0, None, None)
     gpu = job.gpu
     try:
         profile = profile_instance(
@@ -343,7 +357,7 @@ def run_job(job: PoolJob) -> PoolOutcome:
             check=job.check_memory,
         )
     except (InfeasibleConfigError, ConfigError) as e:
-        return PoolOutcome(job.key, job.design, share, job.rate, None, None, None, None, str(e))
+        return PoolOutcome(job.key, job.design, share, job.rate, None, None, None, str(e))
     timing = StepTimeModel(job.model, gpu, job.design.engine, job.step_params)
     analytic = analytic_pool_size(
         profile,
@@ -353,7 +367,7 @@ def run_job(job: PoolJob) -> PoolOutcome:
         tpot_s=job.tpot_slo_s,
         utilization=job.utilization,
     )
-    base = mix.requests(mask) if job.simulate or job.calibrate else []
+    base = mix.requests(mask) if job.calibrate else []
     base_rate = mix.source_rate * share
     if len(base) >= 2 and base[-1].arrival_s > base[0].arrival_s:
         base_rate = (len(base) - 1) / (base[-1].arrival_s - base[0].arrival_s)
@@ -383,55 +397,22 @@ def run_job(job: PoolJob) -> PoolOutcome:
             mgc_instances=analytic.instances,
             max_rate_per_instance=cal.rate,
         )
-    if not job.simulate:
-        return PoolOutcome(job.key, job.design, share, job.rate, profile, analytic, None, None)
-
-    def evaluate(g: int, prefix: bool, keep: bool = False) -> PoolSim:
-        return simulate_pool(
-            job.model,
-            gpu,
-            job.design,
-            g,
-            base,
-            base_rate,
-            job.rate,
-            ttft_slo=ttft,
-            tpot_slo=tpot,
-            settings=job.verify,
-            step_params=job.step_params,
-            prefix_only=prefix,
-            keep_samples=keep,
-        )
-
-    ttft, tpot = job.ttft_slo_s, job.tpot_slo_s
-    if not analytic.attainable:
-        # No count meets the SLOs (an idle instance misses them): verify the
-        # utilization-capped count and report what it gives.
-        sim = evaluate(analytic.instances, False, True)
-        search = SearchResult(
-            job.design.name, analytic.instances, analytic.instances, (sim,), False
-        )
-        return PoolOutcome(job.key, job.design, share, job.rate, profile, analytic, search, sim)
-    search = search_pool_size(
-        job.design.name,
-        analytic.instances,
-        lambda g, prefix: evaluate(g, prefix, not prefix),
-        ttft_slo=ttft,
-        tolerance=job.verify.tolerance,
-    )
-    chosen = search.chosen
-    # Per-request samples only for the chosen count (they feed the fleet P99
-    # and the plots); the other trials keep their percentiles.
-    trials = tuple(t if t is chosen else replace(t, ttft=(), tpot=()) for t in search.trials)
-    search = replace(search, trials=trials)
-    return PoolOutcome(job.key, job.design, share, job.rate, profile, analytic, search, chosen)
+    return PoolOutcome(job.key, job.design, share, job.rate, profile, analytic)
 
 
-Runner = Callable[[Sequence[PoolJob]], list[PoolOutcome]]
+def execute(job: PoolJob | WindowJob) -> PoolOutcome | WindowOutcome:
+    """Run any plan job (what the runners map over jobs)."""
+    if isinstance(job, WindowJob):
+        return run_window(job)
+    return run_job(job)
 
 
-def run_serial(jobs: Sequence[PoolJob]) -> list[PoolOutcome]:
-    return [run_job(j) for j in jobs]
+Runner = Callable[[Sequence[Any]], list[Any]]
+
+
+def run_serial(jobs: Sequence[Any]) -> list[Any]:
+    """Every job in this process, in order (`execute` on each)."""
+    return [execute(j) for j in jobs]
 
 
 def _job(
@@ -552,23 +533,246 @@ def _split_summary(
     }
 
 
+def _pool_run(s: PlanSettings, mix: Mix, job: PoolJob, wp: WindowPlan) -> WindowPlan:
+    """The pool's own run length on the shared windows.
+
+    Warm-up: the occupancy-weighted mean time a request spends in an
+    instance, E[D^2] / E[D] with D = output x TPOT_SLO / 2 + prompt / 5,000
+    tok/s (5 to 120 s): how long the pool takes to fill. Measured: the
+    plan's seconds, longer for a pool of little traffic so that it sees at
+    least `min_pool_measured` requests (at most 30 minutes).
+    """
+    v = s.verify
+    mask = (mix.budget > job.lo) & (mix.budget <= job.hi)
+    share = float(mask.mean())
+    if v.warmup_s is not None:
+        warm = v.warmup_s
+    else:
+        d = mix.output[mask] * (s.tpot_slo_s / 2.0) + mix.prompt[mask] / 5000.0
+        warm = float(np.clip((d * d).sum() / max(d.sum(), 1e-9), 5.0, 120.0)) if d.size else 5.0
+    measured = wp.run_requests / s.rate - wp.warmup_s
+    if share > 0:
+        measured = max(measured, min(1800.0, v.min_pool_measured / (s.rate * share)))
+    run = min(_MAX_RUN, math.ceil(s.rate * (warm + measured)))
+    return replace(wp, run_requests=max(run, 1), warmup_s=warm)
+
+
+# Fleet arrivals generated for one pool's run, at most (a pool of little
+# traffic takes its requests out of them).
+_MAX_RUN = 4_000_000
+
+
+def _verify(
+    s: PlanSettings,
+    mix: Mix,
+    jobs: Mapping[str, PoolJob],
+    by: dict[str, PoolOutcome],
+    runner: Runner,
+    on_round: Callable[[int, Interval], None] | None,
+) -> dict[str, Any]:
+    """Whole pools on windows until the saving is known to `precision` (`_replicate`)."""
+    v = s.verify
+    ttft, tpot = s.ttft_slo_s, s.tpot_slo_s
+    main = [k for k in ("homogeneous", "short", "long") if by[k].share > 0]
+    sweep: dict[int, list[str]] = {}
+    if s.simulate_sweep:
+        for b in s.sweep_budgets:
+            ks = [f"sweep:{b}:short", f"sweep:{b}:long"]
+            if b != s.b_short and all(k in by for k in ks):
+                ks = [k for k in ks if by[k].share > 0 and by[k].error is None]
+                if ks:
+                    sweep[b] = ks
+    keys = main + [k for ks in sweep.values() for k in ks]
+    fixed: dict[str, int | None] = {}
+    starts: dict[str, int] = {}
+    for k in keys:
+        an = by[k].analytic
+        assert an is not None
+        fixed[k] = None if an.attainable else an.instances
+        starts[k] = an.instances
+    wp = window_plan(
+        len(mix),
+        s.rate,
+        seed=v.seed,
+        warmup_s=0.0,
+        measure_s=v.measure_s,
+        min_measured=v.min_measured,
+        block=v.block,
+    )
+
+    runs = {k: _pool_run(s, mix, jobs[k], wp) for k in keys}
+
+    def make(key: str, win: int, at: int | None, start: int, step: float, keep: bool) -> WindowJob:
+        j = jobs[key]
+        return WindowJob(
+            key=key,
+            design=j.design,
+            model=j.model,
+            gpu=j.gpu,
+            arrival_s=mix.arrival_s,
+            prompt=mix.prompt,
+            output=mix.output,
+            budget=mix.budget,
+            source_rate=mix.source_rate,
+            lo=j.lo,
+            hi=j.hi,
+            window=win,
+            plan=runs[key],
+            start=start,
+            ttft_slo_s=ttft,
+            tpot_slo_s=tpot,
+            step_params=s.step_params,
+            seed=v.seed,
+            evaluate_at=at,
+            keep_samples=keep,
+            tolerance=v.tolerance,
+            step=step,
+            prefix=v.prefix,
+        )
+
+    tp = {k: by[k].design.tp for k in keys}
+    split_keys = tuple((k, tp[k]) for k in main if k != "homogeneous")
+    cmp_main = Comparison("split", (("homogeneous", tp["homogeneous"]),), split_keys)
+    outs = replicate(
+        keys,
+        fixed,
+        starts,
+        make,
+        runner,
+        cmp_main,
+        precision=v.precision,
+        confidence=v.confidence,
+        min_windows=v.min_windows,
+        max_windows=v.max_windows,
+        batch=v.batch,
+        on_round=on_round,
+    )
+    n = len(outs["homogeneous"])
+    prov = {k: fixed[k] or provision(outs[k], ttft, tpot, v.confidence) for k in main}
+    final_jobs = [make(k, w, prov[k], prov[k], 0.1, True) for w in range(n) for k in main]
+    final: dict[str, list[WindowOutcome]] = {k: [] for k in main}
+    for o in sorted(runner(final_jobs), key=lambda o: o.window):
+        final[o.key].append(o)
+    for k in main:
+        pv = summarize(k, outs[k], final[k], prov[k], ttft, tpot, v.confidence, fixed[k] is None)
+        by[k] = replace(by[k], verified=pv, confidence=v.confidence)
+    cross = {k: [o.crossing for o in vs] for k, vs in outs.items()}
+    savings = cmp_main.savings(cross, n)
+    sweep_ci: dict[int, list[float]] = {}
+    for b, ks in sweep.items():
+        c = Comparison(
+            f"sweep:{b}", (("homogeneous", tp["homogeneous"]),), tuple((k, tp[k]) for k in ks)
+        )
+        sweep_ci[b] = c.savings(cross, n)
+    # Fleet P99s per window at the provisioned counts: the split fleet's
+    # requests are the homogeneous fleet's (common random numbers), so its
+    # distribution is its pools' samples together.
+    fleet_p99: dict[str, dict[str, list[float]]] = {}
+    split_names = [k for k in main if k != "homogeneous"]
+    for name, ks in (("homogeneous", ["homogeneous"]), ("split", split_names)):
+        per: dict[str, list[float]] = {"ttft": [], "tpot": []}
+        for w in range(n):
+            sims = [(by[k].share, final[k][w].trials[0]) for k in ks]
+            # Each pool's samples weighted by its share of the traffic (a pool
+            # of little traffic runs longer than the others to be measured).
+            sims = [(sh, x) for sh, x in sims if x.ttft]
+            for metric in ("ttft", "tpot"):
+                parts = [(sh, getattr(x, metric)) for sh, x in sims]
+                q = _mixture_p99(parts, []) if parts else None
+                per[metric].append(q if q is not None else 0.0)
+        fleet_p99[name] = per
+    sv = interval(savings, v.confidence)
+    return {
+        "savings": savings,
+        "saving": sv,
+        "sweep": {b: interval(x, v.confidence) for b, x in sweep_ci.items()},
+        "fleet_p99": fleet_p99,
+        "needed_gpus": {
+            "homogeneous": [cmp_main.gpus(cross, w)[0] for w in range(n)],
+            "split": [cmp_main.gpus(cross, w)[1] for w in range(n)],
+        },
+        "info": {
+            **wp.as_dict(),
+            "pools": {
+                k: {"warmup_s": r.warmup_s, "run_requests": r.run_requests} for k, r in runs.items()
+            },
+            "windows": n,
+            "offsets": [wp.offset(w) for w in range(n)],
+            "overlapping": n > wp.disjoint,
+            "precision": v.precision,
+            "confidence": v.confidence,
+            "converged": sv.half_width <= v.precision,
+            "seed": v.seed,
+            "simulations": sum(len(o.trials) for vs in outs.values() for o in vs) + len(final_jobs),
+            "per_window_saving": savings,
+        },
+    }
+
+
+def _rate_curve(
+    s: PlanSettings, homo: PoolOutcome, parts: Sequence[PoolOutcome]
+) -> list[dict[str, Any]]:
+    """The analytic saving at other rates: each pool's per-instance load held.
+
+    A pool's largest per-instance load meeting the SLOs (the calibrated load
+    curve's x*, else lambda_pool / G) does not depend on the fleet's rate, so
+    G(lambda') = max(discrete form, ceil(lambda' share / x*)). Small pools
+    (a few instances) pool less and need somewhat more than this.
+    """
+
+    def count(o: PoolOutcome, rate: float) -> int:
+        an, pr = o.analytic, o.profile
+        if an is None or pr is None or o.share == 0:
+            return 0
+        lam = rate * o.share
+        g = pool_instances(lam, pr.mu, s.utilization)
+        if not an.attainable:
+            return g
+        x = an.max_rate_per_instance or (o.rate / an.instances if an.instances else pr.mu)
+        return max(g, math.ceil(lam / x - 1e-9))
+
+    out = []
+    for f in (0.1, 0.3, 1.0, 3.0, 10.0):
+        r = s.rate * f
+        h = count(homo, r) * homo.design.tp
+        sp = sum(count(p, r) * p.design.tp for p in parts)
+        out.append(
+            {
+                "rate": r,
+                "homogeneous_gpus": h,
+                "split_gpus": sp,
+                "analytic_saving": 1.0 - sp / h if h else 0.0,
+            }
+        )
+    return out
+
+
 def plan(
     settings: PlanSettings,
     mix: Mix,
     runner: Runner = run_serial,
+    on_round: Callable[[int, Interval], None] | None = None,
 ) -> dict[str, Any]:
-    """The whole plan as one JSON-friendly dict (see docs/planner.md)."""
+    """The whole plan as one JSON-friendly dict (see docs/planner.md).
+
+    `on_round(windows, saving interval)` is called after each round of the
+    verification (progress).
+    """
     s = settings
     if s.check_memory is False:
         short0, long0 = _engines(s)
         s = replace(s, gpu=unchecked_gpu(s.model, s.gpu, [short0, long0]))
     jobs = build_jobs(s, mix)
     outcomes = runner(jobs)
-    by = {o.key: o for o in outcomes}
+    by: dict[str, PoolOutcome] = {o.key: o for o in outcomes}
     homo, short, long = by["homogeneous"], by["short"], by["long"]
     for o in (homo, short, long):
         if o.error:
             raise InfeasibleConfigError(f"pool {o.design.name}: {o.error}")
+    ver: dict[str, Any] | None = None
+    if s.simulate:
+        ver = _verify(s, mix, {j.key: j for j in jobs}, by, runner, on_round)
+        homo, short, long = by["homogeneous"], by["short"], by["long"]
     price = s.price
     alpha = short.share
     rejected_share = 1.0 - homo.share
@@ -628,37 +832,59 @@ def plan(
             "saving": 1.0 - split_d / homo_d if homo_d else 0.0,
         }
 
-    def fleet(parts: Sequence[PoolOutcome]) -> dict[str, Any]:
+    conf = s.verify.confidence
+
+    def fleet(name: str, parts: Sequence[PoolOutcome]) -> dict[str, Any]:
         gpus = sum(p.gpus for p in parts)
         d = _cost(gpus, price)
         d["instances"] = {p.design.name: p.instances for p in parts}
         d["pools"] = [p.as_dict() for p in parts]
-        sims = [(p.share, p.chosen) for p in parts if p.chosen is not None]
-        if sims:
-            tot = sum(w for w, _ in sims) or 1.0
-            d["preemptions_per_1k"] = sum(w * c.preemptions_per_1k for w, c in sims) / tot
-            d["rejected"] = sum(c.rejected for _, c in sims)
-            d["ttft_p99_s"] = _mixture_p99(
-                [(w, c.ttft) for w, c in sims], [c.ttft_p99_s for _, c in sims]
+        vs = [(p.share, p.verified) for p in parts if p.verified is not None and p.verified.final]
+        if ver is not None and vs:
+            tot = sum(w for w, _ in vs) or 1.0
+            d["preemptions_per_1k"] = (
+                sum(w * float(np.mean([f.preemptions_per_1k for f in pv.final])) for w, pv in vs)
+                / tot
             )
-            d["tpot_p99_s"] = _mixture_p99(
-                [(w, c.tpot) for w, c in sims], [c.tpot_p99_s for _, c in sims]
-            )
-        d["samples"] = _mixture_samples(sims)
+            d["rejected"] = sum(f.rejected for _, pv in vs for f in pv.final)
+            p99 = ver["fleet_p99"][name]
+            ti, pi = interval(p99["ttft"], conf), interval(p99["tpot"], conf)
+            d["ttft_p99_s"], d["tpot_p99_s"] = ti.mean, pi.mean
+            d["ttft_p99_ci"], d["tpot_p99_ci"] = ti.as_dict(), pi.as_dict()
+            d["gpus_needed"] = interval(ver["needed_gpus"][name], conf).as_dict()
+            d["slo_confidence"] = min(pv.slo_confidence for _, pv in vs)
+        d["samples"] = _mixture_samples([(w, pv.final[0]) for w, pv in vs]) if vs else {}
         return d
 
-    out["homogeneous"] = fleet([homo])
+    out["homogeneous"] = fleet("homogeneous", [homo])
     split_parts = [p for p in (short, long) if p.share > 0]
-    out["split"] = fleet(split_parts)
+    out["split"] = fleet("split", split_parts)
     hg, sg = out["homogeneous"]["gpus"], out["split"]["gpus"]
-    out["saving"] = 1.0 - sg / hg if hg else 0.0
     out["usd_saved_per_year"] = out["homogeneous"]["usd_per_year"] - out["split"]["usd_per_year"]
     hga = (homo.analytic.instances if homo.analytic else 0) * homo.design.tp
     sga = sum((p.analytic.instances if p.analytic else 0) * p.design.tp for p in split_parts)
     out["analytic_saving"] = 1.0 - sga / hga if hga else 0.0
-    out["recommendation"] = "split" if recommend_split(hg, sg, s.min_saving) else "homogeneous"
+    out["saving_provisioned"] = 1.0 - sg / hg if hg else 0.0
+    if ver is not None:
+        sv: Interval = ver["saving"]
+        out["saving"] = sv.mean
+        out["saving_ci"] = sv.as_dict()
+        # The verdict: split only when the saving is above min_saving with
+        # the plan's confidence (one-sided t-test over the paired windows).
+        c = one_sided_confidence([s.min_saving - x for x in ver["savings"]])
+        out["recommendation"] = "split" if c >= conf else "homogeneous"
+        out["recommendation_confidence"] = c
+        out["verification"] = ver["info"]
+    else:
+        out["saving"] = out["saving_provisioned"]
+        out["saving_ci"] = None
+        out["recommendation"] = "split" if recommend_split(hg, sg, s.min_saving) else "homogeneous"
+        out["recommendation_confidence"] = None
+        out["verification"] = None
+    out["rate_curve"] = _rate_curve(s, homo, split_parts)
     # Sweep of B_short.
     sweep = []
+    sweep_ver = ver["sweep"] if ver is not None else {}
     for b in s.sweep_budgets:
         if b == s.b_short:
             parts = split_parts
@@ -669,6 +895,11 @@ def plan(
                 continue
         row = _split_summary(s, homo, parts, b)
         row["alpha"] = mix.alpha(b)
+        row["saving"], row["saving_ci"] = None, None
+        if b == s.b_short and ver is not None:
+            row["saving"], row["saving_ci"] = out["saving"], out["saving_ci"]
+        elif b in sweep_ver:
+            row["saving"], row["saving_ci"] = sweep_ver[b].mean, sweep_ver[b].as_dict()
         sweep.append(row)
     out["sweep"] = _sweep_summary(sweep, verified=s.simulate and s.simulate_sweep)
     three = [by[k] for k in ("three:short", "three:mid", "three:long") if k in by]

@@ -1,19 +1,20 @@
-"""Simulation-verified pool sizes: a seeded search over instance counts.
+"""Simulated pool runs and the search over instance counts.
 
-A pool of G instances at arrival rate lambda is simulated as a sub-fleet of
-k = min(G, sim_instances) instances fed lambda k / G: every instance sees the
-load it would see in the full pool (the same per-instance rate), at a cost
-that does not grow with G. With fewer instances to balance over, queues are
-a little longer than in the full pool, so the check errs on the safe side.
-The pool's own requests (in trace order, retimed; repeated when the trace
-is too short) feed the sub-fleet through `dualpool.simulator.simulate`.
-
-Search: start at the analytic count; step down (or up) by 10%, doubling
+`search_pool_size` is the bracket-and-bisect search the verification runs
+on every window (`_windows.run_window`, whole pools): start at a count; step
+down (or up) by `step` (10%, or 4% from the earlier windows' mean), doubling
 the step, until the verdict flips; then bisect to within 2% (or one
-instance). A count whose first 30% of requests already misses the SLO by
-a wide margin (P99 TTFT over twice the target: the queue is growing) fails
-without the rest of the run. Every simulation is seeded (the workload's
-order and `SimOptions.seed`), so the search is repeatable.
+instance). A count whose first 30% of measured requests already misses the
+SLO by a wide margin (P99 TTFT over twice the target: the queue is growing)
+fails without the rest of the run.
+
+`simulate_pool` is the sub-fleet run of the calibrated load curve
+(`_calibrate`): G instances at rate lambda simulated as k = min(G, 4)
+instances fed lambda k / G (the same per-instance load, at a cost that does
+not grow with G), on the pool's own requests in trace order, retimed and
+repeated when the trace is short. It is an estimate, not the verification:
+with 4 instances to balance over, queues are much longer than in a pool of
+hundreds (docs/planner.md, "What moved the old answer").
 """
 
 from __future__ import annotations
@@ -33,17 +34,63 @@ __all__ = ["PoolSim", "SearchResult", "VerifySettings", "search_pool_size", "sim
 
 @dataclass(frozen=True, slots=True)
 class VerifySettings:
-    """How hard the simulation check works."""
+    """How hard the simulation check works.
 
-    # Requests per simulated count.
+    The verification (`_windows`, `_replicate`) simulates whole pools on
+    windows of the input until the saving's 95% interval is tight enough;
+    `requests` and `instances` size the runs of the calibrated load curve
+    (`_calibrate`, a sub-fleet per load point) and of `simulate_pool`.
+    """
+
+    # Requests per sub-fleet run (the calibrated load curve).
     requests: int = 3000
-    # Instances of the simulated sub-fleet (at most).
+    # Instances of a sub-fleet run (the calibrated load curve).
     instances: int = 4
-    # Share of the run checked first (an early fail skips the rest).
+    # Share of a run's measured part checked first (an early fail skips the rest).
     prefix: float = 0.3
+    # Chooses the windows (their phase in the input) and the synthetic prompt bytes.
     seed: int = 0
-    # Stop bisecting when hi - lo <= max(1, tolerance x hi).
+    # Stop bisecting when hi - lo <= max(1, tolerance x hi); the crossing is
+    # then interpolated between them.
     tolerance: float = 0.02
+    # Stop adding windows when the saving's half-width is at most this (fraction).
+    precision: float = 0.02
+    confidence: float = 0.95
+    min_windows: int = 4
+    max_windows: int = 20
+    # Windows added per round after the first min_windows.
+    batch: int = 2
+    # Distinct input requests per window; None: the whole input up to 50,000
+    # requests (windows are then rotations of it), else a run's measured
+    # requests (>= 1,000; disjoint windows).
+    block: int | None = None
+    # Measured seconds of each run (at the fleet's rate), and at least this many requests.
+    measure_s: float = 10.0
+    min_measured: int = 2000
+    # A pool of little traffic runs longer, to see at least this many requests.
+    min_pool_measured: int = 300
+    # Seconds filling the instances before measuring; None: per pool, from its
+    # requests' durations (`_plan._pool_run`).
+    warmup_s: float | None = None
+
+    def __post_init__(self) -> None:
+        from dualpool.errors import ConfigError
+
+        if not 0.0 < self.precision < 1.0:
+            raise ConfigError("--precision", f"must be in (0, 1), got {self.precision!r}")
+        if not 0.5 <= self.confidence < 1.0:
+            raise ConfigError("confidence", f"must be in [0.5, 1), got {self.confidence!r}")
+        if not 2 <= self.min_windows <= self.max_windows:
+            raise ConfigError(
+                "--min-windows",
+                f"need 2 <= min windows ({self.min_windows}) <= max windows ({self.max_windows})",
+            )
+        if self.block is not None and self.block < 1:
+            raise ConfigError("--window-requests", f"must be >= 1, got {self.block}")
+        if not self.measure_s > 0:
+            raise ConfigError("--measure-s", f"must be > 0, got {self.measure_s!r}")
+        if self.warmup_s is not None and self.warmup_s < 0:
+            raise ConfigError("--warmup-s", f"must be >= 0, got {self.warmup_s!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +132,15 @@ class PoolSim:
 
 
 class _Collect(RecordSink):
-    """A RecordSink keeping TTFT and TPOT of completed requests."""
+    """A RecordSink keeping TTFT and TPOT of completed requests (arrived from `since` s)."""
 
-    def __init__(self) -> None:
+    def __init__(self, since: float = -math.inf) -> None:
         self.ttft: list[float] = []
         self.tpot: list[float] = []
+        self.since = since
 
     def write(self, row: tuple[Any, ...]) -> None:
-        if row[6] is not None:
+        if row[6] is not None and row[0] >= self.since:
             self.ttft.append(float(row[6]))
             self.tpot.append(float(row[7]))
 
@@ -218,11 +266,17 @@ def search_pool_size(
     ttft_slo: float,
     tolerance: float = 0.02,
     limit: int | None = None,
+    step: float = 0.1,
 ) -> SearchResult:
     """Smallest count in [1, limit] meeting the SLOs, starting at `start`.
 
     `evaluate(g, prefix_only)` simulates g instances. The verdict is taken
-    as monotone in g (more instances, less load per instance).
+    as monotone in g (more instances, less load per instance): the bracket
+    keeps every tried count below `lo` failing and every one above `hi`
+    passing, so a noisy, non-monotone evaluator still gives an answer
+    consistent with what it was shown (tests/planner/test_plan_search.py).
+    `step`: the first step away from `start` (a fraction of it), doubled
+    until the verdict flips.
     """
     start = max(1, start)
     limit = limit or max(256, start * 64)
@@ -242,12 +296,12 @@ def search_pool_size(
         seen[g] = full
         return full.meets
 
-    def step(g: int) -> int:
-        return max(1, math.ceil(0.1 * g))
+    def first_step(g: int) -> int:
+        return max(1, math.ceil(step * g))
 
     if ok(start):
         hi = start
-        d = step(start)
+        d = first_step(start)
         lo = hi - d
         while lo >= 1 and ok(lo):
             hi = lo
@@ -256,14 +310,14 @@ def search_pool_size(
         lo = max(lo, 0)
     else:
         lo = start
-        d = step(start)
-        hi = lo + d
+        d = first_step(start)
+        hi = min(lo + d, max(limit, lo + 1))
         while not ok(hi):
+            if hi >= limit:
+                return SearchResult(pool, start, hi, tuple(trials), False)
             lo = hi
             d *= 2
-            hi = lo + d
-            if hi > limit:
-                return SearchResult(pool, start, lo, tuple(trials), False)
+            hi = min(lo + d, limit)
     while hi - lo > max(1, math.floor(tolerance * hi)):
         mid = (lo + hi) // 2
         if mid < 1:

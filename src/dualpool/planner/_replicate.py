@@ -1,0 +1,253 @@
+"""Verification by replications: counts and savings with 95% intervals, stopped at a precision.
+
+    rounds of windows ──► every pool of every compared fleet searched on each window
+        │                 (whole pools, the same requests and times: `_windows`)
+        ├─ per window: the count where the pool's SLO ratio crosses 1 (interpolated)
+        ├─ per window: fleet GPUs and the paired saving 1 - split / homogeneous
+        └─ stop when the saving's 95% half-width <= precision (or max windows)
+    provision ──► the smallest count whose P99s meet the SLOs at 95% confidence
+        │          (one-sided t-test over windows on log(P99 / target), the
+        │          windows' trials interpolated on a monotone envelope)
+    final round ──► every window simulated at the provisioned counts: the P99s,
+                    the test's confidence, preemptions, rejections, samples
+
+Rounds are lists of `WindowJob`s for any runner (processes or Ray).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dualpool.planner._stats import Interval, interval, one_sided_confidence, t_quantile
+from dualpool.planner._verify import PoolSim
+from dualpool.planner._windows import (
+    WindowJob,
+    WindowOutcome,
+    WindowPlan,
+    envelope_log_ratio,
+    ratio,
+)
+
+__all__ = ["Comparison", "PoolVerified", "provision", "replicate"]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolVerified:
+    """One pool verified over windows."""
+
+    key: str
+    # Count each window needs (interpolated crossing of the SLO ratio).
+    crossings: tuple[float, ...]
+    needed: Interval
+    # The provisioned count: its P99s meet the SLOs at `confidence` (by the
+    # windows' trials); the final round checks it on every window.
+    instances: int
+    # The final round: every window at `instances`.
+    final: tuple[PoolSim, ...] = field(repr=False)
+    # Confidence that the P99s meet the SLOs at `instances` (one-sided t-test
+    # on log(P99 / target) over the final round's windows).
+    slo_confidence: float = 0.0
+    ttft_p99: Interval | None = None
+    tpot_p99: Interval | None = None
+    windows_meeting: int = 0
+    simulations: int = 0
+    # False when a window's search found no count (the search limit).
+    found: bool = True
+    attainable: bool = True
+
+    @property
+    def chosen(self) -> PoolSim | None:
+        return self.final[0] if self.final else None
+
+    def as_dict(self, confidence: float) -> dict[str, Any]:
+        ch = self.chosen
+        return {
+            "instances": self.instances,
+            "needed": self.needed.as_dict(),
+            "per_window": list(self.crossings),
+            "found": self.found,
+            "slo_test": {
+                "hypothesis": "mean over windows of log(P99 / target) < 0, TTFT and TPOT",
+                "confidence": self.slo_confidence,
+                "meets": self.slo_confidence >= confidence and self.attainable,
+                "required_confidence": confidence,
+                "windows_meeting": self.windows_meeting,
+                "windows": len(self.final),
+                "ttft_p99_s": self.ttft_p99.as_dict() if self.ttft_p99 else None,
+                "tpot_p99_s": self.tpot_p99.as_dict() if self.tpot_p99 else None,
+            },
+            "simulations": self.simulations,
+            "chosen": ch.as_dict() if ch else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Fleets compared window by window: each a list of pool keys and their TP."""
+
+    name: str
+    base: tuple[tuple[str, int], ...]
+    other: tuple[tuple[str, int], ...]
+
+    def gpus(self, cross: Mapping[str, Sequence[float]], w: int) -> tuple[float, float]:
+        b = sum(cross[k][w] * tp for k, tp in self.base)
+        o = sum(cross[k][w] * tp for k, tp in self.other)
+        return b, o
+
+    def savings(self, cross: Mapping[str, Sequence[float]], n: int) -> list[float]:
+        out = []
+        for w in range(n):
+            b, o = self.gpus(cross, w)
+            out.append(1.0 - o / b if b > 0 else 0.0)
+        return out
+
+
+MakeJob = Callable[[str, int, int | None, int, float, bool], WindowJob]
+Runner = Callable[[Sequence[Any]], list[Any]]
+
+
+def _start(outs: list[WindowOutcome], first: int) -> tuple[int, float]:
+    """Where the next window's search starts: the mean so far (small steps), else `first`."""
+    if not outs:
+        return max(1, first), 0.1
+    return max(1, math.ceil(sum(o.crossing for o in outs) / len(outs))), 0.04
+
+
+def replicate(
+    keys: Sequence[str],
+    fixed: Mapping[str, int | None],
+    starts: Mapping[str, int],
+    make_job: MakeJob,
+    runner: Runner,
+    main: Comparison,
+    *,
+    precision: float,
+    confidence: float,
+    min_windows: int,
+    max_windows: int,
+    batch: int,
+    on_round: Callable[[int, Interval], None] | None = None,
+) -> dict[str, list[WindowOutcome]]:
+    """Rounds of windows until the main saving's half-width <= precision."""
+    outs: dict[str, list[WindowOutcome]] = {k: [] for k in keys}
+    w = 0
+    while True:
+        n = min_windows if w == 0 else batch
+        n = min(n, max_windows - w)
+        jobs = []
+        for win in range(w, w + n):
+            for k in keys:
+                start, step = _start(outs[k], starts[k])
+                jobs.append(make_job(k, win, fixed.get(k), start, step, False))
+        done: list[WindowOutcome] = runner(jobs)
+        for o in sorted(done, key=lambda o: o.window):
+            outs[o.key].append(o)
+        w += n
+        cross = {k: [o.crossing for o in v] for k, v in outs.items()}
+        iv = interval(main.savings(cross, w), confidence)
+        if on_round is not None:
+            on_round(w, iv)
+        if w >= max_windows or (w >= min_windows and iv.half_width <= precision):
+            return outs
+
+
+def provision(outs: Sequence[WindowOutcome], ttft_slo: float, tpot_slo: float, conf: float) -> int:
+    """Smallest count whose windows' P99s meet the SLOs at `conf` (one-sided t bound).
+
+    Per window, log r at each count from the window's trials on the monotone
+    envelope (`envelope_log_ratio`); the bound is mean + t sd / sqrt(n) over
+    windows; the count is the smallest from which the bound stays <= 0.
+    """
+    trials = [o.ratios(ttft_slo, tpot_slo) for o in outs]
+    counts_tried = [g for t in trials for g, _ in t]
+    lo, hi = min(counts_tried), max(counts_tried)
+    if len(outs) < 2:
+        return max(1, math.ceil(outs[0].crossing))
+    counts = np.arange(lo, hi + 1, dtype=np.int64)
+    lr = np.vstack([envelope_log_ratio(t, counts) for t in trials])
+    n = lr.shape[0]
+    with np.errstate(invalid="ignore"):
+        mean = lr.mean(axis=0)
+        sd = lr.std(axis=0, ddof=1)
+        bound = mean + t_quantile(conf, n - 1) * sd / math.sqrt(n)
+    bound = np.where(np.isfinite(bound), bound, math.inf)
+    # The smallest count from which the bound stays <= 0 (monotone by construction).
+    fail = np.flatnonzero(~(bound <= 0.0))
+    if fail.size == 0:
+        return int(counts[0])
+    if fail[-1] == counts.size - 1:
+        return int(hi)
+    return int(counts[fail[-1] + 1])
+
+
+def summarize(
+    key: str,
+    outs: Sequence[WindowOutcome],
+    final: Sequence[WindowOutcome],
+    instances: int,
+    ttft_slo: float,
+    tpot_slo: float,
+    conf: float,
+    attainable: bool,
+) -> PoolVerified:
+    sims = [o.trials[0] for o in final]
+    logs = []
+    for s in sims:
+        r = ratio(s, ttft_slo, tpot_slo)
+        logs.append(math.log(r) if 0 < r < math.inf else (-50.0 if r <= 0 else 50.0))
+    cross = tuple(o.crossing for o in outs)
+    return PoolVerified(
+        key=key,
+        crossings=cross,
+        needed=interval(cross, conf),
+        instances=instances,
+        final=tuple(sims),
+        slo_confidence=one_sided_confidence(logs),
+        ttft_p99=interval([s.ttft_p99_s for s in sims], conf),
+        tpot_p99=interval([s.tpot_p99_s for s in sims], conf),
+        windows_meeting=sum(1 for s in sims if s.meets),
+        simulations=sum(len(o.trials) for o in outs) + len(final),
+        found=all(o.found for o in outs),
+        attainable=attainable,
+    )
+
+
+def window_plan(
+    n: int,
+    rate: float,
+    *,
+    seed: int,
+    warmup_s: float,
+    measure_s: float,
+    min_measured: int,
+    block: int | None,
+    min_block: int = 1000,
+    whole_input: int = 50_000,
+) -> WindowPlan:
+    """The windows' geometry and a run of warm-up + the measured requests.
+
+    Block (distinct input requests per window): `block`; else the whole
+    input when it holds at most `whole_input` requests (each window is then
+    the whole input, rotated to start at its offset: a short trace is not
+    split into windows whose P99s rest on a handful of tail requests and on
+    which bursts they happen to hold), else a run's measured requests
+    (disjoint windows: independent replications). The measured part covers
+    the block at least once: max(min_measured, rate x measure_s, block).
+    """
+    measured = max(min_measured, math.ceil(rate * measure_s))
+    if block:
+        b = block
+    elif n <= whole_input:
+        b = n
+    else:
+        b = max(min_block, measured)
+    b = max(1, min(b, n))
+    measured = max(measured, b)
+    run = math.ceil(rate * warmup_s) + measured
+    phase = int(np.random.default_rng(seed).integers(n))
+    return WindowPlan(n=n, block=b, phase=phase, run_requests=run, warmup_s=warmup_s, rate=rate)

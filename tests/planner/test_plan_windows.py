@@ -1,0 +1,103 @@
+"""Windows of the workload: common random numbers, the seed, whole pools, monotone in G."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+
+from dualpool.planner import Mix, PlanSettings, PoolDesign, WindowJob
+from dualpool.planner._plan import DEFAULT_LONG, DEFAULT_SHORT
+from dualpool.planner._replicate import window_plan
+from dualpool.planner._windows import ratio, simulate_whole_pool, window_stream
+
+
+def _job(mix: Mix, s: PlanSettings, lo: int, hi: int, seed: int = 0, w: int = 0) -> WindowJob:
+    wp = window_plan(
+        len(mix), s.rate, seed=seed, warmup_s=2.0, measure_s=5.0, min_measured=300, block=None
+    )
+    engine = DEFAULT_SHORT if hi <= 8192 else DEFAULT_LONG
+    return WindowJob(
+        key="k",
+        design=PoolDesign("p", dataclasses.replace(engine, tensor_parallel_size=1)),
+        model=s.model,
+        gpu=s.gpu,
+        arrival_s=mix.arrival_s,
+        prompt=mix.prompt,
+        output=mix.output,
+        budget=mix.budget,
+        source_rate=mix.source_rate,
+        lo=lo,
+        hi=hi,
+        window=w,
+        plan=wp,
+        start=2,
+        ttft_slo_s=2.0,
+        tpot_slo_s=0.08,
+        step_params=None,
+    )
+
+
+def test_pools_see_the_same_requests_at_the_same_times(
+    small_mix: Mix, small_settings: PlanSettings
+) -> None:
+    homo = _job(small_mix, small_settings, 0, 65536).requests()
+    short = _job(small_mix, small_settings, 0, 8192).requests()
+    long = _job(small_mix, small_settings, 8192, 65536).requests()
+    assert long, "the small mix has long requests"
+
+    def key(rs: list) -> list:  # type: ignore[type-arg]
+        return sorted((r.arrival_s, r.prompt_tokens, r.output_tokens) for r in rs)
+
+    assert key(short + long) == key(homo)
+
+
+def test_window_stream_is_at_the_fleet_rate_and_seeded(
+    small_mix: Mix, small_settings: PlanSettings
+) -> None:
+    wp = _job(small_mix, small_settings, 0, 65536).plan
+    t, idx = window_stream(small_mix.arrival_s, small_mix.source_rate, wp, 0)
+    assert t[0] == 0.0 and np.all(np.diff(t) >= 0)
+    assert len(t) == wp.run_requests
+    # The block is retimed to the fleet's rate.
+    assert (len(t) - 1) / t[-1] == pytest.approx(small_settings.rate, rel=0.05)
+    # A small input: every window is all of it, rotated; never the same rotation.
+    assert wp.block == wp.n == len(small_mix)
+    assert len({wp.offset(w) for w in range(20)}) == 20
+    # Blocks smaller than the input: disjoint windows a block apart first.
+    part = dataclasses.replace(wp, block=500)
+    assert [part.offset(w) for w in range(5)] == [(wp.phase + 500 * w) % wp.n for w in range(5)]
+    assert len({part.offset(w) for w in range(20)}) == 20
+    # Another seed, other windows.
+    other = _job(small_mix, small_settings, 0, 65536, seed=1).plan
+    assert other.offset(0) != wp.offset(0)
+    _, idx1 = window_stream(small_mix.arrival_s, small_mix.source_rate, other, 0)
+    assert not np.array_equal(idx, idx1)
+
+
+def test_more_instances_never_hurt_beyond_noise(
+    small_mix: Mix, small_settings: PlanSettings
+) -> None:
+    """The real simulator, one window, counts 1..5 of a whole pool: the SLO ratio falls."""
+    job = _job(small_mix, small_settings, 0, 8192)
+    reqs = job.requests()
+    rs = []
+    for g in range(1, 6):
+        sim = simulate_whole_pool(
+            job.model,
+            job.gpu,
+            job.design,
+            g,
+            reqs,
+            warmup_s=2.0,
+            ttft_slo=2.0,
+            tpot_slo=0.02,
+            step_params=None,
+        )
+        assert sim.simulated_instances == g  # the whole pool, not a sub-fleet
+        rs.append(ratio(sim, 2.0, 0.02))
+    for a, b in itertools.pairwise(rs):
+        assert b <= a * 1.05, rs
+    assert rs[-1] < rs[0]
