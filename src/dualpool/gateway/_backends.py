@@ -1,8 +1,9 @@
 """Backends and pools as the gateway sees them: health, load, connections, slots.
 
-    Pool ── backends ── Backend ── idle keep-alive UpstreamConnections
+    Pool ── backends ── Backend (a dualpool.http ConnectionPool: idle keep-alive connections)
      │                    ├ inflight (this gateway's), waiting / kv (scraped)
-     │                    └ healthy (passive: failures; active: GET /health)
+     │                    └ healthy: `failed()` / `succeeded()`, called by the request
+     │                      path (passive) and by the prober (active: GET /health)
      ├ inflight / max_concurrency   (gateway-side slots)
      └ waiters (bounded queue of futures, FIFO)
 
@@ -21,7 +22,7 @@ import time
 from collections import deque
 
 from dualpool.gateway._config import PoolConfig
-from dualpool.gateway._upstream import UpstreamConnection
+from dualpool.http import ConnectionPool
 
 __all__ = ["Backend", "Pool"]
 
@@ -29,35 +30,12 @@ __all__ = ["Backend", "Pool"]
 _SCAN = 4
 
 
-class Backend:
-    """One vLLM server."""
-
-    __slots__ = (
-        "failures",
-        "healthy",
-        "host",
-        "host_header",
-        "idle",
-        "inflight",
-        "kv_usage",
-        "last_error",
-        "max_idle",
-        "name",
-        "pool",
-        "port",
-        "removed",
-        "saturated",
-        "since",
-        "waiting",
-    )
+class Backend(ConnectionPool):
+    """One vLLM server: its connections, load and health."""
 
     def __init__(self, pool: str, host: str, port: int, max_idle: int) -> None:
+        super().__init__(host, port, max_idle=max_idle)
         self.pool = pool
-        self.host = host
-        self.port = port
-        self.name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.host_header = b"host: " + self.name.encode() + b"\r\n"
-        self.max_idle = max_idle
         self.healthy = True
         self.removed = False
         self.inflight = 0
@@ -68,34 +46,34 @@ class Backend:
         self.saturated = False
         self.last_error = ""
         self.since = time.time()
-        self.idle: list[UpstreamConnection] = []
 
-    def take_idle(self) -> UpstreamConnection | None:
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
-        return None
+    # ---- health bookkeeping: the request path and the prober both report here --------
+    def failed(self, why: str, *, hard: bool, unhealthy_after: int) -> bool:
+        """Count a failure; True when the backend should now be taken out.
 
-    async def connect(self, timeout: float) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(UpstreamConnection, self.host, self.port), timeout
-        )
-        return conn
+        `hard`: nothing listens (connection refused): out at once."""
+        self.failures += 1
+        self.last_error = why
+        return self.healthy and (hard or self.failures >= unhealthy_after)
 
-    def release(self, conn: UpstreamConnection, keep_alive: bool) -> None:
-        conn.reused = True
-        if keep_alive and not conn.closed and not self.removed and len(self.idle) < self.max_idle:
-            self.idle.append(conn)
+    def succeeded(self) -> None:
+        if self.failures:
+            self.failures = 0
+
+    def set_healthy(self, healthy: bool) -> bool:
+        """Flip the state; False when it already was. Out: idle connections closed."""
+        if self.healthy == healthy:
+            return False
+        self.healthy = healthy
+        self.since = time.time()
+        if healthy:
+            self.failures = 0
         else:
-            conn.close()
+            self.close()
+        return True
 
     def close_idle(self) -> None:
-        for conn in self.idle:
-            conn.close()
-        self.idle.clear()
+        self.close()
 
     def state(self) -> dict[str, object]:
         return {
@@ -144,7 +122,8 @@ class Pool:
 
     def remove(self, backend: Backend) -> None:
         backend.removed = True
-        backend.close_idle()
+        backend.closed = True  # connections in use close when released
+        backend.close()
         self.backends = [b for b in self.backends if b is not backend]
         self.refresh()
 
