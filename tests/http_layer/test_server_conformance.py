@@ -312,7 +312,7 @@ def test_slow_head_gets_408() -> None:
 
 def test_connection_limit_answers_503() -> None:
     async def sc(port: int, app: App) -> None:
-        r1, w1 = await asyncio.open_connection("127.0.0.1", port)
+        _r1, w1 = await asyncio.open_connection("127.0.0.1", port)
         await asyncio.sleep(0.05)
         answers, closed = await raw(port, get("/text"), [b"GET"])
         assert answers[0].status == 503 and closed
