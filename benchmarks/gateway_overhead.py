@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, emit, percentile
+from _common import emit, percentile
 
 GATEWAY_CPU = "0"
 LOAD_CPU = "1"
@@ -310,7 +310,7 @@ def dualpool_cmd(port: int, backend: str, cfg_dir: Path) -> list[str]:
     }
     path = cfg_dir / "fleet.json.yaml"
     path.write_text(json.dumps(cfg))
-    return [str(REPO / ".venv/bin/dualpool"), "serve", "--config", str(path)]
+    return [sys.executable, "-m", "dualpool", "serve", "--config", str(path)]
 
 
 def peer_cmds(

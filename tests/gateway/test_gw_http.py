@@ -177,6 +177,7 @@ def test_cookies_and_forwarded_headers_stay_with_the_gateway(
     names = {k for k, _ in backend.heads[-1]}
     assert b"cookie" not in names and b"x-forwarded-for" not in names
     assert b"forwarded" not in names and b"x-request-id" in names
+    gw.run(lambda: None)  # the access line is written just after the answer
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "sk-secret" not in logged and "/v1/chat/completions" in logged
 
@@ -220,3 +221,93 @@ def test_hostile_bodies_get_400_not_500(
     resp, answer = exchange(gw, data)
     assert resp.status_code == 400, answer
     assert json.loads(answer)["error"]["code"] == 400
+
+
+def test_drain_deadline_ends_streams_with_an_error_event_and_the_chunked_end(
+    backend_factory: Any,
+) -> None:
+    from gw_helpers import fleet_config
+
+    short = backend_factory(4096, output_tokens=200, token_delay=0.05)
+    long = backend_factory(32768, output_tokens=200, token_delay=0.05)
+    # 200 tokens: 10 s, far past the drain deadline
+    gw = GatewayThread(fleet_config(short, long, timeouts={"drain": 0.3}))
+    body = json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    ).encode()
+    data = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(data)
+        conn = h11.Connection(our_role=h11.CLIENT)
+        conn.send(h11.Request(method=b"POST", target=b"/", headers=[(b"host", b"x")]))
+        conn.send(h11.EndOfMessage())
+        got = b""
+        while b"data: " not in got:  # the stream has started
+            conn.receive_data(s.recv(65536))
+            while (ev := conn.next_event()) not in (h11.NEED_DATA,):
+                if isinstance(ev, h11.Data):
+                    got += ev.data
+        stopper = threading.Thread(target=gw.stop)
+        stopper.start()
+        ended = False
+        while not ended:
+            conn.receive_data(s.recv(65536))
+            while (ev := conn.next_event()) is not h11.NEED_DATA:
+                if isinstance(ev, h11.Data):
+                    got += ev.data
+                elif isinstance(ev, h11.EndOfMessage):
+                    ended = True
+                    break
+                elif isinstance(ev, h11.ConnectionClosed):
+                    raise AssertionError(f"closed without the chunked end: {got[-300:]!r}")
+        stopper.join(10)
+    events = [e for e in got.decode().split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    assert len(events) < 100, events[-3:]  # cut short
+    error = json.loads(events[-2].removeprefix("data: ")).get("error", events[-3:])
+    assert error["code"] == 503 and "shutting down" in error["message"]
+
+
+def test_a_backend_that_accepts_and_closes_is_failed_over(backend_factory: Any) -> None:
+    """Issue 16, defect 1: not a 500; the next backend of the pool answers."""
+    from gw_helpers import fleet_config
+
+    good = backend_factory(4096)
+    long = backend_factory(32768)
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
+    stop = threading.Event()
+
+    def slam() -> None:
+        lsock.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                c, _ = lsock.accept()
+            except TimeoutError:
+                continue
+            c.close()
+
+    t = threading.Thread(target=slam, daemon=True)
+    t.start()
+
+    class Bad:
+        url = f"http://127.0.0.1:{lsock.getsockname()[1]}"
+
+    cfg = fleet_config([Bad(), good], long, health={"interval": 60})  # type: ignore[list-item]
+    cfg["model"] = "m"
+    cfg["pools"][0]["max_model_len"] = 4096
+    cfg["pools"][1]["max_model_len"] = 32768
+    gw = GatewayThread(cfg)
+    try:
+        for _ in range(4):
+            resp, body = exchange(gw, chat_request())
+            assert resp.status_code == 200, body
+    finally:
+        gw.stop()
+        stop.set()
+        t.join(2)
+        lsock.close()

@@ -186,6 +186,12 @@ class Pool:
         finally:
             timer.cancel()
 
+    def refuse_waiters(self) -> None:
+        """Every request waiting for a slot gets none now (the drain deadline)."""
+        for fut in self.waiters:
+            self._expire(fut)
+        self.waiters.clear()
+
     def _expire(self, fut: asyncio.Future[bool]) -> None:
         if not fut.done():
             self.num_waiting -= 1

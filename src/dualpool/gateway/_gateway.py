@@ -224,6 +224,8 @@ class Gateway:
         self.cut_off = True
         for att in list(self.live):
             att.cut()
+        for pool in self.pools:
+            pool.refuse_waiters()
 
     # ---- health ---------------------------------------------------------------------------
     def set_health(self, backend: Backend, healthy: bool, why: str = "") -> None:

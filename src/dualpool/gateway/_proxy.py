@@ -148,6 +148,9 @@ class Proxy:
             pool = plan.pools[plan.step]
             if pool.healthy:
                 if not pool.try_acquire() and not await pool.acquire(self.max_wait):
+                    if self.gw.cut_off:
+                        self._draining(ctx)
+                        return
                     if plan.last_answer is None and plan.last_error is None:
                         # Every pool that could serve it first is full: tell the client when.
                         self._overloaded(ctx, pool)
