@@ -9,10 +9,11 @@ collects a whole answer for the plan to judge. `classify` turns its end into a
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dualpool.contract import parse_over_length
+from dualpool.fleet import misroute_target
 from dualpool.gateway._backends import Backend, Pool
 from dualpool.gateway._headers import filter_response_headers
 from dualpool.gateway._sse import SseRelay
@@ -263,15 +264,21 @@ class Attempt:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def classify(att: Attempt, err: UpstreamError | None, can_go_larger: bool) -> Verdict:
-    """What one attempt's end means for the request (see the module docstring)."""
+def classify(att: Attempt, err: UpstreamError | None, larger: Sequence[int]) -> Verdict:
+    """What one attempt's end means for the request (see `_proxy.py`'s docstring).
+
+    `larger`: the plan's pools after this one (dualpool.fleet's misroute rule)."""
     ctx = att.ctx
     if err is None:
         if att.relaying:
             return Verdict.DONE
         if att.status >= 500:
             return Verdict.NEXT
-        if can_go_larger and not ctx.misrouted and parse_over_length(att.status, att.body):
+        if (
+            att.status == 400
+            and misroute_target(larger, ctx.misrouted) >= 0
+            and parse_over_length(att.status, att.body) is not None
+        ):
             return Verdict.LARGER
         return Verdict.FORWARD
     if isinstance(err, (ClientGone, Draining)) or ctx.first_byte_sent:

@@ -9,25 +9,22 @@
 
 Choosing a backend is least outstanding requests: this gateway's in-flight count
 plus the backend's scraped queue (`vllm:num_requests_waiting`), which counts the
-other gateways' requests too. Up to `_SCAN` backends are scanned; a larger pool
-compares two random candidates (power of two choices), so the cost per request
-does not grow with the number of backends.
+other gateways' requests too, by `dualpool.fleet.pick_least_loaded` (the picker the
+simulator can model: scan up to 4, else power of two choices). Saturation is
+`dualpool.fleet.over_limits`, the simulator's rule too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import deque
 
+from dualpool.fleet import over_limits, pick_least_loaded
 from dualpool.gateway._config import PoolConfig
 from dualpool.http import ConnectionPool
 
 __all__ = ["Backend", "Pool"]
-
-# Pools up to this size are scanned for the least loaded backend.
-_SCAN = 4
 
 
 class Backend(ConnectionPool):
@@ -46,6 +43,12 @@ class Backend(ConnectionPool):
         self.saturated = False
         self.last_error = ""
         self.since = time.time()
+
+    def observe_load(self, waiting: float, kv_usage: float, cfg: PoolConfig) -> None:
+        """Scraped load; saturated by the fleet's one rule."""
+        self.waiting = waiting
+        self.kv_usage = kv_usage
+        self.saturated = over_limits(waiting, kv_usage, cfg.max_waiting, cfg.max_kv_usage)
 
     # ---- health bookkeeping: the request path and the prober both report here --------
     def failed(self, why: str, *, hard: bool, unhealthy_after: int) -> bool:
@@ -134,23 +137,15 @@ class Pool:
 
     # ---- choosing a backend -------------------------------------------------------
     def pick(self, exclude: tuple[Backend, ...] = ()) -> Backend | None:
+        """The least loaded healthy backend not in `exclude` (dualpool.fleet's picker)."""
         healthy = self.healthy
-        n = len(healthy)
-        if n == 0:
-            return None
-        if n <= _SCAN or exclude:
-            best: Backend | None = None
-            best_load = 0.0
-            for b in healthy:
-                if exclude and b in exclude:
-                    continue
-                load = b.inflight + b.waiting
-                if best is None or load < best_load:
-                    best, best_load = b, load
-            return best
-        a = healthy[random.randrange(n)]
-        b = healthy[random.randrange(n)]
-        return a if a.inflight + a.waiting <= b.inflight + b.waiting else b
+        skip = [i for i, b in enumerate(healthy) if b in exclude] if exclude else ()
+        i = pick_least_loaded(len(healthy), self._load, skip)
+        return healthy[i] if i >= 0 else None
+
+    def _load(self, i: int) -> float:
+        b = self.healthy[i]
+        return b.inflight + b.waiting
 
     # ---- slots -------------------------------------------------------------------------
     def try_acquire(self) -> bool:

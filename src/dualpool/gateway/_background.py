@@ -104,9 +104,8 @@ async def scrape(gw: Gateway, pool: Pool, backend: Backend) -> None:
         return
     if status != 200:
         return
-    backend.waiting, backend.kv_usage = parse_vllm_metrics(body.decode("utf-8", "replace"))
-    cfg = pool.cfg
-    backend.saturated = backend.waiting >= cfg.max_waiting or backend.kv_usage >= cfg.max_kv_usage
+    waiting, kv = parse_vllm_metrics(body.decode("utf-8", "replace"))
+    backend.observe_load(waiting, kv, pool.cfg)
 
 
 async def scrape_loop(gw: Gateway) -> None:

@@ -72,6 +72,7 @@ class Proxy:
         self._m_pool: dict[str, tuple[Any, Any]] = {}
 
     def plan_for(self, ctx: Context) -> Plan:
+        """The routed pool, then up to retries.larger_pools larger ones (policy.fallbacks)."""
         d = ctx.routed.decision
         pools = self.gw.pools
         plan = [pools[d.pool]]
@@ -116,7 +117,7 @@ class Proxy:
         att.backend.inflight -= 1
         plan = ctx.plan
         assert plan is not None
-        verdict = classify(att, err, len(plan.pools) > 1)
+        verdict = classify(att, err, range(1, len(plan.pools)))
         att.pool.release()
         if self._conclude(ctx, plan, att, err, verdict):
             self.gw.finish(ctx)
@@ -167,7 +168,7 @@ class Proxy:
 
     async def _in_pool(self, ctx: Context, plan: Plan, pool: Pool) -> bool:
         """Backends of one pool, holding its slot; True when the client has its answer."""
-        can_go_larger = plan.step + 1 < len(plan.pools)
+        larger = range(plan.step + 1, len(plan.pools))
         while len(plan.tried) < 1 + self.same_pool:
             if ctx.ex.done or not ctx.ex.connected:
                 ctx.outcome = Outcome.CLIENT_CLOSED
@@ -181,7 +182,7 @@ class Proxy:
             if plan.last_answer is not None or plan.last_error is not None:
                 cause = "misroute" if ctx.misrouted else "error"
                 self.metrics.retries.labels(pool.name, cause).inc()
-            att, err, verdict = await self._attempt(ctx, pool, backend, can_go_larger)
+            att, err, verdict = await self._attempt(ctx, pool, backend, larger)
             if self._conclude(ctx, plan, att, err, verdict):
                 return True
             if verdict is Verdict.LARGER:
@@ -190,7 +191,7 @@ class Proxy:
         return False
 
     async def _attempt(
-        self, ctx: Context, pool: Pool, backend: Backend, can_go_larger: bool
+        self, ctx: Context, pool: Pool, backend: Backend, larger: range
     ) -> tuple[Attempt | None, UpstreamError | None, Verdict]:
         """One backend: an idle connection, else a fresh one; a stale one retried once."""
         for fresh in (False, True):
@@ -213,7 +214,7 @@ class Proxy:
                     err = await fut
             finally:
                 backend.inflight -= 1
-            verdict = classify(att, err, can_go_larger)
+            verdict = classify(att, err, larger)
             if verdict is Verdict.STALE and not fresh:
                 continue
             if verdict is Verdict.STALE:
