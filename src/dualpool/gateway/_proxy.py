@@ -81,8 +81,7 @@ class Proxy:
 
     # ---- the first step, without a task -----------------------------------------------
     def start(self, ctx: Context) -> Any:
-        plan = ctx.plan = self.plan_for(ctx)
-        pool = plan.pools[0]
+        pool = self.gw.pools[ctx.routed.decision.pool]
         if pool.inflight < pool.max_concurrency and not pool.num_waiting:
             backend = pool.pick()
             if backend is not None:
@@ -96,6 +95,7 @@ class Proxy:
                     except NotSent:
                         backend.inflight -= 1
                         pool.release()
+        ctx.plan = self.plan_for(ctx)
         return self._run(ctx)
 
     def _begin(
@@ -115,13 +115,20 @@ class Proxy:
     def _first_done(self, att: Attempt, err: UpstreamError | None) -> None:
         ctx = att.ctx
         att.backend.inflight -= 1
-        plan = ctx.plan
-        assert plan is not None
-        verdict = classify(att, err, range(1, len(plan.pools)))
         att.pool.release()
+        # The plan is made only when the first step does not settle the request.
+        plan: Plan | None = None
+        larger: range = range(0)
+        if err is None and att.status == 400:
+            plan = ctx.plan = self.plan_for(ctx)
+            larger = range(1, len(plan.pools))
+        verdict = classify(att, err, larger)
+        if verdict is not Verdict.DONE and verdict is not Verdict.FORWARD and plan is None:
+            plan = ctx.plan = self.plan_for(ctx)
         if self._conclude(ctx, plan, att, err, verdict):
             self.gw.finish(ctx)
             return
+        assert plan is not None
         if verdict is Verdict.LARGER:
             plan.step += 1
         elif verdict is not Verdict.STALE:
@@ -226,7 +233,7 @@ class Proxy:
     def _conclude(
         self,
         ctx: Context,
-        plan: Plan,
+        plan: Plan | None,
         att: Attempt | None,
         err: UpstreamError | None,
         verdict: Verdict,
@@ -252,6 +259,7 @@ class Proxy:
             self._record(att)
             self._forward(ctx, att)
             return True
+        assert plan is not None  # made for every verdict that does not end the request
         if verdict is Verdict.LARGER:
             assert att is not None
             ctx.misrouted = True

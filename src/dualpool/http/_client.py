@@ -88,6 +88,7 @@ class Connection(asyncio.Protocol):
         self.head_request = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._interim = False
+        self._framed = False  # the answer has Content-Length or Transfer-Encoding
         self._until_eof = False  # the answer's body ends when the connection does
 
     # ---- asyncio.Protocol --------------------------------------------------------
@@ -132,9 +133,13 @@ class Connection(asyncio.Protocol):
     # ---- httptools callbacks -------------------------------------------------------
     def on_message_begin(self) -> None:
         self._headers = []
+        self._framed = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"content-length" or name == b"transfer-encoding":
+            self._framed = True
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -144,8 +149,7 @@ class Connection(asyncio.Protocol):
         if self.head_request:
             self._until_eof = False
         else:
-            framed = any(k in (b"content-length", b"transfer-encoding") for k, _ in self._headers)
-            self._until_eof = not framed and status not in (204, 304)
+            self._until_eof = not self._framed and status != 204 and status != 304
         if self.sink is not None:
             self.sink.on_head(status, self._headers)
         if self.head_request:

@@ -52,6 +52,8 @@ __all__ = ["Exchange", "Handler", "HttpConnection", "Request"]
 log = logging.getLogger("dualpool.http")
 
 _NO_BODY_STATUS = frozenset({204, 304})
+# Request headers the connection itself looks at.
+_CHECKED = frozenset({b"content-length", b"host", b"transfer-encoding", b"expect"})
 
 
 class Request:
@@ -405,6 +407,8 @@ class HttpConnection(asyncio.Protocol):
         expect = None
         host = False
         for k, v in req.headers:
+            if k not in _CHECKED:
+                continue
             if k == b"content-length":
                 if v.isdigit() and int(v) > self._max_body:
                     self._fail(413, f"request body exceeds the limit of {self._max_body} bytes")
@@ -547,7 +551,7 @@ class HttpConnection(asyncio.Protocol):
         if self._eof and not self.queue:
             self.close()
             return
-        if not self._running:
+        if not self._running and (self.queue or self._continue):
             self._run()
 
     def _write_continue(self) -> None:
