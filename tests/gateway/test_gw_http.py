@@ -208,6 +208,7 @@ def test_head_date_and_metrics_exposition(h11_gateway: tuple[GatewayThread, H11B
         + b"9" * 4300
         + b"}",
         b"\xff\xfe",
+        b'{"messages": [{"role": "user", "content": [{"type": []}]}]}',
     ],
 )
 def test_hostile_bodies_get_400_not_500(
