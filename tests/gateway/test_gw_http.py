@@ -54,6 +54,7 @@ class H11Backend:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(our_role=h11.SERVER)
+        served = 0
         while True:
             ev = conn.next_event()
             if ev is h11.NEED_DATA:
@@ -66,6 +67,12 @@ class H11Backend:
                 self.heads.append(list(ev.headers))
             if not isinstance(ev, h11.EndOfMessage):
                 continue
+            served += 1
+            if self.mode == "close_reused" and served > 1:
+                # The keep-alive race: the peer closes an idle connection just as
+                # the next request is written to it.
+                writer.close()
+                return
             if self.mode == "http10":
                 writer.write(b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n")
                 writer.write(COMPLETION)
@@ -312,3 +319,15 @@ def test_a_backend_that_accepts_and_closes_is_failed_over(backend_factory: Any) 
         stop.set()
         t.join(2)
         lsock.close()
+
+
+def test_stale_keep_alive_connection_is_retried_fresh_without_blame(
+    h11_gateway: tuple[GatewayThread, H11Backend],
+) -> None:
+    gw, backend = h11_gateway
+    backend.mode = "close_reused"
+    for _ in range(4):
+        resp, _ = exchange(gw, chat_request())
+        assert resp.status_code == 200
+    states = gw.run(lambda: [(b.failures, b.healthy) for p in gw.gateway.pools for b in p.backends])
+    assert states == [(0, True), (0, True)]
