@@ -38,9 +38,10 @@ from dualpool.http._errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from dualpool.http._exchange import Exchange, Handler, Request
 from dualpool.http._jsonbody import BadJson, parse_json_body
 from dualpool.http._listener import HttpServer
-from dualpool.http._server import Exchange, Handler, HttpConnection, Request
+from dualpool.http._server import HttpConnection
 from dualpool.http._wire import ServerLimits, date_header, status_line
 
 __all__ = [

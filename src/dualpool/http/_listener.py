@@ -15,7 +15,8 @@ import contextlib
 import ssl as _ssl
 import time
 
-from dualpool.http._server import Handler, HttpConnection
+from dualpool.http._exchange import Handler
+from dualpool.http._server import HttpConnection
 from dualpool.http._wire import ServerLimits
 
 __all__ = ["HttpServer"]
