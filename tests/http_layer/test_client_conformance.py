@@ -227,3 +227,43 @@ def test_timeout_and_protocol_error_and_size_bound() -> None:
     with_backend(silent, t_silent)
     with_backend(garbage, t_garbage)
     with_backend(h11_backend(ok(b"x" * 100)), t_big)
+
+
+def test_stream_as_an_async_iterator_with_arrival_times() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(our_role=h11.SERVER)
+        while True:
+            ev = conn.next_event()
+            if ev is h11.NEED_DATA:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                conn.receive_data(data)
+                continue
+            if not isinstance(ev, h11.EndOfMessage):
+                continue
+            head = h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")])
+            writer.write(conn.send(head) or b"")
+            for piece in (b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"):
+                writer.write(conn.send(h11.Data(data=piece)) or b"")
+                await writer.drain()
+                await asyncio.sleep(0.02)
+            writer.write(conn.send(h11.EndOfMessage()) or b"")
+            await writer.drain()
+            conn.start_next_cycle()
+
+    async def t(port: int) -> None:
+        pool = ConnectionPool("127.0.0.1", port)
+        async with pool.stream("POST", "/v1/completions", body=b"{}") as resp:
+            assert resp.status == 200 and resp.t_head >= resp.t_sent
+            pieces = [(d, t) async for d, t in resp]
+        assert b"".join(d for d, _ in pieces) == b"data: 1\n\ndata: 2\n\ndata: 3\n\n"
+        times = [t for _, t in pieces]
+        assert times == sorted(times) and times[-1] - times[0] >= 0.03
+        assert len(pool.idle) == 1  # complete: the connection went back
+        async with pool.stream("POST", "/v1/completions", body=b"{}") as resp:
+            async for _ in resp:
+                break  # leave early: the connection is dropped, not reused
+        assert len(pool.idle) == 0
+
+    with_backend(script, t)

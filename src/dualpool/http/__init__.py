@@ -14,6 +14,8 @@ Client (the gateway's upstream, probes, tests, load generators):
 
     pool = ConnectionPool("127.0.0.1", port)
     resp = await pool.request("POST", "/v1/completions", body=..., on_chunk=...)
+    async with pool.stream("POST", "/v1/completions", body=...) as resp:
+        async for data, t in resp: ...
     status, body = await fetch("127.0.0.1", port, "/health", timeout=2.0)
 
 Errors are types (`UpstreamError` and its subclasses), never strings to match.
@@ -42,6 +44,7 @@ from dualpool.http._exchange import Exchange, Handler, Request
 from dualpool.http._jsonbody import BadJson, parse_json_body
 from dualpool.http._listener import HttpServer
 from dualpool.http._server import HttpConnection
+from dualpool.http._stream import StreamingResponse
 from dualpool.http._wire import ServerLimits, date_header, status_line
 
 __all__ = [
@@ -63,6 +66,7 @@ __all__ = [
     "ResponseTooLarge",
     "ServerLimits",
     "Sink",
+    "StreamingResponse",
     "UpstreamError",
     "UpstreamTimeout",
     "date_header",

@@ -24,6 +24,7 @@ import contextlib
 import socket
 import ssl as _ssl
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol, cast
 
 import httptools
@@ -39,6 +40,8 @@ from dualpool.http._errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from dualpool.http._stream import StreamingResponse
+from dualpool.http._stream import stream as _stream
 
 __all__ = ["Connection", "ConnectionPool", "Response", "Sink", "fetch", "format_request"]
 
@@ -305,6 +308,8 @@ class ConnectionPool:
         resp = await pool.request("POST", "/v1/completions", body=b"{...}",
                                   headers=[(b"content-type", b"application/json")])
         resp = await pool.request("POST", path, body=..., on_chunk=lambda d, t: ...)
+        async with pool.stream("POST", path, body=...) as resp:
+            async for data, t in resp: ...
         pool.close()
 
     `take_idle` / `connect` / `release` are the low-level steps for `Connection.send`.
@@ -400,6 +405,21 @@ class ConnectionPool:
             self.release(conn, resp.keep_alive)
             return resp
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        body: bytes = b"",
+        timeout: float = 30.0,
+    ) -> AbstractAsyncContextManager[StreamingResponse]:
+        """`async with pool.stream(...) as resp: async for data, t in resp: ...`
+
+        The head is awaited on entry; the body is iterated as it arrives (see
+        `_stream.py`). Raises `UpstreamError`s as `request()` does."""
+        return _stream(self, method, path, headers=headers, body=body, timeout=timeout)
 
     async def _wait(self, col: _Collect, conn: Connection, timeout: float) -> Response:
         loop = col.loop
