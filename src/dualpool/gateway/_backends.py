@@ -139,6 +139,8 @@ class Pool:
     def pick(self, exclude: tuple[Backend, ...] = ()) -> Backend | None:
         """The least loaded healthy backend not in `exclude` (dualpool.fleet's picker)."""
         healthy = self.healthy
+        if len(healthy) == 1 and not exclude:
+            return healthy[0]  # the picker's answer for one candidate, without the call
         skip = [i for i, b in enumerate(healthy) if b in exclude] if exclude else ()
         i = pick_least_loaded(len(healthy), self._load, skip)
         return healthy[i] if i >= 0 else None

@@ -88,7 +88,11 @@ class Proxy:
                 upstream = backend.take_idle()
                 if upstream is not None:
                     pool.inflight += 1  # the slot: as try_acquire would
-                    att = self._begin(ctx, pool, backend, upstream, self._first_done)
+                    ctx.pool = pool
+                    ctx.backend = backend
+                    ctx.attempts = 1
+                    backend.inflight += 1
+                    att = Attempt(self.gw, ctx, pool, backend, upstream, self._first_done)
                     try:
                         att.send()
                         return None

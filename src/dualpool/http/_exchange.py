@@ -144,18 +144,27 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        t = self._conn.transport
-        if t is not None and not self._conn.closed:
-            if status in _NO_BODY_STATUS or status < 200:
-                data = self._head(status, headers, content_type, b"")
+        conn = self._conn
+        t = conn.transport
+        if t is not None and not conn.closed:
+            # One join for head and body (the request path's hottest write).
+            parts = [status_line(status), date_header(), conn.server_header]
+            if content_type is not None:
+                parts += (b"content-type: ", content_type, b"\r\n")
+            for k, v in headers:
+                parts += (k, b": ", v, b"\r\n")
+            if status >= 200 and status not in _NO_BODY_STATUS:
+                parts.append(b"content-length: %d\r\n" % len(body))
+            if not self.keep_alive:
+                parts.append(b"connection: close\r\n\r\n")
+            elif self.http10:
+                parts.append(b"connection: keep-alive\r\n\r\n")
             else:
-                data = self._head(
-                    status, headers, content_type, b"content-length: %d\r\n" % len(body)
-                )
-                if not self._no_body:
-                    data += body
-            t.write(data)
-        self._conn.exchange_done(self)
+                parts.append(b"\r\n")
+            if body and not self._no_body and status >= 200 and status not in _NO_BODY_STATUS:
+                parts.append(body)
+            t.write(b"".join(parts))
+        conn.exchange_done(self)
 
     def start_stream(
         self,

@@ -269,6 +269,17 @@ class HttpConnection(asyncio.Protocol):
             # Answered as plain HTTP/1.1 by `_upgrade`, once parsing stopped.
             self._cur = req
             return
+        if self.current is None and not self._running and not self.queue:
+            # The common case: nothing ahead of it, answer it now.
+            self._running = True
+            try:
+                ex = self.current = Exchange(self, req)
+                self._call(req, ex)
+            finally:
+                self._running = False
+            if self.current is None and (self.queue or self._continue):
+                self._run()
+            return
         self.queue.append(req)
         if self.current is None and not self._running:
             self._run()
