@@ -267,3 +267,20 @@ def test_stream_as_an_async_iterator_with_arrival_times() -> None:
         assert len(pool.idle) == 0
 
     with_backend(script, t)
+
+
+def test_json_body_bounds() -> None:
+    from dualpool.http import BadJson, parse_json_body
+
+    assert parse_json_body(b'{"a": [1, 2.5, "' + b"7" * 500 + b'"]}')["a"][1] == 2.5
+    assert parse_json_body(b'{"seed": 18446744073709551615}')["seed"] == 2**64 - 1
+    for bad in (
+        b"[" * 100 + b"]" * 100,
+        b'{"max_tokens": ' + b"9" * 65 + b"}",
+        b'{"t": 1.' + b"5" * 70 + b"}",
+        b'{"max_tokens": ' + b"9" * 5000 + b"}",
+        b"\xff",
+        b"{",
+    ):
+        with pytest.raises(BadJson):
+            parse_json_body(bad)

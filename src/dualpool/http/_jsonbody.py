@@ -37,7 +37,10 @@ def _float(text: str) -> float:
     return float(text)
 
 
-_decode = json.JSONDecoder(parse_int=_int, parse_float=_float).decode
+_decode = json.JSONDecoder().decode
+_decode_bounded = json.JSONDecoder(parse_int=_int, parse_float=_float).decode
+_RUN = MAX_NUMBER_CHARS - 4  # a longer number has a run of at least this many digits
+_LONG_RUN = re.compile(rb"[0-9]{%d}" % _RUN)
 
 
 def _depth(body: bytes) -> int:
@@ -57,8 +60,13 @@ def parse_json_body(body: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     # Cheap first: fewer brackets than the bound cannot nest deeper than it.
     if body.count(b"[") + body.count(b"{") > max_depth and _depth(body) > max_depth:
         raise BadJson(f"the body nests deeper than {max_depth} levels")
+    # A number can be long only where a long run of digits is (a string may hold one
+    # too): only then does the decoder with the per-number check run.
+    digits = len(body) - len(body.translate(None, b"0123456789"))
+    long_run = digits >= _RUN and _LONG_RUN.search(body) is not None
+    decode = _decode_bounded if long_run else _decode
     try:
-        return _decode(body.decode())
+        return decode(body.decode())
     except BadJson:
         raise
     except RecursionError:  # pragma: no cover - the depth check comes first
