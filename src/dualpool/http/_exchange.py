@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from dualpool.http._wire import date_header, status_line
+from dualpool.http._wire import DATE, status_line
 
 if TYPE_CHECKING:
     from dualpool.http._server import HttpConnection
@@ -42,7 +42,7 @@ class Request:
         self.target = b""
         self.path = b""
         self.query = b""
-        self.version = b"1.1"
+        self.version = "1.1"  # as httptools gives it: "1.0", "1.1"
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = b""
         self.keep_alive = True
@@ -92,7 +92,7 @@ class Exchange:
     def __init__(self, conn: HttpConnection, request: Request) -> None:
         self._conn = conn
         self.request = request
-        self.http10 = request.version == b"1.0"
+        self.http10 = request.version == "1.0"
         self.keep_alive = request.keep_alive and not conn.closing
         self._no_body = request.method == b"HEAD"
         self._chunked = False
@@ -119,7 +119,7 @@ class Exchange:
         content_type: bytes | None,
         framing: bytes,
     ) -> bytes:
-        parts = [status_line(status), date_header(), self._conn.server_header]
+        parts = [status_line(status), DATE.line, self._conn.server_header]
         if content_type is not None:
             parts += (b"content-type: ", content_type, b"\r\n")
         for k, v in headers:
@@ -148,7 +148,7 @@ class Exchange:
         t = conn.transport
         if t is not None and not conn.closed:
             # One join for head and body (the request path's hottest write).
-            parts = [status_line(status), date_header(), conn.server_header]
+            parts = [status_line(status), DATE.line, conn.server_header]
             if content_type is not None:
                 parts += (b"content-type: ", content_type, b"\r\n")
             for k, v in headers:

@@ -17,7 +17,7 @@ import time
 
 from dualpool.http._exchange import Handler
 from dualpool.http._server import HttpConnection
-from dualpool.http._wire import ServerLimits
+from dualpool.http._wire import DATE, ServerLimits
 
 __all__ = ["HttpServer"]
 
@@ -41,6 +41,9 @@ class HttpServer:
         self.limits = limits or ServerLimits()
         self.server_header = b"server: " + server_name + b"\r\n" if server_name else b""
         self.loop = loop or asyncio.get_running_loop()
+        DATE.tick()
+        # The timer's clock (monotonic, refreshed each tick): idle times are counted on it.
+        self.now = time.monotonic()
         self.connections: set[HttpConnection] = set()
         self._servers: list[asyncio.AbstractServer] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -73,7 +76,8 @@ class HttpServer:
         self._timer = self.loop.call_later(tick, self._sweep)
 
     def _sweep(self) -> None:
-        now = time.monotonic()
+        DATE.tick()  # the Date line answers read (at most one tick old)
+        self.now = now = time.monotonic()
         for conn in list(self.connections):
             conn.idle_check(now)
         self._schedule()

@@ -51,7 +51,7 @@ __all__ = ["HttpConnection"]
 log = logging.getLogger("dualpool.http")
 
 # Request headers the connection itself looks at.
-_CHECKED = frozenset({b"content-length", b"host", b"transfer-encoding", b"expect"})
+_CHECKED = frozenset({b"content-length", b"host", b"transfer-encoding", b"expect", b"upgrade"})
 
 
 class _Stop(Exception):
@@ -77,10 +77,11 @@ class HttpConnection(asyncio.Protocol):
         self.write_paused = False
         self._cur: Request | None = None
         self._url = b""
-        self._head_bytes = 0  # header bytes of the request being parsed
-        self._raw_head = 0  # bytes received while its head is incomplete
-        self._head_started = 0.0  # when the head being parsed began (0: not in a head)
-        self._nheaders = 0
+        self._raw_head = 0  # bytes received while a head is incomplete
+        self._chunk = 0  # the size of the last read
+        self._head_chunk = 0  # the size of the read the current head began in
+        self._in_head = False  # a request head is being parsed
+        self._head_seen = 0.0  # when the timer first saw this head incomplete
         self._body: list[bytes] = []
         self._body_len = 0
         self._max_body = lim.max_body_bytes
@@ -88,6 +89,7 @@ class HttpConnection(asyncio.Protocol):
         self._dead = False  # stop parsing: an error answer is queued, then close
         self._eof = False
         self._continue = False  # a 100 Continue owed to the request being read
+        self._maybe_upgrade = False  # the request being read may be an upgrade (llhttp pauses)
         self._running = False
 
     # ---- asyncio.Protocol --------------------------------------------------------
@@ -139,9 +141,9 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._dead:
             return
-        self.last_active = time.monotonic()
-        if self._head_started:
-            self._raw_head += len(data)
+        self._chunk = len(data)
+        if self._in_head:
+            self._raw_head += self._chunk
             lim = self.limits
             if self._raw_head > lim.max_header_bytes + lim.max_url_bytes:
                 self._fail(431, "request headers are too large")
@@ -171,57 +173,68 @@ class HttpConnection(asyncio.Protocol):
     # ---- httptools callbacks -------------------------------------------------------
     def on_message_begin(self) -> None:
         self._url = b""
-        self._head_bytes = self._raw_head = 0
-        self._head_started = time.monotonic()
-        self._nheaders = 0
+        self._raw_head = 0
+        self._head_chunk = self._chunk
+        self._in_head = True
+        self._head_seen = 0.0
         self._body = []
         self._body_len = 0
+        self._maybe_upgrade = False
         self._cur = Request()
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self.limits.max_url_bytes:
-            self._fail(414, "the request URL is too long")
-            raise _Stop
+        self._url += url  # measured once complete (memory: the raw byte bound)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._nheaders += 1
-        self._head_bytes += len(name) + len(value) + 4
-        lim = self.limits
-        if self._nheaders > lim.max_headers:
-            self._fail(431, f"more than {lim.max_headers} request headers")
-            raise _Stop
-        if self._head_bytes > lim.max_header_bytes:
-            self._fail(431, f"request headers exceed {lim.max_header_bytes} bytes")
-            raise _Stop
+        # Count and size are checked once the head is complete (memory meanwhile is
+        # bounded by the raw byte count in data_received).
         cur = self._cur
         if cur is not None:
             cur.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self._head_started = 0.0
+        self._in_head = False
         req = self._cur
         if req is None:  # pragma: no cover - httptools always calls message_begin
             req = self._cur = Request()
         p = self.parser
         req.method = p.get_method()
+        if req.method == b"CONNECT":
+            self._maybe_upgrade = True
         url = req.target = self._url
+        lim = self.limits
+        if len(url) > lim.max_url_bytes:
+            self._fail(414, "the request URL is too long")
+            raise _Stop
         q = url.find(b"?")
         if q >= 0:
             req.path, req.query = url[:q], url[q + 1 :]
         else:
             req.path = url
-        version = req.version = p.get_http_version().encode()
+        version = req.version = p.get_http_version()
         req.keep_alive = p.should_keep_alive()
-        if version[:2] != b"1.":
-            self._fail(505, f"HTTP/{version.decode()} is not supported; use HTTP/1.1")
+        if version != "1.1" and not version.startswith("1."):
+            self._fail(505, f"HTTP/{version} is not supported; use HTTP/1.1")
+            raise _Stop
+        headers = req.headers
+        if len(headers) > lim.max_headers:
+            self._fail(431, f"more than {lim.max_headers} request headers")
+            raise _Stop
+        # The head came in the read it began in plus the reads after it: only a head
+        # that could be over the limit is measured exactly.
+        if self._raw_head + self._head_chunk > lim.max_header_bytes and (
+            sum(len(k) + len(v) for k, v in headers) > lim.max_header_bytes
+        ):
+            self._fail(431, f"request headers exceed {lim.max_header_bytes} bytes")
             raise _Stop
         expect = None
         host = False
-        for k, v in req.headers:
+        for k, v in headers:
             if k not in _CHECKED:
                 continue
-            if k == b"content-length":
+            if k == b"upgrade":
+                self._maybe_upgrade = True
+            elif k == b"content-length":
                 if v.isdigit() and int(v) > self._max_body:
                     self._fail(413, f"request body exceeds the limit of {self._max_body} bytes")
                     raise _Stop
@@ -233,14 +246,14 @@ class HttpConnection(asyncio.Protocol):
                     raise _Stop
             elif k == b"expect":
                 expect = v
-        if not host and version == b"1.1":
+        if not host and version == "1.1":
             self._fail(400, "HTTP/1.1 requests need a Host header")
             raise _Stop
         if expect is not None:
             if expect.strip().lower() != b"100-continue":
                 self._fail(417, f"expectation {expect.decode('latin-1')!r} is not supported")
                 raise _Stop
-            if version == b"1.1":
+            if version == "1.1":
                 if self.current is None and not self.queue:
                     self._write_continue()
                 else:
@@ -264,19 +277,26 @@ class HttpConnection(asyncio.Protocol):
         if body:
             req.body = body[0] if len(body) == 1 else b"".join(body)
             self._body = []
-        req.received = self.last_active
-        if self.parser.should_upgrade():
+        req.received = self.last_active = time.monotonic()
+        if self._maybe_upgrade and self.parser.should_upgrade():
             # Answered as plain HTTP/1.1 by `_upgrade`, once parsing stopped.
             self._cur = req
             return
         if self.current is None and not self._running and not self.queue:
             # The common case: nothing ahead of it, answer it now.
             self._running = True
+            ex = self.current = Exchange(self, req)
             try:
-                ex = self.current = Exchange(self, req)
-                self._call(req, ex)
+                result = self.handler.handle(req, ex)
+            except Exception:
+                log.exception("error while answering %s %s", req.method, req.path)
+                self._internal_error(ex)
+                result = None
             finally:
                 self._running = False
+            if result is not None:
+                task = self.loop.create_task(cast(Any, result))
+                task.add_done_callback(lambda t: self._task_done(t, ex))
             if self.current is None and (self.queue or self._continue):
                 self._run()
             return
@@ -367,7 +387,7 @@ class HttpConnection(asyncio.Protocol):
         if ex is not self.current:
             return
         self.current = None
-        self.last_active = time.monotonic()
+        self.last_active = self.server.now  # the timer's clock: idle is counted in ticks
         if not ex.keep_alive or self.closing:
             self.close()
             return
@@ -388,7 +408,7 @@ class HttpConnection(asyncio.Protocol):
         self._dead = True
         self._cur = None
         self._continue = False
-        self._head_started = 0.0
+        self._in_head = False
         req = Request()
         req.error = (status, message)
         self.queue.append(req)
@@ -420,7 +440,10 @@ class HttpConnection(asyncio.Protocol):
         if self.current is not None or self.queue or self.closed:
             return
         lim = self.limits
-        if self._head_started and now - self._head_started > lim.head_timeout:
-            self._fail(408, "the request head took too long")
-        elif not self._head_started and now - self.last_active > lim.idle_timeout:
-            self.close()
+        if self._in_head:
+            if not self._head_seen:
+                self._head_seen = now
+            elif now - self._head_seen > lim.head_timeout:
+                self._fail(408, "the request head took too long")
+        elif self._cur is None and now - self.last_active > lim.idle_timeout:
+            self.close()  # (a request whose body is arriving is not idle)

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from http import HTTPStatus
 
-__all__ = ["ServerLimits", "date_header", "reason", "status_line"]
+__all__ = ["DATE", "ServerLimits", "date_header", "reason", "status_line"]
 
 _STATUS_LINES: dict[int, bytes] = {}
 
@@ -27,18 +27,34 @@ def status_line(status: int) -> bytes:
     return line
 
 
-_date: list[object] = [0, b""]
+def _format_date(now: float) -> bytes:
+    return b"date: " + email.utils.formatdate(int(now), usegmt=True).encode() + b"\r\n"
+
+
+class _Clock:
+    """The `Date` header line, refreshed by `tick()` (HttpServer's timer, <= 1 s), so
+    an answer reads one attribute instead of the clock."""
+
+    __slots__ = ("line", "second")
+
+    def __init__(self) -> None:
+        self.second = int(time.time())
+        self.line = _format_date(self.second)
+
+    def tick(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.line = _format_date(now)
+        return self.line
+
+
+DATE = _Clock()
 
 
 def date_header() -> bytes:
-    """`date: <IMF-fixdate>\\r\\n` (RFC 9110 6.6.1), recomputed once per second."""
-    now = int(time.time())
-    if _date[0] != now:
-        _date[0] = now
-        _date[1] = b"date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
-    value = _date[1]
-    assert isinstance(value, bytes)
-    return value
+    """`date: <IMF-fixdate>\r\n` (RFC 9110 6.6.1) for now."""
+    return DATE.tick()
 
 
 @dataclass(frozen=True, slots=True)
