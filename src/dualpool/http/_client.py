@@ -91,8 +91,7 @@ class Connection(asyncio.Protocol):
         self.head_request = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._interim = False
-        self._framed = False  # the answer has Content-Length or Transfer-Encoding
-        self._until_eof = False  # the answer's body ends when the connection does
+        self._status = 0  # the final status of the answer in progress (0: none yet)
 
     # ---- asyncio.Protocol --------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -117,7 +116,7 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if self.sink is None:
             return
-        if self._until_eof and exc is None:
+        if exc is None and self._until_eof():
             # A close-delimited body: the clean end of the connection ends it.
             sink = self.sink
             self.sink = None
@@ -133,26 +132,28 @@ class Connection(asyncio.Protocol):
                 )
             )
 
+    def _until_eof(self) -> bool:
+        """The answer in progress has no framing: its body ends with the connection."""
+        status = self._status
+        if not status or self.head_request or status == 204 or status == 304:
+            return False
+        return not any(
+            k == b"content-length" or k == b"transfer-encoding" for k, _ in self._headers
+        )
+
     # ---- httptools callbacks -------------------------------------------------------
     def on_message_begin(self) -> None:
         self._headers = []
-        self._framed = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name == b"content-length" or name == b"transfer-encoding":
-            self._framed = True
-        self._headers.append((name, value))
+        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if status < 200:
             self._interim = True  # 100 Continue, 103 Early Hints: the answer follows
             return
-        if self.head_request:
-            self._until_eof = False
-        else:
-            self._until_eof = not self._framed and status != 204 and status != 304
+        self._status = status
         if self.sink is not None:
             self.sink.on_head(status, self._headers)
         if self.head_request:
@@ -169,8 +170,14 @@ class Connection(asyncio.Protocol):
             return
         if self.head_request:
             return
-        self._until_eof = False
-        self._complete(self.parser.should_keep_alive())
+        self._status = 0
+        sink = self.sink
+        self.sink = None
+        keep = self.parser.should_keep_alive() and not self.closed
+        if not keep:
+            self.close()
+        if sink is not None:
+            sink.on_complete(keep)
 
     def _complete(self, keep: bool) -> None:
         sink = self.sink
@@ -193,6 +200,7 @@ class Connection(asyncio.Protocol):
             raise NotSent("the connection was closed before the request was sent")
         self.sink = sink
         self.got_bytes = False
+        self._status = 0
         self.head_request = head
         if head:
             # A HEAD answer with Content-Length must not wait for that many bytes.
