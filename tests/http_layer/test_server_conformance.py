@@ -319,3 +319,14 @@ def test_connection_limit_answers_503() -> None:
         w1.close()
 
     run(sc, ServerLimits(max_connections=1))
+
+
+def test_a_body_that_stops_arriving_gets_408() -> None:
+    async def sc(port: int, app: App) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+        answers, closed = await read_answers(reader, [b"POST"])
+        assert answers[0].status == 408 and closed
+        writer.close()
+
+    run(sc, ServerLimits(idle_timeout=0.3))

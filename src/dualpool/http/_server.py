@@ -79,6 +79,9 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._raw_head = 0  # bytes received while a head is incomplete
         self._chunk = 0  # the size of the last read
+        self._reads = 0  # reads so far (the timer sees progress by it)
+        self._reads_seen = -1
+        self._stalled_since = 0.0
         self._head_chunk = 0  # the size of the read the current head began in
         self._in_head = False  # a request head is being parsed
         self._head_seen = 0.0  # when the timer first saw this head incomplete
@@ -142,6 +145,7 @@ class HttpConnection(asyncio.Protocol):
         if self._dead:
             return
         self._chunk = len(data)
+        self._reads += 1
         if self._in_head:
             self._raw_head += self._chunk
             lim = self.limits
@@ -312,15 +316,17 @@ class HttpConnection(asyncio.Protocol):
         """An Upgrade (or CONNECT) request: answer it as HTTP/1.1, keep parsing HTTP/1.1."""
         req = self._cur
         self._cur = None
-        if req is None:  # pragma: no cover - the parser completed the request first
-            return
-        if req.header(b"content-length") not in (None, b"0") or req.header(b"transfer-encoding"):
-            self._fail(400, "protocol upgrades with a request body are not supported")
-            return
+        if req is not None:
+            if req.header(b"content-length") not in (None, b"0") or req.header(
+                b"transfer-encoding"
+            ):
+                self._fail(400, "protocol upgrades with a request body are not supported")
+                return
+            self.queue.append(req)
+            if self.current is None and not self._running:
+                self._run()
+        # (req is None: already queued as a plain request.) Stay HTTP/1.1.
         self.parser = httptools.HttpRequestParser(self)
-        self.queue.append(req)
-        if self.current is None and not self._running:
-            self._run()
         rest = data[offset:]
         if rest and not self._dead:
             self.data_received(rest)
@@ -445,5 +451,12 @@ class HttpConnection(asyncio.Protocol):
                 self._head_seen = now
             elif now - self._head_seen > lim.head_timeout:
                 self._fail(408, "the request head took too long")
-        elif self._cur is None and now - self.last_active > lim.idle_timeout:
-            self.close()  # (a request whose body is arriving is not idle)
+        elif self._cur is not None:
+            # A body on its way: fine while bytes keep coming.
+            if self._reads != self._reads_seen:
+                self._reads_seen = self._reads
+                self._stalled_since = now
+            elif now - self._stalled_since > lim.idle_timeout:
+                self._fail(408, "the request body stopped arriving")
+        elif now - self.last_active > lim.idle_timeout:
+            self.close()
