@@ -37,7 +37,7 @@ check: lint typecheck test
 # bit; ~4x faster simulation (docs/simulator.md, Speed), and routing in the
 # gateway cheaper (docs/estimator.md, Speed). Frozen dataclasses that are pickled
 # (SimOptions, SLO, StepTimeParams, EstimatorConfig) live in modules left out.
-MYPYC_MODULES := dualpool/engine/scheduler.py dualpool/budget/calibrator.py \
+MYPYC_MODULES := dualpool/engine/scheduler.py dualpool/fleet.py dualpool/budget/calibrator.py \
 	dualpool/budget/stats.py dualpool/simulator/simulation.py dualpool/simulator/balancer.py \
 	dualpool/budget/features.py dualpool/budget/classes.py dualpool/budget/estimator.py \
 	dualpool/policy/pools.py dualpool/router.py \

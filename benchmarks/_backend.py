@@ -15,18 +15,10 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 
-import httptools
+from dualpool.http import Exchange, HttpServer, Request, ServerLimits
 
 MODEL = "bench-model"
-
-
-def _response(status: bytes, body: bytes, ctype: bytes = b"application/json") -> bytes:
-    return (
-        b"HTTP/1.1 " + status + b"\r\ncontent-type: " + ctype + b"\r\n"
-        b"content-length: %d\r\n\r\n" % len(body) + body
-    )
 
 
 def build(model: str, max_model_len: int) -> dict[bytes, bytes]:
@@ -67,79 +59,53 @@ def build(model: str, max_model_len: int) -> dict[bytes, bytes]:
     usage = dict(chunk, choices=[], usage=completion["usage"])
     first = b"data: " + json.dumps(chunk).encode() + b"\n\n"
     rest = b"data: " + json.dumps(usage).encode() + b"\n\ndata: [DONE]\n\n"
-    stream_head = (
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-        + b"%x\r\n%b\r\n" % (len(first), first)
-    )
-    stream_tail = b"%x\r\n%b\r\n0\r\n\r\n" % (len(rest), rest)
     metrics = (
         b'vllm:num_requests_waiting{model_name="m"} 0\nvllm:kv_cache_usage_perc{model_name="m"} 0\n'
     )
     return {
-        b"completion": _response(b"200 OK", json.dumps(completion).encode()),
-        b"/v1/models": _response(b"200 OK", json.dumps(models).encode()),
-        b"/health": _response(b"200 OK", b""),
-        b"/metrics": _response(b"200 OK", metrics, b"text/plain"),
-        b"404": _response(b"404 Not Found", b"{}"),
-        b"stream_head": stream_head,
-        b"stream_tail": stream_tail,
+        b"completion": json.dumps(completion).encode(),
+        b"/v1/models": json.dumps(models).encode(),
+        b"/health": b"",
+        b"/metrics": metrics,
+        b"stream_first": first,
+        b"stream_rest": rest,
     }
 
 
-class Conn(asyncio.Protocol):
+class App:
+    """Fixed answers through dualpool.http (the server the gateway and emulator use)."""
+
     def __init__(self, answers: dict[bytes, bytes], stream_gap: float) -> None:
         self.answers = answers
         self.gap = stream_gap
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.url = b""
-        self.stream = False
+        self.loop = asyncio.get_running_loop()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def error_body(self, status: int, message: str) -> bytes:
+        return b"{}"
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            if self.transport:
-                self.transport.close()
-
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.stream = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_body(self, body: bytes) -> None:
-        if b'"stream": true' in body or b'"stream":true' in body:
-            self.stream = True
-
-    def on_message_complete(self) -> None:
-        t = self.transport
-        assert t is not None
-        if self.parser.get_method() == b"POST":
-            if self.stream:
-                t.write(self.answers[b"stream_head"])
-                tail = self.answers[b"stream_tail"]
-                asyncio.get_running_loop().call_later(self.gap, t.write, tail)
+    def handle(self, req: Request, ex: Exchange) -> None:
+        a = self.answers
+        if req.method == b"POST":
+            body = req.body
+            if b'"stream": true' in body or b'"stream":true' in body:
+                ex.start_stream(200, b"text/event-stream")
+                ex.write(a[b"stream_first"])
+                self.loop.call_later(self.gap, ex.end, a[b"stream_rest"])
             else:
-                t.write(self.answers[b"completion"])
+                ex.send(200, a[b"completion"])
+        elif req.path == b"/metrics":
+            ex.send(200, a[b"/metrics"], content_type=b"text/plain")
+        elif req.path in a:
+            ex.send(200, a[req.path])
         else:
-            t.write(self.answers.get(self.url.split(b"?")[0], self.answers[b"404"]))
+            ex.send(404, b"{}")
 
 
 async def main(args: argparse.Namespace) -> None:
     answers = build(args.model, args.max_model_len)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: Conn(answers, args.stream_gap), "127.0.0.1", args.port, backlog=4096
-    )
-    print(f"ready {server.sockets[0].getsockname()[1]}", flush=True)
+    server = HttpServer(App(answers, args.stream_gap), ServerLimits(idle_timeout=60.0))
+    port = await server.listen("127.0.0.1", args.port, backlog=4096)
+    print(f"ready {port}", flush=True)
     await asyncio.sleep(args.lifetime)
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, emit, percentile
+from _common import emit, percentile
 
 GATEWAY_CPU = "0"
 LOAD_CPU = "1"
@@ -310,7 +310,7 @@ def dualpool_cmd(port: int, backend: str, cfg_dir: Path) -> list[str]:
     }
     path = cfg_dir / "fleet.json.yaml"
     path.write_text(json.dumps(cfg))
-    return [str(REPO / ".venv/bin/dualpool"), "serve", "--config", str(path)]
+    return [sys.executable, "-m", "dualpool", "serve", "--config", str(path)]
 
 
 def peer_cmds(
@@ -361,6 +361,12 @@ def main() -> None:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--python-load", action="store_true", help="use the Python load generator")
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument(
+        "--gateway-src",
+        default="",
+        help="PYTHONPATH for the gateway under test (e.g. another checkout's src/), "
+        "to compare two versions behind the same backend and load",
+    )
     args = ap.parse_args()
     args.latency_seconds = 2.0 if args.quick else 5.0
     args.throughput_seconds = 3.0 if args.quick else 8.0
@@ -386,7 +392,11 @@ def main() -> None:
             direct_ttfb = stream_ttfb(backend_url, n_ttfb)
             print(f"direct: {direct}, stream ttfb {direct_ttfb:.3f} ms", file=sys.stderr)
             gport = free_port()
-            with process(dualpool_cmd(gport, backend_url, tmpdir), GATEWAY_CPU, env) as gproc:
+            genv = dict(env)
+            if args.gateway_src:
+                # Another checkout's gateway behind the same backend: side by side.
+                genv["PYTHONPATH"] = args.gateway_src
+            with process(dualpool_cmd(gport, backend_url, tmpdir), GATEWAY_CPU, genv) as gproc:
                 gurl = f"http://127.0.0.1:{gport}"
                 if not wait_ready(gurl, gproc, 60):
                     sys.exit("dualpool serve did not start")

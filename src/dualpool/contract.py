@@ -7,7 +7,10 @@ the message and the check live here, once.
 
 from __future__ import annotations
 
-__all__ = ["fits_context", "over_length_message"]
+import json
+import re
+
+__all__ = ["fits_context", "over_length_message", "parse_over_length"]
 
 
 def fits_context(prompt_tokens: int, max_tokens: int, max_model_len: int) -> bool:
@@ -51,3 +54,33 @@ def over_length_message(
     if with_parameter:
         msg += f" (parameter=input_tokens, value={shown})"
     return msg
+
+
+# The message above, read back: one definition of the words, both directions.
+_OVER_LENGTH = re.compile(
+    r"This model's maximum context length is (\d+) tokens\. However, you requested "
+    r"(\d+) output tokens and your prompt contains (?:at least )?(\d+) input tokens"
+)
+
+
+def parse_over_length(status: int, body: bytes) -> tuple[int, int, int] | None:
+    """(max_model_len, max_tokens, prompt_tokens) when `body` is vLLM's over-length 400.
+
+    The gateway's misroute check: such an answer from a pool means the request was
+    routed too small, and a larger pool should get it. Anything else: None."""
+    if status != 400 or len(body) > 65536:
+        return None
+    try:
+        err = json.loads(body)
+    except ValueError:
+        return None
+    if type(err) is not dict:
+        return None
+    inner = err.get("error", err)  # vLLM >= 0.6: {"error": {...}}; older: flat
+    msg = inner.get("message") if type(inner) is dict else None
+    if type(msg) is not str:
+        return None
+    m = _OVER_LENGTH.search(msg)
+    if m is None:
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))

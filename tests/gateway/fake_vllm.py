@@ -23,11 +23,11 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import Awaitable
 from typing import Any
 
-import httptools
-
 from dualpool.contract import over_length_message
+from dualpool.http import Exchange, HttpServer, Request, ServerLimits
 
 
 class State:
@@ -70,89 +70,28 @@ def prompt_tokens(body: dict[str, Any], bpt: float) -> int:
     return max(1, math.ceil(len(str(p).encode()) / bpt))
 
 
-class Conn(asyncio.Protocol):
+class App:
+    """The fake's endpoints, served by dualpool.http (one request at a time per connection)."""
+
     def __init__(self, st: State) -> None:
         self.st = st
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.url = b""
-        self.body: list[bytes] = []
-        self.queue: asyncio.Queue[tuple[bytes, bytes, bytes, bool]] = asyncio.Queue()
-        self.task: asyncio.Task[None] | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.task = asyncio.get_running_loop().create_task(self.worker())
+    def error_body(self, status: int, message: str) -> bytes:
+        return json.dumps({"error": {"message": message, "code": status}}).encode()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            if self.transport:
-                self.transport.close()
-
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.body = []
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.queue.put_nowait(
-            (
-                self.parser.get_method(),
-                self.url,
-                b"".join(self.body),
-                self.parser.should_keep_alive(),
-            )
-        )
-
-    def write(self, status: int, body: bytes, ctype: bytes = b"application/json") -> None:
-        assert self.transport is not None
-        reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found"}.get(status, b"Error")
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
-            b"server: fake-vllm\r\n\r\n%s" % (status, reason, ctype, len(body), body)
-        )
-
-    async def worker(self) -> None:
-        while True:
-            method, url, body, keep = await self.queue.get()
-            await self.handle(method, url.split(b"?")[0], body)
-            if not keep and self.transport is not None:
-                self.transport.close()
-                return
-
-    async def handle(self, method: bytes, path: bytes, raw: bytes) -> None:
+    def handle(self, req: Request, ex: Exchange) -> Awaitable[None] | None:
         st = self.st
+        path = req.path
         if path == b"/health":
-            self.write(200, b"")
+            ex.send(200, b"", content_type=None)
         elif path == b"/v1/models":
-            self.write(
-                200,
-                json.dumps(
-                    {
-                        "object": "list",
-                        "data": [
-                            {
-                                "id": st.model,
-                                "object": "model",
-                                "owned_by": "vllm",
-                                "max_model_len": st.max_model_len,
-                            }
-                        ],
-                    }
-                ).encode(),
-            )
+            card = {
+                "id": st.model,
+                "object": "model",
+                "owned_by": "vllm",
+                "max_model_len": st.max_model_len,
+            }
+            ex.send(200, json.dumps({"object": "list", "data": [card]}).encode())
         elif path == b"/metrics":
             text = (
                 "# TYPE vllm:num_requests_waiting gauge\n"
@@ -160,40 +99,43 @@ class Conn(asyncio.Protocol):
                 f'vllm:num_requests_running{{model_name="{st.model}"}} {st.inflight}\n'
                 f'vllm:kv_cache_usage_perc{{model_name="{st.model}"}} {st.kv}\n'
             )
-            self.write(200, text.encode(), b"text/plain")
+            ex.send(200, text.encode(), content_type=b"text/plain")
         elif path == b"/stats":
-            self.write(
-                200, json.dumps({"requests": st.requests, "completions": st.completions}).encode()
-            )
+            stats = {"requests": st.requests, "completions": st.completions}
+            ex.send(200, json.dumps(stats).encode())
         elif path == b"/control":
-            ctl = json.loads(raw)
-            for k, v in ctl.items():
+            for k, v in json.loads(req.body).items():
                 setattr(st, k, v)
-            self.write(200, b"{}")
-        elif method == b"POST" and path in (b"/v1/chat/completions", b"/v1/completions"):
-            st.requests += 1
-            st.inflight += 1
-            try:
-                await self.complete(path == b"/v1/chat/completions", json.loads(raw))
-            finally:
-                st.inflight -= 1
+            ex.send(200, b"{}")
+        elif req.method == b"POST" and path in (b"/v1/chat/completions", b"/v1/completions"):
+            return self.generate(ex, path == b"/v1/chat/completions", json.loads(req.body))
         else:
-            self.write(404, b'{"error": {"message": "not found", "code": 404}}')
+            ex.send(404, b'{"error": {"message": "not found", "code": 404}}')
+        return None
 
-    async def complete(self, chat: bool, body: dict[str, Any]) -> None:
+    async def generate(self, ex: Exchange, chat: bool, body: dict[str, Any]) -> None:
+        st = self.st
+        st.requests += 1
+        st.inflight += 1
+        try:
+            await self.complete(ex, chat, body)
+        finally:
+            st.inflight -= 1
+
+    async def complete(self, ex: Exchange, chat: bool, body: dict[str, Any]) -> None:
         st = self.st
         if st.delay:
             await asyncio.sleep(st.delay)
         if st.fail_count > 0:
             st.fail_count -= 1
-            self.write(st.fail_status or 500, b'{"error": {"message": "injected", "code": 500}}')
+            ex.send(st.fail_status or 500, b'{"error": {"message": "injected", "code": 500}}')
             return
         p = prompt_tokens(body, st.bpt)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         if max_tokens is not None and p + max_tokens > st.max_model_len:
             msg = over_length_message(st.max_model_len, prompt_tokens=p, max_tokens=max_tokens)
             err = {"error": {"message": msg, "type": "BadRequestError", "param": None, "code": 400}}
-            self.write(400, json.dumps(err).encode())
+            ex.send(400, json.dumps(err).encode())
             return
         limit = max_tokens if max_tokens is not None else st.max_model_len - p
         n = max(1, min(st.output_tokens, limit))
@@ -218,13 +160,9 @@ class Conn(asyncio.Protocol):
                 "choices": [choice],
                 "usage": usage,
             }
-            self.write(200, json.dumps(out).encode())
+            ex.send(200, json.dumps(out).encode())
             return
-        assert self.transport is not None
-        self.transport.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
-            b"transfer-encoding: chunked\r\n\r\n"
-        )
+        ex.start_stream(200, b"text/event-stream; charset=utf-8")
         obj += ".chunk" if chat else ""
         events: list[dict[str, Any]] = []
         for i in range(n):
@@ -251,21 +189,19 @@ class Conn(asyncio.Protocol):
             )
         for k, ev in enumerate(events):
             if k == st.die_after_chunks:
-                self.transport.abort()
+                ex.abort()
                 return
-            data = b"data: " + json.dumps(ev).encode() + b"\n\n"
-            self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+            ex.write(b"data: " + json.dumps(ev).encode() + b"\n\n")
             if st.token_delay:
                 await asyncio.sleep(st.token_delay)
-        done = b"data: [DONE]\n\n"
-        self.transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+        ex.end(b"data: [DONE]\n\n")
 
 
 async def main(args: argparse.Namespace) -> None:
     st = State(args)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Conn(st), args.host, args.port, reuse_address=True)
-    print(f"ready {server.sockets[0].getsockname()[1]}", flush=True)
+    server = HttpServer(App(st), ServerLimits(idle_timeout=60.0), server_name=b"fake-vllm")
+    port = await server.listen(args.host, args.port)
+    print(f"ready {port}", flush=True)
     t0 = time.time()
     while args.lifetime <= 0 or time.time() - t0 < args.lifetime:
         await asyncio.sleep(0.5)

@@ -16,7 +16,7 @@ from dualpool.gateway._backends import Backend, Pool
 from dualpool.gateway._background import parse_vllm_metrics
 from dualpool.gateway._config import PoolConfig
 from dualpool.gateway._errors import error_body, error_event
-from dualpool.gateway._gateway import filter_request_headers, filter_response_headers
+from dualpool.gateway._headers import filter_request_headers, filter_response_headers
 from dualpool.gateway._metrics import Counter, Histogram, Registry
 
 BASE: dict[str, Any] = {

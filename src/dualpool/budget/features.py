@@ -172,6 +172,8 @@ def _walk_parts(acc: _Acc, content: Any, where: str) -> None:
                 where,
             )
         kind = part.get("type")
+        if kind is not None and not isinstance(kind, str):  # a list is not even hashable
+            raise RequestError(f"'{where}[{j}].type' must be a string", where)
         if kind in _TEXT_PARTS or (kind is None and "text" in part):
             text = part.get("text", part.get("refusal"))
             if text is not None and not isinstance(text, str):

@@ -90,7 +90,9 @@ def register(sub: Any) -> None:
     fleet.add_argument("--short", type=int, default=None, metavar="N", help="short-pool instances")
     p.add_argument("--long", type=int, default=None, metavar="M", help="long-pool instances")
     p.add_argument("--b-short", type=int, default=None, help="short-pool threshold (B_short)")
-    p.add_argument("--balancer", default="lor", help="rr | lor | kv (default lor)")
+    p.add_argument(
+        "--balancer", default="lor", help="rr | lor | kv | gw (the gateway's picker; default lor)"
+    )
     p.add_argument("--spillover", action="store_true", help="spill to larger pools when saturated")
     p.add_argument(
         "--utilization", type=float, default=0.8, help="target utilization when sizing (0.8)"

@@ -7,7 +7,7 @@ token counts from a real tokenizer, SSE chunks at the modelled pace, vLLM's
 `/metrics` with vLLM's names.
 
     _config.py    EmulatorConfig (the `dualpool emulate` flags, validated)
-    _http.py      minimal HTTP/1.1 server (asyncio protocol + httptools)
+    (HTTP: dualpool.http, shared with the gateway)
     _openai.py    request parsing, vLLM's response/chunk/error shapes, filler text
     _metrics.py   per-instance Prometheus registry with vLLM's names
     _instance.py  EmulatedInstance: engine loop + endpoints

@@ -27,7 +27,6 @@ import random
 from dataclasses import dataclass
 
 from dualpool.emulator._config import EmulatorConfig
-from dualpool.emulator._http import Exchange, Request
 from dualpool.emulator._metrics import InstanceMetrics
 from dualpool.emulator._openai import (
     ApiError,
@@ -44,6 +43,7 @@ from dualpool.emulator._openai import (
 from dualpool.engine import Request as EngineRequest
 from dualpool.engine import RequestStatus, Scheduler, StepResult
 from dualpool.errors import RequestError
+from dualpool.http import Exchange, Request
 from dualpool.tokenizers import Tokenizer, render_chat
 
 __all__ = ["EmulatedInstance"]
@@ -233,6 +233,12 @@ class EmulatedInstance:
 
     # -- HTTP ----------------------------------------------------------------------
 
+    def error_body(self, status: int, message: str) -> bytes:
+        """Protocol-level errors found by the HTTP layer (400, 413, 431, ...)."""
+        return error_body(
+            message, status, "BadRequestError" if status < 500 else "InternalServerError"
+        )
+
     def handle(self, request: Request, ex: Exchange) -> None:
         """Route one request (HttpHandler); never raises."""
         try:
@@ -246,36 +252,40 @@ class EmulatedInstance:
 
     def _route(self, request: Request, ex: Exchange) -> None:
         path, method = request.path, request.method
-        if path in ("/v1/chat/completions", "/v1/completions"):
-            if method != "POST":
+        if path in (b"/v1/chat/completions", b"/v1/completions"):
+            if method != b"POST":
                 self._method_not_allowed(ex)
             elif not self.accepting:
                 ex.send(
                     503, error_body("The server is shutting down.", 503, "ServiceUnavailableError")
                 )
             else:
-                self._generate(request, ex, chat=path == "/v1/chat/completions")
-        elif path == "/health":
-            if method != "GET":
+                self._generate(request, ex, chat=path == b"/v1/chat/completions")
+        elif path == b"/health":
+            if method != b"GET":  # FastAPI routes: HEAD gets 405 (without a body)
                 self._method_not_allowed(ex)
             else:
-                ex.send(200, b"", "text/plain; charset=utf-8")
-        elif path == "/v1/models":
-            if method != "GET":
+                ex.send(200, b"", content_type=b"text/plain; charset=utf-8")
+        elif path == b"/v1/models":
+            if method != b"GET":  # FastAPI routes: HEAD gets 405 (without a body)
                 self._method_not_allowed(ex)
             else:
                 ex.send(200, self._models())
-        elif path == "/metrics":
-            if method != "GET":
+        elif path == b"/metrics":
+            if method != b"GET":  # FastAPI routes: HEAD gets 405 (without a body)
                 self._method_not_allowed(ex)
             else:
-                ex.send(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
-        elif path == "/tokenize":
-            if method != "POST":
+                ex.send(
+                    200,
+                    self.metrics.render(),
+                    content_type=b"text/plain; version=0.0.4; charset=utf-8",
+                )
+        elif path == b"/tokenize":
+            if method != b"POST":
                 self._method_not_allowed(ex)
             else:
                 ex.send(200, self._tokenize(request.body))
-        elif path == "/version":
+        elif path == b"/version":
             ex.send(200, b'{"version":"dualpool-emulate"}')
         else:
             ex.send(404, b'{"detail":"Not Found"}')
@@ -347,7 +357,7 @@ class EmulatedInstance:
     def _generate(self, request: Request, ex: Exchange, *, chat: bool) -> None:
         parsed = parse_request(
             request.body,
-            request.headers,
+            request.text_headers(),
             chat=chat,
             tokenizer=self.tokenizer,
             model_name=self.model_name,
@@ -366,5 +376,5 @@ class EmulatedInstance:
         self._live[req_id] = _Live(ex, req, parsed, req_id, created, 0, renderer)
         ex.on_disconnect = lambda: self._abort(req_id)
         if renderer is not None:
-            ex.start_stream(200, "text/event-stream; charset=utf-8")
+            ex.start_stream(200, b"text/event-stream; charset=utf-8")
         self._work.set()

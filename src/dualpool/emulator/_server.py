@@ -18,12 +18,16 @@ from collections.abc import Callable
 from types import TracebackType
 
 from dualpool.emulator._config import EmulatorConfig
-from dualpool.emulator._http import HttpServerProtocol
 from dualpool.emulator._instance import EmulatedInstance
 from dualpool.emulator._openai import Filler
+from dualpool.http import HttpServer, ServerLimits
 from dualpool.tokenizers import load_tokenizer
 
-__all__ = ["EmulatorServer", "serve"]
+__all__ = ["EMULATOR_LIMITS", "EmulatorServer", "serve"]
+
+# vLLM's HTTP server (uvicorn) closes an idle keep-alive connection after 5 s; the
+# gateway's stale-connection retry is exercised against the emulator because of it.
+EMULATOR_LIMITS = ServerLimits(idle_timeout=5.0, max_body_bytes=64 << 20)
 
 
 class EmulatorServer:
@@ -36,9 +40,8 @@ class EmulatorServer:
         self.instances = [
             EmulatedInstance(config, i, tokenizer, filler) for i in range(config.instances)
         ]
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[HttpServer] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._connections: list[set[HttpServerProtocol]] = []
         self.ports: list[int] = []
 
     @property
@@ -52,20 +55,12 @@ class EmulatorServer:
         loop = asyncio.get_running_loop()
         try:
             for inst in self.instances:
-                conns: set[HttpServerProtocol] = set()
                 port = self.config.port + inst.index if self.config.port else 0
-
-                def factory(
-                    inst: EmulatedInstance = inst, conns: set[HttpServerProtocol] = conns
-                ) -> HttpServerProtocol:
-                    return HttpServerProtocol(inst, conns)
-
-                server = await loop.create_server(
-                    factory, self.config.host, port, reuse_address=True, backlog=2048
+                server = HttpServer(
+                    inst, EMULATOR_LIMITS, server_name=b"uvicorn", loop=loop, eof_aborts=True
                 )
                 self._servers.append(server)
-                self._connections.append(conns)
-                self.ports.append(server.sockets[0].getsockname()[1])
+                self.ports.append(await server.listen(self.config.host, port))
         except OSError:
             await self._close_servers()
             raise
@@ -78,8 +73,7 @@ class EmulatorServer:
         for s in self._servers:
             s.close()
         for s in self._servers:
-            with contextlib.suppress(Exception):
-                await s.wait_closed()
+            await s.wait_closed()
 
     async def stop(self, grace: float = 5.0) -> int:
         """Stop accepting; let in-flight requests finish for up to `grace` wall
@@ -94,9 +88,9 @@ class EmulatorServer:
         while loop.time() < deadline and any(i.num_in_flight for i in self.instances):
             await asyncio.sleep(0.01)
         cancelled = sum(i.abort_all("The server is shutting down.") for i in self.instances)
-        for conns in self._connections:
-            for c in list(conns):
-                c.close()
+        for srv in self._servers:
+            srv.close_all()
+            await srv.wait_closed()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -1,63 +1,38 @@
 """Backends and pools as the gateway sees them: health, load, connections, slots.
 
-    Pool ── backends ── Backend ── idle keep-alive UpstreamConnections
+    Pool ── backends ── Backend (a dualpool.http ConnectionPool: idle keep-alive connections)
      │                    ├ inflight (this gateway's), waiting / kv (scraped)
-     │                    └ healthy (passive: failures; active: GET /health)
+     │                    └ healthy: `failed()` / `succeeded()`, called by the request
+     │                      path (passive) and by the prober (active: GET /health)
      ├ inflight / max_concurrency   (gateway-side slots)
      └ waiters (bounded queue of futures, FIFO)
 
 Choosing a backend is least outstanding requests: this gateway's in-flight count
 plus the backend's scraped queue (`vllm:num_requests_waiting`), which counts the
-other gateways' requests too. Up to `_SCAN` backends are scanned; a larger pool
-compares two random candidates (power of two choices), so the cost per request
-does not grow with the number of backends.
+other gateways' requests too, by `dualpool.fleet.pick_least_loaded` (the picker the
+simulator can model: scan up to 4, else power of two choices). Saturation is
+`dualpool.fleet.over_limits`, the simulator's rule too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import deque
 
+from dualpool.fleet import over_limits, pick_least_loaded
 from dualpool.gateway._config import PoolConfig
-from dualpool.gateway._upstream import UpstreamConnection
+from dualpool.http import ConnectionPool
 
 __all__ = ["Backend", "Pool"]
 
-# Pools up to this size are scanned for the least loaded backend.
-_SCAN = 4
 
-
-class Backend:
-    """One vLLM server."""
-
-    __slots__ = (
-        "failures",
-        "healthy",
-        "host",
-        "host_header",
-        "idle",
-        "inflight",
-        "kv_usage",
-        "last_error",
-        "max_idle",
-        "name",
-        "pool",
-        "port",
-        "removed",
-        "saturated",
-        "since",
-        "waiting",
-    )
+class Backend(ConnectionPool):
+    """One vLLM server: its connections, load and health."""
 
     def __init__(self, pool: str, host: str, port: int, max_idle: int) -> None:
+        super().__init__(host, port, max_idle=max_idle)
         self.pool = pool
-        self.host = host
-        self.port = port
-        self.name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.host_header = b"host: " + self.name.encode() + b"\r\n"
-        self.max_idle = max_idle
         self.healthy = True
         self.removed = False
         self.inflight = 0
@@ -68,34 +43,40 @@ class Backend:
         self.saturated = False
         self.last_error = ""
         self.since = time.time()
-        self.idle: list[UpstreamConnection] = []
 
-    def take_idle(self) -> UpstreamConnection | None:
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
-        return None
+    def observe_load(self, waiting: float, kv_usage: float, cfg: PoolConfig) -> None:
+        """Scraped load; saturated by the fleet's one rule."""
+        self.waiting = waiting
+        self.kv_usage = kv_usage
+        self.saturated = over_limits(waiting, kv_usage, cfg.max_waiting, cfg.max_kv_usage)
 
-    async def connect(self, timeout: float) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(UpstreamConnection, self.host, self.port), timeout
-        )
-        return conn
+    # ---- health bookkeeping: the request path and the prober both report here --------
+    def failed(self, why: str, *, hard: bool, unhealthy_after: int) -> bool:
+        """Count a failure; True when the backend should now be taken out.
 
-    def release(self, conn: UpstreamConnection, keep_alive: bool) -> None:
-        conn.reused = True
-        if keep_alive and not conn.closed and not self.removed and len(self.idle) < self.max_idle:
-            self.idle.append(conn)
+        `hard`: nothing listens (connection refused): out at once."""
+        self.failures += 1
+        self.last_error = why
+        return self.healthy and (hard or self.failures >= unhealthy_after)
+
+    def succeeded(self) -> None:
+        if self.failures:
+            self.failures = 0
+
+    def set_healthy(self, healthy: bool) -> bool:
+        """Flip the state; False when it already was. Out: idle connections closed."""
+        if self.healthy == healthy:
+            return False
+        self.healthy = healthy
+        self.since = time.time()
+        if healthy:
+            self.failures = 0
         else:
-            conn.close()
+            self.close()
+        return True
 
     def close_idle(self) -> None:
-        for conn in self.idle:
-            conn.close()
-        self.idle.clear()
+        self.close()
 
     def state(self) -> dict[str, object]:
         return {
@@ -144,7 +125,8 @@ class Pool:
 
     def remove(self, backend: Backend) -> None:
         backend.removed = True
-        backend.close_idle()
+        backend.closed = True  # connections in use close when released
+        backend.close()
         self.backends = [b for b in self.backends if b is not backend]
         self.refresh()
 
@@ -155,23 +137,17 @@ class Pool:
 
     # ---- choosing a backend -------------------------------------------------------
     def pick(self, exclude: tuple[Backend, ...] = ()) -> Backend | None:
+        """The least loaded healthy backend not in `exclude` (dualpool.fleet's picker)."""
         healthy = self.healthy
-        n = len(healthy)
-        if n == 0:
-            return None
-        if n <= _SCAN or exclude:
-            best: Backend | None = None
-            best_load = 0.0
-            for b in healthy:
-                if exclude and b in exclude:
-                    continue
-                load = b.inflight + b.waiting
-                if best is None or load < best_load:
-                    best, best_load = b, load
-            return best
-        a = healthy[random.randrange(n)]
-        b = healthy[random.randrange(n)]
-        return a if a.inflight + a.waiting <= b.inflight + b.waiting else b
+        if len(healthy) == 1 and not exclude:
+            return healthy[0]  # the picker's answer for one candidate, without the call
+        skip = [i for i, b in enumerate(healthy) if b in exclude] if exclude else ()
+        i = pick_least_loaded(len(healthy), self._load, skip)
+        return healthy[i] if i >= 0 else None
+
+    def _load(self, i: int) -> float:
+        b = self.healthy[i]
+        return b.inflight + b.waiting
 
     # ---- slots -------------------------------------------------------------------------
     def try_acquire(self) -> bool:
@@ -206,6 +182,12 @@ class Pool:
             raise
         finally:
             timer.cancel()
+
+    def refuse_waiters(self) -> None:
+        """Every request waiting for a slot gets none now (the drain deadline)."""
+        for fut in self.waiters:
+            self._expire(fut)
+        self.waiters.clear()
 
     def _expire(self, fut: asyncio.Future[bool]) -> None:
         if not fut.done():

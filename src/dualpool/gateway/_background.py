@@ -12,12 +12,11 @@ import json
 import logging
 import os
 import socket
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dualpool.gateway._backends import Backend, Pool
-from dualpool.gateway._upstream import FetchError, fetch
+from dualpool.http import ConnectError, UpstreamError, fetch
 
 if TYPE_CHECKING:
     from dualpool.gateway._gateway import Gateway
@@ -29,7 +28,6 @@ __all__ = [
     "resolve_loop",
     "scrape_loop",
     "snapshot_loop",
-    "sweep_loop",
     "timeout_loop",
     "write_snapshot",
 ]
@@ -74,23 +72,19 @@ async def probe(gw: Gateway, pool: Pool, backend: Backend) -> None:
         status, _ = await fetch(
             backend.host, backend.port, "/health", cfg.timeout, headers=_auth(pool)
         )
-    except FetchError as exc:
-        backend.last_error = f"probe: {exc}"
-        refused = "refused" in str(exc).lower() or "connect call failed" in str(exc).lower()
-        backend.failures += 1
-        if backend.healthy and (refused or backend.failures >= cfg.unhealthy_after):
+    except UpstreamError as exc:
+        # Nothing listening (refused) is out at once; other failures count up.
+        refused = type(exc) is ConnectError
+        if backend.failed(f"probe: {exc}", hard=refused, unhealthy_after=cfg.unhealthy_after):
             gw.set_health(backend, False, backend.last_error)
         return
     if status == 200:
         if not backend.healthy:
             gw.set_health(backend, True)
-        elif backend.failures:
-            backend.failures = 0
-    else:
-        backend.failures += 1
-        backend.last_error = f"probe: HTTP {status}"
-        if backend.healthy and backend.failures >= cfg.unhealthy_after:
-            gw.set_health(backend, False, backend.last_error)
+        else:
+            backend.succeeded()
+    elif backend.failed(f"probe: HTTP {status}", hard=False, unhealthy_after=cfg.unhealthy_after):
+        gw.set_health(backend, False, backend.last_error)
 
 
 async def health_loop(gw: Gateway) -> None:
@@ -106,13 +100,12 @@ async def scrape(gw: Gateway, pool: Pool, backend: Backend) -> None:
         status, body = await fetch(
             backend.host, backend.port, "/metrics", gw.config.health.timeout, headers=_auth(pool)
         )
-    except FetchError:
+    except UpstreamError:
         return
     if status != 200:
         return
-    backend.waiting, backend.kv_usage = parse_vllm_metrics(body.decode("utf-8", "replace"))
-    cfg = pool.cfg
-    backend.saturated = backend.waiting >= cfg.max_waiting or backend.kv_usage >= cfg.max_kv_usage
+    waiting, kv = parse_vllm_metrics(body.decode("utf-8", "replace"))
+    backend.observe_load(waiting, kv, pool.cfg)
 
 
 async def scrape_loop(gw: Gateway) -> None:
@@ -182,15 +175,3 @@ async def timeout_loop(gw: Gateway) -> None:
     while True:
         await asyncio.sleep(period)
         gw.sweep_timeouts()
-
-
-async def sweep_loop(gw: Gateway) -> None:
-    """Close client connections idle longer than timeouts.keepalive."""
-    keepalive = gw.config.timeouts.keepalive
-    period = min(5.0, keepalive / 2)
-    while True:
-        await asyncio.sleep(period)
-        cutoff = time.monotonic() - keepalive
-        for conn in list(gw.connections):
-            if conn.last_active < cutoff:
-                conn.close_if_idle()

@@ -68,9 +68,10 @@ class PoolConfig:
     max_concurrency: int = 256
     # Requests that may wait for a slot; beyond it: 429.
     max_queue: int = 256
-    # A backend whose scraped vllm:num_requests_waiting reaches this is saturated.
+    # A backend whose scraped vllm:num_requests_waiting passes this is saturated
+    # (dualpool.fleet.over_limits, the simulator's rule too).
     max_waiting: int = 16
-    # ... or whose vllm:kv_cache_usage_perc (0..1) reaches this.
+    # ... or whose vllm:kv_cache_usage_perc (0..1) passes this.
     max_kv_usage: float = 0.97
     # Bearer key sent to this pool's backends (vLLM --api-key), if any.
     backend_api_key: str | None = None

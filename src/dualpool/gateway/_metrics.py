@@ -22,6 +22,10 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def _fmt(value: float) -> str:
     if value == math.inf:
         return "+Inf"
@@ -182,8 +186,12 @@ class Registry:
             collect()
         lines: list[str] = []
         for m in self._metrics:
-            lines.append(f"# HELP {m.name} {m.help}")
-            lines.append(f"# TYPE {m.name} {m.kind}")
+            # Text format 0.0.4 names a counter family by its samples' name, `_total`
+            # included, as prometheus_client writes and parses it (OpenMetrics would
+            # drop the suffix; that is a different content type).
+            name = m.name + "_total" if m.kind == "counter" else m.name
+            lines.append(f"# HELP {name} {_escape_help(m.help)}")
+            lines.append(f"# TYPE {name} {m.kind}")
             lines.extend(m.render())
         lines.append("")
         return "\n".join(lines).encode()

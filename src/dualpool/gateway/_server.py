@@ -20,9 +20,8 @@ from dualpool.gateway import _background as bg
 from dualpool.gateway._backends import Backend, Pool
 from dualpool.gateway._config import GatewayConfig, PoolConfig
 from dualpool.gateway._gateway import Gateway
-from dualpool.gateway._http import HttpConnection
 from dualpool.gateway._telemetry import configure_logging
-from dualpool.gateway._upstream import FetchError, fetch
+from dualpool.http import HttpServer, ServerLimits, UpstreamError, fetch
 from dualpool.policy import PoolPolicy, PoolSpec
 from dualpool.router import Router
 
@@ -63,7 +62,7 @@ async def _discover(
                 data = json.loads(body)["data"][0]
                 mml = data.get("max_model_len")
                 return (mml if type(mml) is int and mml > 0 else None), data.get("id")
-            except (FetchError, ValueError, KeyError, IndexError, TypeError) as exc:
+            except (UpstreamError, ValueError, KeyError, IndexError, TypeError) as exc:
                 last = f"{b.name}: {exc}"
         if loop.time() >= deadline:
             if cfg.max_model_len is None:
@@ -86,7 +85,7 @@ class GatewayServer:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.gateway: Gateway | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._server: HttpServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.port = config.port
 
@@ -141,28 +140,17 @@ class GatewayServer:
         gw = Gateway(cfg, router, pools, model or "unknown", loop)
         self.gateway = gw
         lim = cfg.limits
-
-        def factory() -> HttpConnection:
-            conn = HttpConnection(
-                gw,
-                loop,
-                gw.connections,
-                max_body_bytes=lim.max_body_bytes,
-                max_header_bytes=lim.max_header_bytes,
-            )
-            if len(gw.connections) >= lim.max_connections:
-                conn.over_limit = True
-            return conn
-
-        self._server = await loop.create_server(
-            factory,
-            host if host is not None else cfg.host,
-            cfg.port if port is None else port,
-            reuse_address=True,
-            backlog=2048,
+        limits = ServerLimits(
+            max_header_bytes=lim.max_header_bytes,
+            max_body_bytes=lim.max_body_bytes,
+            max_connections=lim.max_connections,
+            idle_timeout=cfg.timeouts.keepalive,
         )
-        sock = self._server.sockets[0]
-        self.port = sock.getsockname()[1]
+        server = self._server = HttpServer(gw, limits, loop=loop)
+        server.connections = gw.connections  # one set: /metrics counts it
+        self.port = await server.listen(
+            host if host is not None else cfg.host, cfg.port if port is None else port
+        )
         self._tasks.append(loop.create_task(bg.health_loop(gw)))
         if cfg.health.metrics_interval > 0:
             self._tasks.append(loop.create_task(bg.scrape_loop(gw)))
@@ -173,7 +161,6 @@ class GatewayServer:
             self._tasks.append(
                 loop.create_task(bg.snapshot_loop(gw, snap, cfg.calibrator.save_interval))
             )
-        self._tasks.append(loop.create_task(bg.sweep_loop(gw)))
         self._tasks.append(loop.create_task(bg.timeout_loop(gw)))
         log.info(
             "listening on %s:%d; pools %s",
@@ -195,15 +182,19 @@ class GatewayServer:
         gw.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.timeouts.drain
-        while True:
-            for conn in list(gw.connections):
-                conn.close_if_idle()
-            if not gw.connections or loop.time() >= deadline:
-                break
+        server = self._server
+        assert server is not None
+        while server.close_idle() and loop.time() < deadline:
             await asyncio.sleep(0.02)
-        for conn in list(gw.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
+        if gw.connections:
+            # The deadline: what is still in flight ends with a clean error (a stream
+            # with an SSE error event and its chunked end), then the connections close.
+            gw.cut()
+            await asyncio.sleep(0.05)
+            server.close_all()
+            await asyncio.sleep(0.05)
+            server.abort_all()
+        await server.wait_closed()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -3,7 +3,12 @@
     BalancerKind (enum)  ──►  make_balancer(name, loads)  ──►  Balancer
                                                          ├── RoundRobin
                                                          ├── LeastOutstanding   ("lor")
-                                                         └── LeastKV            ("kv")
+                                                         ├── LeastKV            ("kv")
+                                                         └── GatewayPicker      ("gw")
+
+`GatewayPicker` is the gateway's own choice (`dualpool.fleet.pick_least_loaded`:
+least outstanding over up to 4 instances, else power of two choices), so a
+simulation can model the fleet as `dualpool serve` balances it.
 
 A balancer sees each instance through `InstanceLoad` (outstanding requests,
 KV usage at the instance's last step boundary). The simulator calls
@@ -18,15 +23,18 @@ from __future__ import annotations
 import enum
 import itertools
 import math
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol
 
 from dualpool.errors import ConfigError
+from dualpool.fleet import pick_least_loaded
 
 __all__ = [
     "Balancer",
     "BalancerKind",
+    "GatewayPicker",
     "InstanceLoad",
     "LeastKV",
     "LeastOutstanding",
@@ -53,6 +61,7 @@ class BalancerKind(enum.StrEnum):
     ROUND_ROBIN = "rr"
     LEAST_OUTSTANDING = "lor"
     LEAST_KV = "kv"
+    GATEWAY = "gw"
 
 
 # Accepted spellings of each kind on the command line.
@@ -66,6 +75,8 @@ _ALIASES: dict[str, BalancerKind] = {
     "kv": BalancerKind.LEAST_KV,
     "least_kv": BalancerKind.LEAST_KV,
     "least-kv": BalancerKind.LEAST_KV,
+    "gw": BalancerKind.GATEWAY,
+    "gateway": BalancerKind.GATEWAY,
 }
 
 
@@ -188,10 +199,27 @@ class LeastKV(_LeastBy):
             self._set(index, key)
 
 
+class GatewayPicker(Balancer):
+    """The gateway's picker (dualpool.fleet), over requests queued or running."""
+
+    kind = BalancerKind.GATEWAY
+
+    def __init__(self, loads: Sequence[InstanceLoad], seed: int = 0) -> None:
+        super().__init__(loads)
+        self._rng = random.Random(seed)
+
+    def _load(self, index: int) -> float:
+        return float(self.loads[index].outstanding)
+
+    def pick(self) -> int:
+        return pick_least_loaded(len(self.loads), self._load, (), self._rng)
+
+
 _REGISTRY: dict[BalancerKind, type[Balancer]] = {
     BalancerKind.ROUND_ROBIN: RoundRobin,
     BalancerKind.LEAST_OUTSTANDING: LeastOutstanding,
     BalancerKind.LEAST_KV: LeastKV,
+    BalancerKind.GATEWAY: GatewayPicker,
 }
 
 
@@ -203,11 +231,11 @@ def parse_balancer(name: str | BalancerKind) -> BalancerKind:
         raise ConfigError(
             "balancer",
             f"unknown balancer {name!r}; choose rr (round robin), lor (least outstanding "
-            "requests) or kv (least KV usage)",
+            "requests), kv (least KV usage) or gw (the gateway's picker)",
         )
     return kind
 
 
 def make_balancer(name: str | BalancerKind, loads: Sequence[InstanceLoad]) -> Balancer:
-    """The balancer named `name` (rr, lor, kv or their long names) over `loads`."""
+    """The balancer named `name` (rr, lor, kv, gw or their long names) over `loads`."""
     return _REGISTRY[parse_balancer(name)](loads)

@@ -41,7 +41,8 @@ class SLO:
 class SimOptions:
     """How to run a simulation (the fleet and the workload are passed apart)."""
 
-    # Intra-pool balancer: rr, lor (least outstanding requests) or kv (least KV use).
+    # Intra-pool balancer: rr, lor (least outstanding requests), kv (least KV use) or gw
+    # (the gateway's own picker, dualpool.fleet).
     balancer: str = "lor"
     # Let the policy spill short requests to a larger pool when theirs is saturated.
     spillover: bool = False

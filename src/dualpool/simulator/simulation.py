@@ -50,6 +50,7 @@ from dualpool.budget import EstimatorConfig, RequestFeatures
 from dualpool.engine import Request as EngineRequest
 from dualpool.engine import RequestStatus, Scheduler
 from dualpool.errors import ConfigError, WorkloadError
+from dualpool.fleet import misroute_target, over_limits
 from dualpool.policy import PoolPolicy
 from dualpool.router import RoutedRequest, Router
 from dualpool.simulator.balancer import Balancer, BalancerKind, make_balancer, parse_balancer
@@ -441,10 +442,14 @@ class Simulation:
         opts = self.options
         out = []
         for p in self.pools:
-            n = len(p.instances)
+            # The fleet's one rule, on the pool's mean queue per instance and KV use.
             out.append(
-                p.waiting > opts.saturation_waiting * n
-                or p.used_blocks > opts.saturation_kv * p.total_blocks
+                over_limits(
+                    p.waiting / len(p.instances),
+                    p.used_blocks / p.total_blocks,
+                    opts.saturation_waiting,
+                    opts.saturation_kv,
+                )
             )
         return out
 
@@ -489,11 +494,11 @@ class Simulation:
         req, inst = self._submit(r, pool, now)
         misrouted = False
         if req.status == RequestStatus.FINISHED_REJECTED:
-            fallbacks = self.policy.fallbacks(dec)
-            if fallbacks:
+            target = misroute_target(self.policy.fallbacks(dec), False)
+            if target >= 0:
                 misrouted = True
                 self._resume(inst, now)
-                pool = fallbacks[0]
+                pool = target
                 req, inst = self._submit(r, pool, now)
         stats = self.pools[pool].stats
         if counted:
