@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,8 +70,8 @@ def test_stale_or_missing_signals_hold_then_revert_to_the_static_threshold() -> 
     for k in range(50):
         seen.append(c.update(110.0 + 10 * k, None, None))
     assert seen[-1] == 6000
-    assert all(b >= a for a, b in zip(seen, seen[1:], strict=False))
-    assert all(b <= a * CFG.max_step_ratio + 1 for a, b in zip(seen, seen[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(seen))
+    assert all(b <= a * CFG.max_step_ratio + 1 for a, b in itertools.pairwise(seen))
 
 
 @settings(max_examples=100, deadline=None)
@@ -105,9 +107,9 @@ def test_any_signal_sequence_keeps_the_invariants(steps: list[tuple[float, ...]]
 
 
 def test_config_is_checked_and_named() -> None:
-    with pytest.raises(ConfigError, match="routing.adaptive.step_share"):
+    with pytest.raises(ConfigError, match=r"routing\.adaptive\.step_share"):
         AdaptiveConfig(step_share=0.0)
-    with pytest.raises(ConfigError, match="routing.adaptive.bogus"):
+    with pytest.raises(ConfigError, match=r"routing\.adaptive\.bogus"):
         AdaptiveConfig.from_mapping({"bogus": 1})
     assert AdaptiveConfig.from_mapping(True) == AdaptiveConfig()
 
