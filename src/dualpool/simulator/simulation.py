@@ -247,7 +247,7 @@ class Simulation:
         self.records = records
         self.progress = progress
         self.policy = PoolPolicy(fleet.pool_specs, spillover=opts.spillover)
-        self.router = Router(self.policy, opts.estimator or EstimatorConfig())
+        self.router = Router(self.policy, opts.estimator or EstimatorConfig(), opts.adaptive)
         kind = parse_balancer(opts.balancer)
         self.pools: list[_Pool] = []
         self.instances: list[_Instance] = []
@@ -281,16 +281,12 @@ class Simulation:
         self._slo_tpot = opts.slo.tpot_s
         # The adaptive threshold (None: static). Its signals: each pool's queue and
         # KV use as a gateway scrapes them, and a decayed SLO attainment.
-        self.controller: ThresholdController | None = None
+        self.controller: ThresholdController | None = self.router.controller
         self.threshold_log: list[tuple[float, int]] = []
         self._slo_n = [0.0] * len(self.pools)
         self._slo_good = [0.0] * len(self.pools)
-        if opts.adaptive is not None and len(self.pools) > 1:
-            t0 = self.policy.threshold(0)
-            self.controller = ThresholdController(
-                opts.adaptive, t0, self.policy.pools[0].max_model_len
-            )
-            self.threshold_log.append((0.0, t0))
+        if self.controller is not None:
+            self.threshold_log.append((0.0, self.policy.threshold(0)))
 
     # -- the loop -------------------------------------------------------------------
 
@@ -466,14 +462,10 @@ class Simulation:
         if ctl is not None and r.arrival_s >= ctl.next_update:
             self._adapt(ctl, r.arrival_s)
         if r.body is not None:
-            routed = self.router.route(r.body, saturated=saturated)
-        else:
-            routed = self.router.route_features(
-                _route_features(r, nbytes, self._model_name), saturated=saturated
-            )
-        if ctl is not None:
-            ctl.observe_budget(routed.estimate.total)
-        return routed
+            return self.router.route(r.body, saturated=saturated)
+        return self.router.route_features(
+            _route_features(r, nbytes, self._model_name), saturated=saturated
+        )
 
     def _adapt(self, ctl: ThresholdController, now: float) -> None:
         """One controller update from the pools' state now (short pool and the next)."""
@@ -490,9 +482,8 @@ class Simulation:
                 )
             )
         before = ctl.threshold
-        t = ctl.update(now, signals[0], signals[1])
+        t = self.router.adapt(now, signals[0], signals[1])
         if t != before:
-            self.policy.set_threshold(0, t)
             self.threshold_log.append((now, t))
 
     def _arrive(self, r: Request, nbytes: int | None) -> None:
