@@ -8,8 +8,8 @@ import pytest
 
 from dualpool.errors import ConfigError
 from dualpool.gateway import parse_config
-from dualpool.gateway._background import pool_signal
 from dualpool.gateway._backends import Backend, Pool
+from dualpool.gateway._background import pool_signal
 from dualpool.gateway._config import PoolConfig
 from dualpool.policy import AdaptiveConfig, PoolSpec
 from dualpool.router import Router
