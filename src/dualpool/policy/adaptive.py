@@ -9,8 +9,13 @@ object (docs/adaptive.md has the argument in full).
     signals (per pool, each optional, time-stamped)
         queue depth per instance  (vllm:num_requests_waiting)
         KV cache use              (vllm:kv_cache_usage_perc)
+        batch occupancy           (vllm:num_requests_running / max_num_seqs)
         SLO attainment            (share of recent requests within the SLO)
-    ─► pressure per pool = max(queue / queue_ref, kv / kv_ref, SLO deficit / slack)
+    ─► pressure per pool = max(queue / queue_ref, kv / kv_ref, occupancy / occupancy_ref,
+                               SLO deficit / slo_slack)
+       where the SLO deficit is the drop below the attainment the pool shows
+       when lightly loaded (a long pool misses a TTFT target on its longest
+       prompts even when idle: that is not load, and moving B_short cannot fix it)
     ─► e = pressure(short) - pressure(long)
          e >  band and long has headroom   move down: shift the largest short requests long
          e < -band and short has headroom  move up:   shift the smallest long requests short
@@ -48,8 +53,12 @@ class AdaptiveConfig:
     step_share: float = 0.02
     # ...and changes the threshold by at most this factor.
     max_step_ratio: float = 1.25
-    # Hysteresis: pressure differences within +-band hold the threshold.
-    band: float = 0.15
+    # Hysteresis: smoothed pressure differences within +-band hold the threshold...
+    band: float = 0.25
+    # ...and a move against the previous one needs this many votes in a row.
+    reverse_after: int = 3
+    # Smoothing of the pressures: an exponential average with this weight per update.
+    smoothing: float = 0.3
     # Lowest threshold the controller may set, as a fraction of the short pool's
     # max_model_len (it never sets one above max_model_len).
     min_fraction: float = 0.25
@@ -57,8 +66,10 @@ class AdaptiveConfig:
     queue_ref: float = 4.0
     # ...at this KV cache use...
     kv_ref: float = 0.9
-    # ...and when SLO attainment falls this far below 1 (e.g. 0.01: at 99%).
-    slo_slack: float = 0.01
+    # ...at this share of the pool's batch slots running...
+    occupancy_ref: float = 0.9
+    # ...and when SLO attainment falls this far below its lightly-loaded level.
+    slo_slack: float = 0.02
     # A signal older than this is ignored (the pool's pressure is unknown).
     stale_s: float = 30.0
     # With no usable signal this long, step back toward the static threshold.
@@ -67,12 +78,24 @@ class AdaptiveConfig:
     window: int = 4096
 
     def __post_init__(self) -> None:
-        for name in ("interval_s", "band", "queue_ref", "kv_ref", "slo_slack", "stale_s"):
+        for name in (
+            "interval_s",
+            "band",
+            "queue_ref",
+            "kv_ref",
+            "occupancy_ref",
+            "slo_slack",
+            "stale_s",
+        ):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"routing.adaptive.{name}", f"must be a number > 0, got {v!r}")
         if not 0.0 < self.step_share <= 0.5:
             raise ConfigError("routing.adaptive.step_share", "must be in (0, 0.5]")
+        if type(self.reverse_after) is not int or self.reverse_after < 1:
+            raise ConfigError("routing.adaptive.reverse_after", "must be an integer >= 1")
+        if not 0.0 < self.smoothing <= 1.0:
+            raise ConfigError("routing.adaptive.smoothing", "must be in (0, 1]")
         if not self.max_step_ratio > 1.0:
             raise ConfigError("routing.adaptive.max_step_ratio", "must be > 1")
         if not 0.0 < self.min_fraction <= 1.0:
@@ -99,7 +122,7 @@ class AdaptiveConfig:
 class PoolSignal:
     """What is known of one pool's load at time `at` (each part None when missing)."""
 
-    __slots__ = ("at", "kv_use", "queue_per_instance", "slo_attainment")
+    __slots__ = ("at", "kv_use", "occupancy", "queue_per_instance", "slo_attainment")
 
     def __init__(
         self,
@@ -107,11 +130,14 @@ class PoolSignal:
         queue_per_instance: float | None = None,
         kv_use: float | None = None,
         slo_attainment: float | None = None,
+        occupancy: float | None = None,
     ) -> None:
         self.at = at
         self.queue_per_instance = queue_per_instance
         self.kv_use = kv_use
         self.slo_attainment = slo_attainment
+        # Running requests over the pool's batch slots (max_num_seqs x instances).
+        self.occupancy = occupancy
 
 
 class ThresholdController:
@@ -121,6 +147,11 @@ class ThresholdController:
         "_budgets",
         "_filled",
         "_i",
+        "_last_dir",
+        "_ps",
+        "_pl",
+        "_slo_base",
+        "_votes",
         "base",
         "config",
         "hi",
@@ -146,6 +177,14 @@ class ThresholdController:
         self._budgets = [0] * config.window
         self._i = 0
         self._filled = 0
+        # Per side (short, long): SLO attainment when lightly loaded (None: not seen).
+        self._slo_base: list[float | None] = [None, None]
+        # Smoothed pressures (None: no fresh signal since the last gap).
+        self._ps: float | None = None
+        self._pl: float | None = None
+        # Direction of the last move (+1 up, -1 down, 0 none) and votes against it.
+        self._last_dir = 0
+        self._votes = 0
         self.next_update = -math.inf
         self.last_move = -math.inf
         self.last_fresh = -math.inf
@@ -162,8 +201,24 @@ class ThresholdController:
         if self._filled < len(self._budgets):
             self._filled += 1
 
-    def pressure(self, s: PoolSignal | None, now: float) -> float | None:
-        """The pool's load relative to its limits (1.0: at a limit), or None if unknown."""
+    def pressure(self, s: PoolSignal | None, now: float, side: int = 0) -> float | None:
+        """The pool's load relative to its limits (1.0: at a limit), or None if unknown.
+
+        `side` 0 is the short pool, 1 the long one (each has its own SLO baseline).
+        Pure: `update` is what learns the baselines.
+        """
+        p = self._load(s, now)
+        if p is None or s is None:
+            return p
+        att = s.slo_attainment
+        base = self._slo_base[side]
+        if att is not None and math.isfinite(att) and base is not None:
+            d = max(0.0, base - att) / self.config.slo_slack
+            p = d if d > p else p
+        return p
+
+    def _load(self, s: PoolSignal | None, now: float) -> float | None:
+        """Pressure from queue, KV and occupancy alone; None when stale or empty."""
         if s is None or now - s.at > self.config.stale_s:
             return None
         cfg = self.config
@@ -173,10 +228,25 @@ class ThresholdController:
         if s.kv_use is not None and math.isfinite(s.kv_use):
             k = max(0.0, s.kv_use) / cfg.kv_ref
             p = k if p is None or k > p else p
-        if s.slo_attainment is not None and math.isfinite(s.slo_attainment):
-            d = max(0.0, 1.0 - s.slo_attainment) / cfg.slo_slack
-            p = d if p is None or d > p else p
+        if s.occupancy is not None and math.isfinite(s.occupancy):
+            o = max(0.0, s.occupancy) / cfg.occupancy_ref
+            p = o if p is None or o > p else p
+        if p is None and s.slo_attainment is not None and math.isfinite(s.slo_attainment):
+            p = 0.0  # only the SLO is known: its deficit alone decides
         return p
+
+    def _learn_slo_base(self, s: PoolSignal | None, now: float, side: int) -> None:
+        load = self._load(s, now)
+        if s is None or load is None:
+            return
+        att = s.slo_attainment
+        if att is None or not math.isfinite(att):
+            return
+        base = self._slo_base[side]
+        if base is None:
+            self._slo_base[side] = att
+        elif load < 0.3:  # lightly loaded: what the pool attains anyway
+            self._slo_base[side] = 0.9 * base + 0.1 * att
 
     def update(self, now: float, short: PoolSignal | None, long: PoolSignal | None) -> int:
         """Decide at `now` (rate-limited: returns at once before `next_update`)."""
@@ -184,9 +254,12 @@ class ThresholdController:
             return self.threshold
         cfg = self.config
         self.next_update = now + cfg.interval_s
-        ps = self.pressure(short, now)
-        pl = self.pressure(long, now)
+        self._learn_slo_base(short, now, 0)
+        self._learn_slo_base(long, now, 1)
+        ps = self.pressure(short, now, 0)
+        pl = self.pressure(long, now, 1)
         if ps is None or pl is None:
+            self._ps = self._pl = None  # a gap: start the averages afresh
             if now - self.last_fresh >= cfg.revert_s and self.threshold != self.base:
                 self._move(now, up=self.threshold < self.base, cap=self.base)
                 self.reason = "revert"
@@ -194,15 +267,29 @@ class ThresholdController:
                 self.reason = "stale"
             return self.threshold
         self.last_fresh = now
+        a = cfg.smoothing
+        ps = ps if self._ps is None else a * ps + (1.0 - a) * self._ps
+        pl = pl if self._pl is None else a * pl + (1.0 - a) * self._pl
+        self._ps, self._pl = ps, pl
         e = ps - pl
+        want = 0
         if e > cfg.band and pl < 1.0 and self.threshold > self.lo:
-            self._move(now, up=False, cap=self.lo)
-            self.reason = "down"
+            want = -1
         elif e < -cfg.band and ps < 1.0 and self.threshold < self.hi:
-            self._move(now, up=True, cap=self.hi)
-            self.reason = "up"
-        else:
+            want = 1
+        if want != 0 and want == -self._last_dir:
+            # Against the last move: only after reverse_after votes in a row.
+            self._votes += 1
+            if self._votes < cfg.reverse_after:
+                self.reason = "hold"
+                return self.threshold
+        self._votes = 0
+        if want == 0:
             self.reason = "hold"
+        else:
+            self._move(now, up=want > 0, cap=self.hi if want > 0 else self.lo)
+            self._last_dir = want
+            self.reason = "up" if want > 0 else "down"
         return self.threshold
 
     def _move(self, now: float, *, up: bool, cap: int) -> None:

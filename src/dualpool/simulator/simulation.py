@@ -473,12 +473,18 @@ class Simulation:
         for i in (0, 1):
             p = self.pools[i]
             n = self._slo_n[i]
+            slots = 0
+            running = 0
+            for inst in p.instances:
+                slots += inst.sched.config.max_num_seqs
+                running += len(inst.sched.running)
             signals.append(
                 PoolSignal(
                     now,
                     p.waiting / len(p.instances),
                     p.used_blocks / p.total_blocks,
                     self._slo_good[i] / n if n >= 20.0 else None,
+                    running / slots,
                 )
             )
         before = ctl.threshold
