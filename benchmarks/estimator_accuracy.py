@@ -68,7 +68,9 @@ def calibration(rows: list[dict[str, Any]], seeds: list[int], tok: Any) -> dict[
         seen: collections.Counter[str] = collections.Counter()
         per_cat_rows: dict[str, list[int]] = collections.defaultdict(list)
         for i in order:
-            routed = router.route(body_of(rows[i]["text"]))
+            # precise: the per-request estimate of every request (routing itself reads
+            # the linear model only near a threshold, where the decision depends on it)
+            routed = router.route(body_of(rows[i]["text"]), precise=True)
             cls = routed.features.content_class
             per_cat_rows[cls].append(i)
             if seen[cls] >= 50:
@@ -87,6 +89,7 @@ def calibration(rows: list[dict[str, Any]], seeds: list[int], tok: Any) -> dict[
     router = Router([PoolSpec("short", 8192), PoolSpec("long", 65536)])
     feats = [router.estimator.features(body_of(r["text"])) for r in rows]
     for i, f in enumerate(feats):
+        f.count_shape()
         classes[f.content_class].append(i)
     floor: list[float] = []
     lin_floor: list[float] = []

@@ -81,10 +81,15 @@ class Router:
         *,
         saturated: Sequence[bool] | None = None,
         chat: bool | None = None,
+        precise: bool = False,
     ) -> RoutedRequest:
-        """Raises `RequestError` for a malformed body (the gateway answers 400)."""
+        """Raises `RequestError` for a malformed body (the gateway answers 400).
+
+        The per-request linear model is read when the decision could depend on
+        it (the budget near a threshold), or always with `precise`.
+        """
         f = self.estimator.features(body, chat=chat)
-        est = self.estimator.estimate(f)
+        est = self.estimator.estimate(f, self.policy.thresholds, precise)
         if self.controller is not None:
             self.controller.observe_budget(est.total)
         return RoutedRequest(
@@ -102,7 +107,7 @@ class Router:
     def route_features(
         self, f: RequestFeatures, *, saturated: Sequence[bool] | None = None
     ) -> RoutedRequest:
-        est = self.estimator.estimate(f)
+        est = self.estimator.estimate(f, self.policy.thresholds)
         if self.controller is not None:
             self.controller.observe_budget(est.total)
         decision = self.policy.route(

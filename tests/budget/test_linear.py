@@ -66,7 +66,10 @@ def test_linear_model_beats_the_single_ratio_on_shaped_text() -> None:
     for _ in range(200):
         t = text_of(rng)
         truth = true_tokens(t)
-        lin_err.append(abs(est.estimate(est.features(body(t))).prompt_tokens_point - truth) / truth)
+        lin_err.append(
+            abs(est.estimate(est.features(body(t)), precise=True).prompt_tokens_point - truth)
+            / truth
+        )
         r = ratio_only.estimate(ratio_only.features(body(t))).prompt_tokens_point
         ratio_err.append(abs(r - truth) / truth)
     lin_err.sort()
@@ -74,8 +77,27 @@ def test_linear_model_beats_the_single_ratio_on_shaped_text() -> None:
     assert lin_err[100] < 0.03
     assert lin_err[100] < ratio_err[100] / 2
     # Conservative for routing: above the point estimate.
-    e = est.estimate(est.features(body(text_of(rng))))
+    e = est.estimate(est.features(body(text_of(rng))), precise=True)
     assert e.prompt_tokens_low <= e.prompt_tokens_point <= e.prompt_tokens
+
+
+def test_shape_is_counted_only_near_a_threshold_unless_asked() -> None:
+    rng = random.Random(5)
+    router = Router([PoolSpec("short", 8192), PoolSpec("long", 65536)])
+    for _ in range(200):
+        t = text_of(rng)
+        r = router.route(body(t))
+        router.observe(r, {"prompt_tokens": true_tokens(t)})
+    assert r.features.shaped  # feedback counts it
+    small = router.route(body(text_of(rng)))
+    assert not small.features.shaped  # ~1K tokens: nowhere near 8192
+    big_text = ""
+    while true_tokens(big_text) < 6000:
+        big_text += text_of(rng) + " "
+    n = true_tokens(big_text)
+    near = router.route(body(big_text, max_tokens=max(1, 8192 - n)))
+    assert near.features.shaped  # its budget is about B_short: the model decides
+    assert router.route(body(text_of(rng)), precise=True).features.shaped
 
 
 def test_requests_without_shape_never_use_the_linear_model() -> None:
@@ -108,13 +130,13 @@ def test_snapshot_and_merge_carry_the_linear_model() -> None:
     restored = BudgetEstimator()
     restored.calibrator.restore(snap)
     probe = restored.features(body(text_of(rng)))
-    assert restored.estimate(probe) == a.estimate(probe)
+    assert restored.estimate(probe, precise=True) == a.estimate(probe, precise=True)
     merged = BudgetEstimator()
     merged.calibrator.merge(a.calibrator.snapshot())
     merged.calibrator.merge(b.calibrator.snapshot())
     assert merged.calibrator.coefficients("m", "prose").theta is not None
     truth = true_tokens(probe_text := text_of(rng))
-    got = merged.estimate(merged.features(body(probe_text))).prompt_tokens_point
+    got = merged.estimate(merged.features(body(probe_text)), precise=True).prompt_tokens_point
     assert abs(got - truth) / truth < 0.1
 
 
@@ -130,7 +152,7 @@ def test_poisoned_feedback_cannot_move_an_estimate_past_the_ratio_bounds() -> No
         est.observe(f, rng.randint(max(1, f.text_bytes // 15), f.text_bytes))
     f = est.features(body(text_of(rng)))
     coef = est.calibrator.coefficients("m", "prose")
-    e = est.estimate(f)
+    e = est.estimate(f, precise=True)
     a, m = est.calibrator.overhead("m")
     assert e.prompt_tokens_point <= a + m + 2.0 * f.text_bytes * coef.point + 1
     assert e.prompt_tokens_point >= a + m + 0.5 * f.text_bytes * coef.point - 1

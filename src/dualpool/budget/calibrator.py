@@ -412,7 +412,7 @@ class Calibrator:
                         return Feedback(False, FeedbackReason.OUTLIER, model, cls, observed)
             cat.streak = 0
             cat.ratio.add(own_bytes, own_tokens, cfg.beta)
-            if cfg.linear and f.shaped and cls != STRUCTURED_CLASS:
+            if cfg.linear and cls != STRUCTURED_CLASS and f.count_shape():
                 self._observe_linear(cat, f, own_tokens)
             self._publish(model, cls, cat)
         # The template overhead: what the content estimate does not explain. The

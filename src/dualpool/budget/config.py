@@ -68,6 +68,10 @@ class EstimatorConfig:
     # Conservativeness of its routing estimate, in standard deviations of its
     # own out-of-sample error: prompt + linear_gamma * sd.
     linear_gamma: float = 1.0
+    # The router counts a text's shape (a few ns per byte) only when the ratio's
+    # estimate, widened by this factor both ways, could reach a pool's threshold:
+    # elsewhere the decision is the same either way, and the ratio's estimate stands.
+    linear_band: float = 1.5
     # The most UTF-8 bytes one token can stand for, across the tokenizers a
     # backend may use (128 for Llama-3, Qwen2.5 and cl100k: a run of spaces).
     # bytes / max_token_bytes is a true lower bound of prompt tokens: a request
@@ -121,6 +125,8 @@ class EstimatorConfig:
         for name in ("linear_min_samples", "linear_min_residuals", "linear_every"):
             if type(getattr(self, name)) is not int or getattr(self, name) < 1:
                 raise ConfigError(f"estimator.{name}", "must be an integer >= 1")
+        if not self.linear_band >= 1.0:
+            raise ConfigError("estimator.linear_band", f"must be >= 1, got {self.linear_band!r}")
         for name in ("linear_ridge", "linear_gamma"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"estimator.{name}", "must be >= 0")
@@ -160,6 +166,7 @@ class EstimatorConfig:
             "linear_beta",
             "linear_ridge",
             "linear_gamma",
+            "linear_band",
         ):
             if (
                 key in kwargs

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from dualpool.budget.calibrator import Calibrator, Feedback, linear_tokens
+from dualpool.budget.calibrator import Calibrator, Coefficients, Feedback, linear_tokens
 from dualpool.budget.classes import STRUCTURED_CLASS, ContentClassifier
 from dualpool.budget.config import EstimatorConfig
 from dualpool.budget.features import RequestFeatures, extract_features
@@ -112,12 +112,22 @@ class BudgetEstimator:
         self._output_quantile = self.config.output_quantile
         self._max_token_bytes = self.config.max_token_bytes
         self._linear_gamma = self.config.linear_gamma
+        self._band = self.config.linear_band
 
     def features(self, body: Any, *, chat: bool | None = None) -> RequestFeatures:
         """Read a request body; raises `RequestError` for a malformed one."""
         return extract_features(body, self.classifier, chat=chat)
 
-    def estimate(self, f: RequestFeatures) -> BudgetEstimate:
+    def estimate(
+        self, f: RequestFeatures, near: tuple[int, ...] | None = None, precise: bool = False
+    ) -> BudgetEstimate:
+        """The budget of `f`.
+
+        The category's linear model is used when its shape is counted already,
+        when `precise`, or when the ratio's estimate widened by `linear_band`
+        could reach one of the thresholds `near` (the router's): then the
+        shape is counted here.
+        """
         cal = self.calibrator
         model, cls = f.model, f.content_class
         if f.max_output_tokens is not None:  # the common case, inline
@@ -143,7 +153,16 @@ class BudgetEstimator:
         if f.num_images or f.num_audio:
             fixed += f.num_images * self._image_tokens + f.num_audio * self._audio_tokens
         theta = own.theta
-        if theta is not None and f.shaped and cls != STRUCTURED_CLASS:
+        if (
+            theta is not None
+            and cls != STRUCTURED_CLASS
+            and (
+                f.shaped
+                or precise
+                or (near is not None and self._near(f, own, fixed, output, near))
+            )
+            and f.count_shape()
+        ):
             # The linear model, on the free text (own bytes are the text bytes here).
             p = linear_tokens(theta, f, own.point)
             sd = math.sqrt(own.lin_v * p + own.lin_rho2 * p * p)
@@ -162,6 +181,19 @@ class BudgetEstimator:
             source,
             False,
         )
+
+    def _near(
+        self, f: RequestFeatures, own: Coefficients, fixed: float, out: int, near: tuple[int, ...]
+    ) -> bool:
+        """Could the budget be on either side of a threshold, by the ratio's estimate?"""
+        b = f.text_bytes
+        rest = fixed + f.structured_bytes * own.point + out
+        lo = rest + b * own.point / self._band
+        hi = rest + b * own.conservative * self._band
+        for t in near:  # noqa: SIM110 (a plain loop compiles to C; any() of a generator does not)
+            if lo <= t <= hi:
+                return True
+        return False
 
     def _output(self, f: RequestFeatures) -> tuple[int, str]:
         if f.max_output_tokens is not None:

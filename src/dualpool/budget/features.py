@@ -7,12 +7,16 @@ of messages (the chat template adds tokens per message that no byte count sees),
 image and audio parts (a configured token cost each), the declared output limit,
 and the content class of the dominant text.
 
-In the same pass it counts the text's shape (`TextShape`): non-ASCII bytes,
-digits, punctuation, newlines, spaces, runs of spaces and word starts. Tokens
+It keeps references to the free texts (no copy), so the text's shape
+(`TextShape`: non-ASCII bytes, digits, punctuation, newlines, spaces, runs of
+spaces and word starts) can be counted on demand by `count_shape()`. Tokens
 follow these far more closely than bytes alone (a digit is a token per 1-3, a
-word of prose about one); the calibrator learns a linear model of tokens on them.
-The counts come from one `bytes.translate` into character classes and a few
-`bytes.count`s, C loops at about a nanosecond per byte.
+word of prose about one); the calibrator learns a linear model of tokens on
+them. Counting is one `bytes.translate` into character classes and a few
+`bytes.count`s over the whole text: a few nanoseconds per byte, which is more
+than the rest of routing for a typical body, so the router asks for it only
+when the decision could depend on it (docs/estimator.md), and the calibrator
+at feedback time, off the request path.
 
 Bodies come from clients, so every field is checked: a wrong type raises
 `RequestError` naming the parameter, the way vLLM's OpenAI server answers 400.
@@ -100,8 +104,10 @@ class RequestFeatures:
     known_prompt_tokens: int | None
     # True for /v1/chat/completions bodies.
     is_chat: bool
-    # The free text's shape (SHAPE_FEATURES), summed over its texts; all 0 when
-    # not counted (`shaped` False: a request known only by its lengths).
+    # The free texts, by reference (None: a request known only by its lengths).
+    texts: list[str] | None
+    # The free text's shape (SHAPE_FEATURES), summed over `texts`; all 0 until
+    # counted (`count_shape`), and then `shaped` is True.
     shaped: bool
     nonascii: int  # UTF-8 bytes beyond one per character
     digits: int
@@ -125,7 +131,7 @@ class RequestFeatures:
         max_output_tokens: int | None,
         known_prompt_tokens: int | None = None,
         is_chat: bool = True,
-        shape: TextShape | None = None,
+        texts: list[str] | None = None,
     ) -> None:
         self.model = model
         self.content_class = content_class
@@ -137,19 +143,30 @@ class RequestFeatures:
         self.max_output_tokens = max_output_tokens
         self.known_prompt_tokens = known_prompt_tokens
         self.is_chat = is_chat
-        if shape is None:
-            self.shaped = False
-            self.nonascii = self.digits = self.punct = self.newlines = 0
-            self.spaces = self.space_runs = self.words = 0
-        else:
-            self.shaped = True
-            self.nonascii = shape.nonascii
-            self.digits = shape.digits
-            self.punct = shape.punct
-            self.newlines = shape.newlines
-            self.spaces = shape.spaces
-            self.space_runs = shape.space_runs
-            self.words = shape.words
+        self.texts = texts
+        self.shaped = False
+        self.nonascii = self.digits = self.punct = self.newlines = 0
+        self.spaces = self.space_runs = self.words = 0
+
+    def count_shape(self) -> bool:
+        """Count the texts' shape once; False when there is no text to count."""
+        if self.shaped:
+            return True
+        texts = self.texts
+        if not texts:
+            return False
+        shape = TextShape()
+        for t in texts:
+            shape.add(t, len(t) if t.isascii() else utf8_len(t))
+        self.nonascii = shape.nonascii
+        self.digits = shape.digits
+        self.punct = shape.punct
+        self.newlines = shape.newlines
+        self.spaces = shape.spaces
+        self.space_runs = shape.space_runs
+        self.words = shape.words
+        self.shaped = True
+        return True
 
     def shape_vector(self) -> list[float]:
         """Text bytes, the shape counts, then 1 (a constant per request): the model's order."""
@@ -243,10 +260,10 @@ def _model(body: Mapping[str, Any]) -> str:
 class _Acc:
     """Running totals while walking a body; the dominant text is classified once."""
 
-    __slots__ = ("images", "media", "shape", "structured", "text", "top_len", "top_text")
+    __slots__ = ("images", "media", "structured", "text", "texts", "top_len", "top_text")
 
     def __init__(self) -> None:
-        self.shape = TextShape()
+        self.texts: list[str] = []
         self.text = 0
         self.structured = 0
         self.images = 0
@@ -257,7 +274,7 @@ class _Acc:
     def add_text(self, text: str) -> None:
         n = len(text) if text.isascii() else utf8_len(text)
         self.text += n
-        self.shape.add(text, n)
+        self.texts.append(text)
         if n > self.top_len:
             self.top_len = n
             self.top_text = text
@@ -315,7 +332,7 @@ def _walk_messages(acc: _Acc, messages: Any) -> int:
     text = acc.text
     top_len = acc.top_len
     top_text = acc.top_text
-    shape = acc.shape
+    texts = acc.texts
     for i, msg in enumerate(messages):
         if type(msg) is not dict and not isinstance(msg, Mapping):
             raise RequestError(
@@ -327,7 +344,7 @@ def _walk_messages(acc: _Acc, messages: Any) -> int:
         if type(content) is str:
             n = len(content) if content.isascii() else utf8_len(content)
             text += n
-            shape.add(content, n)
+            texts.append(content)
             if n > top_len:
                 top_len, top_text = n, content
         elif content is not None:
@@ -376,7 +393,7 @@ def _walk_prompt(acc: _Acc, prompt: Any) -> tuple[int, int | None]:
             top = p
             acc.top_text, acc.top_len = p, n
     acc.text = longest
-    acc.shape.add(top, longest)
+    acc.texts = [top]
     return len(prompt), None
 
 
@@ -432,5 +449,5 @@ def extract_features(
         limit,
         known,
         chat,
-        acc.shape,
+        acc.texts,
     )

@@ -189,6 +189,11 @@ class PoolPolicy:
     def threshold(self, index: int) -> int:
         return self._thresholds[index]
 
+    @property
+    def thresholds(self) -> tuple[int, ...]:
+        """Every pool's threshold, smallest pool first (the last is its max_model_len)."""
+        return self._thresholds
+
     def set_threshold(self, index: int, value: int) -> None:
         """Move pool `index`'s threshold (an adaptive controller's output).
 
