@@ -162,6 +162,52 @@ def build_requests(
     return out
 
 
+def misroute_floor(
+    router: Router, reqs: list[tuple[dict[str, Any], int, str]]
+) -> dict[str, float]:
+    """The least wasted rate any margin on the best in-sample linear model allows.
+
+    The linear model of this form fitted on the hard set itself (per kind, true
+    prompt tokens on the shape), then routed with a relative margin m on its
+    prompt estimate, m swept; reported: the least wasted rate among the margins
+    whose unsafe rate is <= 0.2%, and that margin. No online learner of this
+    form does better on this set.
+    """
+    by_kind: dict[str, list[int]] = collections.defaultdict(list)
+    feats = [router.estimator.features(b) for b, _, _ in reqs]
+    for i, (_, _, kind) in enumerate(reqs):
+        feats[i].count_shape()
+        by_kind[kind].append(i)
+    pred = [0.0] * len(reqs)
+    for idx in by_kind.values():
+        st = LinearStats(LINEAR_K)
+        for i in idx:
+            z = feats[i].shape_vector()
+            prompt = reqs[i][1] - reqs[i][0]["max_tokens"]
+            st.add([v / z[0] for v in z], prompt / z[0], 1.0)
+        theta = st.solve(0.25, 1e-9)
+        assert theta is not None
+        for i in idx:
+            z = feats[i].shape_vector()
+            pred[i] = sum(t * v for t, v in zip(theta, z, strict=True))
+    n_short = sum(1 for _, t, _ in reqs if t <= B_SHORT)
+    best = (1.0, math.nan, math.nan)
+    for k in range(0, 301):
+        m = k / 1000
+        unsafe = wasted = 0
+        for i, (body, true_total, _) in enumerate(reqs):
+            sent_short = pred[i] * (1 + m) + body["max_tokens"] <= B_SHORT
+            unsafe += sent_short and true_total > B_SHORT
+            wasted += (not sent_short) and true_total <= B_SHORT
+        if unsafe / len(reqs) <= 0.002 and wasted / max(1, n_short) < best[0]:
+            best = (wasted / max(1, n_short), unsafe / len(reqs), m)
+    return {
+        "least_wasted_rate_at_unsafe_0.2pct": round(best[0], 5),
+        "its_unsafe_rate": round(best[1], 5),
+        "its_margin": best[2],
+    }
+
+
 def misroutes(rows: list[dict[str, Any]], n: int, seed: int, tok: Any) -> dict[str, Any]:
     router = Router([PoolSpec("short", 8192), PoolSpec("long", 65536)], CONFIG)
     # Warm the calibrator as a running gateway would be: the corpus, once, shuffled.
@@ -173,6 +219,7 @@ def misroutes(rows: list[dict[str, Any]], n: int, seed: int, tok: Any) -> dict[s
             routed, {"prompt_tokens": chat_prompt_tokens(tok, body_of(rows[i]["text"])["messages"])}
         )
     reqs = build_requests(rows, n, random.Random(seed + 1), tok)
+    floor = misroute_floor(router, reqs)
     counts = collections.Counter()
     per_kind: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for body, true_total, kind in reqs:
@@ -205,6 +252,7 @@ def misroutes(rows: list[dict[str, Any]], n: int, seed: int, tok: Any) -> dict[s
         "per_kind": {k: rates(v) for k, v in sorted(per_kind.items())},
         "exact_unsafe_misroute_rate": 0.0,
         "exact_wasted_rate": 0.0,
+        "floor": floor,
     }
 
 
@@ -236,6 +284,7 @@ def main() -> None:
             "static4_unsafe_misroute_rate": mis["static4_unsafe_misroute_rate"],
             "static4_wasted_rate": mis["static4_wasted_rate"],
             "exact_unsafe_misroute_rate": 0.0,
+            "misroute_floor": mis["floor"],
             "categories": cal["per_category"],
             "requests": mis["requests"],
         }
