@@ -162,9 +162,7 @@ def build_requests(
     return out
 
 
-def misroute_floor(
-    router: Router, reqs: list[tuple[dict[str, Any], int, str]]
-) -> dict[str, float]:
+def misroute_floor(router: Router, reqs: list[tuple[dict[str, Any], int, str]]) -> dict[str, float]:
     """The least wasted rate any margin on the best in-sample linear model allows.
 
     The linear model of this form fitted on the hard set itself (per kind, true

@@ -206,4 +206,4 @@ def test_shape_counts() -> None:
     assert f.newlines == 1
     assert f.nonascii == 2
     assert f.words == 2  # ASCII letters after whitespace: "there", "ok" ("été" is non-ASCII)
-    assert f.space_runs == 1
+    assert f.space_runs == 2  # "\n " and "  ": whitespace right after whitespace

@@ -48,29 +48,38 @@ SHAPE_FEATURES: tuple[str, ...] = (
 )
 
 
+# Character classes as bit flags, one byte per text byte (`bytes.translate`):
+_DIGIT = 0x01
+_PUNCT = 0x02  # printable ASCII that is neither a letter, a digit nor a space
+_SPACE = 0x04  # space, tab, CR, VT, FF
+_NEWLINE = 0x08
+_WHITE = 0x10  # set with _SPACE and with _NEWLINE: any whitespace
+_LETTER = 0x20  # an ASCII letter; non-ASCII bytes are 0 (counted apart)
+
+
 def _class_table() -> bytes:
-    # Each byte to its character class: a lower/upper letter "a", a digit "0",
-    # other printable ASCII "!", a space, tab or CR " ", a newline, and any
-    # non-ASCII byte "~" (counted apart as bytes minus characters).
-    out = bytearray(b"~" * 256)
+    out = bytearray(256)
     for c in range(128):
         ch = chr(c)
         if ch.isalpha():
-            out[c] = ord("a")
+            out[c] = _LETTER
         elif ch.isdigit():
-            out[c] = ord("0")
+            out[c] = _DIGIT
         elif ch == "\n":
-            out[c] = ord("\n")
+            out[c] = _NEWLINE | _WHITE
         elif ch in " \t\r\x0b\x0c":
-            out[c] = ord(" ")
+            out[c] = _SPACE | _WHITE
         elif 33 <= c < 127:
-            out[c] = ord("!")
-        else:
-            out[c] = ord(" ")
+            out[c] = _PUNCT
     return bytes(out)
 
 
 _CLASSES = _class_table()
+_DIGIT_BYTE = bytes([_DIGIT])
+_PUNCT_BYTE = bytes([_PUNCT])
+_SPACE_BYTE = bytes([_SPACE | _WHITE])
+_NEWLINE_BYTE = bytes([_NEWLINE | _WHITE])
+_WHITE_BYTE = bytes([_WHITE])
 
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 _AUDIO_PARTS = frozenset({"input_audio", "audio_url", "audio"})
@@ -114,8 +123,8 @@ class RequestFeatures:
     punct: int  # ASCII punctuation and symbols
     newlines: int
     spaces: int  # spaces, tabs, carriage returns
-    space_runs: int  # two whitespace characters in a row (indentation, alignment)
-    words: int  # a letter after whitespace
+    space_runs: int  # whitespace right after whitespace (indentation, alignment)
+    words: int  # an ASCII letter right after whitespace (word starts)
 
     # An explicit __init__ (init=False): mypyc compiles it natively, where the one
     # dataclasses generates stays interpreted (~5x slower per instance).
@@ -202,19 +211,29 @@ class TextShape:
         self.words = 0
 
     def add(self, text: str, nbytes: int) -> None:
-        """Count `text`, whose UTF-8 length is `nbytes`."""
+        """Count `text`, whose UTF-8 length is `nbytes`.
+
+        One `translate` maps each byte to its class flags; single classes are
+        `bytes.count`s, and the two pair counts (whitespace after whitespace, a
+        letter after whitespace) are bitwise ANDs of the flags read as one big
+        integer with itself shifted by a byte: C loops over machine words,
+        where counting a two-byte pattern with `bytes.count` costs ~10x more.
+        """
         if nbytes == len(text):
             raw = text.encode("ascii")
         else:
             self.nonascii += nbytes - len(text)
             raw = text.encode("utf-8", "surrogatepass")
         m = raw.translate(_CLASSES)
-        self.digits += m.count(b"0")
-        self.punct += m.count(b"!")
-        self.newlines += m.count(b"\n")
-        self.spaces += m.count(b" ")
-        self.space_runs += m.count(b"  ")
-        self.words += m.count(b" a") + m.count(b"\na")
+        self.digits += m.count(_DIGIT_BYTE)
+        self.punct += m.count(_PUNCT_BYTE)
+        self.newlines += m.count(_NEWLINE_BYTE)
+        self.spaces += m.count(_SPACE_BYTE)
+        flags = int.from_bytes(m, "little")
+        white = flags & int.from_bytes(_WHITE_BYTE * len(m), "little")
+        # Byte i whitespace -> bit 4 of byte i + 1 (shift 8); -> bit 5 (shift 9).
+        self.space_runs += ((white << 8) & flags).bit_count()
+        self.words += ((white << 1 + 8) & flags).bit_count()
 
 
 def utf8_len(text: str) -> int:
