@@ -11,8 +11,9 @@ than real time, not easier):
   row shares, a daily sine of +-40% peaking at 14:00), at --rate req/s on
   average: the load moves over the day, the mix does not.
 - shifting-mix: a synthetic day whose mix moves: conversation (the Azure conv
-  fit) plus long-prompt requests (lognormal, median ~3,000 prompt tokens) whose
-  share goes from 10% at 06:00 to 45% at 18:00, at the same mean rate.
+  fit) plus long-prompt requests (lognormal, median ~8,100 prompt tokens, so
+  about half of them need the long pool) whose share goes from 10% at 06:00 to
+  45% at 18:00, at the same mean rate: the two pools' loads drift apart.
 
 The fleet is the paper's two pools (short 8K/128/16K, long 64K/16/8K) of
 Llama-3-70B on H100, sized by the simulator's sizing (`dualpool simulate`'s
@@ -98,8 +99,8 @@ def day_requests(kind: str, hours: int, hour_s: float, rate: float, seed: int) -
                         "lognormal",
                         rate=r_h * share,
                         duration_s=hour_s,
-                        prompt_mu=8.0,
-                        prompt_sigma=0.6,
+                        prompt_mu=9.0,
+                        prompt_sigma=0.5,
                         output_mu=5.0,
                         output_sigma=0.8,
                         prompt_max=60000,
