@@ -189,7 +189,7 @@ def study(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     counts = [p.num_instances for p in planned.pools]
     gpus_per = [p.gpus_per_instance for p in planned.pools]
     scales = (0.6, 0.8, 1.0, 1.25) if not args.quick else (0.7, 1.0, 1.3)
-    thresholds = (2048, 4096, 6144, 8192) if not args.quick else (3072, 5120, 8192)
+    thresholds = (2048, 4096, 6144, 8192) if not args.quick else (4096, 8192)
     configs: list[tuple[str, int | None]] = [(f"static-{b}", b) for b in thresholds]
     configs.append(("adaptive", None))
     met: dict[tuple[str, float], list[bool]] = {}
@@ -303,7 +303,7 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="one day each, 3 thresholds, 3 sizes")
+    ap.add_argument("--quick", action="store_true", help="one day each, 2 thresholds, 3 sizes")
     ap.add_argument("--week", action="store_true", help="the whole Azure week (168 hours)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rate", type=float, default=None, help="mean req/s (default 30, quick 20)")

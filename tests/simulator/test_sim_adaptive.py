@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 from sim_helpers import small_fleet
 
 from dualpool.policy import AdaptiveConfig
@@ -37,3 +40,13 @@ def test_adaptive_moves_the_threshold_toward_the_idle_pool_within_bounds() -> No
 def test_static_option_leaves_no_controller() -> None:
     sim = Simulation(small_fleet(), SimOptions())
     assert sim.controller is None and sim.threshold_log == []
+
+
+def test_cli_adaptive_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from dualpool.cli.main import main
+
+    args = ["simulate", "--workload", "azure-conv-like", "--rate", "20", "--duration", "5",
+            "--model", "llama-3.1-8b", "--short", "1", "--long", "1", "--adaptive", "--json"]  # fmt: skip
+    assert main(args) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["totals"]["requests"] > 0
