@@ -196,7 +196,23 @@ def test_merge_of_linear_statistics_is_addition() -> None:
 def test_knobs_are_the_configs_own_fields() -> None:
     cfg = EstimatorConfig(beta=0.97, linear_gamma=0.5, class_priors={"zh": 3.0})
     k = _Knobs(cfg)
-    assert set(_KNOB_FIELDS) == set(_Knobs.__annotations__)
+    # The declared attributes, read from the source (a compiled class keeps no
+    # __annotations__): the copied list and the declarations must agree.
+    import ast
+    import pathlib
+
+    import dualpool.budget.calibrator as mod
+
+    src = pathlib.Path(mod.__file__).with_name("calibrator.py").read_text()
+    cls = next(
+        n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ClassDef) and n.name == "_Knobs"
+    )
+    declared = {
+        n.target.id
+        for n in cls.body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+    }
+    assert set(_KNOB_FIELDS) == declared
     for name in _KNOB_FIELDS:
         assert getattr(k, name) == getattr(cfg, name), name
     assert k.prior_for("zh") == 3.0 and k.prior_for("prose") == cfg.prior_bytes_per_token
