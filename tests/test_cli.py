@@ -48,7 +48,8 @@ def test_route_reads_jsonl_and_reports_each_line(tmp_path: Path) -> None:
         + "\n"
         + json.dumps({"messages": "oops"})
         + "\n"
-        + json.dumps({"prompt": "x" * 400_000, "max_tokens": 10})
+        # certain: 400 KB is at least 3,125 tokens (128 bytes per token at most) + 64,000
+        + json.dumps({"prompt": "x" * 400_000, "max_tokens": 64_000})
         + "\n"
     )
     r = dualpool("route", str(f))

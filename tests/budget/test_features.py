@@ -165,3 +165,45 @@ def test_arbitrary_bodies_never_raise_anything_but_request_error(body: dict[str,
     except RequestError:
         return
     assert f.text_bytes >= 0 and f.structured_bytes >= 0
+
+
+content_parts = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "type": json_values | st.sampled_from(["text", "image_url", "input_audio", "video"]),
+            "text": json_values,
+            "refusal": json_values,
+        },
+    )
+    | json_values,
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(content_parts)
+def test_malformed_content_parts_raise_only_request_error(parts: list[Any]) -> None:
+    try:
+        f = feats({"messages": [{"role": "user", "content": parts}]})
+    except RequestError:
+        return
+    f.count_shape()
+    assert f.text_bytes >= 0 and f.words >= 0 and f.digits >= 0
+
+
+@pytest.mark.parametrize("kind", [[], {}, 1, 1.5, True])
+def test_unhashable_or_odd_part_type_is_a_request_error(kind: Any) -> None:
+    with pytest.raises(RequestError, match="type"):
+        feats({"messages": [{"role": "user", "content": [{"type": kind}]}]})
+
+
+def test_shape_counts() -> None:
+    f = feats({"messages": [{"role": "user", "content": "Hi there, 2024!\n  ok été"}]})
+    assert not f.shaped and f.count_shape() and f.shaped
+    assert f.digits == 4
+    assert f.punct == 2
+    assert f.newlines == 1
+    assert f.nonascii == 2
+    assert f.words == 2  # ASCII letters after whitespace: "there", "ok" ("été" is non-ASCII)
+    assert f.space_runs == 2  # "\n " and "  ": whitespace right after whitespace

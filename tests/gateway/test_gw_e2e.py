@@ -166,7 +166,8 @@ def test_rejected_without_calling_a_backend(
 ) -> None:
     short, long, gw = fleet
     with pytest.raises(openai.BadRequestError) as err:
-        client(gw).chat.completions.create(**chat(200_000, max_tokens=100))
+        # certain: even at 128 bytes per token (1,563) + the declared 32,000 > 32,768
+        client(gw).chat.completions.create(**chat(200_000, max_tokens=32_000))
     assert "maximum context length is 32768 tokens" in str(err.value)
     assert short.stats()["requests"] == 0 and long.stats()["requests"] == 0
 

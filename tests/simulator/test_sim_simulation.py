@@ -81,9 +81,14 @@ def test_misroute_is_retried_on_the_long_pool() -> None:
     mis = [r for r in sink.rows if r[11]]
     assert len(mis) == 1 and mis[0][1] == "long" and not mis[0][10]
     assert s.misrouted == 1 and s.pools["long"].misrouted == 1 and s.completed == 2
-    # over every pool's max_model_len: refused by the policy, not retried
+    # over every pool's max_model_len, but the router cannot be certain of it from
+    # bytes alone (bytes / 128 fits): the largest pool's own check refuses it
     s2 = simulate(small_fleet(1, 1), list(requests((0.0, 70000, 10, 100, None))), SimOptions())
-    assert s2.rejected_by_policy == 1 and s2.completed == 0
+    assert s2.rejected_by_policy == 0 and s2.completed == 0
+    assert s2.as_dict()["pools"]["long"]["rejected"] == 1
+    # certain to exceed it (declared output alone is over): refused by the policy
+    s3 = simulate(small_fleet(1, 1), list(requests((0.0, 100, 10, 70000, None))), SimOptions())
+    assert s3.rejected_by_policy == 1 and s3.completed == 0
 
 
 def test_balancers_spread_load() -> None:

@@ -12,6 +12,11 @@ estimate reads without a lock:
     point         1 / c                                  (the best guess)
     optimistic    1 / (c + gamma * sigma)                (rejection: under-estimates)
 
+Per category it also learns a linear model of tokens on the text's shape
+(`LinearStats`); once it has enough samples and out-of-sample residuals, the
+published `Coefficients` carry it and the estimate reads it instead of the ratio
+(`linear_tokens` is the one implementation of that prediction).
+
 Per model it also fits the tokens the chat template adds, `a + m * messages`, so
 short prompts are not under-estimated (see `OverheadStats`).
 
@@ -28,10 +33,13 @@ from typing import Any, ClassVar
 
 from dualpool.budget.classes import STRUCTURED_CLASS
 from dualpool.budget.config import EstimatorConfig
-from dualpool.budget.features import RequestFeatures
-from dualpool.budget.stats import OverheadStats, QuantileSketch, RatioStats
+from dualpool.budget.features import SHAPE_FEATURES, RequestFeatures
+from dualpool.budget.stats import LinearStats, OverheadStats, QuantileSketch, RatioStats
 
-__all__ = ["DEFAULT_MODEL", "Calibrator", "Feedback", "FeedbackReason"]
+__all__ = ["DEFAULT_MODEL", "Calibrator", "Feedback", "FeedbackReason", "linear_tokens"]
+
+# Coefficients of the linear model: text bytes, the shape counts, a constant.
+LINEAR_K = 2 + len(SHAPE_FEATURES)
 
 # Category model shared by every model once `max_categories` is reached.
 DEFAULT_MODEL = "*"
@@ -93,13 +101,27 @@ class Feedback:
 class Coefficients:
     """What an estimate reads for one category: tokens per byte, three ways."""
 
-    __slots__ = ("conservative", "learned", "optimistic", "point")
+    __slots__ = ("conservative", "learned", "lin_rho2", "lin_v", "optimistic", "point", "theta")
 
-    def __init__(self, conservative: float, point: float, optimistic: float, learned: bool) -> None:
+    def __init__(
+        self,
+        conservative: float,
+        point: float,
+        optimistic: float,
+        learned: bool,
+        theta: list[float] | None = None,
+        lin_v: float = 0.0,
+        lin_rho2: float = 0.0,
+    ) -> None:
         self.conservative = conservative
         self.point = point
         self.optimistic = optimistic
         self.learned = learned
+        # The linear model, when published: coefficients (LINEAR_K) and the spread
+        # of its error, variance = lin_v * tokens + lin_rho2 * tokens^2.
+        self.theta = theta
+        self.lin_v = lin_v
+        self.lin_rho2 = lin_rho2
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Coefficients) and (
@@ -107,16 +129,71 @@ class Coefficients:
             self.point,
             self.optimistic,
             self.learned,
-        ) == (other.conservative, other.point, other.optimistic, other.learned)
+            self.theta,
+            self.lin_v,
+            self.lin_rho2,
+        ) == (
+            other.conservative,
+            other.point,
+            other.optimistic,
+            other.learned,
+            other.theta,
+            other.lin_v,
+            other.lin_rho2,
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
 
+def linear_tokens(theta: list[float], f: RequestFeatures, point: float) -> float:
+    """Tokens of `f`'s free text by the linear model, within bounds of the ratio's.
+
+    `point` is the category's tokens per byte by the ratio. The prediction is
+    held within [1/2, 2] x the ratio's: a model poisoned or extrapolated beyond
+    its data cannot move an estimate further than that.
+    """
+    b = f.text_bytes
+    t = (
+        theta[0] * b
+        + theta[1] * f.nonascii
+        + theta[2] * f.digits
+        + theta[3] * f.punct
+        + theta[4] * f.newlines
+        + theta[5] * f.spaces
+        + theta[6] * f.space_runs
+        + theta[7] * f.words
+        + theta[8]
+    )
+    ref = b * point
+    if t < 0.5 * ref:
+        return 0.5 * ref
+    if t > 2.0 * ref:
+        return 2.0 * ref
+    return t
+
+
 class _Category:
-    __slots__ = ("c", "output_q", "outputs", "ratio", "rel_sigma", "sigma", "streak")
+    __slots__ = (
+        "c",
+        "linear",
+        "output_q",
+        "outputs",
+        "ratio",
+        "rel_sigma",
+        "rho2",
+        "sigma",
+        "streak",
+        "theta",
+        "v",
+    )
 
     def __init__(self) -> None:
         self.ratio = RatioStats()
+        self.linear = LinearStats(LINEAR_K)
+        # The solved linear model (None before) and its error spread.
+        self.theta: list[float] | None = None
+        self.v = 0.0
+        self.rho2 = 0.0
         self.outputs = QuantileSketch()
         self.output_q = 0  # cached quantile of `outputs`
         self.streak = 0  # consecutive outliers
@@ -126,54 +203,73 @@ class _Category:
         self.rel_sigma = 0.15
 
 
-class _Knobs:
-    """The config values read on every feedback, copied into a plain class.
+_KNOB_FIELDS: tuple[str, ...] = (
+    "audio_tokens",
+    "beta",
+    "gamma",
+    "image_tokens",
+    "linear",
+    "linear_beta",
+    "linear_every",
+    "linear_min_residuals",
+    "linear_min_samples",
+    "linear_ridge",
+    "max_bytes_per_token",
+    "max_categories",
+    "min_bytes_per_token",
+    "min_samples",
+    "outlier_sigmas",
+    "outlier_streak_reset",
+    "output_min_samples",
+    "output_quantile",
+    "overhead_per_message",
+    "overhead_per_request",
+    "overhead_ridge",
+    "prior_bytes_per_token",
+)
 
-    EstimatorConfig is a frozen dataclass that stays interpreted; compiled
-    (`make compile`), reading its attributes is a generic lookup each time,
-    and `observe` reads some fifteen per call. Same names, same values.
+
+class _Knobs:
+    """The config values read on every feedback, as plain attributes.
+
+    This is the one place that serves mypyc: EstimatorConfig is a frozen
+    dataclass that stays interpreted (it is pickled), so compiled code reading
+    its attributes pays a generic lookup each time, and `observe` reads some
+    twenty per call. The attributes are the config's own fields of the same
+    names, copied by `__init__` in one loop over `_KNOB_FIELDS` (tests pin the
+    list to the annotations and to the config's fields); a field the hot path
+    needs is added to both.
     """
 
-    __slots__ = (
-        "audio_tokens",
-        "beta",
-        "class_priors",
-        "fallback",
-        "gamma",
-        "image_tokens",
-        "max_bytes_per_token",
-        "max_categories",
-        "min_bytes_per_token",
-        "min_samples",
-        "outlier_sigmas",
-        "outlier_streak_reset",
-        "output_min_samples",
-        "output_quantile",
-        "overhead_per_message",
-        "overhead_per_request",
-        "overhead_ridge",
-        "prior_bytes_per_token",
-    )
+    audio_tokens: int
+    beta: float
+    gamma: float
+    image_tokens: int
+    linear: bool
+    linear_beta: float
+    linear_every: int
+    linear_min_residuals: int
+    linear_min_samples: int
+    linear_ridge: float
+    max_bytes_per_token: float
+    max_categories: int
+    min_bytes_per_token: float
+    min_samples: int
+    outlier_sigmas: float
+    outlier_streak_reset: int
+    output_min_samples: int
+    output_quantile: float | None
+    overhead_per_message: float
+    overhead_per_request: float
+    overhead_ridge: float
+    prior_bytes_per_token: float
 
     def __init__(self, c: EstimatorConfig) -> None:
-        self.audio_tokens = c.audio_tokens
-        self.beta = c.beta
-        self.class_priors = dict(c.class_priors)
-        self.fallback = c.classifier.fallback
-        self.gamma = c.gamma
-        self.image_tokens = c.image_tokens
-        self.max_bytes_per_token = c.max_bytes_per_token
-        self.max_categories = c.max_categories
-        self.min_bytes_per_token = c.min_bytes_per_token
-        self.min_samples = c.min_samples
-        self.outlier_sigmas = c.outlier_sigmas
-        self.outlier_streak_reset = c.outlier_streak_reset
-        self.output_min_samples = c.output_min_samples
-        self.output_quantile = c.output_quantile
-        self.overhead_per_message = c.overhead_per_message
-        self.overhead_per_request = c.overhead_per_request
-        self.overhead_ridge = c.overhead_ridge
-        self.prior_bytes_per_token = c.prior_bytes_per_token
+        for name in _KNOB_FIELDS:
+            setattr(self, name, getattr(c, name))
+        # Not plain fields: derived from nested config.
+        self.class_priors: dict[str, float] = dict(c.class_priors)
+        self.fallback: str = c.classifier.fallback
 
     def prior_for(self, cls: str) -> float:
         return self.class_priors.get(cls, self.prior_bytes_per_token)
@@ -315,78 +411,74 @@ class Calibrator:
                     if cat.streak < cfg.outlier_streak_reset:
                         return Feedback(False, FeedbackReason.OUTLIER, model, cls, observed)
             cat.streak = 0
-            # RatioStats.add and _publish_ratio, inline (same arithmetic, in order).
-            beta = cfg.beta
-            st = cat.ratio
-            st.n += 1
-            st.w = st.w * beta + 1.0
-            st.sb = st.sb * beta + own_bytes
-            st.st = st.st * beta + own_tokens
-            st.s1 = st.s1 * beta + observed
-            st.s2 = st.s2 * beta + observed * observed
-            if st.n >= cfg.min_samples:
-                c = st.sb / st.st if st.st > 0 else math.nan
-                if st.w <= 0:
-                    sigma = math.nan
-                else:
-                    mean = st.s1 / st.w
-                    sigma = math.sqrt(max(0.0, st.s2 / st.w - mean * mean))
-                cat.c, cat.sigma, cat.rel_sigma = c, sigma, sigma / c
-                lo = max(cfg.min_bytes_per_token, c - cfg.gamma * sigma)
-                hi = c + cfg.gamma * sigma
-                coefs = self._coef.get(model)
-                if coefs is None:
-                    coefs = self._coef[model] = {}
-                coefs[cls] = Coefficients(1.0 / lo, 1.0 / c, 1.0 / hi, True)
+            cat.ratio.add(own_bytes, own_tokens, cfg.beta)
+            if cfg.linear and cls != STRUCTURED_CLASS and f.count_shape():
+                self._observe_linear(cat, f, own_tokens)
+            self._publish(model, cls, cat)
         # The template overhead: what the content estimate does not explain. The
         # residual's noise grows with the content (sigma_rel * content tokens), so
         # each residual is weighted by the inverse of that variance: short prompts,
         # where the overhead matters, teach it; long ones barely move it.
         point = 1.0 / cat.c if cat.c > 0.0 else 1.0 / cfg.prior_for(cls)
-        content = own_bytes * point + other
+        theta = cat.theta
+        if theta is not None and f.shaped and cls != STRUCTURED_CLASS:
+            content = linear_tokens(theta, f, point) + other
+        else:
+            content = own_bytes * point + other
         residual = prompt_tokens - content - media
         x = cat.rel_sigma * content
-        weight = 1.0 / (1.0 + x * x)
         ovh = self._overhead.get(model)
         if ovh is None:
             ovh = self._overhead[model] = OverheadStats()
-        # OverheadStats.add and .solve, inline (same arithmetic, in order).
-        beta = cfg.beta
-        x = float(f.num_messages)
-        ovh.n += 1
-        ovh.w = ovh.w * beta + weight
-        ovh.sx = ovh.sx * beta + weight * x
-        ovh.sxx = ovh.sxx * beta + weight * x * x
-        ovh.sy = ovh.sy * beta + weight * residual
-        ovh.sxy = ovh.sxy * beta + weight * x * residual
-        a0, m0, lam = cfg.overhead_per_request, cfg.overhead_per_message, cfg.overhead_ridge
-        w, sx, sxx = ovh.w + lam, ovh.sx, ovh.sxx + lam
-        ya, ym = ovh.sy + lam * a0, ovh.sxy + lam * m0
-        det = w * sxx - sx * sx
-        if det <= 1e-12:
-            self._ovh[model] = (a0, m0)
-        else:
-            a = (ya * sxx - sx * ym) / det
-            m = (w * ym - sx * ya) / det
-            if m < 0.0:  # refit the intercept alone with m pinned at 0
-                m = 0.0
-                a = ya / w
-            self._ovh[model] = (max(0.0, a), m)
+        ovh.add(float(f.num_messages), residual, 1.0 / (1.0 + x * x), cfg.beta)
+        self._ovh[model] = ovh.solve(
+            cfg.overhead_per_request, cfg.overhead_per_message, cfg.overhead_ridge
+        )
         if observed is None:
             return Feedback(True, FeedbackReason.OVERHEAD_ONLY, model, cls)
         return Feedback(True, FeedbackReason.ACCEPTED, model, cls, observed)
 
-    def _publish_ratio(self, model: str, cls: str, cat: _Category) -> None:
-        stats = cat.ratio
-        if stats.n < self._knobs.min_samples:
-            return
+    def _observe_linear(self, cat: _Category, f: RequestFeatures, own_tokens: float) -> None:
+        """Learn one text's tokens on its shape; re-solve every `linear_every`."""
         cfg = self._knobs
+        beta = cfg.linear_beta
+        lin = cat.linear
+        theta = cat.theta
+        point = 1.0 / cat.c if cat.c > 0.0 else 1.0 / cfg.prior_for(f.content_class)
+        if theta is not None:  # its error, before it learns this request
+            lin.add_residual(linear_tokens(theta, f, point), own_tokens, beta)
+        inv = 1.0 / f.text_bytes
+        z = f.shape_vector()
+        for i in range(LINEAR_K):
+            z[i] *= inv
+        lin.add(z, own_tokens * inv, beta)
+        if lin.n >= cfg.linear_min_samples and (theta is None or lin.n % cfg.linear_every == 0):
+            self._solve_linear(cat, point)
+
+    def _solve_linear(self, cat: _Category, point: float) -> None:
+        lin = cat.linear
+        solved = lin.solve(point, self._knobs.linear_ridge)
+        if solved is not None:
+            cat.theta = solved
+        if lin.en >= self._knobs.linear_min_residuals:
+            cat.v, cat.rho2 = lin.spread()
+
+    def _publish(self, model: str, cls: str, cat: _Category) -> None:
+        """Publish a category's coefficients once its ratio has `min_samples`."""
+        stats = cat.ratio
+        cfg = self._knobs
+        if stats.n < cfg.min_samples:
+            return
         c = stats.ratio()
         sigma = stats.sigma()
         cat.c, cat.sigma, cat.rel_sigma = c, sigma, sigma / c
         lo = max(cfg.min_bytes_per_token, c - cfg.gamma * sigma)
         hi = c + cfg.gamma * sigma
-        self._coef.setdefault(model, {})[cls] = Coefficients(1.0 / lo, 1.0 / c, 1.0 / hi, True)
+        coefs = self._coef.get(model)
+        if coefs is None:
+            coefs = self._coef[model] = {}
+        theta = cat.theta if cat.linear.en >= cfg.linear_min_residuals else None
+        coefs[cls] = Coefficients(1.0 / lo, 1.0 / c, 1.0 / hi, True, theta, cat.v, cat.rho2)
 
     def _count(self, fb: Feedback) -> Feedback:
         self.counters[fb.reason] += 1
@@ -416,7 +508,11 @@ class Calibrator:
                 "version": SNAPSHOT_VERSION,
                 "categories": {
                     model: {
-                        cls: {"ratio": cat.ratio.to_dict(), "outputs": cat.outputs.to_dict()}
+                        cls: {
+                            "ratio": cat.ratio.to_dict(),
+                            "outputs": cat.outputs.to_dict(),
+                            "linear": cat.linear.to_dict(),
+                        }
                         for cls, cat in per_model.items()
                     }
                     for model, per_model in self._cats.items()
@@ -452,9 +548,16 @@ class Calibrator:
                         cat = self._category(model, cls)
                         cat.ratio.merge(RatioStats.from_dict(data["ratio"]))
                         cat.outputs.merge(QuantileSketch.from_dict(data["outputs"]))
+                        if "linear" in data:
+                            cat.linear.merge(LinearStats.from_dict(data["linear"]))
+                            if cat.linear.n >= self._knobs.linear_min_samples:
+                                c = cat.ratio.ratio()
+                                self._solve_linear(
+                                    cat, 1.0 / c if c > 0.0 else 1.0 / self._knobs.prior_for(cls)
+                                )
                         if self._knobs.output_quantile is not None:
                             cat.output_q = cat.outputs.quantile(self._knobs.output_quantile)
-                        self._publish_ratio(model, cls, cat)
+                        self._publish(model, cls, cat)
                 cfg = self._knobs
                 for model, data in snapshot["overhead"].items():
                     ovh = self._overhead.setdefault(model, OverheadStats())

@@ -51,6 +51,32 @@ class EstimatorConfig:
     # Completions a category needs before its learned output quantile is used.
     output_min_samples: int = 100
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    # The per-request linear model of tokens on the text's shape (bytes, non-ASCII
+    # bytes, digits, punctuation, newlines, spaces, space runs, words, a constant), learned
+    # per category next to the ratio, which stays the fallback until then.
+    linear: bool = True
+    # Its decay per observation: a window of ~1/(1-linear_beta) requests (it has
+    # eight coefficients to learn where the ratio has one).
+    linear_beta: float = 0.995
+    # Observations before it is solved, and residuals of it before it is used.
+    linear_min_samples: int = 24
+    linear_min_residuals: int = 8
+    # Re-solve every this many observations (a 9x9 Cholesky each time).
+    linear_every: int = 4
+    # Ridge toward the single ratio, as a share of each feature's second moment.
+    linear_ridge: float = 0.002
+    # Conservativeness of its routing estimate, in standard deviations of its
+    # own out-of-sample error: prompt + linear_gamma * sd.
+    linear_gamma: float = 1.0
+    # The router counts a text's shape (a few ns per byte) only when the ratio's
+    # estimate, widened by this factor both ways, could reach a pool's threshold:
+    # elsewhere the decision is the same either way, and the ratio's estimate stands.
+    linear_band: float = 1.5
+    # The most UTF-8 bytes one token can stand for, across the tokenizers a
+    # backend may use (128 for Llama-3, Qwen2.5 and cl100k: a run of spaces).
+    # bytes / max_token_bytes is a true lower bound of prompt tokens: a request
+    # is refused without asking a backend only when even that cannot fit.
+    max_token_bytes: int = 128
 
     def __post_init__(self) -> None:
         def positive(name: str, value: float) -> None:
@@ -92,6 +118,20 @@ class EstimatorConfig:
                 raise ConfigError(
                     f"estimator.model_default_max_tokens.{model}", "must be an integer >= 1"
                 )
+        if not 0.0 < self.linear_beta < 1.0:
+            raise ConfigError(
+                "estimator.linear_beta", f"must be in (0, 1), got {self.linear_beta!r}"
+            )
+        for name in ("linear_min_samples", "linear_min_residuals", "linear_every"):
+            if type(getattr(self, name)) is not int or getattr(self, name) < 1:
+                raise ConfigError(f"estimator.{name}", "must be an integer >= 1")
+        if not self.linear_band >= 1.0:
+            raise ConfigError("estimator.linear_band", f"must be >= 1, got {self.linear_band!r}")
+        for name in ("linear_ridge", "linear_gamma"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"estimator.{name}", "must be >= 0")
+        if type(self.max_token_bytes) is not int or self.max_token_bytes < 1:
+            raise ConfigError("estimator.max_token_bytes", "must be an integer >= 1")
         if self.output_quantile is not None and not 0.5 <= self.output_quantile < 1.0:
             raise ConfigError(
                 "estimator.output_quantile", f"must be in [0.5, 1), got {self.output_quantile}"
@@ -118,7 +158,16 @@ class EstimatorConfig:
                 raise ConfigError(f"estimator.{key}", "unknown setting")
         if classifier:
             kwargs["classifier"] = ClassifierConfig(**classifier)
-        for key in ("beta", "gamma", "prior_bytes_per_token", "output_quantile"):
+        for key in (
+            "beta",
+            "gamma",
+            "prior_bytes_per_token",
+            "output_quantile",
+            "linear_beta",
+            "linear_ridge",
+            "linear_gamma",
+            "linear_band",
+        ):
             if (
                 key in kwargs
                 and kwargs[key] is not None

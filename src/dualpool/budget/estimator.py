@@ -2,6 +2,15 @@
 
     L_total = ceil(bytes / c*) + overhead + media + output budget
 
+or, once the category's linear model of tokens on the text's shape is learned,
+
+    L_total = ceil(p + gamma_lin * sd(p)) + overhead + media + output budget
+    p = theta . (bytes, non-ASCII bytes, digits, punctuation, newlines, spaces, runs, words)
+
+The least a request can need, which alone decides a refusal, is a certain bound:
+bytes / max_token_bytes (no token stands for more bytes), plus max_tokens only
+when the request declares it.
+
 `BudgetEstimator` is the one object the gateway and the simulator both call:
 `features()` reads a body, `estimate()` turns features into a `BudgetEstimate`,
 `observe()` feeds the backend's `usage` back. It does no I/O and reads no clock.
@@ -13,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from dualpool.budget.calibrator import Calibrator, Feedback
+from dualpool.budget.calibrator import Calibrator, Coefficients, Feedback, linear_tokens
 from dualpool.budget.classes import STRUCTURED_CLASS, ContentClassifier
 from dualpool.budget.config import EstimatorConfig
 from dualpool.budget.features import RequestFeatures, extract_features
@@ -32,7 +41,8 @@ class BudgetEstimate:
     # Model and content class of the category the estimate was read from.
     model: str
     content_class: str
-    # Prompt tokens: conservative (for routing), best guess, and optimistic (for rejection).
+    # Prompt tokens: conservative (for routing), best guess, and a certain lower
+    # bound (bytes / max_token_bytes; exact for token ids), which decides rejection.
     prompt_tokens: int
     prompt_tokens_point: int
     prompt_tokens_low: int
@@ -78,7 +88,7 @@ class BudgetEstimate:
     def min_total(self) -> int:
         """The least any backend could be asked to hold: what decides a rejection.
 
-        vLLM rejects prompt + max_tokens > max_model_len only for a declared
+        A certain bound, never an estimate: the prompt's lower bound, and vLLM rejects prompt + max_tokens > max_model_len only for a declared
         max_tokens; without one it generates until the context is full, so the
         least it needs is the prompt and one output token.
         """
@@ -100,12 +110,24 @@ class BudgetEstimator:
         self._model_default_out = dict(self.config.model_default_max_tokens)
         self._default_out = self.config.default_max_tokens
         self._output_quantile = self.config.output_quantile
+        self._max_token_bytes = self.config.max_token_bytes
+        self._linear_gamma = self.config.linear_gamma
+        self._band = self.config.linear_band
 
     def features(self, body: Any, *, chat: bool | None = None) -> RequestFeatures:
         """Read a request body; raises `RequestError` for a malformed one."""
         return extract_features(body, self.classifier, chat=chat)
 
-    def estimate(self, f: RequestFeatures) -> BudgetEstimate:
+    def estimate(
+        self, f: RequestFeatures, near: tuple[int, ...] | None = None, precise: bool = False
+    ) -> BudgetEstimate:
+        """The budget of `f`.
+
+        The category's linear model is used when its shape is counted already,
+        when `precise`, or when the ratio's estimate widened by `linear_band`
+        could reach one of the thresholds `near` (the router's): then the
+        shape is counted here.
+        """
         cal = self.calibrator
         model, cls = f.model, f.content_class
         if f.max_output_tokens is not None:  # the common case, inline
@@ -116,6 +138,7 @@ class BudgetEstimator:
             n = f.known_prompt_tokens
             return BudgetEstimate(model, cls, n, n, n, output, source, True)
         own = cal.coefficients(model, cls)
+        low = max(1, -(-(f.text_bytes + f.structured_bytes) // self._max_token_bytes))
         if f.structured_bytes and cls != STRUCTURED_CLASS:
             other = cal.coefficients(model, STRUCTURED_CLASS)
             own_bytes, other_bytes = f.text_bytes, f.structured_bytes
@@ -123,38 +146,54 @@ class BudgetEstimator:
             other = cal.coefficients(model, self._fallback)
             own_bytes, other_bytes = f.structured_bytes, f.text_bytes
         else:
-            a, m = cal.overhead(model)
-            fixed = a + m * f.num_messages
-            if f.num_images or f.num_audio:
-                fixed += f.num_images * self._image_tokens + f.num_audio * self._audio_tokens
-            nbytes = f.text_bytes + f.structured_bytes
-            return BudgetEstimate(
-                model,
-                cls,
-                max(1, math.ceil(fixed + nbytes * own.conservative)),
-                max(1, round(fixed + nbytes * own.point)),
-                max(1, math.floor(fixed + nbytes * own.optimistic)),
-                output,
-                source,
-                False,
-            )
+            other = own
+            own_bytes, other_bytes = f.text_bytes + f.structured_bytes, 0
         a, m = cal.overhead(model)
         fixed = a + m * f.num_messages
         if f.num_images or f.num_audio:
             fixed += f.num_images * self._image_tokens + f.num_audio * self._audio_tokens
-        hi = fixed + own_bytes * own.conservative + other_bytes * other.conservative
-        point = fixed + own_bytes * own.point + other_bytes * other.point
-        low = fixed + own_bytes * own.optimistic + other_bytes * other.optimistic
+        theta = own.theta
+        if (
+            theta is not None
+            and cls != STRUCTURED_CLASS
+            and (
+                f.shaped
+                or precise
+                or (near is not None and self._near(f, own, fixed, output, near))
+            )
+            and f.count_shape()
+        ):
+            # The linear model, on the free text (own bytes are the text bytes here).
+            p = linear_tokens(theta, f, own.point)
+            sd = math.sqrt(own.lin_v * p + own.lin_rho2 * p * p)
+            hi = fixed + p + self._linear_gamma * sd + other_bytes * other.conservative
+            point = fixed + p + other_bytes * other.point
+        else:
+            hi = fixed + own_bytes * own.conservative + other_bytes * other.conservative
+            point = fixed + own_bytes * own.point + other_bytes * other.point
         return BudgetEstimate(
             model,
             cls,
             max(1, math.ceil(hi)),
             max(1, round(point)),
-            max(1, math.floor(low)),
+            low,
             output,
             source,
             False,
         )
+
+    def _near(
+        self, f: RequestFeatures, own: Coefficients, fixed: float, out: int, near: tuple[int, ...]
+    ) -> bool:
+        """Could the budget be on either side of a threshold, by the ratio's estimate?"""
+        b = f.text_bytes
+        rest = fixed + f.structured_bytes * own.point + out
+        lo = rest + b * own.point / self._band
+        hi = rest + b * own.conservative * self._band
+        for t in near:  # noqa: SIM110 (a plain loop compiles to C; any() of a generator does not)
+            if lo <= t <= hi:
+                return True
+        return False
 
     def _output(self, f: RequestFeatures) -> tuple[int, str]:
         if f.max_output_tokens is not None:

@@ -7,6 +7,17 @@ of messages (the chat template adds tokens per message that no byte count sees),
 image and audio parts (a configured token cost each), the declared output limit,
 and the content class of the dominant text.
 
+It keeps references to the free texts (no copy), so the text's shape
+(`TextShape`: non-ASCII bytes, digits, punctuation, newlines, spaces, runs of
+spaces and word starts) can be counted on demand by `count_shape()`. Tokens
+follow these far more closely than bytes alone (a digit is a token per 1-3, a
+word of prose about one); the calibrator learns a linear model of tokens on
+them. Counting is one `bytes.translate` into character classes and a few
+`bytes.count`s over the whole text: a few nanoseconds per byte, which is more
+than the rest of routing for a typical body, so the router asks for it only
+when the decision could depend on it (docs/estimator.md), and the calibrator
+at feedback time, off the request path.
+
 Bodies come from clients, so every field is checked: a wrong type raises
 `RequestError` naming the parameter, the way vLLM's OpenAI server answers 400.
 Nothing else escapes: invalid unicode (lone surrogates) is counted as the
@@ -23,7 +34,52 @@ from typing import Any
 from dualpool.budget.classes import STRUCTURED_CLASS, ContentClassifier
 from dualpool.errors import RequestError
 
-__all__ = ["RequestFeatures", "extract_features", "utf8_len"]
+__all__ = ["SHAPE_FEATURES", "RequestFeatures", "extract_features", "utf8_len"]
+
+# The shape counts, in the order of the linear model's coefficients after bytes.
+SHAPE_FEATURES: tuple[str, ...] = (
+    "nonascii",
+    "digits",
+    "punct",
+    "newlines",
+    "spaces",
+    "space_runs",
+    "words",
+)
+
+
+# Character classes as bit flags, one byte per text byte (`bytes.translate`):
+_DIGIT = 0x01
+_PUNCT = 0x02  # printable ASCII that is neither a letter, a digit nor a space
+_SPACE = 0x04  # space, tab, CR, VT, FF
+_NEWLINE = 0x08
+_WHITE = 0x10  # set with _SPACE and with _NEWLINE: any whitespace
+_LETTER = 0x20  # an ASCII letter; non-ASCII bytes are 0 (counted apart)
+
+
+def _class_table() -> bytes:
+    out = bytearray(256)
+    for c in range(128):
+        ch = chr(c)
+        if ch.isalpha():
+            out[c] = _LETTER
+        elif ch.isdigit():
+            out[c] = _DIGIT
+        elif ch == "\n":
+            out[c] = _NEWLINE | _WHITE
+        elif ch in " \t\r\x0b\x0c":
+            out[c] = _SPACE | _WHITE
+        elif 33 <= c < 127:
+            out[c] = _PUNCT
+    return bytes(out)
+
+
+_CLASSES = _class_table()
+_DIGIT_BYTE = bytes([_DIGIT])
+_PUNCT_BYTE = bytes([_PUNCT])
+_SPACE_BYTE = bytes([_SPACE | _WHITE])
+_NEWLINE_BYTE = bytes([_NEWLINE | _WHITE])
+_WHITE_BYTE = bytes([_WHITE])
 
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 _AUDIO_PARTS = frozenset({"input_audio", "audio_url", "audio"})
@@ -57,6 +113,18 @@ class RequestFeatures:
     known_prompt_tokens: int | None
     # True for /v1/chat/completions bodies.
     is_chat: bool
+    # The free texts, by reference (None: a request known only by its lengths).
+    texts: list[str] | None
+    # The free text's shape (SHAPE_FEATURES), summed over `texts`; all 0 until
+    # counted (`count_shape`), and then `shaped` is True.
+    shaped: bool
+    nonascii: int  # UTF-8 bytes beyond one per character
+    digits: int
+    punct: int  # ASCII punctuation and symbols
+    newlines: int
+    spaces: int  # spaces, tabs, carriage returns
+    space_runs: int  # whitespace right after whitespace (indentation, alignment)
+    words: int  # an ASCII letter right after whitespace (word starts)
 
     # An explicit __init__ (init=False): mypyc compiles it natively, where the one
     # dataclasses generates stays interpreted (~5x slower per instance).
@@ -72,6 +140,7 @@ class RequestFeatures:
         max_output_tokens: int | None,
         known_prompt_tokens: int | None = None,
         is_chat: bool = True,
+        texts: list[str] | None = None,
     ) -> None:
         self.model = model
         self.content_class = content_class
@@ -83,10 +152,88 @@ class RequestFeatures:
         self.max_output_tokens = max_output_tokens
         self.known_prompt_tokens = known_prompt_tokens
         self.is_chat = is_chat
+        self.texts = texts
+        self.shaped = False
+        self.nonascii = self.digits = self.punct = self.newlines = 0
+        self.spaces = self.space_runs = self.words = 0
+
+    def count_shape(self) -> bool:
+        """Count the texts' shape once; False when there is no text to count."""
+        if self.shaped:
+            return True
+        texts = self.texts
+        if not texts:
+            return False
+        shape = TextShape()
+        for t in texts:
+            shape.add(t, len(t) if t.isascii() else utf8_len(t))
+        self.nonascii = shape.nonascii
+        self.digits = shape.digits
+        self.punct = shape.punct
+        self.newlines = shape.newlines
+        self.spaces = shape.spaces
+        self.space_runs = shape.space_runs
+        self.words = shape.words
+        self.shaped = True
+        return True
+
+    def shape_vector(self) -> list[float]:
+        """Text bytes, the shape counts, then 1 (a constant per request): the model's order."""
+        return [
+            float(self.text_bytes),
+            float(self.nonascii),
+            float(self.digits),
+            float(self.punct),
+            float(self.newlines),
+            float(self.spaces),
+            float(self.space_runs),
+            float(self.words),
+            1.0,
+        ]
 
     @property
     def total_bytes(self) -> int:
         return self.text_bytes + self.structured_bytes
+
+
+class TextShape:
+    """Running shape counts of a request's free text (see SHAPE_FEATURES)."""
+
+    __slots__ = ("digits", "newlines", "nonascii", "punct", "space_runs", "spaces", "words")
+
+    def __init__(self) -> None:
+        self.nonascii = 0
+        self.digits = 0
+        self.punct = 0
+        self.newlines = 0
+        self.spaces = 0
+        self.space_runs = 0
+        self.words = 0
+
+    def add(self, text: str, nbytes: int) -> None:
+        """Count `text`, whose UTF-8 length is `nbytes`.
+
+        One `translate` maps each byte to its class flags; single classes are
+        `bytes.count`s, and the two pair counts (whitespace after whitespace, a
+        letter after whitespace) are bitwise ANDs of the flags read as one big
+        integer with itself shifted by a byte: C loops over machine words,
+        where counting a two-byte pattern with `bytes.count` costs ~10x more.
+        """
+        if nbytes == len(text):
+            raw = text.encode("ascii")
+        else:
+            self.nonascii += nbytes - len(text)
+            raw = text.encode("utf-8", "surrogatepass")
+        m = raw.translate(_CLASSES)
+        self.digits += m.count(_DIGIT_BYTE)
+        self.punct += m.count(_PUNCT_BYTE)
+        self.newlines += m.count(_NEWLINE_BYTE)
+        self.spaces += m.count(_SPACE_BYTE)
+        flags = int.from_bytes(m, "little")
+        white = flags & int.from_bytes(_WHITE_BYTE * len(m), "little")
+        # Byte i whitespace -> bit 4 of byte i + 1 (shift 8); -> bit 5 (shift 9).
+        self.space_runs += ((white << 8) & flags).bit_count()
+        self.words += ((white << 1 + 8) & flags).bit_count()
 
 
 def utf8_len(text: str) -> int:
@@ -132,9 +279,10 @@ def _model(body: Mapping[str, Any]) -> str:
 class _Acc:
     """Running totals while walking a body; the dominant text is classified once."""
 
-    __slots__ = ("images", "media", "structured", "text", "top_len", "top_text")
+    __slots__ = ("images", "media", "structured", "text", "texts", "top_len", "top_text")
 
     def __init__(self) -> None:
+        self.texts: list[str] = []
         self.text = 0
         self.structured = 0
         self.images = 0
@@ -145,6 +293,7 @@ class _Acc:
     def add_text(self, text: str) -> None:
         n = len(text) if text.isascii() else utf8_len(text)
         self.text += n
+        self.texts.append(text)
         if n > self.top_len:
             self.top_len = n
             self.top_text = text
@@ -172,8 +321,10 @@ def _walk_parts(acc: _Acc, content: Any, where: str) -> None:
                 where,
             )
         kind = part.get("type")
-        if kind is not None and not isinstance(kind, str):  # a list is not even hashable
-            raise RequestError(f"'{where}[{j}].type' must be a string", where)
+        if kind is not None and type(kind) is not str:
+            raise RequestError(
+                f"'{where}[{j}].type' must be a string, got {type(kind).__name__}", where
+            )
         if kind in _TEXT_PARTS or (kind is None and "text" in part):
             text = part.get("text", part.get("refusal"))
             if text is not None and not isinstance(text, str):
@@ -200,6 +351,7 @@ def _walk_messages(acc: _Acc, messages: Any) -> int:
     text = acc.text
     top_len = acc.top_len
     top_text = acc.top_text
+    texts = acc.texts
     for i, msg in enumerate(messages):
         if type(msg) is not dict and not isinstance(msg, Mapping):
             raise RequestError(
@@ -211,6 +363,7 @@ def _walk_messages(acc: _Acc, messages: Any) -> int:
         if type(content) is str:
             n = len(content) if content.isascii() else utf8_len(content)
             text += n
+            texts.append(content)
             if n > top_len:
                 top_len, top_text = n, content
         elif content is not None:
@@ -249,14 +402,17 @@ def _walk_prompt(acc: _Acc, prompt: Any) -> tuple[int, int | None]:
     # A batch of string prompts: each is its own sequence, so the longest one decides
     # whether it fits; its bytes are what we estimate.
     longest = 0
+    top = ""
     for i, p in enumerate(prompt):
         if not isinstance(p, str):
             raise RequestError(f"'prompt[{i}]' must be a string, got {type(p).__name__}", "prompt")
         n = utf8_len(p)
         if n >= longest:
             longest = n
+            top = p
             acc.top_text, acc.top_len = p, n
     acc.text = longest
+    acc.texts = [top]
     return len(prompt), None
 
 
@@ -312,4 +468,5 @@ def extract_features(
         limit,
         known,
         chat,
+        acc.texts,
     )

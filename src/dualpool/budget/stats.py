@@ -9,6 +9,9 @@ two replicas' statistics mergeable by addition, and a snapshot a plain dict.
                    spread of per-request ratios (weighted first and second moments)
     OverheadStats  tokens the chat template adds: a ridge least-squares fit of
                    residual tokens ~ a + m * messages
+    LinearStats    tokens per byte as a linear function of the text's shape
+                   (ridge least squares on feature densities), and the spread
+                   of its out-of-sample errors
     QuantileSketch a log-bucketed histogram of completion lengths (for p99)
 """
 
@@ -18,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["OverheadStats", "QuantileSketch", "RatioStats"]
+__all__ = ["LinearStats", "OverheadStats", "QuantileSketch", "RatioStats"]
 
 
 @dataclass(slots=True)
@@ -152,6 +155,168 @@ class OverheadStats:
             sy=float(d["sy"]),
             sxy=float(d["sxy"]),
         )
+
+
+class LinearStats:
+    """Exponentially weighted least squares of tokens per byte on shape densities.
+
+    One observation is a text of `b` bytes, shape counts `x_1..x_k` and `t`
+    tokens. With densities z = (1, x_1/b, ..., x_k/b) and target y = t/b, the
+    model is y ~ theta . z, i.e. tokens ~ theta_0*b + sum theta_j*x_j, and least
+    squares on densities minimises the *relative* error of each request. Kept
+    as the sufficient statistics Z'WZ and Z'Wy (decayed sums, mergeable by
+    addition). `solve` adds a ridge toward the single-ratio model (theta_0 =
+    1/c, the rest 0), scaled by each feature's own weighted second moment, so
+    a feature a category never shows (digits in Japanese man pages) stays at 0.
+
+    The spread of the published model's *out-of-sample* errors (each request is
+    predicted before it is learned) is fitted as
+        E[(r/p)^2] ~ v/p + rho^2       (p predicted tokens, r the error)
+    a part that averages out over a long text (v/p: independent pieces) and a
+    part that does not (rho: a bias shared by the whole text).
+    """
+
+    __slots__ = ("e1", "e11", "en", "ew", "ey", "ey1", "k", "n", "w", "zy", "zz")
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.n = 0
+        self.w = 0.0
+        # Row-major k x k (the upper triangle is kept; the lower mirrors it in solve).
+        self.zz = [0.0] * (k * k)
+        self.zy = [0.0] * k
+        # Residual fit: count, weight, and weighted sums of 1/p, 1/p^2, e^2, e^2/p.
+        self.en = 0
+        self.ew = 0.0
+        self.e1 = 0.0
+        self.e11 = 0.0
+        self.ey = 0.0
+        self.ey1 = 0.0
+
+    def add(self, z: list[float], y: float, beta: float) -> None:
+        k = self.k
+        self.n += 1
+        self.w = self.w * beta + 1.0
+        zz = self.zz
+        zy = self.zy
+        for i in range(k):
+            zi = z[i]
+            zy[i] = zy[i] * beta + zi * y
+            row = i * k
+            for j in range(i, k):
+                zz[row + j] = zz[row + j] * beta + zi * z[j]
+
+    def add_residual(self, predicted: float, actual: float, beta: float) -> None:
+        """Record one out-of-sample error of the published model."""
+        inv = 1.0 / predicted
+        e = (actual - predicted) * inv
+        e2 = e * e
+        self.en += 1
+        self.ew = self.ew * beta + 1.0
+        self.e1 = self.e1 * beta + inv
+        self.e11 = self.e11 * beta + inv * inv
+        self.ey = self.ey * beta + e2
+        self.ey1 = self.ey1 * beta + e2 * inv
+
+    def spread(self) -> tuple[float, float]:
+        """(v, rho^2) of E[e^2] = v/p + rho^2, both clamped at >= 0."""
+        w, s1, s11 = self.ew, self.e1, self.e11
+        if w <= 0.0:
+            return 0.0, 0.0
+        det = w * s11 - s1 * s1
+        if det <= 1e-12 * w * s11:  # every text the same size: all of it is rho
+            return 0.0, self.ey / w
+        v = (w * self.ey1 - s1 * self.ey) / det
+        rho2 = (self.ey * s11 - s1 * self.ey1) / det
+        if v < 0.0:
+            return 0.0, self.ey / w
+        if rho2 < 0.0:
+            return self.ey1 / s11, 0.0
+        return v, rho2
+
+    def solve(self, theta0: float, ridge: float) -> list[float] | None:
+        """Coefficients theta (tokens per byte, per shape count), or None if singular."""
+        k = self.k
+        a = [0.0] * (k * k)
+        b = [0.0] * k
+        zz = self.zz
+        for i in range(k):
+            for j in range(i, k):
+                a[i * k + j] = a[j * k + i] = zz[i * k + j]
+            lam = ridge * zz[i * k + i] + 1e-12
+            a[i * k + i] += lam
+            b[i] = self.zy[i] + (lam * theta0 if i == 0 else 0.0)
+        # Cholesky, in place: a = L L' (lower triangle).
+        for j in range(k):
+            d = a[j * k + j]
+            for p in range(j):
+                d -= a[j * k + p] * a[j * k + p]
+            if d <= 1e-18:
+                return None
+            d = math.sqrt(d)
+            a[j * k + j] = d
+            for i in range(j + 1, k):
+                s = a[i * k + j]
+                for p in range(j):
+                    s -= a[i * k + p] * a[j * k + p]
+                a[i * k + j] = s / d
+        for i in range(k):  # L u = b
+            s = b[i]
+            for p in range(i):
+                s -= a[i * k + p] * b[p]
+            b[i] = s / a[i * k + i]
+        for i in range(k - 1, -1, -1):  # L' theta = u
+            s = b[i]
+            for p in range(i + 1, k):
+                s -= a[p * k + i] * b[p]
+            b[i] = s / a[i * k + i]
+        return b
+
+    def merge(self, other: LinearStats) -> None:
+        if other.k != self.k:
+            raise ValueError(f"linear statistics of {other.k} features, expected {self.k}")
+        self.n += other.n
+        self.w += other.w
+        self.zz = [a + b for a, b in zip(self.zz, other.zz, strict=True)]
+        self.zy = [a + b for a, b in zip(self.zy, other.zy, strict=True)]
+        self.en += other.en
+        self.ew += other.ew
+        self.e1 += other.e1
+        self.e11 += other.e11
+        self.ey += other.ey
+        self.ey1 += other.ey1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "n": self.n,
+            "w": self.w,
+            "zz": list(self.zz),
+            "zy": list(self.zy),
+            "residuals": [self.en, self.ew, self.e1, self.e11, self.ey, self.ey1],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LinearStats:
+        k = int(d["k"])
+        st = cls(k)
+        st.n = int(d["n"])
+        st.w = float(d["w"])
+        zz = [float(v) for v in d["zz"]]
+        zy = [float(v) for v in d["zy"]]
+        if len(zz) != k * k or len(zy) != k:
+            raise ValueError("linear statistics of the wrong size")
+        st.zz, st.zy = zz, zy
+        en, ew, e1, e11, ey, ey1 = d["residuals"]
+        st.en = int(en)
+        st.ew, st.e1, st.e11, st.ey, st.ey1 = (
+            float(ew),
+            float(e1),
+            float(e11),
+            float(ey),
+            float(ey1),
+        )
+        return st
 
 
 # Buckets grow by 5%: a quantile read from the sketch is within 5% of the truth.

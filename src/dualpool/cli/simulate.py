@@ -35,6 +35,7 @@ from dualpool.cli.common import (
 )
 from dualpool.engine import StepTimeParams
 from dualpool.errors import CatalogError, ConfigError
+from dualpool.policy import AdaptiveConfig
 from dualpool.simulator import (
     SLO,
     FleetConfig,
@@ -94,6 +95,11 @@ def register(sub: Any) -> None:
         "--balancer", default="lor", help="rr | lor | kv | gw (the gateway's picker; default lor)"
     )
     p.add_argument("--spillover", action="store_true", help="spill to larger pools when saturated")
+    p.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="move B_short online from the pools' load (docs/adaptive.md)",
+    )
     p.add_argument(
         "--utilization", type=float, default=0.8, help="target utilization when sizing (0.8)"
     )
@@ -247,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
         bytes_per_token=_bytes_per_token(args.bytes_per_token),
         seed=args.seed,
         slo=SLO(args.slo_ttft, args.slo_tpot),
+        adaptive=AdaptiveConfig() if args.adaptive else None,
     )
     workload = _workload(args)
     sizing = None

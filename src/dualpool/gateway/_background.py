@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from dualpool.gateway._backends import Backend, Pool
 from dualpool.http import ConnectError, UpstreamError, fetch
+from dualpool.policy import PoolSignal
 
 if TYPE_CHECKING:
     from dualpool.gateway._gateway import Gateway
@@ -116,6 +117,20 @@ async def scrape_loop(gw: Gateway) -> None:
         await asyncio.gather(*jobs, return_exceptions=True)
         for p in gw.pools:
             p.refresh()
+        if gw.router.controller is not None and len(gw.pools) > 1:
+            # The adaptive threshold (docs/adaptive.md): the two smallest pools' load.
+            now = gw.loop.time()
+            gw.router.adapt(now, pool_signal(gw.pools[0], now), pool_signal(gw.pools[1], now))
+
+
+def pool_signal(pool: Pool, now: float) -> PoolSignal | None:
+    """A pool's scraped load for the adaptive threshold; None with no healthy backend."""
+    up = pool.healthy
+    if not up:
+        return None
+    return PoolSignal(
+        now, sum(b.waiting for b in up) / len(up), sum(b.kv_usage for b in up) / len(up)
+    )
 
 
 async def resolve(name: str, port: int) -> list[str]:

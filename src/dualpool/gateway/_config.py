@@ -9,6 +9,7 @@ Every mistake raises `ConfigError` naming the field (`pools[1].endpoints[0]`,
     pools:            [{name, endpoints | dns, max_model_len, threshold, limits...}]
     estimator:        passed to EstimatorConfig.from_mapping
     spillover, backpressure, retries, timeouts, health, limits, auth, log, calibrator
+    routing:          {adaptive: true | {AdaptiveConfig settings}} (docs/adaptive.md)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import yaml
 
 from dualpool.budget import EstimatorConfig
 from dualpool.errors import ConfigError
+from dualpool.policy.adaptive import AdaptiveConfig
 
 __all__ = [
     "AuthConfig",
@@ -176,6 +178,8 @@ class GatewayConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     calibrator: CalibratorConfig = field(default_factory=CalibratorConfig)
+    # routing.adaptive: move the short pool's threshold online (None: static).
+    adaptive: AdaptiveConfig | None = None
 
 
 # ---- readers: each names the field it reads ----------------------------------------
@@ -351,6 +355,7 @@ _TOP_KEYS = (
     "auth",
     "log",
     "calibrator",
+    "routing",
 )
 
 
@@ -412,7 +417,11 @@ def parse_config(data: Any) -> GatewayConfig:
     snap = ca.get("snapshot")
     if snap is not None and (not isinstance(snap, str) or not snap):
         raise ConfigError("calibrator.snapshot", f"must be a file path, got {snap!r}")
+    ro = _mapping(data.get("routing"), "routing")
+    _known(ro, "routing", ("adaptive",))
+    adaptive = ro.get("adaptive", False)
     return GatewayConfig(
+        adaptive=None if adaptive is False else AdaptiveConfig.from_mapping(adaptive),
         pools=pools,
         host=host,
         port=port,

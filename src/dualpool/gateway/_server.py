@@ -121,7 +121,7 @@ class GatewayServer:
                     f"{p.threshold} exceeds the discovered max_model_len {spec.max_model_len}",
                 )
         policy = PoolPolicy(specs, spillover=cfg.spillover)
-        router = Router(policy, cfg.estimator)
+        router = Router(policy, cfg.estimator, cfg.adaptive)
         by_name = {p.name: (p, b) for p, b in zip(cfg.pools, per_pool, strict=True)}
         pools: list[Pool] = []
         for i, spec in enumerate(policy.pools):

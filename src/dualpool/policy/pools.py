@@ -186,6 +186,38 @@ class PoolPolicy:
                 return Decision(i, self._names[i], Reason.SPILLED, budget, home)
         return Decision(home, self._names[home], Reason.SATURATED, budget, home)
 
+    def threshold(self, index: int) -> int:
+        return self._thresholds[index]
+
+    @property
+    def thresholds(self) -> tuple[int, ...]:
+        """Every pool's threshold, smallest pool first (the last is its max_model_len)."""
+        return self._thresholds
+
+    def set_threshold(self, index: int, value: int) -> None:
+        """Move pool `index`'s threshold (an adaptive controller's output).
+
+        Held to the same rules as a configured one: within [1, max_model_len] of
+        that pool, no smaller than the previous pool's and no larger than the
+        next one's; the largest pool's stays its max_model_len.
+        """
+        last = len(self._lens) - 1
+        if not 0 <= index < last:
+            raise ConfigError("threshold", f"pool index {index} has no movable threshold")
+        hi = min(self._lens[index], self._thresholds[index + 1])
+        lo = self._thresholds[index - 1] if index > 0 else 1
+        if type(value) is not int or not lo <= value <= hi:
+            raise ConfigError(
+                f"pools.{self._names[index]}.threshold", f"{value!r} outside [{lo}, {hi}]"
+            )
+        ts = list(self._thresholds)
+        ts[index] = value
+        self._thresholds = tuple(ts)
+        old = self.pools[index]
+        ps = list(self.pools)
+        ps[index] = PoolSpec(old.name, old.max_model_len, value)
+        self.pools = tuple(ps)
+
     def fallbacks(self, decision: Decision) -> tuple[int, ...]:
         """Larger pools a request may be retried on after its pool failed it."""
         if decision.pool < 0:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from dualpool.budget import EstimatorConfig
 from dualpool.errors import ConfigError
+from dualpool.policy.adaptive import AdaptiveConfig
 from dualpool.simulator.balancer import parse_balancer
 
 __all__ = ["SLO", "SimOptions"]
@@ -62,6 +63,8 @@ class SimOptions:
     slo: SLO = field(default_factory=SLO)
     # The router's estimator settings (the gateway's defaults when None).
     estimator: EstimatorConfig | None = None
+    # Move the short pool's threshold online (policy.ThresholdController); None: static.
+    adaptive: AdaptiveConfig | None = None
 
     def __post_init__(self) -> None:
         parse_balancer(self.balancer)

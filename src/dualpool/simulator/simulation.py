@@ -51,7 +51,7 @@ from dualpool.engine import Request as EngineRequest
 from dualpool.engine import RequestStatus, Scheduler
 from dualpool.errors import ConfigError, WorkloadError
 from dualpool.fleet import misroute_target, over_limits
-from dualpool.policy import PoolPolicy
+from dualpool.policy import PoolPolicy, PoolSignal, ThresholdController
 from dualpool.router import RoutedRequest, Router
 from dualpool.simulator.balancer import Balancer, BalancerKind, make_balancer, parse_balancer
 from dualpool.simulator.fleet import FleetConfig
@@ -248,7 +248,7 @@ class Simulation:
         self.records = records
         self.progress = progress
         self.policy = PoolPolicy(fleet.pool_specs, spillover=opts.spillover)
-        self.router = Router(self.policy, opts.estimator or EstimatorConfig())
+        self.router = Router(self.policy, opts.estimator or EstimatorConfig(), opts.adaptive)
         kind = parse_balancer(opts.balancer)
         self.pools: list[_Pool] = []
         self.instances: list[_Instance] = []
@@ -280,6 +280,14 @@ class Simulation:
         self._spillover = opts.spillover
         self._slo_ttft = opts.slo.ttft_s
         self._slo_tpot = opts.slo.tpot_s
+        # The adaptive threshold (None: static). Its signals: each pool's queue and
+        # KV use as a gateway scrapes them, and a decayed SLO attainment.
+        self.controller: ThresholdController | None = self.router.controller
+        self.threshold_log: list[tuple[float, int]] = []
+        self._slo_n = [0.0] * len(self.pools)
+        self._slo_good = [0.0] * len(self.pools)
+        if self.controller is not None:
+            self.threshold_log.append((0.0, self.policy.threshold(0)))
 
     # -- the loop -------------------------------------------------------------------
 
@@ -455,11 +463,39 @@ class Simulation:
 
     def _route(self, r: Request, nbytes: int | None) -> RoutedRequest:
         saturated = self._saturation() if self._spillover else None
+        ctl = self.controller
+        if ctl is not None and r.arrival_s >= ctl.next_update:
+            self._adapt(ctl, r.arrival_s)
         if r.body is not None:
             return self.router.route(r.body, saturated=saturated)
         return self.router.route_features(
             _route_features(r, nbytes, self._model_name), saturated=saturated
         )
+
+    def _adapt(self, ctl: ThresholdController, now: float) -> None:
+        """One controller update from the pools' state now (short pool and the next)."""
+        signals: list[PoolSignal] = []
+        for i in (0, 1):
+            p = self.pools[i]
+            n = self._slo_n[i]
+            slots = 0
+            running = 0
+            for inst in p.instances:
+                slots += inst.sched.config.max_num_seqs
+                running += len(inst.sched.running)
+            signals.append(
+                PoolSignal(
+                    now,
+                    p.waiting / len(p.instances),
+                    p.used_blocks / p.total_blocks,
+                    self._slo_good[i] / n if n >= 20.0 else None,
+                    running / slots,
+                )
+            )
+        before = ctl.threshold
+        t = self.router.adapt(now, signals[0], signals[1])
+        if t != before:
+            self.threshold_log.append((now, t))
 
     def _arrive(self, r: Request, nbytes: int | None) -> None:
         now = r.arrival_s
@@ -593,6 +629,14 @@ class Simulation:
             st.ttft_ok += ok1
             st.tpot_ok += ok2
             st.slo_ok += ok1 and ok2
+        if self.controller is not None:
+            # Decayed SLO attainment per pool (a window of ~200 completions).
+            ft = req.first_token_time
+            ok = ft - req.arrival_time <= self._slo_ttft and (
+                n_out <= 1 or (t - ft) / (n_out - 1) <= self._slo_tpot
+            )
+            self._slo_n[pool] = self._slo_n[pool] * 0.995 + 1.0
+            self._slo_good[pool] = self._slo_good[pool] * 0.995 + (1.0 if ok else 0.0)
         if self.records is not None:
             self._record(r, pool, inst, req, False, misrouted, spilled)
 
