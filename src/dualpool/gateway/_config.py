@@ -36,6 +36,7 @@ __all__ = [
     "LogConfig",
     "PoolConfig",
     "RetryConfig",
+    "SharedCalibrationConfig",
     "TimeoutConfig",
     "load_config",
     "parse_config",
@@ -151,11 +152,34 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedCalibrationConfig:
+    # Redis holding every replica's own statistics: redis://host:port/db (rediss:// for TLS).
+    url: str
+    # Seconds between rounds (publish ours, merge the others').
+    interval: float = 1.0
+    # This replica's name in Redis; None: hostname:port. A replica restarted under the
+    # same name takes its published statistics back; under a new one its old entry fades.
+    replica_id: str | None = None
+    # Key prefix: fleets sharing one Redis keep apart by namespace.
+    namespace: str = "dualpool"
+    # Another replica's entry keeps full weight this many seconds after its last
+    # publish, then halves every half_life seconds; removed after ttl seconds.
+    grace: float = 10.0
+    half_life: float = 300.0
+    ttl: float = 3600.0
+    # Timeout of one Redis round; at start, how long to wait for the fleet's view.
+    timeout: float = 1.0
+    start_timeout: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
 class CalibratorConfig:
     # Snapshot file: loaded at start if present, saved periodically and on shutdown.
     snapshot: Path | None = None
     # Seconds between saves (0: only on shutdown).
     save_interval: float = 60.0
+    # Calibration shared between replicas through Redis; None: each learns alone.
+    shared: SharedCalibrationConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +417,7 @@ def parse_config(data: Any) -> GatewayConfig:
     lg = _mapping(data.get("log"), "log")
     _known(lg, "log", ("level", "access"))
     ca = _mapping(data.get("calibrator"), "calibrator")
-    _known(ca, "calibrator", ("snapshot", "save_interval"))
+    _known(ca, "calibrator", ("snapshot", "save_interval", "shared"))
 
     keys_raw = au.get("api_keys", [])
     if not isinstance(keys_raw, list):
@@ -454,7 +478,52 @@ def parse_config(data: Any) -> GatewayConfig:
         calibrator=CalibratorConfig(
             snapshot=Path(snap) if snap else None,
             save_interval=_num(ca, "save_interval", "calibrator", 60.0, positive=False),
+            shared=_shared(ca.get("shared")),
         ),
+    )
+
+
+_SHARED_KEYS = (
+    "url",
+    "interval",
+    "replica_id",
+    "namespace",
+    "grace",
+    "half_life",
+    "ttl",
+    "timeout",
+    "start_timeout",
+)
+
+
+def _shared(value: Any) -> SharedCalibrationConfig | None:
+    """`shared: redis://host:port/db`, or a mapping with `url` and the knobs."""
+    where = "calibrator.shared"
+    if value is None:
+        return None
+    data: Mapping[str, Any] = {"url": value} if isinstance(value, str) else _mapping(value, where)
+    _known(data, where, _SHARED_KEYS)
+    url = data.get("url")
+    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in (
+        "redis",
+        "rediss",
+        "unix",
+    ):
+        raise ConfigError(
+            f"{where}.url" if not isinstance(value, str) else where,
+            f"must be a Redis URL like redis://host:6379/0, got {url!r}",
+        )
+    d = SharedCalibrationConfig(url)
+    return SharedCalibrationConfig(
+        url=url,
+        interval=_num(data, "interval", where, d.interval),
+        replica_id=_str(data, "replica_id", where, None),
+        namespace=_str(data, "namespace", where, d.namespace) or d.namespace,
+        grace=_num(data, "grace", where, d.grace, positive=False),
+        half_life=_num(data, "half_life", where, d.half_life),
+        ttl=_num(data, "ttl", where, d.ttl),
+        timeout=_num(data, "timeout", where, d.timeout),
+        start_timeout=_num(data, "start_timeout", where, d.start_timeout, positive=False),
     )
 
 

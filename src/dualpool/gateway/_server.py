@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import signal
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from dualpool.errors import ConfigError
 from dualpool.gateway import _background as bg
@@ -25,6 +25,9 @@ from dualpool.gateway._telemetry import configure_logging
 from dualpool.gateway._upstream import FetchError, fetch
 from dualpool.policy import PoolPolicy, PoolSpec
 from dualpool.router import Router
+
+if TYPE_CHECKING:
+    from dualpool.gateway._shared_calibration import SharedCalibration
 
 __all__ = ["GatewayServer", "run"]
 
@@ -89,6 +92,7 @@ class GatewayServer:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.port = config.port
+        self.shared: SharedCalibration | None = None
 
     async def start(self, *, host: str | None = None, port: int | None = None) -> Gateway:
         cfg = self.config
@@ -140,6 +144,9 @@ class GatewayServer:
                 raise ConfigError("calibrator.snapshot", f"cannot load {snap}: {exc}") from None
         gw = Gateway(cfg, router, pools, model or "unknown", loop)
         self.gateway = gw
+        if cfg.calibrator.shared is not None:
+            # Before listening: the first request routes with the fleet's ratios.
+            self.shared = await _join_shared(gw, cfg, port)
         lim = cfg.limits
 
         def factory() -> HttpConnection:
@@ -173,6 +180,8 @@ class GatewayServer:
             self._tasks.append(
                 loop.create_task(bg.snapshot_loop(gw, snap, cfg.calibrator.save_interval))
             )
+        if self.shared is not None:
+            self._tasks.append(loop.create_task(self.shared.run()))
         self._tasks.append(loop.create_task(bg.sweep_loop(gw)))
         self._tasks.append(loop.create_task(bg.timeout_loop(gw)))
         log.info(
@@ -212,10 +221,24 @@ class GatewayServer:
         for pool in gw.pools:
             for b in pool.backends:
                 b.close_idle()
+        if self.shared is not None:
+            await self.shared.close()
         snap = self.config.calibrator.snapshot
         if snap is not None:
             bg.write_snapshot(gw, snap)
         log.info("stopped")
+
+
+async def _join_shared(gw: Gateway, cfg: GatewayConfig, port: int | None) -> SharedCalibration:
+    from dualpool.gateway._shared_calibration import SharedCalibration, default_replica_id
+
+    shared_cfg = cfg.calibrator.shared
+    assert shared_cfg is not None
+    rid = shared_cfg.replica_id or default_replica_id(cfg.port if port is None else port)
+    shared = SharedCalibration(gw.router.estimator.calibrator, shared_cfg, rid)
+    shared.attach_metrics(gw)
+    await shared.start()
+    return shared
 
 
 async def _main(config: GatewayConfig) -> int:
