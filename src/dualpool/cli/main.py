@@ -61,7 +61,9 @@ def _needs_extra(sub: Any, name: str, missing: str) -> None:
     p.set_defaults(func=run)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `dualpool` parser; with `only`, just that subcommand's module is imported
+    (`dualpool serve` then starts without the simulator's or the planner's imports)."""
     parser = argparse.ArgumentParser(
         prog="dualpool",
         description=(
@@ -71,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dualpool {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    for name in SUBCOMMANDS if only is None else (only,):
         try:
             module = importlib.import_module(f"dualpool.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -84,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    first = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(first if first in SUBCOMMANDS else None)
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "lenient", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
