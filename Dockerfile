@@ -12,13 +12,16 @@ COPY src ./src
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
+# Extras beside the gateway: redis (shared calibration); emulate,redis for the
+# image of deploy/overlays/emulated.
+ARG EXTRAS=redis
 ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/dualpool/bin:$PATH
 COPY deploy/install-gateway.sh /usr/local/bin/install-gateway.sh
 COPY --from=build /wheels /wheels
-RUN install-gateway.sh /opt/dualpool /wheels redis \
+RUN install-gateway.sh /opt/dualpool /wheels "$EXTRAS" \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin dualpool \
     && mkdir -p /var/lib/dualpool \

@@ -28,7 +28,8 @@ def test_dockerfile_is_hadolint_clean() -> None:
 
 def test_dockerfile_runs_the_tested_install_steps_as_a_non_root_user() -> None:
     text = (REPO / "Dockerfile").read_text()
-    assert "install-gateway.sh /opt/dualpool /wheels redis" in text
+    assert 'install-gateway.sh /opt/dualpool /wheels "$EXTRAS"' in text
+    assert "ARG EXTRAS=redis" in text
     assert "FROM python:3.11-slim" in text
     users = [ln.split()[1] for ln in text.splitlines() if ln.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
