@@ -52,6 +52,8 @@ class DnsEndpoints:
     port: int
     # Seconds between re-resolutions.
     interval: float = 10.0
+    # Nameserver (host, port) asked directly; None: the system resolver (getaddrinfo).
+    server: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +291,20 @@ def parse_endpoint(value: Any, where: str) -> tuple[str, int]:
     return host, port
 
 
+def _hostport(value: Any, where: str, default_port: int) -> tuple[str, int]:
+    """`host` or `host:port` (an IPv6 address in brackets: `[::1]:53`)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(where, f"must be host or host:port, got {value!r}")
+    url = urllib.parse.urlsplit(f"//{value}")
+    try:
+        port = url.port or default_port
+    except ValueError:
+        raise ConfigError(where, f"invalid port in {value!r}") from None
+    if not url.hostname:
+        raise ConfigError(where, f"missing host in {value!r}")
+    return url.hostname, port
+
+
 _POOL_KEYS = (
     "name",
     "endpoints",
@@ -324,14 +340,20 @@ def _pool(data: Any, i: int) -> PoolConfig:
             raise ConfigError(f"{where}.endpoints", "lists the same backend twice")
     elif "dns" in data:
         d = _mapping(data["dns"], f"{where}.dns")
-        _known(d, f"{where}.dns", ("name", "port", "interval"))
+        _known(d, f"{where}.dns", ("name", "port", "interval", "server"))
         dname = _str(d, "name", f"{where}.dns", None)
         if dname is None:
             raise ConfigError(f"{where}.dns.name", "is required")
         port = _int(d, "port", f"{where}.dns", 8000, lo=1)
         if port > 65535:
             raise ConfigError(f"{where}.dns.port", f"must be <= 65535, got {port}")
-        dns = DnsEndpoints(dname, port, _num(d, "interval", f"{where}.dns", 10.0))
+        server = d.get("server")
+        dns = DnsEndpoints(
+            dname,
+            port,
+            _num(d, "interval", f"{where}.dns", 10.0),
+            None if server is None else _hostport(server, f"{where}.dns.server", 53),
+        )
     else:
         raise ConfigError(f"{where}.endpoints", "is required (or dns: {name, port})")
     mml = data.get("max_model_len")

@@ -37,7 +37,7 @@ log = logging.getLogger("dualpool.gateway")
 async def _backends_of(cfg: PoolConfig, max_idle: int) -> list[Backend]:
     if cfg.dns is not None:
         try:
-            addrs = await bg.resolve(cfg.dns.name, cfg.dns.port)
+            addrs = await bg.resolve(cfg.dns.name, cfg.dns.port, cfg.dns.server)
         except OSError as exc:
             log.warning("pool %s: cannot resolve %s yet: %s", cfg.name, cfg.dns.name, exc)
             addrs = []
