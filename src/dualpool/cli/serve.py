@@ -45,4 +45,4 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"config ok: pools {pools}")
         return 0
-    return serve(config)
+    return serve(config, args.config, host=args.host, port=args.port)

@@ -38,6 +38,7 @@ __all__ = [
     "RetryConfig",
     "SharedCalibrationConfig",
     "TimeoutConfig",
+    "TlsConfig",
     "load_config",
     "parse_config",
 ]
@@ -143,6 +144,15 @@ class AuthConfig:
     api_keys: frozenset[str] = frozenset()
     # Key of the admin view; None: admin view open only when api_keys is empty.
     admin_key: str | None = None
+    # Bearer key of /metrics; None: /metrics is open (Prometheus scrapes it).
+    metrics_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    # PEM certificate chain and private key of the listening socket.
+    cert: Path
+    key: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +199,8 @@ class GatewayConfig:
     pools: tuple[PoolConfig, ...]
     host: str = "127.0.0.1"
     port: int = 8000
+    # TLS on the listening socket (listen.tls); None: plain HTTP.
+    tls: TlsConfig | None = None
     # Served model name for /v1/models; None: the first backend's model id.
     model: str | None = None
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
@@ -404,7 +416,7 @@ def parse_config(data: Any) -> GatewayConfig:
     data = _mapping(data, "config")
     _known(data, "", _TOP_KEYS)
     listen = _mapping(data.get("listen"), "listen")
-    _known(listen, "listen", ("host", "port"))
+    _known(listen, "listen", ("host", "port", "tls"))
     host = _str(listen, "host", "listen", "127.0.0.1") or "127.0.0.1"
     port = _int(listen, "port", "listen", 8000)
     if port > 65535:
@@ -435,7 +447,7 @@ def parse_config(data: Any) -> GatewayConfig:
         ("max_body_bytes", "max_connections", "max_header_bytes", "max_idle_per_backend"),
     )
     au = _mapping(data.get("auth"), "auth")
-    _known(au, "auth", ("api_keys", "admin_key"))
+    _known(au, "auth", ("api_keys", "admin_key", "metrics_key"))
     lg = _mapping(data.get("log"), "log")
     _known(lg, "log", ("level", "access"))
     ca = _mapping(data.get("calibrator"), "calibrator")
@@ -446,6 +458,7 @@ def parse_config(data: Any) -> GatewayConfig:
         raise ConfigError("auth.api_keys", "must be a list of keys (strings or {env: NAME})")
     api_keys = frozenset(_secret(k, f"auth.api_keys[{i}]") for i, k in enumerate(keys_raw))
     admin = au.get("admin_key")
+    metrics_key = au.get("metrics_key")
     levels = {}
     for key in ("level", "access"):
         value = lg.get(key, "info")
@@ -461,6 +474,7 @@ def parse_config(data: Any) -> GatewayConfig:
         pools=pools,
         host=host,
         port=port,
+        tls=_tls(listen.get("tls")),
         model=_str(data, "model", "", None),
         estimator=estimator,
         spillover=_bool(data, "spillover", "", True),
@@ -495,6 +509,7 @@ def parse_config(data: Any) -> GatewayConfig:
         auth=AuthConfig(
             api_keys=api_keys,
             admin_key=None if admin is None else _secret(admin, "auth.admin_key"),
+            metrics_key=None if metrics_key is None else _secret(metrics_key, "auth.metrics_key"),
         ),
         log=LogConfig(level=levels["level"], access=levels["access"]),
         calibrator=CalibratorConfig(
@@ -503,6 +518,24 @@ def parse_config(data: Any) -> GatewayConfig:
             shared=_shared(ca.get("shared")),
         ),
     )
+
+
+def _tls(value: Any) -> TlsConfig | None:
+    """listen.tls: {cert: file, key: file}, both readable PEM files."""
+    if value is None:
+        return None
+    data = _mapping(value, "listen.tls")
+    _known(data, "listen.tls", ("cert", "key"))
+    paths: dict[str, Path] = {}
+    for key in ("cert", "key"):
+        raw = data.get(key)
+        if not isinstance(raw, str) or not raw:
+            raise ConfigError(f"listen.tls.{key}", f"must be a PEM file path, got {raw!r}")
+        path = Path(raw)
+        if not path.is_file():
+            raise ConfigError(f"listen.tls.{key}", f"no such file: {raw}")
+        paths[key] = path
+    return TlsConfig(paths["cert"], paths["key"])
 
 
 _SHARED_KEYS = (

@@ -352,6 +352,9 @@ class Gateway:
             if path == b"/ready":
                 return self._ready(req)
             if path == b"/metrics":
+                key = self.config.auth.metrics_key
+                if key is not None and not self._authorized(req, frozenset((key,))):
+                    return self._error(req, 401, "/metrics needs the metrics key (Bearer)")
                 req.conn.respond(
                     200,
                     ((b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),),
@@ -405,9 +408,10 @@ class Gateway:
         return all(p.healthy for p in self.pools)
 
     def _ready(self, req: Request) -> None:
-        pools = {p.name: len(p.healthy) for p in self.pools}
-        ok = self.ready() and not self.draining
-        self._json(req, 200 if ok else 503, {"ready": ok, "healthy_backends": pools})
+        from dualpool.gateway._ops import readiness
+
+        status, body = readiness(self)
+        self._json(req, status, body)
 
     def _models(self, req: Request) -> None:
         if self._keys and not self._authorized(req, self._keys):

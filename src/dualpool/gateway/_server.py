@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from dualpool.errors import ConfigError
 from dualpool.gateway import _background as bg
+from dualpool.gateway import _ops as ops
 from dualpool.gateway._backends import Backend, Pool
 from dualpool.gateway._config import GatewayConfig, PoolConfig
 from dualpool.gateway._gateway import Gateway
@@ -161,12 +162,14 @@ class GatewayServer:
                 conn.over_limit = True
             return conn
 
+        ops.attach_metrics(gw)
         self._server = await loop.create_server(
             factory,
             host if host is not None else cfg.host,
             cfg.port if port is None else port,
             reuse_address=True,
             backlog=2048,
+            ssl=ops.tls_context(cfg.tls),
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
@@ -241,24 +244,41 @@ async def _join_shared(gw: Gateway, cfg: GatewayConfig, port: int | None) -> Sha
     return shared
 
 
-async def _main(config: GatewayConfig) -> int:
+async def _main(
+    config: GatewayConfig, config_path: str | None, host: str | None, port: int | None
+) -> int:
     server = GatewayServer(config)
-    await server.start()
+    gw = await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if config_path is not None:
+        # SIGHUP: re-read the YAML; live settings change in place (gateway/_ops.py).
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: ops.reload(gw, config_path, host=host, port=port)
+        )
     await stop.wait()
     log.info("signal received: draining (up to %gs)", config.timeouts.drain)
     await server.stop()
     return 0
 
 
-def run(config: GatewayConfig) -> int:
-    """Serve until SIGTERM/SIGINT, then drain and return 0. Uses uvloop when present."""
+def run(
+    config: GatewayConfig,
+    config_path: str | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and return 0. Uses uvloop when present.
+
+    With `config_path`, SIGHUP reloads that file (`host`/`port`: command-line
+    overrides kept over the file's)."""
     configure_logging(config.log.level)
+    main = _main(config, config_path, host, port)
     try:
         import uvloop
     except ImportError:  # pragma: no cover
-        return asyncio.run(_main(config))
-    return uvloop.run(_main(config))
+        return asyncio.run(main)
+    return uvloop.run(main)
