@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dualpool.cli.common import print_json
+from dualpool.cli.common import add_engine_args, add_slo_args, print_json, slo_seconds
 from dualpool.engine import StepTimeParams
 from dualpool.engine.catalog import Catalog
 from dualpool.errors import CatalogError, ConfigError
@@ -68,8 +68,7 @@ def register(sub: Any) -> None:
         "--duration", type=float, default=None, help="simulated seconds (default 60 if endless)"
     )
     p.add_argument("--requests", type=int, default=None, help="stop after N requests")
-    p.add_argument("--model", default="llama-3-70b", help="catalog model (default llama-3-70b)")
-    p.add_argument("--gpu", default="h100-80gb", help="catalog GPU (default h100-80gb)")
+    add_engine_args(p)
     p.add_argument("--tp", type=int, default=None, help="tensor parallel size (default: smallest)")
     fleet = p.add_mutually_exclusive_group()
     fleet.add_argument("--fleet", default=None, help="fleet YAML file")
@@ -99,8 +98,7 @@ def register(sub: Any) -> None:
         default=None,
         help="synthetic prompt bytes per token by category, e.g. prose=4.48,code=3.52",
     )
-    p.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT target, s (2.0)")
-    p.add_argument("--slo-tpot", type=float, default=0.080, help="TPOT target, s (0.080)")
+    add_slo_args(p)
     p.add_argument("--requests-out", default=None, help="per-request rows (.csv or .parquet)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run)
@@ -236,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         warmup_s=args.warmup,
         bytes_per_token=_bytes_per_token(args.bytes_per_token),
         seed=args.seed,
-        slo=SLO(args.slo_ttft, args.slo_tpot),
+        slo=SLO(*slo_seconds(args)),
     )
     workload = _workload(args)
     sizing = None
