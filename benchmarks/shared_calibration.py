@@ -117,6 +117,36 @@ def send(port: int, body: dict[str, Any]) -> str:
         return f"http-{exc.code}"
 
 
+def round_cost_ms(categories: int = 50, peers: int = 3, rounds: int = 20) -> float:
+    """CPU ms one round holds the event loop (own, install; the others' sum runs in a
+    thread), in process."""
+    import random
+
+    from dualpool.budget import Calibrator, RequestFeatures
+    from dualpool.budget.shared import SharedCalibrator, merge_snapshots
+
+    rng = random.Random(0)
+    snaps = []
+    for r in range(peers + 1):
+        cal = Calibrator()
+        shared = SharedCalibrator(cal)
+        for i in range(categories * 40):
+            f = RequestFeatures(
+                model=f"m{i % categories}", content_class="prose", text_bytes=rng.randint(200, 4000),
+                structured_bytes=0, num_messages=1, num_images=0, num_audio=0,
+                max_output_tokens=None,
+            )  # fmt: skip
+            cal.observe(f, int(f.text_bytes / 4.2) + 5, rng.randint(5, 900))
+        snaps.append(shared.own())
+        if r == 0:
+            mine = shared
+    others = merge_snapshots(snaps[1:])  # in a thread, off the event loop
+    t0 = time.process_time()
+    for _ in range(rounds):
+        mine.install(mine.own(), others)
+    return (time.process_time() - t0) * 1000 / rounds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
@@ -208,6 +238,7 @@ def main() -> None:
         "over_length_400_unshared_fresh": sum(r[3] == "http-400" for r in rows),
         "long_share_warm": round(sum(r[1] == "long" for r in rows) / len(rows), 4),
         "target_met": agree(early, 2) >= 0.99 and len(early) > 0,
+        "round_cpu_ms_50_categories_3_peers": round(round_cost_ms(), 2),
     }
     print(
         f"fresh shared replica listening after {ready_s:.2f} s; agreement with a warmed one "

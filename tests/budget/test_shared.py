@@ -16,6 +16,7 @@ from dualpool.budget.shared import (
     add_snapshots,
     age_weight,
     empty_snapshot,
+    merge_snapshots,
     sample_counts,
 )
 
@@ -75,7 +76,7 @@ def test_own_weight_after_install_is_exactly_the_local_decayed_sum() -> None:
     for _ in range(80):
         observe(b, rng, "prose")
     own0 = sa.own()
-    sa.install(own0, [add_snapshots(empty_snapshot(), b.snapshot())])
+    sa.install(own0, merge_snapshots([b.snapshot()]))
     w0 = own0["categories"]["m"]["prose"]["ratio"]["w"]
     k = sum(observe(a, rng, "prose") for _ in range(40))
     beta = a.config.beta
@@ -92,7 +93,7 @@ def test_install_routes_with_the_fleet_and_keeps_own_counters() -> None:
         observe(b, rng, "code")
     fresh = SharedCalibrator(a)
     before = dict(a.counters)
-    fresh.install(fresh.own(), [warmed.own()])
+    fresh.install(fresh.own(), merge_snapshots([warmed.own()]))
     assert a.coefficients("m", "code") == b.coefficients("m", "code")
     assert a.output_budget("m", "code") == b.output_budget("m", "code")
     assert a.counters == before
@@ -144,7 +145,7 @@ def test_three_replicas_never_lose_or_double_count(
 
     def sync(i: int) -> None:
         published[i] = shared[i].own()
-        shared[i].install(published[i], [published[j] for j in range(3) if j != i])
+        shared[i].install(published[i], merge_snapshots(published[j] for j in range(3) if j != i))
 
     for i, op, c in ops:
         if op == "obs":

@@ -36,6 +36,7 @@ __all__ = [
     "add_snapshots",
     "age_weight",
     "empty_snapshot",
+    "merge_snapshots",
     "sample_counts",
     "scale_snapshot",
 ]
@@ -60,7 +61,7 @@ def _stat_combine(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, fb: 
     for key in keys:
         va = a.get(key) if a is not None else None
         vb = b.get(key) if b is not None else None
-        if isinstance(va, Mapping) or isinstance(vb, Mapping):
+        if isinstance(va, dict) or isinstance(vb, dict):
             # A histogram's buckets: drop what cancelled out (rounding residue).
             sub = _stat_combine(va, vb, fb)
             out[key] = {k: v for k, v in sub.items() if not isinstance(v, float) or abs(v) > 1e-9}
@@ -78,7 +79,7 @@ def _nonnegative(stat: dict[str, Any]) -> dict[str, Any]:
     """
     if stat["n"] > 0:
         return stat
-    return {k: ({} if isinstance(v, Mapping) else 0 if k == "n" else 0.0) for k, v in stat.items()}
+    return {k: ({} if isinstance(v, dict) else 0 if k == "n" else 0.0) for k, v in stat.items()}
 
 
 def _walk_combine(
@@ -89,8 +90,8 @@ def _walk_combine(
     for key in [*(a or {}), *(k for k in (b or {}) if a is None or k not in a)]:
         va = a.get(key) if a is not None else None
         vb = b.get(key) if b is not None else None
-        probe = va if isinstance(va, Mapping) else vb
-        if not isinstance(probe, Mapping):
+        probe = va if isinstance(va, dict) else vb
+        if not isinstance(probe, dict):
             continue
         if _is_stat(probe):
             out[key] = _nonnegative(_stat_combine(va, vb, fb))
@@ -117,7 +118,7 @@ def scale_snapshot(a: Mapping[str, Any], weight: float) -> dict[str, Any]:
 
 def _counts(tree: Mapping[str, Any], prefix: str, out: dict[str, int]) -> None:
     for key, value in tree.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, dict):
             if _is_stat(value):
                 out[f"{prefix}{key}"] = int(value["n"])
             else:
@@ -140,15 +141,15 @@ def _own_part(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, cur in (current or {}).items():
-        if not isinstance(cur, Mapping):
+        if not isinstance(cur, dict):
             continue
         inst = installed.get(key) if installed is not None else None
         oth = others.get(key) if others is not None else None
         if _is_stat(cur):
-            if not isinstance(oth, Mapping):
+            if not isinstance(oth, dict):
                 out[key] = _stat_combine(cur, None, 0.0)
                 continue
-            k = int(cur["n"]) - int(inst["n"]) if isinstance(inst, Mapping) else 0
+            k = int(cur["n"]) - int(inst["n"]) if isinstance(inst, dict) else 0
             stat = _stat_combine(cur, oth, -(beta ** max(0, k)))
             # n is not decayed: own n = current n - others' n.
             stat["n"] = int(cur["n"]) - int(oth["n"])
@@ -156,8 +157,8 @@ def _own_part(
         else:
             sub = _own_part(
                 cur,
-                inst if isinstance(inst, Mapping) else None,
-                oth if isinstance(oth, Mapping) else None,
+                inst if isinstance(inst, dict) else None,
+                oth if isinstance(oth, dict) else None,
                 beta,
             )
             if sub:
@@ -168,7 +169,7 @@ def _own_part(
 def _live(tree: Mapping[str, Any]) -> bool:
     if _is_stat(tree):
         return int(tree["n"]) > 0
-    return any(isinstance(v, Mapping) and _live(v) for v in tree.values())
+    return any(isinstance(v, dict) and _live(v) for v in tree.values())
 
 
 def _prune(snap: dict[str, Any]) -> dict[str, Any]:
@@ -188,6 +189,21 @@ def _prune(snap: dict[str, Any]) -> dict[str, Any]:
     return snap
 
 
+def merge_snapshots(
+    snaps: Iterable[Mapping[str, Any]], weights: Iterable[float] | None = None
+) -> dict[str, Any]:
+    """The weighted sum of several replicas' statistics (pure; may run in a thread)."""
+    merged = empty_snapshot()
+    for snap, w in zip(snaps, weights if weights is not None else _ones(), strict=False):
+        merged = add_snapshots(merged, snap, w)
+    return merged
+
+
+def _ones() -> Iterable[float]:
+    while True:
+        yield 1.0
+
+
 def age_weight(age: float, grace: float, half_life: float) -> float:
     """1 up to `grace` seconds old, then halving every `half_life` seconds."""
     if age <= grace:
@@ -199,9 +215,10 @@ class SharedCalibrator:
     """A calibrator's statistics split into this replica's own and the others' part.
 
     Call `own()` for what to publish, and `install(own, others)` with the other
-    replicas' published snapshots (already weighted) to route with the sum. Both
-    run on the thread that feeds the calibrator (the gateway's event loop), so no
-    observation falls between reading and installing.
+    replicas' published snapshots merged (`merge_snapshots`, weighted; that part
+    may run in a thread) to route with the sum. `own()` and `install()` run on the
+    thread that feeds the calibrator (the gateway's event loop), one right after
+    the other, so no observation falls between them.
     """
 
     def __init__(self, calibrator: Calibrator) -> None:
@@ -226,11 +243,10 @@ class SharedCalibrator:
     def others(self) -> dict[str, Any]:
         return self._others
 
-    def install(self, own: Mapping[str, Any], others: Iterable[Mapping[str, Any]]) -> None:
-        """Route with own + sum(others) from now on; the calibrator's counters stay ours."""
-        merged = empty_snapshot()
-        for snap in others:
-            merged = add_snapshots(merged, snap)
+    def install(self, own: Mapping[str, Any], others: Mapping[str, Any]) -> None:
+        """Route with own + others (`merge_snapshots` of the other replicas') from now on;
+        the calibrator's counters stay ours."""
+        merged = dict(others)
         total = add_snapshots(own, merged)
         cal = self.calibrator
         counters = dict(cal.counters)

@@ -32,7 +32,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from dualpool.budget.calibrator import Calibrator
-from dualpool.budget.shared import SharedCalibrator, add_snapshots, age_weight, empty_snapshot
+from dualpool.budget.shared import SharedCalibrator, add_snapshots, age_weight, merge_snapshots
 from dualpool.errors import ConfigError
 from dualpool.gateway._config import SharedCalibrationConfig
 from dualpool.gateway._metrics import Gauge
@@ -152,8 +152,25 @@ class SharedCalibration:
                 self._down_logged = True
             self.connected = False
             return False
-        others: list[dict[str, Any]] = []
+        # Parsing and summing the others' statistics needs nothing of ours: a thread.
+        merged, peers = await asyncio.to_thread(self._merge_others, now, stats, stamps)
+        # Requests were answered meanwhile: what they taught is in the calibrator,
+        # so take our own part again now (no await until install).
+        self.shared.install(self.shared.own(), merged)
+        if not self.connected and self._down_logged:
+            log.warning("shared calibration: Redis back; merged %d other replicas", peers)
+        self.connected = True
+        self._down_logged = False
+        self.rounds += 1
+        self.peers = peers
+        return True
+
+    def _merge_others(
+        self, now: float, stats: dict[str, str], stamps: dict[str, str]
+    ) -> tuple[dict[str, Any], int]:
         cfg = self.config
+        snaps: list[Any] = []
+        weights: list[float] = []
         for rid, text in stats.items():
             if rid == self.replica_id:
                 continue
@@ -162,23 +179,14 @@ class SharedCalibration:
                 age = now - float(stamps.get(rid, now))
             except ValueError:
                 continue
-            weight = age_weight(age, cfg.grace, cfg.half_life)
-            others.append(snap if weight == 1.0 else add_snapshots(empty_snapshot(), snap, weight))
-        # Requests were answered while we awaited Redis: what they taught is in the
-        # calibrator, so take our own part again now (no await until install).
-        self.shared.install(self.shared.own(), others)
-        if not self.connected and self._down_logged:
-            log.warning("shared calibration: Redis back; merged %d other replicas", len(others))
-        self.connected = True
-        self._down_logged = False
-        self.rounds += 1
-        self.peers = len(others)
-        return True
+            snaps.append(snap)
+            weights.append(age_weight(age, cfg.grace, cfg.half_life))
+        return merge_snapshots(snaps, weights), len(snaps)
 
     def _adopt(self, published: dict[str, Any]) -> None:
         """Take back what this replica id published before (a restart): it is ours."""
         own = add_snapshots(self.shared.own(), published)
-        self.shared.install(own, [self.shared.others()])
+        self.shared.install(own, self.shared.others())
         log.info("shared calibration: took back the statistics published as %s", self.replica_id)
 
     # ---- lifecycle ----------------------------------------------------------------------
