@@ -39,6 +39,13 @@ def run(args: argparse.Namespace) -> int:
     if args.host is not None:
         config = dataclasses.replace(config, host=args.host)
     if args.check:
+        if config.calibrator.shared is not None:
+            try:
+                import redis  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "calibrator.shared", "needs the Redis client: pip install 'dualpool[redis]'"
+                ) from None
         pools = ", ".join(
             f"{p.name}({len(p.endpoints) or 'dns ' + p.dns.name if p.dns else len(p.endpoints)})"
             for p in config.pools
