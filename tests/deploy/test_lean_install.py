@@ -1,8 +1,10 @@
 """The lean install: `pip install dualpool` gives the gateway with few dependencies.
 
 Runs deploy/install-gateway.sh, the Dockerfile's install steps, in a fresh venv
-(pip's cache may serve the downloads): under 60 MB of site-packages, under 30 s,
-`dualpool serve` works, and the other faces name the extra they need.
+(pip's cache may serve the downloads): under 60 MB of site-packages, none of the
+heavy packages, `dualpool serve` works, and the other faces name the extra they
+need. The install's time is measured by benchmarks/lean_install.py (not asserted
+here: tests check behaviour, not wall-clock).
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ def test_gateway_install_is_lean_fast_and_serves(tmp_path: Path) -> None:
     size_mb = _size(site) / 1e6
     print(f"lean install with the redis extra: {elapsed:.1f} s, site-packages {size_mb:.1f} MB")
     assert size_mb < 60, f"site-packages is {size_mb:.1f} MB"
-    assert elapsed < 30, f"the install took {elapsed:.1f} s"
     names = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
     for heavy in ("numpy", "matplotlib", "tiktoken", "llama_models", "prometheus_client", "rich"):
         assert heavy not in names, f"{heavy} is installed by the lean install"
