@@ -71,6 +71,10 @@ def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]
     redis = RedisServer(need_redis(), tmp_path_factory.mktemp("redis")).start()
     emu = EmulatorProcess(
         [
+            "--model",
+            "llama-3.1-8b",
+            "--gpu",
+            "h100-80gb",
             "--max-model-len",
             "8192",
             "--instances",
