@@ -147,6 +147,11 @@ def round_cost_ms(categories: int = 50, peers: int = 3, rounds: int = 20) -> flo
     return (time.process_time() - t0) * 1000 / rounds
 
 
+def admin(port: int) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/calibrator", timeout=5) as r:
+        return json.loads(r.read())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
@@ -189,7 +194,16 @@ def main() -> None:
             warm = workload(args.warm, seed=1)
             with ThreadPoolExecutor(args.concurrency) as pool:
                 list(pool.map(lambda ib: send((port_a, port_b)[ib[0] % 2], ib[1]), enumerate(warm)))
-            time.sleep(1.5)  # one round: A and B hold the fleet's statistics
+            # Convergence: from the last warm answer until A and B each hold every
+            # accepted sample of both (the default interval is 1 s).
+            t_warm = time.monotonic()
+            while time.monotonic() - t_warm < 30:
+                views = [admin(p) for p in (port_a, port_b)]
+                total = sum(v["feedback"]["accepted"] for v in views)
+                if all(sum(c["samples"] for c in v["categories"]) == total for v in views):
+                    break
+                time.sleep(0.02)
+            convergence_s = time.monotonic() - t_warm
 
             t0 = time.monotonic()
             pc, port_c = serve(shared, workdir, "c")
@@ -227,6 +241,7 @@ def main() -> None:
         "warm_requests": args.warm,
         "replayed": len(rows),
         "fresh_start_to_listening_s": round(ready_s, 3),
+        "warm_replicas_convergence_s": round(convergence_s, 2),
         "answered_within_5s": len(early),
         "agreement_within_5s_shared": round(agree(early, 2), 4),
         "agreement_within_5s_unshared": round(agree(early, 3), 4),
