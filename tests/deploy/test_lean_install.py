@@ -86,12 +86,19 @@ def test_gateway_install_is_lean_fast_and_serves(tmp_path: Path) -> None:
         env=env,
     )
     assert check.returncode == 0, check.stderr
-    # The gateway really starts there (uvloop, httptools, no numpy) and answers /health.
+    # The gateway really serves there (uvloop, httptools, no numpy): a request is
+    # routed, proxied to a fake vLLM and its usage learned.
+    sys.path.insert(0, str(REPO / "tests" / "gateway"))
+    from gw_helpers import FakeBackend
+
+    short, long = FakeBackend(8192).start(), FakeBackend(32768).start()
     port = _free_port()
     lean_cfg = tmp_path / "lean.yaml"
     lean_cfg.write_text(
         f"listen: {{host: 127.0.0.1, port: {port}}}\nmodel: m\n"
-        + cfg.read_text().split("calibrator:")[0]
+        "pools:\n"
+        f"  - {{name: short, endpoints: ['{short.url}'], max_model_len: 8192}}\n"
+        f"  - {{name: long, endpoints: ['{long.url}'], max_model_len: 32768}}\n"
     )
     proc = subprocess.Popen([bin_ / "dualpool", "serve", "--config", lean_cfg], env=env)
     try:
@@ -104,9 +111,20 @@ def test_gateway_install_is_lean_fast_and_serves(tmp_path: Path) -> None:
             except OSError:
                 assert time.monotonic() < deadline and proc.poll() is None, "serve did not start"
                 time.sleep(0.1)
+        body = b'{"model": "m", "messages": [{"role": "user", "content": "hi there"}]}'
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=body,
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.headers["x-dualpool-pool"] == "short"
+            assert b'"usage"' in r.read()
     finally:
         proc.terminate()
         assert proc.wait(20) == 0
+        short.kill()
+        long.kill()
     route = subprocess.run(
         [bin_ / "dualpool", "route", "-"],
         input='{"model": "m", "messages": [{"role": "user", "content": "hello there"}]}',
