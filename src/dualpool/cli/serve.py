@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     if args.host is not None:
         config = dataclasses.replace(config, host=args.host)
     if args.check:
+        from dualpool.gateway._server import check_servable
+
+        check_servable(config)
         if config.calibrator.shared is not None:
             try:
                 import redis  # noqa: F401

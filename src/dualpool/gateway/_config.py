@@ -34,6 +34,7 @@ __all__ = [
     "HealthConfig",
     "LimitsConfig",
     "LogConfig",
+    "ModelConfig",
     "PoolConfig",
     "RetryConfig",
     "SharedCalibrationConfig",
@@ -195,6 +196,16 @@ class CalibratorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelConfig:
+    # The model id clients send (and /v1/models lists).
+    name: str
+    # Other names that route to this model.
+    aliases: tuple[str, ...] = ()
+    # Names of this model's pools (in GatewayConfig.pools).
+    pools: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     pools: tuple[PoolConfig, ...]
     host: str = "127.0.0.1"
@@ -204,6 +215,10 @@ class GatewayConfig:
     # Served model name for /v1/models; None: the first backend's model id.
     model: str | None = None
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    # `models:` (several models, each with its own pools; `pools` then lists them
+    # all): parsed and validated, routed by model only once the request path is
+    # wired (docs/gateway.md, Several models). Empty with `pools:`.
+    models: tuple[ModelConfig, ...] = ()
     spillover: bool = True
     backpressure: BackpressureConfig = field(default_factory=BackpressureConfig)
     retries: RetryConfig = field(default_factory=RetryConfig)
@@ -397,6 +412,7 @@ def _pool(data: Any, i: int) -> PoolConfig:
 _TOP_KEYS = (
     "listen",
     "model",
+    "models",
     "pools",
     "estimator",
     "spillover",
@@ -421,10 +437,18 @@ def parse_config(data: Any) -> GatewayConfig:
     port = _int(listen, "port", "listen", 8000)
     if port > 65535:
         raise ConfigError("listen.port", f"must be <= 65535, got {port}")
-    raw_pools = data.get("pools")
-    if not isinstance(raw_pools, list) or not raw_pools:
-        raise ConfigError("pools", "must be a non-empty list of pools")
-    pools = tuple(_pool(p, i) for i, p in enumerate(raw_pools))
+    models: tuple[ModelConfig, ...] = ()
+    served = _str(data, "model", "", None)
+    if "models" in data:
+        if "pools" in data or "model" in data:
+            raise ConfigError("models", "set either models or pools (and model), not both")
+        models, pools = _models(data["models"])
+        served = models[0].name
+    else:
+        raw_pools = data.get("pools")
+        if not isinstance(raw_pools, list) or not raw_pools:
+            raise ConfigError("pools", "must be a non-empty list of pools")
+        pools = tuple(_pool(p, i) for i, p in enumerate(raw_pools))
     names = [p.name for p in pools]
     for n in names:
         if names.count(n) > 1:
@@ -475,7 +499,8 @@ def parse_config(data: Any) -> GatewayConfig:
         host=host,
         port=port,
         tls=_tls(listen.get("tls")),
-        model=_str(data, "model", "", None),
+        model=served,
+        models=models,
         estimator=estimator,
         spillover=_bool(data, "spillover", "", True),
         backpressure=BackpressureConfig(
@@ -536,6 +561,34 @@ def _tls(value: Any) -> TlsConfig | None:
             raise ConfigError(f"listen.tls.{key}", f"no such file: {raw}")
         paths[key] = path
     return TlsConfig(paths["cert"], paths["key"])
+
+
+def _models(value: Any) -> tuple[tuple[ModelConfig, ...], tuple[PoolConfig, ...]]:
+    """models: {NAME: {aliases: [...], pools: [...]}, ...} -> models and every pool."""
+    data = _mapping(value, "models")
+    if not data:
+        raise ConfigError("models", "must map at least one model name to its pools")
+    models: list[ModelConfig] = []
+    pools: list[PoolConfig] = []
+    seen: dict[str, str] = {}
+    for name, spec in data.items():
+        where = f"models.{name}"
+        spec = _mapping(spec, where)
+        _known(spec, where, ("aliases", "pools"))
+        aliases = spec.get("aliases") or []
+        if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+            raise ConfigError(f"{where}.aliases", "must be a list of model names")
+        for alias in (str(name), *aliases):
+            if alias in seen:
+                raise ConfigError(where, f"the name {alias!r} is also used by {seen[alias]}")
+            seen[alias] = str(name)
+        raw = spec.get("pools")
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError(f"{where}.pools", "must be a non-empty list of pools")
+        own = [_pool(p, i) for i, p in enumerate(raw)]
+        pools += own
+        models.append(ModelConfig(str(name), tuple(aliases), tuple(p.name for p in own)))
+    return tuple(models), tuple(pools)
 
 
 _SHARED_KEYS = (

@@ -30,7 +30,7 @@ from dualpool.router import Router
 if TYPE_CHECKING:
     from dualpool.gateway._shared_calibration import SharedCalibration
 
-__all__ = ["GatewayServer", "run"]
+__all__ = ["GatewayServer", "check_servable", "run"]
 
 log = logging.getLogger("dualpool.gateway")
 
@@ -97,6 +97,7 @@ class GatewayServer:
 
     async def start(self, *, host: str | None = None, port: int | None = None) -> Gateway:
         cfg = self.config
+        check_servable(cfg)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.timeouts.discovery
         per_pool = [await _backends_of(p, cfg.limits.max_idle_per_backend) for p in cfg.pools]
@@ -230,6 +231,16 @@ class GatewayServer:
         if snap is not None:
             bg.write_snapshot(gw, snap)
         log.info("stopped")
+
+
+def check_servable(cfg: GatewayConfig) -> None:
+    """What parses but this gateway cannot serve yet: several models (one per process)."""
+    if len(cfg.models) > 1:
+        raise ConfigError(
+            "models",
+            f"{len(cfg.models)} models configured, but this gateway routes one model per "
+            "process so far (docs/gateway.md, Several models): run one gateway per model",
+        )
 
 
 async def _join_shared(gw: Gateway, cfg: GatewayConfig, port: int | None) -> SharedCalibration:
