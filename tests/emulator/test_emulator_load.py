@@ -104,7 +104,18 @@ def test_client_disconnect_frees_the_slot(emu: EmulatorThread) -> None:
 
 def test_sigterm_exits_zero_and_ends_streams() -> None:
     with EmulatorProcess(
-        ["--speedup", "1", "--tokenizer", "bytes", "--shutdown-grace", "0.2"]
+        [
+            "--model",
+            "llama-3.1-8b",
+            "--gpu",
+            "h100-80gb",
+            "--speedup",
+            "1",
+            "--tokenizer",
+            "bytes",
+            "--shutdown-grace",
+            "0.2",
+        ]
     ) as p:
         url = p.urls[0]
         assert p.ready["tensor_parallel_size"] == 1

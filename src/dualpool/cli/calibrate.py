@@ -60,11 +60,36 @@ def register(sub: Any) -> None:
     p.add_argument("--out", default=None, metavar="FILE", help="write the YAML here (else stdout)")
     p.add_argument("--model", default=None, help="catalog model (default: from the run)")
     p.add_argument("--gpu", default=None, help="catalog GPU (default: from the run's meta or name)")
-    p.add_argument("--tensor-parallel-size", type=int, default=None)
-    p.add_argument("--max-num-seqs", type=int, default=None)
-    p.add_argument("--max-num-batched-tokens", type=int, default=None)
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--gpu-memory-utilization", type=float, default=None)
+    p.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=None,
+        help="vLLM --tensor-parallel-size of the run (default: from its meta.json)",
+    )
+    p.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=None,
+        help="vLLM --max-num-seqs of the run (default: from its meta.json)",
+    )
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="vLLM --max-num-batched-tokens of the run (default: from its meta.json)",
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="vLLM --max-model-len of the run (default: from its meta.json)",
+    )
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=None,
+        help="vLLM --gpu-memory-utilization of the run (default: from its meta.json)",
+    )
     p.add_argument(
         "--request-rate",
         type=float,

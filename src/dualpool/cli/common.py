@@ -1,4 +1,5 @@
-"""Helpers shared by subcommands: pool specs from the command line, JSON output."""
+"""Helpers shared by subcommands: the flags every face spells the same way (model,
+GPU, SLOs), pool specs from the command line, JSON output."""
 
 from __future__ import annotations
 
@@ -13,11 +14,16 @@ from dualpool.errors import CatalogError, ConfigError
 from dualpool.policy import PoolSpec
 
 __all__ = [
+    "DEFAULT_GPU",
+    "DEFAULT_MODEL",
     "add_catalog_args",
+    "add_engine_args",
     "add_pool_args",
+    "add_slo_args",
     "catalog_from_args",
     "pools_from_args",
     "print_json",
+    "slo_seconds",
     "step_params_from_args",
 ]
 
@@ -69,6 +75,83 @@ def step_params_from_args(args: argparse.Namespace) -> StepTimeParams | None:
         return step_params_from_mapping(data, path)
     except ConfigError as e:
         raise ConfigError("--step-params", f"{path}: {e}") from None
+
+
+# One default for every subcommand: the paper's setup (Llama-3-70B on A100-80GB).
+DEFAULT_MODEL = "llama-3-70b"
+DEFAULT_GPU = "a100-80gb"
+DEFAULT_SLO_TTFT_S = 2.0
+DEFAULT_SLO_TPOT_MS = 80.0
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """--model and --gpu: catalog names, the same defaults in every subcommand."""
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"catalog model (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument("--gpu", default=DEFAULT_GPU, help=f"catalog GPU (default {DEFAULT_GPU})")
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling: still works (same unit), hidden from --help, says what replaced it."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kw: Any) -> None:
+        self.replacement = kw.pop("replacement")
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"dualpool: {option_string} is deprecated; use {self.replacement} (same unit)",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def add_slo_args(parser: argparse.ArgumentParser) -> None:
+    """--slo-ttft (seconds) and --slo-tpot (milliseconds), P99 targets, in every subcommand."""
+    parser.add_argument(
+        "--slo-ttft",
+        type=float,
+        default=DEFAULT_SLO_TTFT_S,
+        metavar="SECONDS",
+        help=f"P99 time-to-first-token target, in seconds (default {DEFAULT_SLO_TTFT_S:g})",
+    )
+    parser.add_argument(
+        "--slo-tpot",
+        type=float,
+        default=DEFAULT_SLO_TPOT_MS,
+        metavar="MS",
+        help=f"P99 time-per-output-token target, in milliseconds (default {DEFAULT_SLO_TPOT_MS:g})",
+    )
+    for old, new in (("--ttft-slo", "--slo-ttft"), ("--tpot-slo", "--slo-tpot")):
+        parser.add_argument(
+            old,
+            dest=new[2:].replace("-", "_"),
+            type=float,
+            default=argparse.SUPPRESS,
+            action=_Deprecated,
+            replacement=new,
+            help=argparse.SUPPRESS,
+        )
+
+
+def slo_seconds(args: argparse.Namespace) -> tuple[float, float]:
+    """(TTFT, TPOT) targets in seconds from --slo-ttft (s) and --slo-tpot (ms)."""
+    ttft, tpot_ms = float(args.slo_ttft), float(args.slo_tpot)
+    if not ttft > 0:
+        raise ConfigError("--slo-ttft", f"must be > 0 seconds, got {ttft:g}")
+    if tpot_ms < 1.0:
+        hint = f" (seconds? that is {tpot_ms * 1000:g})" if tpot_ms > 0 else ""
+        raise ConfigError(
+            "--slo-tpot", f"is in milliseconds and must be >= 1, got {tpot_ms:g}{hint}"
+        )
+    return ttft, tpot_ms / 1000.0
 
 
 def add_pool_args(parser: argparse.ArgumentParser) -> None:

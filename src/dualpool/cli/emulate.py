@@ -18,6 +18,7 @@ from typing import Any
 
 from dualpool.cli.common import (
     add_catalog_args,
+    add_engine_args,
     catalog_from_args,
     print_json,
     step_params_from_args,
@@ -33,8 +34,7 @@ def register(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="llama-3.1-8b", help="catalog model (default llama-3.1-8b)")
-    p.add_argument("--gpu", default="h100-80gb", help="catalog GPU (default h100-80gb)")
+    add_engine_args(p)
     p.add_argument(
         "--tp",
         "--tensor-parallel-size",
@@ -43,22 +43,39 @@ def register(sub: Any) -> None:
         default=None,
         help="tensor parallel size (default: the smallest at which vLLM would start)",
     )
-    p.add_argument("--max-model-len", type=int, default=8192)
-    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument(
+        "--max-model-len", type=int, default=8192, help="vLLM --max-model-len (default 8192)"
+    )
+    p.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=256,
+        help="vLLM --max-num-seqs: sequences in a batch (default 256)",
+    )
     p.add_argument(
         "--max-num-batched-tokens",
         type=int,
         default=None,
         help="token budget per step (default max(8192, max-num-seqs))",
     )
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="vLLM --gpu-memory-utilization: fraction of GPU memory for weights and KV (0.9)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8001, help="first port; 0 = ephemeral ports")
     p.add_argument("--instances", type=int, default=1, help="instances (ports port..port+N-1)")
     p.add_argument(
         "--speedup", type=float, default=1.0, help="modelled seconds per wall second (default 1)"
     )
-    p.add_argument("--tokenizer", default="llama3", choices=TOKENIZERS)
+    p.add_argument(
+        "--tokenizer",
+        default="llama3",
+        choices=TOKENIZERS,
+        help="what counts usage.prompt_tokens (default llama3; bytes: one token per byte)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the output-length draw")
     p.add_argument("--served-model-name", default=None, help="model name clients send")
     p.add_argument(

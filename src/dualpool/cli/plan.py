@@ -29,8 +29,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dualpool.cli.common import (
     add_catalog_args,
+    add_engine_args,
+    add_slo_args,
     catalog_from_args,
     print_json,
+    slo_seconds,
     step_params_from_args,
 )
 from dualpool.engine import EngineConfig
@@ -46,12 +49,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("workload", help="workload spec (trace path, CDF JSON, or preset name)")
     p.add_argument("--rate", type=float, required=True, help="fleet arrival rate, req/s")
-    p.add_argument("--model", default="llama-3-70b", help="catalog model (default llama-3-70b)")
+    add_engine_args(p)
     p.add_argument("--weight-dtype", default=None, choices=("bf16", "fp8"), help="weights dtype")
-    p.add_argument("--gpu", default="a100-80gb", help="catalog GPU (default a100-80gb)")
     p.add_argument("--price", type=float, default=None, help="$/GPU-hour (default: catalog)")
-    p.add_argument("--ttft-slo", type=float, default=2.0, help="P99 TTFT target, s (default 2)")
-    p.add_argument("--tpot-slo", type=float, default=80.0, help="P99 TPOT target, ms (default 80)")
+    add_slo_args(p)
     p.add_argument(
         "--utilization", type=float, default=0.9, help="utilization cap of the discrete form"
     )
@@ -130,7 +131,12 @@ def register(sub: Any) -> None:
         default=200_000,
         help="read at most this many requests of the workload (default 200000)",
     )
-    p.add_argument("--backend", default="local", choices=("local", "ray", "serial"))
+    p.add_argument(
+        "--backend",
+        default="local",
+        choices=("local", "ray", "serial"),
+        help="where sweep jobs run: local processes, a Ray cluster, or serially (default local)",
+    )
     p.add_argument(
         "--processes", type=int, default=None, help="local processes (default: all cores)"
     )
@@ -189,12 +195,13 @@ def run(args: argparse.Namespace) -> int:
         gpu = catalog.gpu(args.gpu)
     except CatalogError as e:
         raise ConfigError("--gpu", str(e)) from None
+    slo_ttft_s, slo_tpot_s = slo_seconds(args)
     settings = PlanSettings(
         model=model,
         gpu=gpu,
         rate=args.rate,
-        ttft_slo_s=args.ttft_slo,
-        tpot_slo_s=args.tpot_slo / 1000.0,
+        ttft_slo_s=slo_ttft_s,
+        tpot_slo_s=slo_tpot_s,
         utilization=args.utilization,
         price_per_hour=args.price,
         b_short=args.b_short,

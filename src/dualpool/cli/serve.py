@@ -39,10 +39,20 @@ def run(args: argparse.Namespace) -> int:
     if args.host is not None:
         config = dataclasses.replace(config, host=args.host)
     if args.check:
+        from dualpool.gateway._server import check_servable
+
+        check_servable(config)
+        if config.calibrator.shared is not None:
+            try:
+                import redis  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "calibrator.shared", "needs the Redis client: pip install 'dualpool[redis]'"
+                ) from None
         pools = ", ".join(
             f"{p.name}({len(p.endpoints) or 'dns ' + p.dns.name if p.dns else len(p.endpoints)})"
             for p in config.pools
         )
         print(f"config ok: pools {pools}")
         return 0
-    return serve(config)
+    return serve(config, args.config, host=args.host, port=args.port)

@@ -29,8 +29,11 @@ from rich.table import Table
 
 from dualpool.cli.common import (
     add_catalog_args,
+    add_engine_args,
+    add_slo_args,
     catalog_from_args,
     print_json,
+    slo_seconds,
     step_params_from_args,
 )
 from dualpool.engine import StepTimeParams
@@ -74,8 +77,7 @@ def register(sub: Any) -> None:
         "--duration", type=float, default=None, help="simulated seconds (default 60 if endless)"
     )
     p.add_argument("--requests", type=int, default=None, help="stop after N requests")
-    p.add_argument("--model", default="llama-3-70b", help="catalog model (default llama-3-70b)")
-    p.add_argument("--gpu", default="h100-80gb", help="catalog GPU (default h100-80gb)")
+    add_engine_args(p)
     p.add_argument("--tp", type=int, default=None, help="tensor parallel size (default: smallest)")
     fleet = p.add_mutually_exclusive_group()
     fleet.add_argument("--fleet", default=None, help="fleet YAML file")
@@ -112,8 +114,7 @@ def register(sub: Any) -> None:
         default=None,
         help="synthetic prompt bytes per token by category, e.g. prose=4.48,code=3.52",
     )
-    p.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT target, s (2.0)")
-    p.add_argument("--slo-tpot", type=float, default=0.080, help="TPOT target, s (0.080)")
+    add_slo_args(p)
     p.add_argument("--requests-out", default=None, help="per-request rows (.csv or .parquet)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     add_catalog_args(p)
@@ -252,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         warmup_s=args.warmup,
         bytes_per_token=_bytes_per_token(args.bytes_per_token),
         seed=args.seed,
-        slo=SLO(args.slo_ttft, args.slo_tpot),
+        slo=SLO(*slo_seconds(args)),
         adaptive=AdaptiveConfig() if args.adaptive else None,
     )
     workload = _workload(args)

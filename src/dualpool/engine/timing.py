@@ -41,8 +41,6 @@ import math
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-import numpy as np
-
 from dualpool.engine.config import EngineConfig
 from dualpool.engine.memory import kv_bytes_per_token
 from dualpool.engine.specs import GPUSpec, ModelSpec
@@ -443,6 +441,9 @@ def calibrate(
             y -= base.per_seq_overhead_s * n
             rows.append([1.0, bytes_time])
         ys.append(y)
+    # numpy only here: the gateway's lean install imports the engine but not numpy.
+    import numpy as np
+
     matrix = np.array(rows)
     if np.linalg.matrix_rank(matrix) < matrix.shape[1]:
         raise ConfigError(

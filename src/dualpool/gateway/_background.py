@@ -133,8 +133,13 @@ def pool_signal(pool: Pool, now: float) -> PoolSignal | None:
     )
 
 
-async def resolve(name: str, port: int) -> list[str]:
-    """Addresses of a DNS name (a headless service lists one per ready pod)."""
+async def resolve(name: str, port: int, server: tuple[str, int] | None = None) -> list[str]:
+    """Addresses of a DNS name (a headless service lists one per ready pod); from
+    `server` when given (gateway/_dns.py), else from the system resolver."""
+    if server is not None:
+        from dualpool.gateway._dns import query_addresses
+
+        return await query_addresses(name, server)
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
     return sorted({str(info[4][0]) for info in infos})
@@ -146,7 +151,7 @@ async def resolve_loop(gw: Gateway, pool: Pool) -> None:
     while True:
         await asyncio.sleep(dns.interval)
         try:
-            addrs = await resolve(dns.name, dns.port)
+            addrs = await resolve(dns.name, dns.port, dns.server)
         except OSError as exc:
             log.warning("pool %s: cannot resolve %s: %s", pool.name, dns.name, exc)
             continue

@@ -36,9 +36,12 @@ __all__ = [
     "HealthConfig",
     "LimitsConfig",
     "LogConfig",
+    "ModelConfig",
     "PoolConfig",
     "RetryConfig",
+    "SharedCalibrationConfig",
     "TimeoutConfig",
+    "TlsConfig",
     "load_config",
     "parse_config",
 ]
@@ -53,6 +56,8 @@ class DnsEndpoints:
     port: int
     # Seconds between re-resolutions.
     interval: float = 10.0
+    # Nameserver (host, port) asked directly; None: the system resolver (getaddrinfo).
+    server: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +148,15 @@ class AuthConfig:
     api_keys: frozenset[str] = frozenset()
     # Key of the admin view; None: admin view open only when api_keys is empty.
     admin_key: str | None = None
+    # Bearer key of /metrics; None: /metrics is open (Prometheus scrapes it).
+    metrics_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    # PEM certificate chain and private key of the listening socket.
+    cert: Path
+    key: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +168,44 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedCalibrationConfig:
+    # Redis holding every replica's own statistics: redis://host:port/db (rediss:// for TLS).
+    url: str
+    # Seconds between rounds (publish ours, merge the others').
+    interval: float = 1.0
+    # This replica's name in Redis; None: hostname:port. A replica restarted under the
+    # same name takes its published statistics back; under a new one its old entry fades.
+    replica_id: str | None = None
+    # Key prefix: fleets sharing one Redis keep apart by namespace.
+    namespace: str = "dualpool"
+    # Another replica's entry keeps full weight this many seconds after its last
+    # publish, then halves every half_life seconds; removed after ttl seconds.
+    grace: float = 10.0
+    half_life: float = 300.0
+    ttl: float = 3600.0
+    # Timeout of one Redis round; at start, how long to wait for the fleet's view.
+    timeout: float = 1.0
+    start_timeout: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
 class CalibratorConfig:
     # Snapshot file: loaded at start if present, saved periodically and on shutdown.
     snapshot: Path | None = None
     # Seconds between saves (0: only on shutdown).
     save_interval: float = 60.0
+    # Calibration shared between replicas through Redis; None: each learns alone.
+    shared: SharedCalibrationConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    # The model id clients send (and /v1/models lists).
+    name: str
+    # Other names that route to this model.
+    aliases: tuple[str, ...] = ()
+    # Names of this model's pools (in GatewayConfig.pools).
+    pools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +213,15 @@ class GatewayConfig:
     pools: tuple[PoolConfig, ...]
     host: str = "127.0.0.1"
     port: int = 8000
+    # TLS on the listening socket (listen.tls); None: plain HTTP.
+    tls: TlsConfig | None = None
     # Served model name for /v1/models; None: the first backend's model id.
     model: str | None = None
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    # `models:` (several models, each with its own pools; `pools` then lists them
+    # all): parsed and validated, routed by model only once the request path is
+    # wired (docs/gateway.md, Several models). Empty with `pools:`.
+    models: tuple[ModelConfig, ...] = ()
     spillover: bool = True
     backpressure: BackpressureConfig = field(default_factory=BackpressureConfig)
     retries: RetryConfig = field(default_factory=RetryConfig)
@@ -270,6 +323,20 @@ def parse_endpoint(value: Any, where: str) -> tuple[str, int]:
     return host, port
 
 
+def _hostport(value: Any, where: str, default_port: int) -> tuple[str, int]:
+    """`host` or `host:port` (an IPv6 address in brackets: `[::1]:53`)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(where, f"must be host or host:port, got {value!r}")
+    url = urllib.parse.urlsplit(f"//{value}")
+    try:
+        port = url.port or default_port
+    except ValueError:
+        raise ConfigError(where, f"invalid port in {value!r}") from None
+    if not url.hostname:
+        raise ConfigError(where, f"missing host in {value!r}")
+    return url.hostname, port
+
+
 _POOL_KEYS = (
     "name",
     "endpoints",
@@ -305,14 +372,20 @@ def _pool(data: Any, i: int) -> PoolConfig:
             raise ConfigError(f"{where}.endpoints", "lists the same backend twice")
     elif "dns" in data:
         d = _mapping(data["dns"], f"{where}.dns")
-        _known(d, f"{where}.dns", ("name", "port", "interval"))
+        _known(d, f"{where}.dns", ("name", "port", "interval", "server"))
         dname = _str(d, "name", f"{where}.dns", None)
         if dname is None:
             raise ConfigError(f"{where}.dns.name", "is required")
         port = _int(d, "port", f"{where}.dns", 8000, lo=1)
         if port > 65535:
             raise ConfigError(f"{where}.dns.port", f"must be <= 65535, got {port}")
-        dns = DnsEndpoints(dname, port, _num(d, "interval", f"{where}.dns", 10.0))
+        server = d.get("server")
+        dns = DnsEndpoints(
+            dname,
+            port,
+            _num(d, "interval", f"{where}.dns", 10.0),
+            None if server is None else _hostport(server, f"{where}.dns.server", 53),
+        )
     else:
         raise ConfigError(f"{where}.endpoints", "is required (or dns: {name, port})")
     mml = data.get("max_model_len")
@@ -344,6 +417,7 @@ def _pool(data: Any, i: int) -> PoolConfig:
 _TOP_KEYS = (
     "listen",
     "model",
+    "models",
     "pools",
     "estimator",
     "spillover",
@@ -364,15 +438,23 @@ def parse_config(data: Any) -> GatewayConfig:
     data = _mapping(data, "config")
     _known(data, "", _TOP_KEYS)
     listen = _mapping(data.get("listen"), "listen")
-    _known(listen, "listen", ("host", "port"))
+    _known(listen, "listen", ("host", "port", "tls"))
     host = _str(listen, "host", "listen", "127.0.0.1") or "127.0.0.1"
     port = _int(listen, "port", "listen", 8000)
     if port > 65535:
         raise ConfigError("listen.port", f"must be <= 65535, got {port}")
-    raw_pools = data.get("pools")
-    if not isinstance(raw_pools, list) or not raw_pools:
-        raise ConfigError("pools", "must be a non-empty list of pools")
-    pools = tuple(_pool(p, i) for i, p in enumerate(raw_pools))
+    models: tuple[ModelConfig, ...] = ()
+    served = _str(data, "model", "", None)
+    if "models" in data:
+        if "pools" in data or "model" in data:
+            raise ConfigError("models", "set either models or pools (and model), not both")
+        models, pools = _models(data["models"])
+        served = models[0].name
+    else:
+        raw_pools = data.get("pools")
+        if not isinstance(raw_pools, list) or not raw_pools:
+            raise ConfigError("pools", "must be a non-empty list of pools")
+        pools = tuple(_pool(p, i) for i, p in enumerate(raw_pools))
     names = [p.name for p in pools]
     for n in names:
         if names.count(n) > 1:
@@ -395,17 +477,18 @@ def parse_config(data: Any) -> GatewayConfig:
         ("max_body_bytes", "max_connections", "max_header_bytes", "max_idle_per_backend"),
     )
     au = _mapping(data.get("auth"), "auth")
-    _known(au, "auth", ("api_keys", "admin_key"))
+    _known(au, "auth", ("api_keys", "admin_key", "metrics_key"))
     lg = _mapping(data.get("log"), "log")
     _known(lg, "log", ("level", "access"))
     ca = _mapping(data.get("calibrator"), "calibrator")
-    _known(ca, "calibrator", ("snapshot", "save_interval"))
+    _known(ca, "calibrator", ("snapshot", "save_interval", "shared"))
 
     keys_raw = au.get("api_keys", [])
     if not isinstance(keys_raw, list):
         raise ConfigError("auth.api_keys", "must be a list of keys (strings or {env: NAME})")
     api_keys = frozenset(_secret(k, f"auth.api_keys[{i}]") for i, k in enumerate(keys_raw))
     admin = au.get("admin_key")
+    metrics_key = au.get("metrics_key")
     levels = {}
     for key in ("level", "access"):
         value = lg.get(key, "info")
@@ -425,7 +508,9 @@ def parse_config(data: Any) -> GatewayConfig:
         pools=pools,
         host=host,
         port=port,
-        model=_str(data, "model", "", None),
+        tls=_tls(listen.get("tls")),
+        model=served,
+        models=models,
         estimator=estimator,
         spillover=_bool(data, "spillover", "", True),
         backpressure=BackpressureConfig(
@@ -459,12 +544,104 @@ def parse_config(data: Any) -> GatewayConfig:
         auth=AuthConfig(
             api_keys=api_keys,
             admin_key=None if admin is None else _secret(admin, "auth.admin_key"),
+            metrics_key=None if metrics_key is None else _secret(metrics_key, "auth.metrics_key"),
         ),
         log=LogConfig(level=levels["level"], access=levels["access"]),
         calibrator=CalibratorConfig(
             snapshot=Path(snap) if snap else None,
             save_interval=_num(ca, "save_interval", "calibrator", 60.0, positive=False),
+            shared=_shared(ca.get("shared")),
         ),
+    )
+
+
+def _tls(value: Any) -> TlsConfig | None:
+    """listen.tls: {cert: file, key: file}, both readable PEM files."""
+    if value is None:
+        return None
+    data = _mapping(value, "listen.tls")
+    _known(data, "listen.tls", ("cert", "key"))
+    paths: dict[str, Path] = {}
+    for key in ("cert", "key"):
+        raw = data.get(key)
+        if not isinstance(raw, str) or not raw:
+            raise ConfigError(f"listen.tls.{key}", f"must be a PEM file path, got {raw!r}")
+        path = Path(raw)
+        if not path.is_file():
+            raise ConfigError(f"listen.tls.{key}", f"no such file: {raw}")
+        paths[key] = path
+    return TlsConfig(paths["cert"], paths["key"])
+
+
+def _models(value: Any) -> tuple[tuple[ModelConfig, ...], tuple[PoolConfig, ...]]:
+    """models: {NAME: {aliases: [...], pools: [...]}, ...} -> models and every pool."""
+    data = _mapping(value, "models")
+    if not data:
+        raise ConfigError("models", "must map at least one model name to its pools")
+    models: list[ModelConfig] = []
+    pools: list[PoolConfig] = []
+    seen: dict[str, str] = {}
+    for name, spec in data.items():
+        where = f"models.{name}"
+        spec = _mapping(spec, where)
+        _known(spec, where, ("aliases", "pools"))
+        aliases = spec.get("aliases") or []
+        if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+            raise ConfigError(f"{where}.aliases", "must be a list of model names")
+        for alias in (str(name), *aliases):
+            if alias in seen:
+                raise ConfigError(where, f"the name {alias!r} is also used by {seen[alias]}")
+            seen[alias] = str(name)
+        raw = spec.get("pools")
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError(f"{where}.pools", "must be a non-empty list of pools")
+        own = [_pool(p, i) for i, p in enumerate(raw)]
+        pools += own
+        models.append(ModelConfig(str(name), tuple(aliases), tuple(p.name for p in own)))
+    return tuple(models), tuple(pools)
+
+
+_SHARED_KEYS = (
+    "url",
+    "interval",
+    "replica_id",
+    "namespace",
+    "grace",
+    "half_life",
+    "ttl",
+    "timeout",
+    "start_timeout",
+)
+
+
+def _shared(value: Any) -> SharedCalibrationConfig | None:
+    """`shared: redis://host:port/db`, or a mapping with `url` and the knobs."""
+    where = "calibrator.shared"
+    if value is None:
+        return None
+    data: Mapping[str, Any] = {"url": value} if isinstance(value, str) else _mapping(value, where)
+    _known(data, where, _SHARED_KEYS)
+    url = data.get("url")
+    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in (
+        "redis",
+        "rediss",
+        "unix",
+    ):
+        raise ConfigError(
+            f"{where}.url" if not isinstance(value, str) else where,
+            f"must be a Redis URL like redis://host:6379/0, got {url!r}",
+        )
+    d = SharedCalibrationConfig(url)
+    return SharedCalibrationConfig(
+        url=url,
+        interval=_num(data, "interval", where, d.interval),
+        replica_id=_str(data, "replica_id", where, None),
+        namespace=_str(data, "namespace", where, d.namespace) or d.namespace,
+        grace=_num(data, "grace", where, d.grace, positive=False),
+        half_life=_num(data, "half_life", where, d.half_life),
+        ttl=_num(data, "ttl", where, d.ttl),
+        timeout=_num(data, "timeout", where, d.timeout),
+        start_timeout=_num(data, "start_timeout", where, d.start_timeout, positive=False),
     )
 
 

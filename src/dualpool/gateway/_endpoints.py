@@ -6,6 +6,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from dualpool.gateway._ops import readiness
 from dualpool.gateway._telemetry import Outcome
 from dualpool.http import Exchange, Request
 
@@ -26,12 +27,16 @@ def health(gw: Gateway, req: Request, ex: Exchange) -> None:
 
 
 def ready(gw: Gateway, req: Request, ex: Exchange) -> None:
-    pools = {p.name: len(p.healthy) for p in gw.pools}
-    ok = gw.ready() and not gw.draining
-    send_json(ex, 200 if ok else 503, {"ready": ok, "healthy_backends": pools})
+    # Ready while any pool can serve; the degraded state is in the body (gateway/_ops.py).
+    status, body = readiness(gw)
+    send_json(ex, status, body)
 
 
 def metrics(gw: Gateway, req: Request, ex: Exchange) -> None:
+    key = gw.config.auth.metrics_key
+    if key is not None and not gw.authorized(req, frozenset((key,))):
+        gw.error(ex, 401, "/metrics needs the metrics key (Bearer)")
+        return
     ex.send(200, gw.metrics.render(), content_type=b"text/plain; version=0.0.4; charset=utf-8")
 
 

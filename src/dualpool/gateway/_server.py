@@ -13,10 +13,11 @@ import contextlib
 import json
 import logging
 import signal
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from dualpool.errors import ConfigError
 from dualpool.gateway import _background as bg
+from dualpool.gateway import _ops as ops
 from dualpool.gateway._backends import Backend, Pool
 from dualpool.gateway._config import GatewayConfig, PoolConfig
 from dualpool.gateway._gateway import Gateway
@@ -25,7 +26,10 @@ from dualpool.http import HttpServer, ServerLimits, UpstreamError, fetch
 from dualpool.policy import PoolPolicy, PoolSpec
 from dualpool.router import Router
 
-__all__ = ["GatewayServer", "run"]
+if TYPE_CHECKING:
+    from dualpool.gateway._shared_calibration import SharedCalibration
+
+__all__ = ["GatewayServer", "check_servable", "run"]
 
 log = logging.getLogger("dualpool.gateway")
 
@@ -33,7 +37,7 @@ log = logging.getLogger("dualpool.gateway")
 async def _backends_of(cfg: PoolConfig, max_idle: int) -> list[Backend]:
     if cfg.dns is not None:
         try:
-            addrs = await bg.resolve(cfg.dns.name, cfg.dns.port)
+            addrs = await bg.resolve(cfg.dns.name, cfg.dns.port, cfg.dns.server)
         except OSError as exc:
             log.warning("pool %s: cannot resolve %s yet: %s", cfg.name, cfg.dns.name, exc)
             addrs = []
@@ -88,9 +92,11 @@ class GatewayServer:
         self._server: HttpServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.port = config.port
+        self.shared: SharedCalibration | None = None
 
     async def start(self, *, host: str | None = None, port: int | None = None) -> Gateway:
         cfg = self.config
+        check_servable(cfg)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.timeouts.discovery
         per_pool = [await _backends_of(p, cfg.limits.max_idle_per_backend) for p in cfg.pools]
@@ -139,6 +145,9 @@ class GatewayServer:
                 raise ConfigError("calibrator.snapshot", f"cannot load {snap}: {exc}") from None
         gw = Gateway(cfg, router, pools, model or "unknown", loop)
         self.gateway = gw
+        if cfg.calibrator.shared is not None:
+            # Before listening: the first request routes with the fleet's ratios.
+            self.shared = await _join_shared(gw, cfg, port)
         lim = cfg.limits
         limits = ServerLimits(
             max_header_bytes=lim.max_header_bytes,
@@ -148,8 +157,11 @@ class GatewayServer:
         )
         server = self._server = HttpServer(gw, limits, loop=loop)
         server.connections = gw.connections  # one set: /metrics counts it
+        ops.attach_metrics(gw)
         self.port = await server.listen(
-            host if host is not None else cfg.host, cfg.port if port is None else port
+            host if host is not None else cfg.host,
+            cfg.port if port is None else port,
+            ssl=ops.tls_context(cfg.tls),
         )
         self._tasks.append(loop.create_task(bg.health_loop(gw)))
         if cfg.health.metrics_interval > 0:
@@ -161,6 +173,8 @@ class GatewayServer:
             self._tasks.append(
                 loop.create_task(bg.snapshot_loop(gw, snap, cfg.calibrator.save_interval))
             )
+        if self.shared is not None:
+            self._tasks.append(loop.create_task(self.shared.run()))
         self._tasks.append(loop.create_task(bg.timeout_loop(gw)))
         log.info(
             "listening on %s:%d; pools %s",
@@ -203,30 +217,71 @@ class GatewayServer:
         for pool in gw.pools:
             for b in pool.backends:
                 b.close_idle()
+        if self.shared is not None:
+            await self.shared.close()
         snap = self.config.calibrator.snapshot
         if snap is not None:
             bg.write_snapshot(gw, snap)
         log.info("stopped")
 
 
-async def _main(config: GatewayConfig) -> int:
+def check_servable(cfg: GatewayConfig) -> None:
+    """What parses but this gateway cannot serve yet: several models (one per process)."""
+    if len(cfg.models) > 1:
+        raise ConfigError(
+            "models",
+            f"{len(cfg.models)} models configured, but this gateway routes one model per "
+            "process so far (docs/gateway.md, Several models): run one gateway per model",
+        )
+
+
+async def _join_shared(gw: Gateway, cfg: GatewayConfig, port: int | None) -> SharedCalibration:
+    from dualpool.gateway._shared_calibration import SharedCalibration, default_replica_id
+
+    shared_cfg = cfg.calibrator.shared
+    assert shared_cfg is not None
+    rid = shared_cfg.replica_id or default_replica_id(cfg.port if port is None else port)
+    shared = SharedCalibration(gw.router.estimator.calibrator, shared_cfg, rid)
+    shared.attach_metrics(gw)
+    await shared.start()
+    return shared
+
+
+async def _main(
+    config: GatewayConfig, config_path: str | None, host: str | None, port: int | None
+) -> int:
     server = GatewayServer(config)
-    await server.start()
+    gw = await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if config_path is not None:
+        # SIGHUP: re-read the YAML; live settings change in place (gateway/_ops.py).
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: ops.reload(gw, config_path, host=host, port=port)
+        )
     await stop.wait()
     log.info("signal received: draining (up to %gs)", config.timeouts.drain)
     await server.stop()
     return 0
 
 
-def run(config: GatewayConfig) -> int:
-    """Serve until SIGTERM/SIGINT, then drain and return 0. Uses uvloop when present."""
+def run(
+    config: GatewayConfig,
+    config_path: str | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and return 0. Uses uvloop when present.
+
+    With `config_path`, SIGHUP reloads that file (`host`/`port`: command-line
+    overrides kept over the file's)."""
     configure_logging(config.log.level)
+    main = _main(config, config_path, host, port)
     try:
         import uvloop
     except ImportError:  # pragma: no cover
-        return asyncio.run(_main(config))
-    return uvloop.run(_main(config))
+        return asyncio.run(main)
+    return uvloop.run(main)
