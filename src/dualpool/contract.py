@@ -63,6 +63,15 @@ _OVER_LENGTH = re.compile(
 )
 
 
+# Older vLLM (OpenAIServing._validate_input): "... However, you requested T tokens
+# (P in the messages, C in the completion). ..."
+_OVER_LENGTH_OLD = re.compile(
+    r"maximum context length is (\d+) tokens\. However, you requested (\d+) tokens "
+    r"\((\d+) in the (?:messages|prompt), (\d+) in the completion\)"
+)
+_MAX_CONTEXT = re.compile(r"maximum context length is (\d+) tokens")
+
+
 def parse_over_length(status: int, body: bytes) -> tuple[int, int, int] | None:
     """(max_model_len, max_tokens, prompt_tokens) when `body` is vLLM's over-length 400.
 
@@ -81,6 +90,12 @@ def parse_over_length(status: int, body: bytes) -> tuple[int, int, int] | None:
     if type(msg) is not str:
         return None
     m = _OVER_LENGTH.search(msg)
-    if m is None:
-        return None
-    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+    if m is not None:
+        return int(m.group(1)), int(m.group(2)), int(m.group(3))
+    m = _OVER_LENGTH_OLD.search(msg)
+    if m is not None:  # vLLM before the renderer check: (prompt in messages, output)
+        return int(m.group(1)), int(m.group(4)), int(m.group(3))
+    m = _MAX_CONTEXT.search(msg)
+    if m is not None:  # other wordings of the same refusal: the counts unknown (0)
+        return int(m.group(1)), 0, 0
+    return None

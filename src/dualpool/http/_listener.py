@@ -103,10 +103,18 @@ class HttpServer:
         for conn in list(self.connections):
             conn.abort()
 
-    async def wait_closed(self) -> None:
+    async def wait_closed(self, timeout: float = 5.0) -> None:
+        """After `close()`: wait for the sockets (uvloop: and their connections) to close;
+        connections still open after `timeout` are aborted."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         for s in self._servers:
-            with contextlib.suppress(Exception):
-                await s.wait_closed()
+            try:
+                await asyncio.wait_for(s.wait_closed(), timeout)
+            except TimeoutError:
+                self.abort_all()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(s.wait_closed(), 1.0)
+            except Exception:  # pragma: no cover - already closed
+                pass
