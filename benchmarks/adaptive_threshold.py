@@ -38,6 +38,7 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import math
 import random
@@ -48,6 +49,7 @@ from typing import Any
 from _common import emit, percentile
 from dualpool.policy import AdaptiveConfig
 from dualpool.simulator import FleetConfig, RecordSink, SimOptions, Simulation, dual_pool_fleet
+from dualpool.simulator.fleet import SHORT_ENGINE
 from dualpool.simulator.sizing import size_fleet
 from dualpool.workload import Request, preset
 
@@ -183,13 +185,16 @@ def study(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     hours = 24 * (7 if args.week and kind == "azure-2024-week" else 1)
     hour_s = args.hour_s
     reqs = day_requests(kind, hours, hour_s, args.rate, args.seed)
-    base = dual_pool_fleet(MODEL, GPU, b_short=8192)
+    short_engine = dataclasses.replace(SHORT_ENGINE, max_model_len=args.short_len)
+    base = dual_pool_fleet(MODEL, GPU, b_short=8192, short_engine=short_engine)
     sample = [r.at(r.arrival_s) for r in reqs[:: max(1, len(reqs) // 4000)]]
     planned, _ = size_fleet(base, sample, utilization=0.8, rate=args.rate)
     counts = [p.num_instances for p in planned.pools]
     gpus_per = [p.gpus_per_instance for p in planned.pools]
     scales = (0.6, 0.8, 1.0, 1.25) if not args.quick else (0.7, 1.0, 1.3)
     thresholds = (2048, 4096, 6144, 8192) if not args.quick else (4096, 8192)
+    if args.short_len > 8192:
+        thresholds = (*thresholds, args.short_len)
     configs: list[tuple[str, int | None]] = [(f"static-{b}", b) for b in thresholds]
     configs.append(("adaptive", None))
     met: dict[tuple[str, float], list[bool]] = {}
@@ -263,8 +268,6 @@ def study(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _with(fleet: FleetConfig, counts: list[int], b_short: int) -> FleetConfig:
-    import dataclasses
-
     pools = list(fleet.with_instances(counts).pools)
     pools[0] = dataclasses.replace(pools[0], threshold=b_short)
     return dataclasses.replace(fleet, pools=tuple(pools))
@@ -309,6 +312,13 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=None, help="mean req/s (default 30, quick 20)")
     ap.add_argument("--hour-s", type=float, default=None, help="simulated s per hour (120; 45)")
     ap.add_argument("--plot", default=None, help="write a PNG of the trajectories here")
+    ap.add_argument(
+        "--short-len",
+        type=int,
+        default=8192,
+        help="the short pool's max_model_len (default the paper's 8192; above it, the "
+        "controller has room to raise B_short over the planned 8192)",
+    )
     args = ap.parse_args()
     if args.rate is None:
         args.rate = 20.0 if args.quick else 30.0
@@ -327,6 +337,7 @@ def main() -> None:
             "quick": args.quick,
             "rate": args.rate,
             "seed": args.seed,
+            "short_max_model_len": args.short_len,
             "wall_s": round(time.perf_counter() - t0, 1),
         }
     )
