@@ -91,6 +91,8 @@ class RunResult:
     # per arm: seconds from the first send to the last answer (vLLM's duration)
     durations: dict[str, float]
     wall_s: float
+    # the clock (time.perf_counter) at the start; start_s values are relative to it
+    t0: float = 0.0
     # why it ended early ("" when it ran to the end): "interrupted", "max time"
     stopped: str = ""
 
@@ -508,6 +510,7 @@ async def run_bench(
         results={a.name: sorted(a.results, key=lambda r: r.index) for a in run.arms},
         durations={a.name: (a.last_done - run.t0) if a.results else wall for a in run.arms},
         wall_s=wall,
+        t0=run.t0,
         stopped=run.stopped,
     )
 
