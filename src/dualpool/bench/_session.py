@@ -92,8 +92,8 @@ async def bench(
     endpoints = [(name, Endpoint.parse(url, "url")) for name, url in cfg.targets]
     if not endpoints:
         raise ConfigError("url", "no endpoint to benchmark")
-    model = cfg.model or await discover_model(endpoints[0][1])
     workload = load_workload(cfg.workload, cfg.num_requests, cfg.rate)
+    model = cfg.model or await discover_model(endpoints[0][1])
     synth = PromptSynth(load_tokenizer(cfg.tokenizer), mix=cfg.mix, seed=cfg.seed)
     maker = BodyMaker(
         synth,

@@ -152,7 +152,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     options = RunOptions(
         mode="closed" if args.users is not None else "open",
         speedup=args.speedup,
-        users=args.users or 1,
+        users=1 if args.users is None else args.users,
         max_concurrency=args.max_concurrency,
         duration_s=args.duration,
         max_time_s=args.max_time,
