@@ -24,6 +24,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "simulate",
     "plan",
     "bench",
+    "traces",
 )
 
 
