@@ -37,7 +37,12 @@ def register(sub: Any) -> None:
     f.add_argument("--timeout", type=float, default=30.0, help="network timeout, s (default 30)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(func=run_fetch)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    def usage(args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=usage)
 
 
 def run_list(args: argparse.Namespace) -> int:
