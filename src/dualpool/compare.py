@@ -25,6 +25,7 @@ import math
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,13 +65,13 @@ class CompareSettings:
     model: str = "llama-3-70b"
     gpu: str = "a100-80gb"
     # modelled seconds per wall second (emulators and sending alike)
-    speedup: float = 6.0
+    speedup: float = 4.0
     b_short: int = 8192
     ttft_slo_s: float = 2.0
     tpot_slo_s: float = 0.080
     seed: int = 0
     # hard wall-clock limit of the replay
-    max_time_s: float = 80.0
+    max_time_s: float = 70.0
 
     def __post_init__(self) -> None:
         if not self.rate > 0:
@@ -370,14 +371,21 @@ def run_compare(
         for arm, pools in plan.arms.items():
             for p in pools:
                 emulators.append((arm, p.name, EmulatorProcess(_emulator_args(settings, p))))
-        for _, _, e in emulators:
-            e.start()
+        with ThreadPoolExecutor(len(emulators)) as pool:  # they load in parallel
+            list(pool.map(lambda e: e.start(), [e for _, _, e in emulators]))
         say("starting the gateways")
         for arm, pools in plan.arms.items():
             mine = [(name, e) for a, name, e in emulators if a == arm]
             cfg_pools = []
             for p, (_, e) in zip(pools, mine, strict=True):
-                entry: dict[str, Any] = {"name": p.name, "endpoints": e.urls}
+                # The gateway must not be the bottleneck of either arm: room for every
+                # sequence the pool's engines hold, and a deep queue.
+                entry: dict[str, Any] = {
+                    "name": p.name,
+                    "endpoints": e.urls,
+                    "max_concurrency": 2 * p.instances * p.engine[1],
+                    "max_queue": 4096,
+                }
                 if p.engine[0] == settings.b_short and len(pools) > 1:
                     entry["threshold"] = settings.b_short
                 cfg_pools.append(entry)

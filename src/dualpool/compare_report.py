@@ -58,6 +58,7 @@ def compare_json(res: CompareResult) -> dict[str, Any]:
             entry.update(
                 {
                     **a.summary.as_vllm(),
+                    "errors_by_kind": a.summary.errors_by_kind,
                     "goodput_fraction": good / sent if sent else 0.0,
                     "goodput_fraction_ci90": list(a.goodput_ci),
                     "preemptions": a.preemptions,

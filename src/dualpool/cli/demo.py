@@ -58,7 +58,7 @@ def register(sub: Any) -> None:
         "--speedup",
         type=float,
         default=None,
-        help="emulated GPU time per wall second (default 20; --compare 6)",
+        help="emulated GPU time per wall second (default 20; --compare 4)",
     )
     p.add_argument("--compare", action="store_true", help="A/B: homogeneous vs split, same GPUs")
     p.add_argument(
@@ -227,7 +227,7 @@ def run_compare(args: argparse.Namespace) -> int:
         requests=1200 if args.requests is None else args.requests,
         model=args.model,
         gpu=args.gpu,
-        speedup=6.0 if args.speedup is None else args.speedup,
+        speedup=4.0 if args.speedup is None else args.speedup,
         seed=args.seed,
     )
     err = Console(stderr=True)
