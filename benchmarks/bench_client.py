@@ -20,11 +20,13 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -115,9 +117,9 @@ def _start(cmd: list[str], cpu: int) -> tuple[subprocess.Popen[str], int]:
     return proc, int(line.split()[1])
 
 
-def _requests(n: int, prompt: int, output: int, rate: float | None) -> list[Request]:
-    if rate is None:
-        return [Request(0.0, prompt, output, None, None, "prose") for _ in range(n)]
+def _requests(n: int, prompt: int, output: int, rate: float | None) -> Iterable[Request]:
+    if rate is None:  # closed loop: arrival times do not matter
+        return itertools.repeat(Request(0.0, prompt, output, None, None, "prose"), n)
     t = np.cumsum(np.random.default_rng(0).exponential(1 / rate, n))
     return [Request(float(a), prompt, output, None, None, "prose") for a in t]
 

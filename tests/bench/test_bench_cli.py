@@ -80,6 +80,16 @@ def test_closed_loop_no_hint_and_parquet(
     assert all(len(r["itl_s"]) == r["chunks"] - 1 for r in rows)
 
 
+def test_whole_answers_without_streaming(
+    emu: EmulatorThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = _json(capsys, [WL, "--url", emu.urls[0], "--num-requests", "10", "--rate", "50",
+                         "--no-stream", "--detailed"])  # fmt: skip
+    assert doc["completed"] == 10
+    assert doc["ttfts"] == doc["latencies"]  # no stream: the first token is the whole answer
+    assert all(n > 0 for n in doc["output_lens"])
+
+
 def test_jsonl_bodies_as_given(
     emu: EmulatorThread, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

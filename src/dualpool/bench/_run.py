@@ -146,10 +146,10 @@ class _Stream:
             payload = msg[5:].strip()
             if payload == b"[DONE]":
                 continue
-            if b'"choices":[]' in payload:
-                token = False
-            elif b'"choices":[{' in payload:
+            if b'"choices":[{' in payload or b'"choices": [{' in payload:
                 token = True
+            elif b'"choices":[]' in payload or b'"choices": []' in payload:
+                token = False
             else:  # another server's spacing: parse it
                 try:
                     obj = json.loads(payload)
