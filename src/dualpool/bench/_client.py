@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -225,5 +224,3 @@ def now() -> float:
     """The clock every timestamp of `dualpool.bench` comes from."""
     return _now()
 
-
-Timer = Callable[[], float]
