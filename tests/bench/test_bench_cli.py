@@ -155,3 +155,14 @@ def test_ctrl_c_stops_and_reports(emu: EmulatorThread, tmp_path: Path) -> None:
     rows = list(csv.DictReader(out.open()))
     assert 5 < len(rows) < 1000
     assert {r["error_kind"] for r in rows} <= {"", "aborted"}
+
+
+def test_api_key_and_headers_are_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dualpool.cli.bench import config_from_args
+    from dualpool.cli.main import build_parser
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    args = build_parser().parse_args(["bench", "--header", "x-team=a"])
+    cfg = config_from_args(args)
+    assert ("authorization", "Bearer sk-test") in cfg.headers
+    assert ("x-team", "a") in cfg.headers

@@ -212,10 +212,18 @@ class Client:
             task.cancel()
 
 
-async def get(endpoint: Endpoint, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+async def get(
+    endpoint: Endpoint,
+    path: str,
+    timeout: float = 10.0,
+    headers: list[tuple[str, str]] | None = None,
+) -> tuple[int, bytes]:
     """A one-shot GET (model discovery, /metrics); raises OSError on failure."""
+    extra = b"".join(f"{k}: {v}\r\n".encode() for k, v in headers or ())
     try:
-        return await fetch(endpoint.host, endpoint.port, endpoint.prefix + path, timeout)
+        return await fetch(
+            endpoint.host, endpoint.port, endpoint.prefix + path, timeout, headers=extra
+        )
     except FetchError as exc:
         raise OSError(str(exc)) from None
 
@@ -223,4 +231,3 @@ async def get(endpoint: Endpoint, path: str, timeout: float = 10.0) -> tuple[int
 def now() -> float:
     """The clock every timestamp of `dualpool.bench` comes from."""
     return _now()
-

@@ -68,10 +68,10 @@ def load_workload(spec: str, num_requests: int, rate: float | None) -> Workload:
     return limit(w, num_requests)
 
 
-async def discover_model(endpoint: Endpoint) -> str:
+async def discover_model(endpoint: Endpoint, headers: Sequence[tuple[str, str]] = ()) -> str:
     """The first model of `GET /v1/models`, as `vllm bench serve` does without --model."""
     try:
-        status, body = await get(endpoint, "/v1/models")
+        status, body = await get(endpoint, "/v1/models", headers=list(headers))
     except OSError as exc:
         raise ConfigError("url", f"cannot reach {endpoint.url}: {exc}") from None
     ids = models_of(body) if status == 200 else []
@@ -93,7 +93,7 @@ async def bench(
     if not endpoints:
         raise ConfigError("url", "no endpoint to benchmark")
     workload = load_workload(cfg.workload, cfg.num_requests, cfg.rate)
-    model = cfg.model or await discover_model(endpoints[0][1])
+    model = cfg.model or await discover_model(endpoints[0][1], cfg.headers)
     synth = PromptSynth(load_tokenizer(cfg.tokenizer), mix=cfg.mix, seed=cfg.seed)
     maker = BodyMaker(
         synth,

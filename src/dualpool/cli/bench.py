@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -116,6 +117,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--header", action="append", default=[], metavar="K=V", help="extra request header"
     )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("OPENAI_API_KEY"),
+        help="bearer key for the endpoint (default: $OPENAI_API_KEY, as vLLM's benchmark)",
+    )
     p.add_argument("--extra-body", default=None, help="JSON object merged into every body")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--detailed", action="store_true", help="with --json: the per-request lists too")
@@ -141,6 +147,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         if not eq or not k.strip():
             raise ConfigError("--header", f"expected KEY=VALUE, got {h!r}")
         headers.append((k.strip(), v.strip()))
+    if args.api_key:
+        headers.append(("authorization", f"Bearer {args.api_key}"))
     extra = None
     if args.extra_body is not None:
         try:
