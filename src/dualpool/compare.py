@@ -20,6 +20,7 @@ Everything started here (emulator and gateway processes) is stopped here.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import subprocess
@@ -41,13 +42,14 @@ from dualpool.bench import (
     RequestResult,
     RunOptions,
     Summary,
+    load_workload,
     run_bench,
     summarize,
 )
 from dualpool.emulator.testing import EmulatorProcess
 from dualpool.errors import ConfigError
 from dualpool.tokenizers import load_tokenizer
-from dualpool.workload import Request, limit, open_workload, retime
+from dualpool.workload import Request
 
 __all__ = ["ArmPlan", "CompareResult", "CompareSettings", "plan_arms", "run_compare"]
 
@@ -121,7 +123,7 @@ class ArmPlan:
 
 
 def _load(settings: CompareSettings) -> list[Request]:
-    w = limit(retime(open_workload(settings.workload), settings.rate), settings.requests)
+    w = load_workload(settings.workload, settings.requests, settings.rate)
     reqs = [r for r in w if r.tokens_known]
     if len(reqs) < 10:
         raise ConfigError("workload", f"{settings.workload!r} gave {len(reqs)} usable requests")
@@ -475,25 +477,12 @@ def run_compare(
 
 def _scaled(r: RequestResult, k: float) -> RequestResult:
     """The result in modelled time (wall seconds x speedup)."""
-    out = RequestResult(
-        r.index,
-        r.arm,
-        r.category,
-        r.target_prompt_tokens,
-        r.target_output_tokens,
-        r.scheduled_s * k,
-        r.start_s * k,
-        r.queue_s * k,
-        r.status,
-        r.success,
-        r.error_kind,
-        r.error,
-        r.ttft_s * k,
-        r.e2e_s * k,
-        [x * k for x in r.itl_s],
-        r.prompt_tokens,
-        r.completion_tokens,
-        r.chunks,
-        r.pool,
+    return dataclasses.replace(
+        r,
+        scheduled_s=r.scheduled_s * k,
+        start_s=r.start_s * k,
+        queue_s=r.queue_s * k,
+        ttft_s=r.ttft_s * k,
+        e2e_s=r.e2e_s * k,
+        itl_s=[x * k for x in r.itl_s],
     )
-    return out

@@ -18,7 +18,7 @@ from dualpool.cli.main import main
 from dualpool.emulator import EmulatorConfig
 from dualpool.emulator.testing import EmulatorThread
 
-WL = "azure-conv-like?prompt_max=3000&output_max=300&seed=4"
+WL = "lognormal?prompt_max=3000&output_max=300&seed=4"
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,10 @@ def test_ctrl_c_stops_and_reports(emu: EmulatorThread, tmp_path: Path) -> None:
          "--num-requests", "100000", "--no-progress", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
     )  # fmt: skip
-    time.sleep(4)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # the run has started: Ctrl-C is ours from here
+    assert "sending" in line, line
+    time.sleep(2)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr

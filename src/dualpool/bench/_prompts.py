@@ -81,8 +81,7 @@ class _Base:
         counts: dict[str, int] = {}
         cum = [0]
         for m in _PRETOKEN.finditer(text):
-            if m.start() != offsets[-1]:  # a gap the pattern skipped: keep it in the next chunk
-                pass
+            # from the end of the last chunk: a gap the pattern skipped stays in a chunk
             piece = text[offsets[-1] : m.end()]
             n = counts.get(piece)
             if n is None:

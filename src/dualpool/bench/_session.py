@@ -14,7 +14,7 @@ from dualpool.bench._run import ArmProgress, RunOptions, RunResult, models_of, r
 from dualpool.errors import ConfigError
 from dualpool.samples import TEXT_KINDS
 from dualpool.tokenizers import load_tokenizer
-from dualpool.workload import Workload, limit, open_workload, retime
+from dualpool.workload import Workload, limit, open_workload
 
 __all__ = ["BenchConfig", "BenchOutcome", "bench", "discover_model", "load_workload"]
 
@@ -61,10 +61,10 @@ class BenchOutcome:
 
 
 def load_workload(spec: str, num_requests: int, rate: float | None) -> Workload:
-    """The workload, retimed to `rate` when given, capped at `num_requests`."""
-    w = open_workload(spec)
-    if rate is not None:
-        w = retime(w, rate)
+    """The workload at `rate` when given (the source's own `rate` option: synthetic
+    arrivals for presets, CDFs, length CSVs and JSONL bodies, a retimed trace for
+    Azure CSVs), capped at `num_requests`."""
+    w = open_workload(spec) if rate is None else open_workload(spec, rate=rate)
     return limit(w, num_requests)
 
 

@@ -237,6 +237,12 @@ def run(args: argparse.Namespace) -> int:
 
         def on_start(stop: Callable[[str], None]) -> None:
             loop.add_signal_handler(signal.SIGINT, stop, "interrupted")
+            where = " and ".join(url for _, url in cfg.targets)
+            print(
+                f"dualpool bench: sending {cfg.workload} to {where} (Ctrl-C stops)",
+                file=sys.stderr,
+                flush=True,
+            )
 
         try:
             return await bench(cfg, progress=update, on_start=on_start)
