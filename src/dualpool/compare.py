@@ -63,11 +63,11 @@ class CompareSettings:
     workload: str = "azure-conv-like"
     # the fleet's arrival rate in modelled time, req/s
     rate: float = 8.0
-    requests: int = 1200
+    requests: int = 900
     model: str = "llama-3-70b"
     gpu: str = "a100-80gb"
     # modelled seconds per wall second (emulators and sending alike)
-    speedup: float = 4.0
+    speedup: float = 3.0
     b_short: int = 8192
     ttft_slo_s: float = 2.0
     tpot_slo_s: float = 0.080
@@ -97,10 +97,10 @@ class PoolPlan:
     # the planner's P99 TTFT and TPOT at this count (inf: cannot keep up)
     ttft_p99_s: float
     tpot_p99_s: float
-
-    @property
-    def meets_slo(self) -> bool:
-        return math.isfinite(self.ttft_p99_s)
+    # the same at the rate's 90% interval: a replay of N Poisson arrivals realizes
+    # the rate only to within about 1.645 / sqrt(N) (lower rate, higher rate)
+    ttft_p99_range: tuple[float, float] = (math.nan, math.nan)
+    tpot_p99_range: tuple[float, float] = (math.nan, math.nan)
 
 
 @dataclass(slots=True)
@@ -120,6 +120,17 @@ class ArmPlan:
         """The arm's predicted P99 TTFT and TPOT: the worst of its pools with traffic."""
         pools = [p for p in self.arms[arm] if p.share > 0.01]
         return max(p.ttft_p99_s for p in pools), max(p.tpot_p99_s for p in pools)
+
+    def predicted_range(self, arm: str) -> tuple[tuple[float, float], tuple[float, float]]:
+        """90% intervals of `predicted` (from the realized rate's uncertainty)."""
+        pools = [p for p in self.arms[arm] if p.share > 0.01]
+        ttft, tpot = self.predicted(arm)
+        t_lo = max(p.ttft_p99_range[0] for p in pools)
+        t_hi = max(p.ttft_p99_range[1] for p in pools)
+        p_lo = max(p.tpot_p99_range[0] for p in pools)
+        p_hi = max(p.tpot_p99_range[1] for p in pools)
+        # the model is not monotonic in the rate everywhere: the point stays inside
+        return (min(t_lo, ttft), max(t_hi, ttft)), (min(p_lo, tpot), max(p_hi, tpot))
 
 
 def _load(settings: CompareSettings) -> list[Request]:
@@ -171,16 +182,20 @@ def plan_arms(settings: CompareSettings, requests: list[Request]) -> ArmPlan:
     long_n = max(1, min(n_l, (budget - tp["short"]) // tp["long"]))
     short_n = max(1, (budget - long_n * tp["long"]) // tp["short"])
 
+    spread = 1.645 / math.sqrt(len(requests))
+
     def pool(key: str, n: int) -> PoolPlan:
         o = outcomes[key]
         e = o.design.engine
         rate = settings.rate * o.share
-        if o.profile is None or n < 1:
-            ttft = tpot = math.inf if o.share > 0 else 0.0
-        else:
-            timing = StepTimeModel(s.model, s.gpu, e, None)
-            pt = load_point(o.profile, timing, rate / n)
-            ttft, tpot = pt.ttft_p99_s, pt.tpot_p99_s
+        points: list[tuple[float, float]] = []
+        for f in (1.0, 1.0 - spread, 1.0 + spread):
+            if o.profile is None or n < 1:
+                points.append((math.inf, math.inf) if o.share > 0 else (0.0, 0.0))
+            else:
+                timing = StepTimeModel(s.model, s.gpu, e, None)
+                pt = load_point(o.profile, timing, rate * f / n)
+                points.append((pt.ttft_p99_s, pt.tpot_p99_s))
         return PoolPlan(
             o.design.name,
             (e.max_model_len, e.max_num_seqs, e.max_num_batched_tokens),
@@ -188,8 +203,10 @@ def plan_arms(settings: CompareSettings, requests: list[Request]) -> ArmPlan:
             n,
             o.share,
             rate,
-            ttft,
-            tpot,
+            points[0][0],
+            points[0][1],
+            _sorted(points[1][0], points[2][0]),
+            _sorted(points[1][1], points[2][1]),
         )
 
     return ArmPlan(
@@ -203,6 +220,10 @@ def plan_arms(settings: CompareSettings, requests: list[Request]) -> ArmPlan:
         recommendation=str(p["recommendation"]),
         alpha=float(p["alpha"]),
     )
+
+
+def _sorted(a: float, b: float) -> tuple[float, float]:
+    return (a, b) if a <= b else (b, a)
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -274,6 +295,13 @@ class ArmResult:
     emulator_lag_s: float
     # bootstrap 90% interval of the goodput fraction (good / sent)
     goodput_ci: tuple[float, float] = (0.0, 0.0)
+    # the emulators' own means from vLLM's histograms (engine clock, modelled seconds):
+    # what the engines did, free of delivery and client delays
+    engine_ttft_mean_s: float = math.nan
+    engine_tpot_mean_s: float = math.nan
+    # bootstrap 90% intervals of the measured P99 TTFT and TPOT (modelled seconds)
+    ttft_p99_ci: tuple[float, float] = (math.nan, math.nan)
+    tpot_p99_ci: tuple[float, float] = (math.nan, math.nan)
 
 
 @dataclass(slots=True)
@@ -334,11 +362,25 @@ async def _ratios(url: str) -> dict[str, float]:
     return {c["class"]: round(float(c["bytes_per_token"]), 3) for c in cats if c.get("learned")}
 
 
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else math.nan
+
+
 def _good(r: RequestResult, s: CompareSettings) -> bool:
     """Goodput in modelled time: wall latencies x speedup against the SLOs."""
     return (
         r.success and r.ttft_s * s.speedup <= s.ttft_slo_s and r.tpot_s * s.speedup <= s.tpot_slo_s
     )
+
+
+def _p99_ci(values: list[float], seed: int) -> tuple[float, float]:
+    """90% bootstrap interval of the 99th percentile."""
+    if len(values) < 2:
+        return math.nan, math.nan
+    a = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    qs = np.percentile(a[rng.integers(0, a.size, (500, a.size))], 99, axis=1)
+    return float(np.percentile(qs, 5)), float(np.percentile(qs, 95))
 
 
 def _bootstrap(flags: list[bool], seed: int) -> tuple[float, float]:
@@ -428,6 +470,14 @@ def run_compare(
                     await _metric_sum(gw, "dualpool_misroutes_total"),
                     await _ratios(gateways[arm].url),
                     await _metric_sum(urls, "dualpool_emulator_lag_seconds_total"),
+                    _ratio(
+                        await _metric_sum(urls, "vllm:time_to_first_token_seconds_sum"),
+                        await _metric_sum(urls, "vllm:time_to_first_token_seconds_count"),
+                    ),
+                    _ratio(
+                        await _metric_sum(urls, "vllm:request_time_per_output_token_seconds_sum"),
+                        await _metric_sum(urls, "vllm:request_time_per_output_token_seconds_count"),
+                    ),
                 )
             return out, extras
 
@@ -450,7 +500,7 @@ def run_compare(
             per_pool: dict[str, int] = {}
             for r in rs:
                 per_pool[r.pool or "-"] = per_pool.get(r.pool or "-", 0) + 1
-            pre, rej, mis, ratios, lag = extras[arm]
+            pre, rej, mis, ratios, lag, eng_ttft, eng_tpot = extras[arm]
             result.arms[arm] = ArmResult(
                 summary,
                 scaled,
@@ -461,6 +511,12 @@ def run_compare(
                 ratios,
                 lag,
                 _bootstrap([_good(r, settings) for r in rs], settings.seed),
+                eng_ttft,
+                eng_tpot,
+                _p99_ci([r.ttft_s for r in scaled if r.success], settings.seed),
+                _p99_ci(
+                    [r.tpot_s for r in scaled if r.success and r.output_tokens > 1], settings.seed
+                ),
             )
     finally:
         for gw in gateways.values():

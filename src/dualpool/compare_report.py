@@ -26,6 +26,16 @@ def _ms(x: float) -> str:
     return "-" if not math.isfinite(x) else f"{x * 1000:,.0f}"
 
 
+def _range(r: tuple[float, float]) -> str:
+    if not all(math.isfinite(x) for x in r):
+        return "[-]"
+    return f"[{r[0] * 1000:,.0f}, {r[1] * 1000:,.0f}]"
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
 def compare_json(res: CompareResult) -> dict[str, Any]:
     s = res.settings
     out: dict[str, Any] = {
@@ -47,10 +57,13 @@ def compare_json(res: CompareResult) -> dict[str, Any]:
         a = res.arms.get(arm)
         pools = res.plan.arms[arm]
         ttft_p, tpot_p = res.plan.predicted(arm)
+        (t_lo, t_hi), (p_lo, p_hi) = res.plan.predicted_range(arm)
         entry: dict[str, Any] = {
             "pools": {p.name: {"instances": p.instances, "tp": p.tp} for p in pools},
-            "predicted_ttft_p99_s": ttft_p if math.isfinite(ttft_p) else None,
-            "predicted_tpot_p99_s": tpot_p if math.isfinite(tpot_p) else None,
+            "predicted_ttft_p99_s": _finite(ttft_p),
+            "predicted_ttft_p99_range_s": [_finite(t_lo), _finite(t_hi)],
+            "predicted_tpot_p99_s": _finite(tpot_p),
+            "predicted_tpot_p99_range_s": [_finite(p_lo), _finite(p_hi)],
         }
         if a is not None:
             sent = len(a.results)
@@ -61,12 +74,16 @@ def compare_json(res: CompareResult) -> dict[str, Any]:
                     "errors_by_kind": a.summary.errors_by_kind,
                     "goodput_fraction": good / sent if sent else 0.0,
                     "goodput_fraction_ci90": list(a.goodput_ci),
+                    "ttft_p99_ci90_s": [_finite(x) for x in a.ttft_p99_ci],
+                    "tpot_p99_ci90_s": [_finite(x) for x in a.tpot_p99_ci],
                     "preemptions": a.preemptions,
                     "rejections": a.rejections,
                     "misroutes": a.misroutes,
                     "per_pool": a.per_pool,
                     "learned_bytes_per_token": a.ratios,
                     "emulator_lag_s": a.emulator_lag_s,
+                    "engine_ttft_mean_s": _finite(a.engine_ttft_mean_s),
+                    "engine_tpot_mean_s": _finite(a.engine_tpot_mean_s),
                 }
             )
         out["arms"][arm] = entry
@@ -107,6 +124,15 @@ def compare_table(res: CompareResult) -> Table:
     for m, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("e2el", "E2E")):
         for q in ("p50", "p90", "p99"):
             row(f"{label} {q} (ms)", *(f"{a.summary.metric(m, q):,.0f}" for a in arms))
+    row(
+        "mean TTFT / TPOT, client (ms)",
+        *(f"{a.summary.metric('ttft', 'mean'):,.0f} / {a.summary.metric('tpot', 'mean'):,.0f}"
+          for a in arms),
+    )  # fmt: skip
+    row(
+        "mean TTFT / TPOT, engines' own (ms)",
+        *(f"{_ms(a.engine_ttft_mean_s)} / {_ms(a.engine_tpot_mean_s)}" for a in arms),
+    )
     row("preemptions (emulators)", *(f"{a.preemptions:,.0f}" for a in arms))
     row("rejections (gateway)", *(f"{a.rejections:,.0f}" for a in arms))
     row("misroutes retried (gateway)", *(f"{a.misroutes:,.0f}" for a in arms))
@@ -138,14 +164,26 @@ def prediction_lines(res: CompareResult) -> list[str]:
     ]
     for arm in ARMS:
         ttft, tpot = p.predicted(arm)
+        (t_lo, t_hi), (p_lo, p_hi) = p.predicted_range(arm)
         a = res.arms[arm]
         meets = math.isfinite(ttft) and ttft <= s.ttft_slo_s and tpot <= s.tpot_slo_s
         lines.append(
-            f"{arm}: predicted P99 TTFT {_ms(ttft)} ms, TPOT {_ms(tpot)} ms "
-            f"({'meets' if meets else 'misses'} the SLOs); measured P99 TTFT "
-            f"{a.summary.metric('ttft', 'p99'):,.0f} ms, TPOT {a.summary.metric('tpot', 'p99'):,.0f}"
-            f" ms, goodput {a.goodput_ci[0]:.0%}-{a.goodput_ci[1]:.0%} (90% bootstrap interval)."
+            f"{arm}: predicted P99 TTFT {_ms(ttft)} ms {_range((t_lo, t_hi))}, TPOT {_ms(tpot)}"
+            f" ms {_range((p_lo, p_hi))} ({'meets' if meets else 'misses'} the SLOs; intervals:"
+            f" the rate realized by {len(a.results)} arrivals, 90%); measured P99 TTFT "
+            f"{a.summary.metric('ttft', 'p99'):,.0f} ms {_range(a.ttft_p99_ci)}, TPOT "
+            f"{a.summary.metric('tpot', 'p99'):,.0f} ms {_range(a.tpot_p99_ci)}, goodput "
+            f"{a.goodput_ci[0]:.0%}-{a.goodput_ci[1]:.0%} (90% bootstrap intervals)."
         )
+    (ht_lo, ht_hi), _ = p.predicted_range("homogeneous")
+    (st_lo, st_hi), _ = p.predicted_range("split")
+    pred = p.predicted("split")[0] - p.predicted("homogeneous")[0]
+    meas = sp.summary.metric("ttft", "p99") - h.summary.metric("ttft", "p99")
+    lines.append(
+        f"P99 TTFT, split - homogeneous: predicted {_ms(pred)} ms "
+        f"[{_ms(st_lo - ht_hi)}, {_ms(st_hi - ht_lo)}], measured {meas:+,.0f} ms "
+        f"[{_ms(sp.ttft_p99_ci[0] - h.ttft_p99_ci[1])}, {_ms(sp.ttft_p99_ci[1] - h.ttft_p99_ci[0])}]."
+    )
     hg = (h.summary.request_goodput or 0) * h.summary.duration / max(1, len(h.results))
     sg = (sp.summary.request_goodput or 0) * sp.summary.duration / max(1, len(sp.results))
     lines.append(

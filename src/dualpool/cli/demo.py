@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--requests", type=int, default=None, help="requests to send (default 300; --compare 1200)"
+        "--requests", type=int, default=None, help="requests to send (default 300; --compare 900)"
     )
     p.add_argument(
         "--offline",
@@ -58,7 +58,7 @@ def register(sub: Any) -> None:
         "--speedup",
         type=float,
         default=None,
-        help="emulated GPU time per wall second (default 20; --compare 4)",
+        help="emulated GPU time per wall second (default 20; --compare 3)",
     )
     p.add_argument("--compare", action="store_true", help="A/B: homogeneous vs split, same GPUs")
     p.add_argument(
@@ -224,10 +224,10 @@ def run_compare(args: argparse.Namespace) -> int:
     settings = CompareSettings(
         workload=args.workload,
         rate=args.rate,
-        requests=1200 if args.requests is None else args.requests,
+        requests=900 if args.requests is None else args.requests,
         model=args.model,
         gpu=args.gpu,
-        speedup=4.0 if args.speedup is None else args.speedup,
+        speedup=3.0 if args.speedup is None else args.speedup,
         seed=args.seed,
     )
     err = Console(stderr=True)
