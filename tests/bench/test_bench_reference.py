@@ -10,14 +10,19 @@ to one `dualpool emulate` process running Llama-3.1-8B on an A100 in real time
 (hundreds of ms), not the clients'. Asserted: the same request count, and TTFT and E2E p50/p90 within 2%.
 
 Wall clock on a shared machine: when the emulator reports that its engine
-loop fell behind (dualpool_emulator_lag_seconds_total), the timing is the
-machine's, not the model's, and the comparison is printed, not asserted.
+loop fell behind (dualpool_emulator_lag_seconds_total), or the machine is
+busier than its cores (load average per core >= 1: the two clients' sends then
+jitter by more than an engine step, which reorders batches), the timing is the
+machine's, not the clients', and the comparison is printed, not asserted.
+Measured on a quiet machine: TTFT p50 773.7 vs 778.5 ms, p90 1971.1 vs 1976.9
+ms; E2E p50 3611.3 vs 3614.9 ms, p90 7552.4 vs 7550.4 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 import httpx
@@ -107,6 +112,7 @@ def test_same_count_and_percentiles_as_a_reference_client() -> None:
             b = float(np.percentile([x[k] for x in ref], q))
             report.append(f"{name} p{q}: bench {a * 1000:.1f} ms, reference {b * 1000:.1f} ms")
             close &= abs(a - b) <= 0.02 * b
-    print("\n".join(report) + f"\nemulator lag {lag_ref:.3f} s / {lag:.3f} s")
-    if lag_ref < 0.05 and lag < 0.05:
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    print("\n".join(report) + f"\nemulator lag {lag_ref:.3f} s / {lag:.3f} s, load/core {load:.2f}")
+    if lag_ref < 0.05 and lag < 0.05 and load < 1.0:
         assert close, "\n".join(report)
