@@ -416,7 +416,10 @@ def run_compare(
             for p in pools:
                 emulators.append((arm, p.name, EmulatorProcess(_emulator_args(settings, p))))
         with ThreadPoolExecutor(len(emulators)) as pool:  # they load in parallel
-            list(pool.map(lambda e: e.start(), [e for _, _, e in emulators]))
+            try:
+                list(pool.map(lambda e: e.start(), [e for _, _, e in emulators]))
+            except RuntimeError as exc:  # `dualpool emulate` refused the config
+                raise ConfigError("--model/--gpu", str(exc).splitlines()[-1]) from None
         say("starting the gateways")
         for arm, pools in plan.arms.items():
             mine = [(name, e) for a, name, e in emulators if a == arm]

@@ -77,3 +77,15 @@ def test_compare_json(capsys: pytest.CaptureFixture[str]) -> None:
         for k in ("p99_ttft_ms", "p99_tpot_ms", "goodput_fraction_ci90", "preemptions",
                   "predicted_ttft_p99_s", "learned_bytes_per_token"):  # fmt: skip
             assert k in arm, k
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [(["--rate", "0"], "--rate"), (["--workload", "/no/such.csv"], "no such file")],
+)
+def test_bad_compare_input_is_one_line(
+    extra: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--compare", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
