@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-__all__ = ["SampleRequest", "sample_bodies"]
+__all__ = ["TEXT_KINDS", "SampleRequest", "sample_bodies", "sample_text"]
 
 _WORDS = (
     "the of and to in is that for it as was with be by on not he this are or his from at "
@@ -103,6 +103,20 @@ def _cjk(rng: random.Random, nbytes: int, japanese: bool) -> str:
         out.append(chunk)
         size += len(chunk.encode("utf-8"))
     return "".join(out)
+
+
+TEXT_KINDS = ("prose", "code", "zh", "ja")
+
+
+def sample_text(kind: str, rng: random.Random, nbytes: int) -> str:
+    """About `nbytes` UTF-8 bytes of generated text of one kind (`TEXT_KINDS`)."""
+    if kind == "prose":
+        return _prose(rng, nbytes)
+    if kind == "code":
+        return _code(rng, nbytes)
+    if kind in ("zh", "ja"):
+        return _cjk(rng, nbytes, japanese=kind == "ja")
+    raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
 
 
 _TOOLS = [

@@ -69,7 +69,7 @@ def _stat_combine(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, fb: 
             out[key] = int(va or 0) + round(fb * int(vb or 0))
         elif key == "k":
             # The linear model's dimension: a shape, not a sum.
-            out[key] = int(va if va is not None else vb)
+            out[key] = int(va if va is not None else (vb or 0))
         elif isinstance(va, list) or isinstance(vb, list):
             # The linear model's sufficient statistics (Z'WZ, Z'Wy, residual sums):
             # vectors of decayed sums, combined element by element.

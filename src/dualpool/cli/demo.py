@@ -11,12 +11,20 @@ requests went, their latency, and what the gateway learned.
 
 --offline runs the estimator and pool policy alone, in process, with the
 tokenizer playing the backend: no servers, and a per-request table of decisions.
+
+--compare runs the A/B the project exists for: the same GPUs as one
+homogeneous long-context pool and as a short + long split (counts from the
+planner on --workload at --rate), each behind its own gateway, the same
+workload replayed through both at once, time-compressed to about a minute;
+then a side-by-side table, the planner's prediction beside the measurement,
+and with --report DIR an HTML page with the latency CDFs of both arms.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import io
 from typing import Any
 
 from rich.console import Console
@@ -37,7 +45,9 @@ def register(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--requests", type=int, default=300, help="requests to send (default 300)")
+    p.add_argument(
+        "--requests", type=int, default=None, help="requests to send (default 300; --compare 900)"
+    )
     p.add_argument(
         "--offline",
         action="store_true",
@@ -47,9 +57,17 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--speedup",
         type=float,
-        default=20.0,
-        help="emulated GPU time per wall second (default 20)",
+        default=None,
+        help="emulated GPU time per wall second (default 20; --compare 3)",
     )
+    p.add_argument("--compare", action="store_true", help="A/B: homogeneous vs split, same GPUs")
+    p.add_argument(
+        "--workload", default="azure-conv-like", help="--compare: workload spec (azure-conv-like)"
+    )
+    p.add_argument("--rate", type=float, default=8.0, help="--compare: req/s, modelled (8)")
+    p.add_argument("--model", default="llama-3-70b", help="--compare: model (llama-3-70b)")
+    p.add_argument("--gpu", default="a100-80gb", help="--compare: GPU (a100-80gb)")
+    p.add_argument("--report", default=None, metavar="DIR", help="--compare: write DIR/index.html")
     p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
     p.add_argument("--show", type=int, default=12, help="decisions to list at the end")
     p.add_argument(
@@ -85,6 +103,12 @@ def calibrator_table(cats: list[dict[str, Any]], title: str) -> Table:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.compare:
+        return run_compare(args)
+    if args.requests is None:
+        args.requests = 300
+    if args.speedup is None:
+        args.speedup = 20.0
     if args.requests < 1:
         raise ConfigError("--requests", f"must be >= 1, got {args.requests}")
     if args.offline:
@@ -188,6 +212,70 @@ def show_stack(args: argparse.Namespace, b_short: int, long_len: int) -> int:
         )
         return 1
     out.print("Every request got exactly one answer; none failed.")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dualpool.compare import CompareSettings, run_compare
+    from dualpool.compare_report import compare_json, compare_table, prediction_lines, write_report
+
+    settings = CompareSettings(
+        workload=args.workload,
+        rate=args.rate,
+        requests=900 if args.requests is None else args.requests,
+        model=args.model,
+        gpu=args.gpu,
+        speedup=3.0 if args.speedup is None else args.speedup,
+        seed=args.seed,
+    )
+    err = Console(stderr=True)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    tasks: dict[str, Any] = {}
+
+    def progress(what: str, arms: list[Any] | None, elapsed: float) -> None:
+        if arms is None:
+            if "stage" not in tasks:
+                tasks["stage"] = bar.add_task(what, total=None, info="")
+            bar.update(tasks["stage"], description=what)
+            return
+        for a in arms:
+            if a.name not in tasks:
+                tasks[a.name] = bar.add_task(a.name, total=settings.requests, info="")
+            bar.update(
+                tasks[a.name],
+                completed=a.done,
+                info=f"ok {a.ok} failed {a.failed} in flight {a.in_flight}",
+            )
+
+    with bar:
+        res = run_compare(settings, progress=progress)
+    if args.json:
+        print_json(compare_json(res))
+        return 0
+    out = Console()
+    table = compare_table(res)
+    out.print(table)
+    for line in prediction_lines(res):
+        out.print(line)
+    out.print(
+        f"wall time {res.wall_s:.1f} s" + (f"; stopped: {res.stopped}" if res.stopped else "")
+    )
+    if args.report:
+        cap = Console(width=140, record=True, file=io.StringIO())
+        cap.print(table)
+        path = write_report(res, args.report, cap.export_text())
+        out.print(f"report: {path}")
     return 0
 
 

@@ -18,7 +18,7 @@ from dualpool.errors import ConfigError, DualpoolError
 
 # Subcommand modules under dualpool.cli, in the order `--help` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
-    "demo", "route", "serve", "emulate", "simulate", "plan", "calibrate"
+    "demo", "route", "serve", "emulate", "simulate", "plan", "calibrate", "bench", "traces"
 )  # fmt: skip
 
 # A lean install (`pip install dualpool`) has the gateway and the core; a
@@ -43,6 +43,9 @@ EXTRA_OF_SUBCOMMAND: dict[str, str] = {
     "emulate": "emulate",
     "simulate": "simulate",
     "plan": "plan",
+    "calibrate": "simulate",
+    "bench": "emulate",
+    "traces": "simulate",
 }
 
 
