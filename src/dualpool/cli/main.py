@@ -16,7 +16,15 @@ from dualpool import __version__
 from dualpool.errors import DualpoolError
 
 # Subcommand modules under dualpool.cli, in the order `--help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("demo", "route", "serve", "emulate", "simulate", "plan")
+SUBCOMMANDS: tuple[str, ...] = (
+    "demo",
+    "route",
+    "serve",
+    "extproc",
+    "emulate",
+    "simulate",
+    "plan",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
