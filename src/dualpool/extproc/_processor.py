@@ -75,6 +75,7 @@ class _Exchange:
         "body_mode",
         "chat",
         "done",
+        "finished",
         "outcome",
         "path",
         "pool",
@@ -103,6 +104,8 @@ class _Exchange:
         self.usage: dict[str, Any] | None = None
         # The answer was seen to its end (or its body was not asked for).
         self.done = False
+        # Accounted for (metrics, feedback, counters released).
+        self.finished = False
         # Set when the processor answered itself (rejected, bad request).
         self.outcome = ""
         self.t_start = time.monotonic()
@@ -196,6 +199,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             ex.outcome = Outcome.REJECTED
             ex.status = 400
             self._m_rejections["too_long"].inc()
+            self._finish(ex)
             return msg.immediate(400, error_body(400, d.message), "dualpool_rejected_too_long")
         if d.pool != d.home:
             m.spillovers.labels(pools[d.home].name, pools[d.pool].name).inc()
@@ -209,6 +213,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 ex.status = 503
                 ex.pool = pool
                 self._m_rejections["no_healthy_backend"].inc()
+                self._finish(ex)
                 return msg.immediate(
                     503,
                     error_body(503, f"no healthy backend in pool {pool.name!r}"),
@@ -235,6 +240,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         ex.outcome = Outcome.BAD_REQUEST
         ex.status = 400
         self._m_rejections["bad_request"].inc()
+        self._finish(ex)
         return msg.immediate(400, error_body(400, message, param), "dualpool_bad_request")
 
     # ---- response -----------------------------------------------------------------------
@@ -262,6 +268,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         ex.body_mode = mode
         if mode == msg.NONE:
             ex.done = True
+            self._finish(ex)
         return msg.response_headers_response(((POOL_HEADER, pool.name.encode()),), mode)
 
     def _has_larger(self, ex: _Exchange) -> bool:
@@ -278,6 +285,9 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 out += relay.flush()
                 ex.usage = relay.usage
                 ex.done = True
+                # Accounted before Envoy gets the last bytes: whoever read the answer
+                # sees its feedback and metrics.
+                self._finish(ex)
             if out is data:
                 return msg.CONTINUE_RESPONSE_BODY
             return msg.response_body_replaced(out)
@@ -289,10 +299,15 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 # Our estimate was too low for this pool; Envoy cannot retry on a larger
                 # one, so the client gets vLLM's 400 and we count it.
                 self.metrics.misroutes.labels(ex.pool.name).inc()
+            self._finish(ex)
         return msg.CONTINUE_RESPONSE_BODY
 
     # ---- the end of a request -----------------------------------------------------------
     def _finish(self, ex: _Exchange) -> None:
+        """Account for a request once: when its answer is complete, or when its stream ends."""
+        if ex.finished:
+            return
+        ex.finished = True
         pool = ex.pool
         outcome = ex.outcome
         if ex.backend is not None:
