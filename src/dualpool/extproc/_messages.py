@@ -111,11 +111,13 @@ def request_body_response(
     return resp
 
 
-def response_headers_response(headers: tuple[tuple[str, bytes], ...], body_mode: int) -> Any:
+def response_headers_response(
+    headers: tuple[tuple[str, bytes], ...], body_mode: int, remove: tuple[str, ...] = ()
+) -> Any:
     """Tag the answer and choose how its body is sent to us (STREAMED, BUFFERED, NONE)."""
     return pb.ProcessingResponse(
         response_headers=pb.HeadersResponse(
-            response=pb.CommonResponse(header_mutation=_mutation(headers))
+            response=pb.CommonResponse(header_mutation=_mutation(headers, remove))
         ),
         mode_override=_Mode(response_body_mode=body_mode),
     )

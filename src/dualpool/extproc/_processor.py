@@ -269,7 +269,9 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         if mode == msg.NONE:
             ex.done = True
             self._finish(ex)
-        return msg.response_headers_response(((POOL_HEADER, pool.name.encode()),), mode)
+        # Stripping the usage event changes the length: let Envoy send it chunked.
+        remove = ("content-length",) if ex.strip and mode == msg.STREAMED else ()
+        return msg.response_headers_response(((POOL_HEADER, pool.name.encode()),), mode, remove)
 
     def _has_larger(self, ex: _Exchange) -> bool:
         assert ex.routed is not None

@@ -86,13 +86,22 @@ def bootstrap(
     listen_port: int,
     admin_port: int,
     source: Path = BOOTSTRAP,
+    extproc: bool = True,
 ) -> dict[str, Any]:
-    """deploy/envoy/envoy.yaml with its ports and the pools' endpoints replaced."""
+    """deploy/envoy/envoy.yaml with its ports and the pools' endpoints replaced.
+
+    `extproc=False` drops the ext_proc filter: Envoy alone, for comparisons.
+    """
     cfg: dict[str, Any] = yaml.safe_load(source.read_text())
     cfg = copy.deepcopy(cfg)
     cfg["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=admin_port)
     listener = cfg["static_resources"]["listeners"][0]
     listener["address"]["socket_address"].update(address="127.0.0.1", port_value=listen_port)
+    if not extproc:
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["http_filters"] = [
+            f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"
+        ]
     clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
     targets = {"dualpool_extproc": [f"127.0.0.1:{grpc_port}"], **pools}
     for name, urls in targets.items():
@@ -120,6 +129,7 @@ class EnvoyProcess:
         log_level: str = "warning",
         start_timeout: float = 30.0,
         source: Path = BOOTSTRAP,
+        extproc: bool = True,
     ) -> None:
         binary = envoy_binary()
         if binary is None:
@@ -128,7 +138,12 @@ class EnvoyProcess:
         self.port = free_port()
         self.admin_port = free_port()
         self.config = bootstrap(
-            grpc_port, pools, listen_port=self.port, admin_port=self.admin_port, source=source
+            grpc_port,
+            pools,
+            listen_port=self.port,
+            admin_port=self.admin_port,
+            source=source,
+            extproc=extproc,
         )
         self._cpu = cpu
         self._log_level = log_level
