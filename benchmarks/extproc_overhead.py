@@ -36,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, percentile
+from dualpool.extproc.testing import EnvoyProcess, envoy_binary
 from gateway_overhead import (
     BODY,
     GATEWAY_CPU,
@@ -47,8 +48,6 @@ from gateway_overhead import (
     stream_ttfb,
     wait_ready,
 )
-
-from dualpool.extproc.testing import EnvoyProcess, envoy_binary
 
 
 def latencies(url: str, seconds: float) -> list[float]:
@@ -142,7 +141,7 @@ def main() -> None:
                 ],
                 GATEWAY_CPU,
                 env,
-            )  # fmt: skip
+            )
         )
         with_x = stack.enter_context(envoy(xport, backend, extproc=True))
         alone = stack.enter_context(envoy(xport, backend, extproc=False))
@@ -159,7 +158,7 @@ def main() -> None:
                 ],
                 GATEWAY_CPU,
                 env,
-            )  # fmt: skip
+            )
         )
         gurl = f"http://127.0.0.1:{gport}"
         for url, proc in ((with_x.url, xproc), (gurl, gproc)):
