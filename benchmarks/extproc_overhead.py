@@ -13,7 +13,9 @@ all of them alike.
 
 Reported: p50/p99 per variant; added p50 of Envoy + ext_proc over Envoy alone and
 over direct, the gateway's added p50 over direct; streaming time to first byte
-added by each; CPU per request of the `dualpool extproc` process.
+added by each; CPU per request of the `dualpool extproc` process. A do-nothing
+Python processor (`_noop_extproc.py`, same messages) runs beside it, so the cost
+of Python gRPC itself and of dualpool's own work are told apart.
 
 Last line: one JSON object with added_over_envoy_p50_ms, added_over_direct_p50_ms,
 gateway_added_p50_ms, envoy_added_p50_ms, stream_ttfb_added_* and the raw figures.
@@ -144,6 +146,16 @@ def main() -> None:
             )
         )
         with_x = stack.enter_context(envoy(xport, backend, extproc=True))
+        # The same Envoy and messages with a processor that does nothing.
+        nport = free_port()
+        nproc = stack.enter_context(
+            process(
+                [py, str(Path(__file__).with_name("_noop_extproc.py")), "--port", str(nport)],
+                GATEWAY_CPU,
+                env,
+            )
+        )
+        with_noop = stack.enter_context(envoy(nport, backend, extproc=True))
         alone = stack.enter_context(envoy(xport, backend, extproc=False))
         gport = free_port()
         gproc = stack.enter_context(
@@ -161,12 +173,13 @@ def main() -> None:
             )
         )
         gurl = f"http://127.0.0.1:{gport}"
-        for url, proc in ((with_x.url, xproc), (gurl, gproc)):
+        for url, proc in ((with_x.url, xproc), (with_noop.url, nproc), (gurl, gproc)):
             if not wait_ready(url, proc, 60):
                 sys.exit(f"{url} did not answer")
         variants: dict[str, str] = {
             "direct": backend,
             "envoy": alone.url,
+            "envoy_noop_extproc": with_noop.url,
             "envoy_extproc": with_x.url,
             "gateway": gurl,
         }
@@ -174,15 +187,16 @@ def main() -> None:
             latencies(url, 0.3)  # warm connections, caches, the calibrator
         p50s: dict[str, list[float]] = {k: [] for k in variants}
         allv: dict[str, list[float]] = {k: [] for k in variants}
-        xcpu = 0.0
-        xn = 0
+        cpu = {"envoy_extproc": 0.0, "envoy_noop_extproc": 0.0}
+        ncpu = {"envoy_extproc": 0, "envoy_noop_extproc": 0}
         for r in range(rounds):
             for name, url in variants.items():
-                cpu0 = cpu_seconds(xproc.pid) if name == "envoy_extproc" else 0.0
+                owner = {"envoy_extproc": xproc, "envoy_noop_extproc": nproc}.get(name)
+                cpu0 = cpu_seconds(owner.pid) if owner else 0.0
                 lat = latencies(url, seconds)
-                if name == "envoy_extproc":
-                    xcpu += cpu_seconds(xproc.pid) - cpu0
-                    xn += len(lat)
+                if owner is not None:
+                    cpu[name] += cpu_seconds(owner.pid) - cpu0
+                    ncpu[name] += len(lat)
                 p50s[name].append(statistics.median(lat))
                 allv[name] += lat
             print(
@@ -209,6 +223,9 @@ def main() -> None:
         "added_over_envoy_p50_ms": added("envoy_extproc", "envoy"),
         "added_over_direct_p50_ms": added("envoy_extproc", "direct"),
         "gateway_added_p50_ms": added("gateway", "direct"),
+        # Python gRPC itself (a processor that does nothing) vs dualpool's own work.
+        "noop_processor_added_over_envoy_p50_ms": added("envoy_noop_extproc", "envoy"),
+        "dualpool_work_over_noop_p50_ms": added("envoy_extproc", "envoy_noop_extproc"),
         "envoy_added_p50_ms": added("envoy", "direct"),
         "added_over_envoy_per_round_ms": per_round("envoy_extproc", "envoy"),
         "p50_ms": {k: round(p50(k), 4) for k in variants},
@@ -217,12 +234,17 @@ def main() -> None:
         "stream_ttfb_ms": {k: round(v, 4) for k, v in ttfb.items()},
         "stream_ttfb_added_over_envoy_ms": round(ttfb["envoy_extproc"] - ttfb["envoy"], 4),
         "gateway_stream_ttfb_added_ms": round(ttfb["gateway"] - ttfb["direct"], 4),
-        "extproc_cpu_us_per_request": round(xcpu / xn * 1e6, 1) if xn else None,
+        "extproc_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc"),
+        "noop_processor_cpu_us_per_request": _per(cpu, ncpu, "envoy_noop_extproc"),
         "envoy_ext_proc_stats": xp_stats,
         "target_added_over_envoy_p50_ms": 0.5,
         "quick": args.quick,
     }
     emit(result)
+
+
+def _per(cpu: dict[str, float], n: dict[str, int], name: str) -> float | None:
+    return round(cpu[name] / n[name] * 1e6, 1) if n[name] else None
 
 
 def _extproc_counters(e: EnvoyProcess) -> dict[str, int]:
