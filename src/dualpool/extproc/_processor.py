@@ -290,7 +290,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 # Accounted before Envoy gets the last bytes: whoever read the answer
                 # sees its feedback and metrics.
                 self._finish(ex)
-            if out is data:
+            if out is data or out == data:
                 return msg.CONTINUE_RESPONSE_BODY
             return msg.response_body_replaced(out)
         if eos:
