@@ -126,6 +126,9 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._larger = gateway.config.retries.larger_pools
         self._access_level = logging.getLevelName(gateway.config.log.access.upper())
         m = self.metrics
+        # Answers that depend only on the pool (and the body mode): built once, reused.
+        self._routed: dict[str, Any] = {}
+        self._answers: dict[tuple[str, int, bool], Any] = {}
         self._m_reason: dict[Any, Any] = {}
         self._m_requests: dict[tuple[str, str], Any] = {}
         self._m_rejections = {
@@ -234,6 +237,12 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             ex.strip = True
             payload = json.dumps(body).encode()
         ex.t_sent = time.monotonic()
+        if payload is None and metadata is None:
+            # The common case is the same message for every request to a pool: built once.
+            cached = self._routed.get(pool.name)
+            if cached is None:
+                cached = self._routed[pool.name] = msg.request_body_response(headers, None)
+            return cached
         return msg.request_body_response(headers, payload, metadata)
 
     def _bad_request(self, ex: _Exchange, message: str, param: str | None = None) -> Any:
@@ -270,8 +279,14 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             ex.done = True
             self._finish(ex)
         # Stripping the usage event changes the length: let Envoy send it chunked.
-        remove = ("content-length",) if ex.strip and mode == msg.STREAMED else ()
-        return msg.response_headers_response(((POOL_HEADER, pool.name.encode()),), mode, remove)
+        strip = ex.strip and mode == msg.STREAMED
+        key = (pool.name, mode, strip)
+        cached = self._answers.get(key)
+        if cached is None:
+            cached = self._answers[key] = msg.response_headers_response(
+                ((POOL_HEADER, pool.name.encode()),), mode, ("content-length",) if strip else ()
+            )
+        return cached
 
     def _has_larger(self, ex: _Exchange) -> bool:
         assert ex.routed is not None
