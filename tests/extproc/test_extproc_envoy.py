@@ -385,3 +385,30 @@ def _wait(cond: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.1)
+
+
+def test_calibrator_snapshot_saved_on_sigterm_and_restored_at_start(
+    pools: tuple[EmulatorProcess, EmulatorProcess], tmp_path: Path
+) -> None:
+    """The gateway's snapshot file: what one processor learned, the next one starts with."""
+    import json
+    import urllib.request
+
+    s, lg = pools
+    fleet = _fleet(tmp_path, s, lg)
+    snap = tmp_path / "calibrator.json"
+    xp = ExtProcProcess(fleet).start()
+    try:
+        with EnvoyProcess(xp.grpc_port, {"short": s.urls, "long": lg.urls}) as envoy:
+            rng = random.Random(1)
+            for _ in range(4):
+                chat(client(envoy.url), prose(rng, 2000), max_tokens=4)
+    finally:
+        assert xp.terminate() == 0
+    saved = json.loads(snap.read_text())
+    assert saved
+    with ExtProcProcess(fleet) as again:
+        url = f"http://127.0.0.1:{again.http_port}/admin/calibrator"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            cats = json.loads(r.read())["categories"]
+        assert any(c["samples"] > 0 for c in cats)
