@@ -111,14 +111,23 @@ def _fleet(tmp: Path, s: EmulatorProcess, lg: EmulatorProcess) -> Path:
     return path
 
 
+@pytest.fixture(scope="module", params=["grpcio", "native"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every test runs against both gRPC servers (`--transport`)."""
+    value: str = request.param
+    return value
+
+
 @pytest.fixture(scope="module")
 def stack(
-    pools: tuple[EmulatorProcess, EmulatorProcess], tmp_path_factory: pytest.TempPathFactory
+    pools: tuple[EmulatorProcess, EmulatorProcess],
+    tmp_path_factory: pytest.TempPathFactory,
+    transport: str,
 ) -> Iterator[tuple[ExtProcProcess, EnvoyProcess]]:
     s, lg = pools
     fleet = _fleet(tmp_path_factory.mktemp("extproc"), s, lg)
     with (
-        ExtProcProcess(fleet) as xp,
+        ExtProcProcess(fleet, "--transport", transport) as xp,
         EnvoyProcess(xp.grpc_port, {"short": s.urls, "long": lg.urls}) as envoy,
     ):
         yield xp, envoy
@@ -234,11 +243,11 @@ def test_models_and_other_paths_pass_to_the_long_pool(
 
 
 def test_processor_killed_envoy_falls_through_to_the_long_pool_nothing_lost(
-    pools: tuple[EmulatorProcess, EmulatorProcess], tmp_path: Path
+    pools: tuple[EmulatorProcess, EmulatorProcess], tmp_path: Path, transport: str
 ) -> None:
     s, lg = pools
     fleet = _fleet(tmp_path, s, lg)
-    xp = ExtProcProcess(fleet).start()
+    xp = ExtProcProcess(fleet, "--transport", transport).start()
     try:
         with EnvoyProcess(xp.grpc_port, {"short": s.urls, "long": lg.urls}) as envoy:
             c = client(envoy.url)
@@ -296,12 +305,12 @@ def test_processor_killed_envoy_falls_through_to_the_long_pool_nothing_lost(
 
 @pytest.fixture
 def picker(
-    pools: tuple[EmulatorProcess, EmulatorProcess], tmp_path: Path
+    pools: tuple[EmulatorProcess, EmulatorProcess], tmp_path: Path, transport: str
 ) -> Iterator[tuple[ExtProcProcess, EnvoyProcess, list[str]]]:
     s, lg = pools
     fleet = _fleet(tmp_path, s, lg)
     with (
-        ExtProcProcess(fleet, "--endpoint-picker") as xp,
+        ExtProcProcess(fleet, "--endpoint-picker", "--transport", transport) as xp,
         EnvoyProcess(xp.grpc_port, {"short": s.urls, "long": lg.urls}) as envoy,
     ):
         yield xp, envoy, s.urls
@@ -346,7 +355,7 @@ def test_endpoint_picker_names_the_least_outstanding_backend(
 
 
 def test_endpoint_picker_rejects_cleanly_when_a_pool_has_no_backend(
-    tmp_path: Path, pools: tuple[EmulatorProcess, EmulatorProcess]
+    tmp_path: Path, pools: tuple[EmulatorProcess, EmulatorProcess], transport: str
 ) -> None:
     """Protocol: no ready endpoint -> ImmediateResponse 503 (not a hang, not a guess)."""
     _, lg = pools
@@ -365,7 +374,7 @@ def test_endpoint_picker_rejects_cleanly_when_a_pool_has_no_backend(
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(yaml.safe_dump(cfg))
     with (
-        ExtProcProcess(fleet, "--endpoint-picker") as xp,
+        ExtProcProcess(fleet, "--endpoint-picker", "--transport", transport) as xp,
         EnvoyProcess(xp.grpc_port, {"short": [dead], "long": lg.urls}) as envoy,
     ):
         c = client(envoy.url)
@@ -388,7 +397,7 @@ def _wait(cond: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def test_calibrator_snapshot_saved_on_sigterm_and_restored_at_start(
-    pools: tuple[EmulatorProcess, EmulatorProcess], tmp_path: Path
+    pools: tuple[EmulatorProcess, EmulatorProcess], tmp_path: Path, transport: str
 ) -> None:
     """The gateway's snapshot file: what one processor learned, the next one starts with."""
     import json
@@ -397,7 +406,7 @@ def test_calibrator_snapshot_saved_on_sigterm_and_restored_at_start(
     s, lg = pools
     fleet = _fleet(tmp_path, s, lg)
     snap = tmp_path / "calibrator.json"
-    xp = ExtProcProcess(fleet).start()
+    xp = ExtProcProcess(fleet, "--transport", transport).start()
     try:
         with EnvoyProcess(xp.grpc_port, {"short": s.urls, "long": lg.urls}) as envoy:
             rng = random.Random(1)

@@ -39,6 +39,13 @@ def register(sub: Any) -> None:
         "x-gateway-destination-endpoint and metadata envoy.lb",
     )
     p.add_argument(
+        "--transport",
+        choices=("grpcio", "native"),
+        default="grpcio",
+        help="gRPC server: grpcio (the library) or native (dualpool's own HTTP/2 server "
+        "for the one ext_proc method; same messages, less CPU); default grpcio",
+    )
+    p.add_argument(
         "--ready-line",
         action="store_true",
         help="print one JSON line with the bound ports once serving",
@@ -78,5 +85,6 @@ def run(args: argparse.Namespace) -> int:
         grpc_host=args.grpc_host,
         grpc_port=grpc_port,
         endpoint_picker=args.endpoint_picker,
+        transport=args.transport,
     )
     return serve(server, ready_line=args.ready_line)

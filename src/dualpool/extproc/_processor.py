@@ -139,26 +139,38 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     async def Process(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
-        ex = _Exchange()
-        self.inflight += 1
+        ex = self.open()
         try:
             async for req in request_iterator:
-                kind = req.WhichOneof("request")
-                if kind == "request_headers":
-                    yield self._request_headers(ex, req.request_headers)
-                elif kind == "request_body":
-                    yield self._request_body(ex, req.request_body)
-                elif kind == "response_headers":
-                    yield self._response_headers(ex, req.response_headers)
-                elif kind == "response_body":
-                    yield self._response_body(ex, req.response_body)
-                elif kind == "request_trailers":
-                    yield msg.CONTINUE_REQUEST_TRAILERS
-                elif kind == "response_trailers":
-                    yield msg.CONTINUE_RESPONSE_TRAILERS
+                yield self.handle(ex, req)
         finally:
-            self.inflight -= 1
-            self._finish(ex)
+            self.close(ex)
+
+    # ---- one stream, whatever carries it (grpcio above, or the native h2 server) ----------
+    def open(self) -> _Exchange:
+        """A new ext_proc stream (one HTTP request)."""
+        self.inflight += 1
+        return _Exchange()
+
+    def handle(self, ex: _Exchange, req: Any) -> Any:
+        """The answer to one ProcessingRequest of the stream."""
+        kind = req.WhichOneof("request")
+        if kind == "request_headers":
+            return self._request_headers(ex, req.request_headers)
+        if kind == "request_body":
+            return self._request_body(ex, req.request_body)
+        if kind == "response_headers":
+            return self._response_headers(ex, req.response_headers)
+        if kind == "response_body":
+            return self._response_body(ex, req.response_body)
+        if kind == "request_trailers":
+            return msg.CONTINUE_REQUEST_TRAILERS
+        return msg.CONTINUE_RESPONSE_TRAILERS
+
+    def close(self, ex: _Exchange) -> None:
+        """The stream ended (completed, cancelled or broken): account for it once."""
+        self.inflight -= 1
+        self._finish(ex)
 
     # ---- request ------------------------------------------------------------------------
     def _request_headers(self, ex: _Exchange, headers: Any) -> Any:
