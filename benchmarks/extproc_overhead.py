@@ -5,8 +5,9 @@
 Setup (2 cores): the fixed backend (`_backend.py`) and this script (the client,
 one keep-alive connection, one request at a time) share core 1; whatever is
 measured runs on core 0: Envoy alone (deploy/envoy/envoy.yaml without its
-ext_proc filter), Envoy with the filter and `dualpool extproc` (both on core 0),
-and `dualpool serve`. The same ~300-byte chat body every time (the gateway
+ext_proc filter), Envoy with the filter and `dualpool extproc` (both on core 0)
+on each of its gRPC servers (`--transport grpcio`, the library, and `native`,
+dualpool's own HTTP/2 server), and `dualpool serve`. The same ~300-byte chat body every time (the gateway
 benchmark's). The variants are measured in interleaved rounds and the per-round
 p50s are summarised by their median, so slow drift of the shared machine hits
 all of them alike.
@@ -197,6 +198,28 @@ def main() -> None:
         )
         wait_port(xport, xproc)  # Envoy's first request must find it serving
         with_x = stack.enter_context(envoy(xport, backend, extproc=True))
+        # The same processor on dualpool's own HTTP/2 server (--transport native).
+        hport = free_port()
+        hproc = stack.enter_context(
+            process(
+                [
+                    py,
+                    "-m",
+                    "dualpool",
+                    "extproc",
+                    "--config",
+                    str(fleet(tmp / "native.yaml", backend, free_port())),
+                    "--grpc-port",
+                    str(hport),
+                    "--transport",
+                    "native",
+                ],
+                GATEWAY_CPU,
+                env,
+            )
+        )
+        wait_port(hport, hproc)
+        with_h = stack.enter_context(envoy(hport, backend, extproc=True))
         # The same Envoy and messages with a processor that does nothing.
         nport = free_port()
         nproc = stack.enter_context(
@@ -233,17 +256,22 @@ def main() -> None:
             "envoy": alone.url,
             "envoy_noop_extproc": with_noop.url,
             "envoy_extproc": with_x.url,
+            "envoy_extproc_native": with_h.url,
             "gateway": gurl,
         }
         for url in variants.values():
             latencies(url, 0.3)  # warm connections, caches, the calibrator
         p50s: dict[str, list[float]] = {k: [] for k in variants}
         allv: dict[str, list[float]] = {k: [] for k in variants}
-        cpu = {"envoy_extproc": 0.0, "envoy_noop_extproc": 0.0}
-        ncpu = {"envoy_extproc": 0, "envoy_noop_extproc": 0}
+        cpu = {"envoy_extproc": 0.0, "envoy_extproc_native": 0.0, "envoy_noop_extproc": 0.0}
+        ncpu = {"envoy_extproc": 0, "envoy_extproc_native": 0, "envoy_noop_extproc": 0}
         for r in range(rounds):
             for name, url in variants.items():
-                owner = {"envoy_extproc": xproc, "envoy_noop_extproc": nproc}.get(name)
+                owner = {
+                    "envoy_extproc": xproc,
+                    "envoy_extproc_native": hproc,
+                    "envoy_noop_extproc": nproc,
+                }.get(name)
                 cpu0 = cpu_seconds(owner.pid) if owner else 0.0
                 lat = latencies(url, seconds)
                 if owner is not None:
@@ -268,6 +296,7 @@ def main() -> None:
             ttfb[name] = stream_ttfb(url, n_ttfb)
         print(f"stream ttfb: {ttfb}", file=sys.stderr)
         xp_stats = _extproc_counters(with_x)
+        native_stats = _extproc_counters(with_h)
 
     def p50(name: str) -> float:
         return statistics.median(p50s[name])
@@ -281,12 +310,15 @@ def main() -> None:
     result: dict[str, Any] = {
         "added_over_envoy_p50_ms": added("envoy_extproc", "envoy"),
         "added_over_direct_p50_ms": added("envoy_extproc", "direct"),
+        "native_added_over_envoy_p50_ms": added("envoy_extproc_native", "envoy"),
+        "native_added_over_direct_p50_ms": added("envoy_extproc_native", "direct"),
         "gateway_added_p50_ms": added("gateway", "direct"),
         # Python gRPC itself (a processor that does nothing) vs dualpool's own work.
         "noop_processor_added_over_envoy_p50_ms": added("envoy_noop_extproc", "envoy"),
         "dualpool_work_over_noop_p50_ms": added("envoy_extproc", "envoy_noop_extproc"),
         "envoy_added_p50_ms": added("envoy", "direct"),
         "added_over_envoy_per_round_ms": per_round("envoy_extproc", "envoy"),
+        "native_added_over_envoy_per_round_ms": per_round("envoy_extproc_native", "envoy"),
         "p50_ms": {k: round(p50(k), 4) for k in variants},
         "p99_ms": {k: round(percentile(v, 99), 4) for k, v in allv.items()},
         "requests": {k: len(v) for k, v in allv.items()},
@@ -298,7 +330,12 @@ def main() -> None:
         "connections": args.connections,
         "extproc_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc"),
         "noop_processor_cpu_us_per_request": _per(cpu, ncpu, "envoy_noop_extproc"),
+        "native_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc_native"),
+        "native_stream_ttfb_added_over_envoy_ms": round(
+            ttfb["envoy_extproc_native"] - ttfb["envoy"], 4
+        ),
         "envoy_ext_proc_stats": xp_stats,
+        "envoy_ext_proc_stats_native": native_stats,
         "target_added_over_envoy_p50_ms": 0.5,
         "quick": args.quick,
     }

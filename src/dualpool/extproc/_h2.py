@@ -129,8 +129,7 @@ class H2Connection(asyncio.Protocol):
 
     # ---- asyncio ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         self.connections.add(self)
         transport.write(
             _settings(
