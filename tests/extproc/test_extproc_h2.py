@@ -19,8 +19,9 @@ pytest.importorskip(
     "envoy.service.ext_proc.v3.external_processor_pb2",
     reason="the extproc extra (xds-protos) is not installed",
 )
-h2_connection = pytest.importorskip("h2.connection", reason="h2 (the test oracle) is absent")
+pytest.importorskip("h2.connection", reason="h2 (the test oracle) is absent")
 import h2.config
+import h2.connection
 import h2.events
 import h2.settings
 from envoy.config.core.v3 import base_pb2
@@ -84,7 +85,7 @@ class Client:
 
     def __init__(self, port: int, settings: dict[Any, int] | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.conn = h2_connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.conn.initiate_connection()
         if settings:
             self.conn.update_settings(settings)
@@ -109,7 +110,9 @@ class Client:
 
     def messages(self, sid: int) -> list[Any]:
         raw = b"".join(
-            e.data for e in self.events if isinstance(e, h2.events.DataReceived) and e.stream_id == sid
+            e.data
+            for e in self.events
+            if isinstance(e, h2.events.DataReceived) and e.stream_id == sid
         )
         out = []
         while raw:
@@ -143,7 +146,10 @@ def test_a_stream_is_answered_message_by_message_with_grpc_trailers(
     assert dict(trailers.headers)[b"grpc-status"] == b"0"
     first, second = c.messages(sid)
     assert first.WhichOneof("response") == "request_headers"
-    sets = {h.header.key: h.header.raw_value for h in second.request_body.response.header_mutation.set_headers}
+    sets = {
+        h.header.key: h.header.raw_value
+        for h in second.request_body.response.header_mutation.set_headers
+    }
     assert sets == {POOL_HEADER: b"short"}
     assert proc.inflight == 0
 
@@ -217,7 +223,9 @@ def test_padding_and_continuation_frames(server: tuple[GatewayThread, ExtProcess
     assert proc.inflight == 0
 
 
-def test_a_bad_preface_gets_goaway_and_close(server: tuple[GatewayThread, ExtProcessor, int]) -> None:
+def test_a_bad_preface_gets_goaway_and_close(
+    server: tuple[GatewayThread, ExtProcessor, int],
+) -> None:
     sock = socket.create_connection(("127.0.0.1", server[2]), timeout=5)
     sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n" + b"x" * len(PREFACE))
     data = b""

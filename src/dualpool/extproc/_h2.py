@@ -129,9 +129,11 @@ class H2Connection(asyncio.Protocol):
 
     # ---- asyncio ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        t: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = t
         self.connections.add(self)
-        transport.write(
+        t.write(
             _settings(
                 (S_MAX_CONCURRENT_STREAMS, 1 << 16),
                 (S_INITIAL_WINDOW_SIZE, MAX_WINDOW),
