@@ -148,6 +148,17 @@ async def _main(server: ExtProcServer, ready_line: bool) -> int:
 
 
 def run(server: ExtProcServer, *, ready_line: bool = False) -> int:
-    """Serve until SIGTERM/SIGINT, then drain and return 0."""
+    """Serve until SIGTERM/SIGINT, then drain and return 0.
+
+    The native transport runs on uvloop (as the gateway does); grpcio's asyncio
+    server on the standard event loop, the one grpc.aio supports.
+    """
     configure_logging(server.config.log.level)
+    if server.transport == "native":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover
+            pass
+        else:
+            return uvloop.run(_main(server, ready_line))
     return asyncio.run(_main(server, ready_line))
