@@ -3,6 +3,8 @@
 dualpool extproc --config fleet.yaml                    # ext_proc on 127.0.0.1:9002
 dualpool extproc --config fleet.yaml --endpoint-picker  # also name the backend (Gateway
                                                         # API Inference Extension protocol)
+dualpool extproc --config fleet.yaml --transport native # dualpool's own HTTP/2 server:
+                                                        # a third of grpcio's CPU
 dualpool extproc --check --config fleet.yaml            # validate and exit (0 ok, 2 error)
 
 Envoy routes on the x-dualpool-pool header this sets; see deploy/envoy/envoy.yaml and

@@ -123,7 +123,6 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.metrics = gateway.metrics
         self.endpoint_picker = endpoint_picker
         self.inflight = 0
-        self._larger = gateway.config.retries.larger_pools
         self._access_level = logging.getLevelName(gateway.config.log.access.upper())
         m = self.metrics
         # Answers that depend only on the pool (and the body mode): built once, reused.
@@ -301,8 +300,9 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         return cached
 
     def _has_larger(self, ex: _Exchange) -> bool:
+        """A larger pool exists: an over-length 400 from this one would be a misroute."""
         assert ex.routed is not None
-        return bool(self.router.policy.fallbacks(ex.routed.decision)[: max(1, self._larger)])
+        return bool(self.router.policy.fallbacks(ex.routed.decision))
 
     def _response_body(self, ex: _Exchange, body_msg: Any) -> Any:
         data: bytes = body_msg.body
