@@ -421,3 +421,41 @@ def test_calibrator_snapshot_saved_on_sigterm_and_restored_at_start(
         with urllib.request.urlopen(url, timeout=5) as r:
             cats = json.loads(r.read())["categories"]
         assert any(c["samples"] > 0 for c in cats)
+
+
+def test_concurrent_streams_and_requests_all_answered_and_all_fed_back(
+    stack: tuple[ExtProcProcess, EnvoyProcess],
+) -> None:
+    """Many ext_proc streams at once on Envoy's one connection: none lost or mixed up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    xp, envoy = stack
+    before = metric(xp.metrics(), "dualpool_calibrator_feedback_total")
+    ok_before = metric(xp.metrics(), "dualpool_requests_total", outcome="ok")
+
+    def one(i: int) -> tuple[str, int]:
+        c = client(envoy.url)
+        text = prose(random.Random(i), 300 if i % 3 else 25_000)
+        if i % 2:
+            chunks = list(
+                c.chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": text}],
+                    max_tokens=8,
+                    stream=True,
+                )
+            )
+            assert all(ch.usage is None for ch in chunks)
+            return "stream", sum(1 for ch in chunks if ch.choices and ch.choices[0].delta.content)
+        raw = chat(c, text, max_tokens=8)
+        usage = raw.parse().usage
+        assert usage is not None
+        return raw.headers["x-dualpool-pool"], usage.completion_tokens
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, range(24)))
+    assert len(results) == 24
+    assert all(n > 0 for _, n in results)
+    text = xp.metrics()
+    assert metric(text, "dualpool_calibrator_feedback_total") - before == 24
+    assert metric(text, "dualpool_requests_total", outcome="ok") - ok_before == 24
