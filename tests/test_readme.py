@@ -2,7 +2,7 @@
 
 Shortened where the command would run long: `simulate` gets `--duration 2`,
 `plan` `--no-simulate`, `demo` `--requests 20`; `emulate` runs until its ready
-line, then SIGTERM (exit 0); `serve` validates with `--check` (the example fleet's
+line, then SIGTERM (exit 0); `serve` and `extproc` validate with `--check` (the example fleet's
 backends are addresses of a real cluster); `bench` runs 5 requests against an
 emulator started for it (on the URL the README names, if free, else another);
 `traces fetch` either downloads or, offline as CI is, says so on one line.
@@ -52,7 +52,7 @@ def shortened(cmd: str) -> list[str]:
         argv += ["--no-simulate"]
     elif sub == "demo":
         argv += ["--requests", "20"]
-    elif sub == "serve" and "--check" not in argv:
+    elif sub in ("serve", "extproc") and "--check" not in argv:
         argv.insert(1, "--check")
     elif sub == "emulate":
         argv += ["--port", "0", "--speedup", "50"]

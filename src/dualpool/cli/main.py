@@ -18,7 +18,7 @@ from dualpool.errors import ConfigError, DualpoolError
 
 # Subcommand modules under dualpool.cli, in the order `--help` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
-    "demo", "route", "serve", "emulate", "simulate", "plan", "calibrate", "bench", "traces"
+    "demo", "route", "serve", "extproc", "emulate", "simulate", "plan", "calibrate", "bench", "traces"
 )  # fmt: skip
 
 # A lean install (`pip install dualpool`) has the gateway and the core; a
@@ -34,6 +34,9 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "pyarrow": "parquet",
     "redis": "redis",
     "ray": "ray",
+    "grpc": "extproc",
+    "envoy": "extproc",
+    "google": "extproc",
 }
 
 
@@ -46,6 +49,7 @@ EXTRA_OF_SUBCOMMAND: dict[str, str] = {
     "calibrate": "simulate",
     "bench": "emulate",
     "traces": "simulate",
+    "extproc": "extproc",
 }
 
 

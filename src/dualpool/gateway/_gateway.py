@@ -24,8 +24,10 @@ from dualpool.gateway._attempt import Attempt, Context
 from dualpool.gateway._backends import Backend, Pool
 from dualpool.gateway._config import GatewayConfig
 from dualpool.gateway._errors import error_body
+from dualpool.gateway._feedback import record_feedback
 from dualpool.gateway._headers import filter_request_headers
 from dualpool.gateway._proxy import Proxy
+from dualpool.gateway._sse import ask_for_usage
 from dualpool.gateway._telemetry import ACCESS_LOG, GatewayMetrics, Outcome, access_line
 from dualpool.http import BadJson, Exchange, HttpConnection, Request, parse_json_body
 from dualpool.policy import Reason
@@ -73,7 +75,6 @@ class Gateway:
         self._access_level = logging.getLevelName(config.log.access.upper())
         self._access_on = ACCESS_LOG.isEnabledFor(self._access_level)
         self._m_reason = {r: self.metrics.routing.labels(r) for r in Reason}
-        self._m_feedback: dict[str, Any] = {}
         self._m_requests: dict[tuple[str, str], Any] = {}
         self.first_byte_timeout = config.timeouts.first_byte
         self.idle_timeout = config.timeouts.idle
@@ -174,14 +175,10 @@ class Gateway:
         stream = body.get("stream") is True
         strip = False
         payload = req.body
-        if stream:
-            so = body.get("stream_options")
-            if not (type(so) is dict and so.get("include_usage") is True):
-                body["stream_options"] = (
-                    {**so, "include_usage": True} if type(so) is dict else {"include_usage": True}
-                )
-                strip = True
-                payload = json.dumps(body).encode()
+        if stream and ask_for_usage(body):
+            # Usage feeds the calibrator; the added chunk is stripped on the way out.
+            strip = True
+            payload = json.dumps(body).encode()
         ctx = Context(req, ex, routed, stream, strip)
         ctx.payload = payload
         ctx.upstream_head = (
@@ -250,15 +247,7 @@ class Gateway:
         usage = ctx.usage
         if usage is None:
             return
-        fb = self.router.observe(ctx.routed, usage)
-        child = self._m_feedback.get(fb.reason)
-        if child is None:
-            child = self._m_feedback[fb.reason] = self.metrics.feedback.labels(fb.reason)
-        child.inc()
-        prompt = usage.get("prompt_tokens")
-        if type(prompt) is int and prompt > 0:
-            est = ctx.routed.estimate.prompt_tokens_point
-            self.metrics.estimate_error.observe(abs(est - prompt) / prompt)
+        record_feedback(self.router, self.metrics, ctx.routed, usage)
 
     def _access(
         self,

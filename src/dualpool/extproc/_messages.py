@@ -1,0 +1,145 @@
+"""The ext_proc v3 messages dualpool sends back to Envoy, built in one place.
+
+    headers ─► read_headers (raw_value or value, keys lower case as Envoy sends them)
+    answer  ─► continue_*, set_headers, immediate, body_replaced, mode(STREAMED | BUFFERED | NONE)
+
+Responses that never change (a plain CONTINUE for each phase) are built once and
+reused: grpc serialises a message when it is written, and nobody mutates them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+
+__all__ = [
+    "BUFFERED",
+    "CONTINUE_REQUEST_BODY",
+    "CONTINUE_REQUEST_HEADERS",
+    "CONTINUE_REQUEST_TRAILERS",
+    "CONTINUE_RESPONSE_BODY",
+    "CONTINUE_RESPONSE_HEADERS",
+    "CONTINUE_RESPONSE_TRAILERS",
+    "NONE",
+    "STREAMED",
+    "immediate",
+    "read_headers",
+    "remove_request_headers",
+    "request_body_response",
+    "response_body_replaced",
+    "response_headers_response",
+    "skip_request_body",
+]
+
+_Mode = processing_mode_pb2.ProcessingMode
+STREAMED: int = _Mode.STREAMED
+BUFFERED: int = _Mode.BUFFERED
+NONE: int = _Mode.NONE
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+ProcessingResponse = pb.ProcessingResponse
+
+CONTINUE_REQUEST_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+CONTINUE_REQUEST_BODY = pb.ProcessingResponse(request_body=pb.BodyResponse())
+CONTINUE_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+CONTINUE_RESPONSE_BODY = pb.ProcessingResponse(response_body=pb.BodyResponse())
+CONTINUE_REQUEST_TRAILERS = pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+CONTINUE_RESPONSE_TRAILERS = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+
+
+def read_headers(msg: Any) -> dict[str, bytes]:
+    """An HttpHeaders message as {lower-case name: value}; Envoy sends raw_value."""
+    out: dict[str, bytes] = {}
+    for h in msg.headers.headers:
+        out[h.key] = h.raw_value or h.value.encode()
+    return out
+
+
+def _mutation(headers: tuple[tuple[str, bytes], ...], remove: tuple[str, ...] = ()) -> Any:
+    return pb.HeaderMutation(
+        set_headers=[
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=k, raw_value=v), append_action=_OVERWRITE
+            )
+            for k, v in headers
+        ],
+        remove_headers=list(remove),
+    )
+
+
+def remove_request_headers(remove: tuple[str, ...]) -> Any:
+    """Answer to request headers: go on without the named headers (the client's own)."""
+    return pb.ProcessingResponse(
+        request_headers=pb.HeadersResponse(
+            response=pb.CommonResponse(header_mutation=_mutation((), remove))
+        )
+    )
+
+
+def skip_request_body(remove: tuple[str, ...] = ()) -> Any:
+    """Answer to request headers of a request dualpool does not route: no body wanted."""
+    return pb.ProcessingResponse(
+        request_headers=pb.HeadersResponse(
+            response=pb.CommonResponse(header_mutation=_mutation((), remove))
+        ),
+        mode_override=_Mode(request_body_mode=NONE, response_header_mode=_Mode.SKIP),
+    )
+
+
+def request_body_response(
+    headers: tuple[tuple[str, bytes], ...],
+    body: bytes | None,
+    metadata: dict[str, dict[str, str]] | None = None,
+) -> Any:
+    """Route the buffered request: set the routing headers, clear the route cache,
+    and replace the body when it changed (with its new content-length)."""
+    common = pb.CommonResponse(clear_route_cache=True)
+    if body is not None:
+        headers = (*headers, ("content-length", str(len(body)).encode()))
+        common.body_mutation.body = body
+    common.header_mutation.CopyFrom(_mutation(headers))
+    resp = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+    if metadata:
+        s = struct_pb2.Struct()
+        s.update(metadata)
+        resp.dynamic_metadata.CopyFrom(s)
+    return resp
+
+
+def response_headers_response(
+    headers: tuple[tuple[str, bytes], ...], body_mode: int, remove: tuple[str, ...] = ()
+) -> Any:
+    """Tag the answer and choose how its body is sent to us (STREAMED, BUFFERED, NONE)."""
+    return pb.ProcessingResponse(
+        response_headers=pb.HeadersResponse(
+            response=pb.CommonResponse(header_mutation=_mutation(headers, remove))
+        ),
+        mode_override=_Mode(response_body_mode=body_mode),
+    )
+
+
+def response_body_replaced(body: bytes) -> Any:
+    """A streamed answer's chunk replaced (the injected usage event removed)."""
+    mutation = pb.BodyMutation(body=body) if body else pb.BodyMutation(clear_body=True)
+    return pb.ProcessingResponse(
+        response_body=pb.BodyResponse(response=pb.CommonResponse(body_mutation=mutation))
+    )
+
+
+def immediate(
+    status: int, body: bytes, details: str, headers: tuple[tuple[str, bytes], ...] = ()
+) -> Any:
+    """Answer the client from Envoy without calling a backend (JSON body)."""
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),
+            headers=_mutation((("content-type", b"application/json"), *headers)),
+            body=body,
+            details=details,
+        )
+    )

@@ -1,0 +1,238 @@
+"""`--transport native` (extproc/_h2.py) against an independent HTTP/2 client (h2).
+
+Envoy exercises the common path (tests/extproc/test_extproc_envoy.py runs every test
+on both transports); these cover what Envoy rarely does: tiny windows, PING,
+RST_STREAM, a bad preface, padding, header blocks split over CONTINUATION frames.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("grpc", reason="the extproc extra (grpcio) is not installed")
+pytest.importorskip(
+    "envoy.service.ext_proc.v3.external_processor_pb2",
+    reason="the extproc extra (xds-protos) is not installed",
+)
+pytest.importorskip("h2.connection", reason="h2 (the test oracle) is absent")
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from dualpool.extproc import POOL_HEADER, ExtProcessor
+from dualpool.extproc._h2 import PREFACE, serve_h2
+from dualpool.gateway.testing import GatewayThread
+
+CONFIG = {
+    "model": "m",
+    "pools": [
+        {"name": "short", "endpoints": ["http://127.0.0.1:9"], "max_model_len": 4096},
+        {"name": "long", "endpoints": ["http://127.0.0.1:11"], "max_model_len": 32768},
+    ],
+    "health": {"interval": 3600, "metrics_interval": 0},
+    "log": {"level": "warning", "access": "debug"},
+}
+GRPC_HEADERS = [
+    (":method", "POST"),
+    (":scheme", "http"),
+    (":path", "/envoy.service.ext_proc.v3.ExternalProcessor/Process"),
+    (":authority", "dualpool_extproc"),
+    ("content-type", "application/grpc"),
+    ("te", "trailers"),
+]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[GatewayThread, ExtProcessor, int]]:
+    with GatewayThread(CONFIG) as gw:
+        proc = ExtProcessor(gw.gateway)
+        srv, _ = gw.call(serve_h2(proc, "127.0.0.1", 0))
+        yield gw, proc, srv.sockets[0].getsockname()[1]
+        gw.run(srv.close)
+
+
+def grpc_frame(msg: Any) -> bytes:
+    raw = msg.SerializeToString()
+    return b"\x00" + len(raw).to_bytes(4, "big") + raw
+
+
+def request_messages() -> list[Any]:
+    hdrs = pb.HttpHeaders(
+        headers=base_pb2.HeaderMap(
+            headers=[
+                base_pb2.HeaderValue(key=":method", raw_value=b"POST"),
+                base_pb2.HeaderValue(key=":path", raw_value=b"/v1/chat/completions"),
+            ]
+        )
+    )
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    return [
+        pb.ProcessingRequest(request_headers=hdrs),
+        pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)),
+    ]
+
+
+class Client:
+    """A blocking h2 client: what Envoy's gRPC client does, written by someone else."""
+
+    def __init__(self, port: int, settings: dict[Any, int] | None = None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        if settings:
+            self.conn.update_settings(settings)
+        self.events: list[Any] = []
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def read_until(self, cond: Any, limit: int = 50) -> list[Any]:
+        for _ in range(limit):
+            if cond(self.events):
+                return self.events
+            data = self.sock.recv(1 << 20)
+            if not data:
+                break
+            self.events += self.conn.receive_data(data)
+            self.flush()
+        return self.events
+
+    def messages(self, sid: int) -> list[Any]:
+        raw = b"".join(
+            e.data
+            for e in self.events
+            if isinstance(e, h2.events.DataReceived) and e.stream_id == sid
+        )
+        out = []
+        while raw:
+            n = int.from_bytes(raw[1:5], "big")
+            out.append(pb.ProcessingResponse.FromString(raw[5 : 5 + n]))
+            raw = raw[5 + n :]
+        return out
+
+
+def ended(sid: int) -> Any:
+    return lambda evs: any(
+        isinstance(e, h2.events.StreamEnded | h2.events.StreamReset) and e.stream_id == sid
+        for e in evs
+    )
+
+
+def test_a_stream_is_answered_message_by_message_with_grpc_trailers(
+    server: tuple[GatewayThread, ExtProcessor, int],
+) -> None:
+    _, proc, port = server
+    c = Client(port)
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, GRPC_HEADERS)
+    c.conn.send_data(sid, b"".join(grpc_frame(m) for m in request_messages()), end_stream=True)
+    c.flush()
+    evs = c.read_until(ended(sid))
+    resp = next(e for e in evs if isinstance(e, h2.events.ResponseReceived))
+    assert dict(resp.headers)[b":status"] == b"200"
+    assert dict(resp.headers)[b"content-type"] == b"application/grpc"
+    trailers = next(e for e in evs if isinstance(e, h2.events.TrailersReceived))
+    assert dict(trailers.headers)[b"grpc-status"] == b"0"
+    first, second = c.messages(sid)
+    assert first.WhichOneof("response") == "request_headers"
+    sets = {
+        h.header.key: h.header.raw_value
+        for h in second.request_body.response.header_mutation.set_headers
+    }
+    assert sets == {POOL_HEADER: b"short"}
+    assert proc.inflight == 0
+
+
+def test_small_windows_hold_data_until_window_updates(
+    server: tuple[GatewayThread, ExtProcessor, int],
+) -> None:
+    _, proc, port = server
+    # A 7-byte stream window: every answer must wait for WINDOW_UPDATEs (h2 sends
+    # them as it acknowledges received data).
+    c = Client(port, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 7})
+    c.read_until(lambda evs: any(isinstance(e, h2.events.SettingsAcknowledged) for e in evs))
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, GRPC_HEADERS)
+    c.conn.send_data(sid, b"".join(grpc_frame(m) for m in request_messages()), end_stream=True)
+    c.flush()
+    for _ in range(500):
+        new = c.conn.receive_data(c.sock.recv(1 << 20))
+        c.events += new
+        for e in new:
+            if isinstance(e, h2.events.DataReceived) and e.flow_controlled_length:
+                c.conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+        c.flush()
+        if ended(sid)(c.events):
+            break
+    assert ended(sid)(c.events)
+    sizes = [len(e.data) for e in c.events if isinstance(e, h2.events.DataReceived)]
+    assert max(sizes) <= 7 and len(c.messages(sid)) == 2
+    assert proc.inflight == 0
+
+
+def test_ping_is_acknowledged(server: tuple[GatewayThread, ExtProcessor, int]) -> None:
+    c = Client(server[2])
+    c.conn.ping(b"12345678")
+    c.flush()
+    evs = c.read_until(lambda evs: any(isinstance(e, h2.events.PingAckReceived) for e in evs))
+    ack = next(e for e in evs if isinstance(e, h2.events.PingAckReceived))
+    assert ack.ping_data == b"12345678"
+
+
+def test_a_reset_stream_is_closed_in_the_processor(
+    server: tuple[GatewayThread, ExtProcessor, int],
+) -> None:
+    gw, proc, port = server
+    c = Client(port)
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, GRPC_HEADERS)
+    c.conn.send_data(sid, grpc_frame(request_messages()[0]))
+    c.flush()
+    c.read_until(lambda evs: any(isinstance(e, h2.events.DataReceived) for e in evs))
+    assert gw.run(lambda: proc.inflight) == 1
+    c.conn.reset_stream(sid)
+    c.flush()
+    c.conn.ping(b"87654321")  # a round trip: the reset has been handled after it
+    c.flush()
+    c.read_until(lambda evs: any(isinstance(e, h2.events.PingAckReceived) for e in evs))
+    assert gw.run(lambda: proc.inflight) == 0
+
+
+def test_padding_and_continuation_frames(server: tuple[GatewayThread, ExtProcessor, int]) -> None:
+    _, proc, port = server
+    c = Client(port)
+    sid = c.conn.get_next_available_stream_id()
+    # Headers too large for one 16 KiB frame: h2 splits them into CONTINUATION frames.
+    c.conn.send_headers(sid, [*GRPC_HEADERS, ("x-big", "v" * 40_000)])
+    payload = b"".join(grpc_frame(m) for m in request_messages())
+    c.conn.send_data(sid, payload, end_stream=True, pad_length=20)
+    c.flush()
+    c.read_until(ended(sid))
+    assert len(c.messages(sid)) == 2
+    assert proc.inflight == 0
+
+
+def test_a_bad_preface_gets_goaway_and_close(
+    server: tuple[GatewayThread, ExtProcessor, int],
+) -> None:
+    sock = socket.create_connection(("127.0.0.1", server[2]), timeout=5)
+    sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n" + b"x" * len(PREFACE))
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    # Our SETTINGS, then GOAWAY (type 7) with PROTOCOL_ERROR, then the close.
+    assert b"\x07\x00\x00\x00\x00\x00" in data and data.endswith(b"\x00\x00\x00\x01")
