@@ -121,6 +121,16 @@ class HealthConfig:
     unhealthy_after: int = 3
     # Timeout of one probe or scrape.
     timeout: float = 2.0
+    # Outlier detection (the circuit breaker, docs/reliability.md): seconds between
+    # evaluations (0 disables), the error rate and the mean time to first byte (times
+    # the pool's median, and over the floor in seconds) that eject a backend with at
+    # least min_requests answers in the interval, and the base ejection time.
+    outlier_interval: float = 10.0
+    max_error_rate: float = 0.5
+    min_requests: int = 20
+    latency_factor: float = 3.0
+    latency_floor: float = 1.0
+    ejection_time: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +151,8 @@ class AuthConfig:
     api_keys: frozenset[str] = frozenset()
     # Key of the admin view; None: admin view open only when api_keys is empty.
     admin_key: str | None = None
+    # Bearer key for GET /metrics (the admin key works too); none: /metrics is open.
+    metrics_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +394,22 @@ def parse_config(data: Any) -> GatewayConfig:
     to = _mapping(data.get("timeouts"), "timeouts")
     _known(to, "timeouts", ("connect", "first_byte", "idle", "drain", "keepalive", "discovery"))
     he = _mapping(data.get("health"), "health")
-    _known(he, "health", ("interval", "metrics_interval", "unhealthy_after", "timeout"))
+    _known(
+        he,
+        "health",
+        (
+            "interval",
+            "metrics_interval",
+            "unhealthy_after",
+            "timeout",
+            "outlier_interval",
+            "max_error_rate",
+            "min_requests",
+            "latency_factor",
+            "latency_floor",
+            "ejection_time",
+        ),
+    )
     li = _mapping(data.get("limits"), "limits")
     _known(
         li,
@@ -390,7 +417,7 @@ def parse_config(data: Any) -> GatewayConfig:
         ("max_body_bytes", "max_connections", "max_header_bytes", "max_idle_per_backend"),
     )
     au = _mapping(data.get("auth"), "auth")
-    _known(au, "auth", ("api_keys", "admin_key"))
+    _known(au, "auth", ("api_keys", "admin_key", "metrics_key"))
     lg = _mapping(data.get("log"), "log")
     _known(lg, "log", ("level", "access"))
     ca = _mapping(data.get("calibrator"), "calibrator")
@@ -440,6 +467,12 @@ def parse_config(data: Any) -> GatewayConfig:
             metrics_interval=_num(he, "metrics_interval", "health", 2.0, positive=False),
             unhealthy_after=_int(he, "unhealthy_after", "health", 3, lo=1),
             timeout=_num(he, "timeout", "health", 2.0),
+            outlier_interval=_num(he, "outlier_interval", "health", 10.0, positive=False),
+            max_error_rate=_num(he, "max_error_rate", "health", 0.5),
+            min_requests=_int(he, "min_requests", "health", 20, lo=1),
+            latency_factor=_num(he, "latency_factor", "health", 3.0),
+            latency_floor=_num(he, "latency_floor", "health", 1.0, positive=False),
+            ejection_time=_num(he, "ejection_time", "health", 30.0, positive=False),
         ),
         limits=LimitsConfig(
             max_body_bytes=_int(li, "max_body_bytes", "limits", 8 * 1024 * 1024, lo=1),
@@ -450,6 +483,11 @@ def parse_config(data: Any) -> GatewayConfig:
         auth=AuthConfig(
             api_keys=api_keys,
             admin_key=None if admin is None else _secret(admin, "auth.admin_key"),
+            metrics_key=(
+                None
+                if au.get("metrics_key") is None
+                else _secret(au["metrics_key"], "auth.metrics_key")
+            ),
         ),
         log=LogConfig(level=levels["level"], access=levels["access"]),
         calibrator=CalibratorConfig(

@@ -152,6 +152,8 @@ class GatewayServer:
             host if host is not None else cfg.host, cfg.port if port is None else port
         )
         self._tasks.append(loop.create_task(bg.health_loop(gw)))
+        if cfg.health.outlier_interval > 0:
+            self._tasks.append(loop.create_task(bg.outlier_loop(gw)))
         if cfg.health.metrics_interval > 0:
             self._tasks.append(loop.create_task(bg.scrape_loop(gw)))
         for pool in pools:
