@@ -120,3 +120,16 @@ def test_metrics_key(backend_factory: Factory, gateway_factory: GwFactory) -> No
     assert raw(gw, "GET", "/metrics")[0] == 401
     assert raw(gw, "GET", "/metrics", headers={"authorization": "Bearer m-key"})[0] == 200
     assert client(gw).models.list().data  # the API itself needs no key here
+
+
+def test_non_object_stream_options_is_400_as_vllm(
+    backend_factory: Factory, gateway_factory: GwFactory
+) -> None:
+    short = backend_factory(4096)
+    long = backend_factory(32768)
+    gw = gateway_factory(fleet_config(short, long))
+    for so in ("yes", [], 1):
+        status, _, body = post(gw, chat(200, stream=True, stream_options=so))
+        assert status == 400 and b"stream_options" in body, body
+    assert short.stats()["requests"] == 0  # refused before any backend
+    assert post(gw, chat(200, stream=True, stream_options={}))[0] == 200
