@@ -133,3 +133,32 @@ def test_non_object_stream_options_is_400_as_vllm(
         assert status == 400 and b"stream_options" in body, body
     assert short.stats()["requests"] == 0  # refused before any backend
     assert post(gw, chat(200, stream=True, stream_options={}))[0] == 200
+
+
+def test_a_queue_that_cannot_drain_in_time_refuses_at_once() -> None:
+    import asyncio
+
+    async def main() -> None:
+        pool = Pool(PoolConfig(name="p", endpoints=(), max_concurrency=1, max_queue=100), 0, 4096)
+        assert pool.try_acquire()
+        # unmeasured: the request waits (and is granted when the slot frees)
+        waiter = asyncio.ensure_future(pool.acquire(5.0))
+        await asyncio.sleep(0)
+        assert pool.num_waiting == 1
+        pool.release()
+        assert await waiter
+        # measured: 2 slots/s; within 1 s only 2 waiters can be served
+        pool.drain_rate = 2.0
+        pool._window = time.monotonic()
+        w1 = asyncio.ensure_future(pool.acquire(1.0))
+        w2 = asyncio.ensure_future(pool.acquire(1.0))
+        await asyncio.sleep(0)
+        assert pool.num_waiting == 2
+        w3 = asyncio.ensure_future(pool.acquire(1.0))
+        await asyncio.sleep(0)
+        assert w3.done() and w3.result() is False  # refused at once, not after 1 s
+        assert pool.num_waiting == 2
+        pool.refuse_waiters()
+        assert await w1 is False and await w2 is False
+
+    asyncio.run(main())

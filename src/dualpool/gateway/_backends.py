@@ -155,6 +155,11 @@ class Pool:
         self.max_queue = cfg.max_queue
         self.waiters: deque[asyncio.Future[bool]] = deque()
         self.num_waiting = 0
+        # Slots freed per second (EWMA over windows of >= 0.25 s): how fast the queue
+        # drains, so a request that could not get a slot in time is refused at once.
+        self.drain_rate = -1.0  # not measured yet
+        self._freed = 0
+        self._window = time.monotonic()
         # Every healthy backend is over its scraped limits.
         self.scrape_saturated = False
         auth = cfg.backend_api_key
@@ -265,7 +270,7 @@ class Pool:
         if self.inflight < self.max_concurrency and not self.num_waiting:
             self.inflight += 1
             return True
-        if self.num_waiting >= self.max_queue or max_wait <= 0:
+        if self.num_waiting >= self.max_queue or max_wait <= 0 or not self.can_drain(max_wait):
             return False
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool] = loop.create_future()
@@ -287,6 +292,24 @@ class Pool:
         finally:
             timer.cancel()
 
+    def can_drain(self, max_wait: float) -> bool:
+        """Could one more waiter get a slot within `max_wait` at the measured rate?"""
+        now = time.monotonic()
+        elapsed = now - self._window
+        if elapsed > 4.0 + 4 * max_wait:
+            # Stale (the pool was not full meanwhile): measure again from now.
+            self.drain_rate = -1.0
+            self._freed = 0
+            self._window = now
+        elif elapsed >= 0.25:
+            rate = self._freed / elapsed
+            self.drain_rate = rate if self.drain_rate < 0 else 0.5 * (self.drain_rate + rate)
+            self._freed = 0
+            self._window = now
+        if self.drain_rate < 0:
+            return True
+        return (self.num_waiting + 1) <= self.drain_rate * max_wait
+
     def refuse_waiters(self) -> None:
         """Every request waiting for a slot gets none now (the drain deadline)."""
         for fut in self.waiters:
@@ -305,6 +328,9 @@ class Pool:
             if not fut.done():
                 # The slot passes to the waiter: inflight stays the same.
                 self.num_waiting -= 1
+                self._freed += 1
                 fut.set_result(True)
                 return
+        if self.inflight >= self.max_concurrency:
+            self._freed += 1  # counted at capacity only: the rate a full pool drains
         self.inflight -= 1
