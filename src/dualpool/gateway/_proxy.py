@@ -376,10 +376,13 @@ class Proxy:
             self.failed(ctx.backend, msg, hard=False)
         self._end_stream_with(ctx, 504 if isinstance(exc, UpstreamTimeout) else 502, msg)
 
-    @staticmethod
-    def _end_stream_with(ctx: Context, status: int, message: str) -> None:
+    def _end_stream_with(self, ctx: Context, status: int, message: str) -> None:
+        """The error event and the chunked end: the framing is whole, so the client's
+        connection stays open (closing it would race the client's next request on it,
+        which the client could only see as a reset), except when shutting down."""
         ex = ctx.ex
-        ex.keep_alive = False
+        if self.gw.draining:
+            ex.keep_alive = False
         ex.end(error_event(status, message))
 
 
