@@ -155,6 +155,11 @@ class Fleet:
             b.start()
         for i in self.proxied:
             self.proxies[i] = ProxyThread(self.backends[i].port, seed=i)
+        self.start_gateway()
+        return self
+
+    def start_gateway(self) -> None:
+        """(Again) a gateway process with `self.gateway` overrides."""
         self.port = free_port()
         cfg = self.config()
         path = self.tmp / "fleet.yaml"
@@ -166,7 +171,6 @@ class Fleet:
                 stdout=subprocess.DEVNULL, stderr=log, env=_env(),
             )  # fmt: skip
         self.wait_ready()
-        return self
 
     def url(self, i: int) -> str:
         port = self.proxies[i].port if i in self.proxies else self.backends[i].port
