@@ -46,9 +46,9 @@ def free_port() -> int:
         return port
 
 
-def _env() -> dict[str, str]:
+def _env(src_dir: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    src = str(REPO / "src")
+    src = src_dir or str(REPO / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -143,6 +143,7 @@ class Fleet:
     backends: list[Backend] = field(default_factory=list)
     proxies: dict[int, ProxyThread] = field(default_factory=dict)
     gw_proc: subprocess.Popen[bytes] | None = None
+    gateway_src: str | None = None  # another checkout's src/ for the gateway process
     port: int = 0
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dualpool-rel-")))
 
@@ -168,7 +169,7 @@ class Fleet:
         with open(self.gw_log, "ab") as log:
             self.gw_proc = subprocess.Popen(
                 [sys.executable, "-m", "dualpool", "serve", "--config", str(path)],
-                stdout=subprocess.DEVNULL, stderr=log, env=_env(),
+                stdout=subprocess.DEVNULL, stderr=log, env=_env(self.gateway_src),
             )  # fmt: skip
         self.wait_ready()
 

@@ -3,7 +3,7 @@
     PYTHONPATH=src .venv/bin/python benchmarks/overload.py [--quick]
 
 One short pool of 2 emulators behind the gateway with a small slot limit
-(max_concurrency 8, max_queue 64, backpressure.max_wait 0.5 s), uniform short
+(max_concurrency 8, max_queue 1024: longer than the pool drains in max_wait, backpressure.max_wait 1 s), uniform short
 non-streamed requests. Phases: capacity (closed loop at the slot limit, R req/s),
 baseline (open loop at 0.5 R), overload (open loop at 5 R for 60 s, 10 s --quick),
 recovery (open loop at 0.5 R for 6 s).
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, percentile
 from _fleet import MODEL, Fleet, Tally, run_load
 
-MAX_WAIT = 0.5
+MAX_WAIT = 1.0
 SLOTS = 8
 
 
@@ -48,10 +48,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         n_long=1,
         speedup=args.speedup,
         gateway={
-            "pools": [{"max_concurrency": SLOTS, "max_queue": 64}, {}],
+            "pools": [{"max_concurrency": SLOTS, "max_queue": 1024}, {}],
             "backpressure": {"max_wait": MAX_WAIT, "retry_after": 1},
             "spillover": False,
         },
+        gateway_src=args.gateway_src,
     ).start()
     try:
         port = fleet.port
@@ -94,6 +95,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     return {
         "benchmark": "overload",
         "quick": args.quick,
+        "gateway_src": args.gateway_src,
         "capacity_rps": round(capacity, 1),
         "offered_rps": round(offered, 1),
         "factor_target": args.factor,
@@ -129,6 +131,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--factor", type=float, default=5.0)
     ap.add_argument("--speedup", type=float, default=10.0)
+    ap.add_argument("--gateway-src", default=None, help="run the gateway from another src/")
     args = ap.parse_args()
     if args.seconds is None:
         args.seconds = 10.0 if args.quick else 60.0
