@@ -148,6 +148,7 @@ class Proxy:
             log.exception("internal error while proxying")
             ctx.outcome = Outcome.UPSTREAM_ERROR
             if ctx.first_byte_sent:
+                ctx.ex.keep_alive = False  # our own bug: trust nothing more on it
                 self._end_stream_with(ctx, 500, "internal error in the gateway")
             elif not ctx.ex.done:
                 self.gw.error(ctx.ex, 500, "internal error in the gateway")
