@@ -147,8 +147,8 @@ def test_a_queue_that_cannot_drain_in_time_refuses_at_once() -> None:
         assert pool.num_waiting == 1
         pool.release()
         assert await waiter
-        # measured: 2 slots/s; within 1 s only 2 waiters can be served
-        pool.drain_rate = 2.0
+        # measured: 2.7 slots/s; within 1 s two waiters can be served, with margin
+        pool.drain_rate = 2.7
         pool._window = time.monotonic()
         w1 = asyncio.ensure_future(pool.acquire(1.0))
         w2 = asyncio.ensure_future(pool.acquire(1.0))

@@ -308,7 +308,9 @@ class Pool:
             self._window = now
         if self.drain_rate < 0:
             return True
-        return (self.num_waiting + 1) <= self.drain_rate * max_wait
+        # A waiter at the very end of the window would time out on any jitter (and
+        # then wait the whole max_wait for its 429): keep a quarter as margin.
+        return (self.num_waiting + 1) <= 0.75 * self.drain_rate * max_wait
 
     def refuse_waiters(self) -> None:
         """Every request waiting for a slot gets none now (the drain deadline)."""
