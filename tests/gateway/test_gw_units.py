@@ -280,7 +280,11 @@ def test_pick_least_outstanding_and_health() -> None:
     for x in pool.backends:
         x.healthy = False
     pool.refresh()
-    assert pool.pick() is None and pool.saturated
+    assert pool.saturated
+    # Nothing in: one half-open trial per out backend, then nothing to pick.
+    trials = [pool.pick() for _ in range(3)]
+    assert set(trials) == {a, b, c} and all(x.trial for x in pool.backends)
+    assert pool.pick() is None
 
 
 def test_pick_many_backends_is_bounded() -> None:

@@ -158,6 +158,28 @@ def _prompt_tokens_completion(tok: Tokenizer, prompt: Any) -> tuple[int, bool]:
     )
 
 
+# Content parts a message may carry without a "type" (vLLM's Custom*Simple* params).
+_UNTYPED_PARTS = ("image_url", "audio_url", "video_url")
+
+
+def _check_part(part: object) -> None:
+    """A content part as vLLM's pydantic union takes it: an object; "type" a string;
+    a text part's "text" a string; without "type", one of the simple media forms."""
+    if isinstance(part, str):
+        return
+    if not isinstance(part, dict):
+        raise ApiError("messages: a content part should be an object", param="messages")
+    kind = part.get("type")
+    if kind is None:
+        if not any(isinstance(part.get(k), str) for k in _UNTYPED_PARTS):
+            raise ApiError("messages: a content part needs a 'type'", param="messages")
+        return
+    if not isinstance(kind, str):
+        raise ApiError("messages: a content part's 'type' should be a string", param="messages")
+    if kind == "text" and not isinstance(part.get("text"), str):
+        raise ApiError("messages: a text part's 'text' should be a string", param="messages")
+
+
 def _messages_tokens(tok: Tokenizer, body: Mapping[str, Any]) -> int:
     messages = body.get("messages")
     if messages is None:
@@ -168,6 +190,15 @@ def _messages_tokens(tok: Tokenizer, body: Mapping[str, Any]) -> int:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise ApiError(
                 "messages: each message must be an object with a string 'role'", param="messages"
+            )
+        content = m.get("content")
+        if isinstance(content, list):
+            for part in content:
+                _check_part(part)
+        elif content is not None and not isinstance(content, str):
+            raise ApiError(
+                "messages: content should be a string or a list of content parts",
+                param="messages",
             )
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
@@ -193,25 +224,40 @@ def parse_request(
         raise ApiError(f"JSON decode error: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError("Input should be a valid dictionary or object to extract fields from")
+    # The body is validated first, the model last, as vLLM does (pydantic, then
+    # OpenAIServing._check_model).
     model = body.get("model")
-    if model is not None and model != model_name:
-        raise ApiError(f"The model `{model}` does not exist.", 404, "NotFoundError", param="model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError("model: Input should be a valid string", param="model")
     n = _int_field(body, "n")
     if n is not None and n != 1:
         raise ApiError("The emulator generates one choice per request (n=1).", param="n")
+    # vLLM: `stream: Optional[bool] = False` (null is not streaming), and its
+    # check_stream_options validator refuses only *truthy* stream_options without
+    # stream ({} passes); StreamOptions itself must be an object.
     stream = body.get("stream", False)
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise ApiError("stream: Input should be a valid boolean", param="stream")
     opts = body.get("stream_options")
     include_usage = False
+    if opts and not stream:
+        raise ApiError(
+            "Stream options can only be defined when `stream=True`.", param="stream_options"
+        )
     if opts is not None:
-        if not stream:
-            raise ApiError(
-                "Stream options can only be defined when `stream=True`.", param="stream_options"
-            )
         if not isinstance(opts, dict):
-            raise ApiError("stream_options: Input should be an object", param="stream_options")
-        include_usage = bool(opts.get("include_usage", False))
+            raise ApiError(
+                "stream_options: Input should be a valid dictionary", param="stream_options"
+            )
+        iu = opts.get("include_usage")
+        if iu is not None and not isinstance(iu, bool):
+            raise ApiError(
+                "stream_options.include_usage: Input should be a valid boolean",
+                param="stream_options",
+            )
+        include_usage = bool(iu)
 
     if chat:
         prompt_tokens, token_prompt = _messages_tokens(tokenizer, body), False
@@ -266,6 +312,8 @@ def parse_request(
         # Log-normal draw (sigma 1) around the median, like chat output lengths.
         draw = default_output_median * math.exp(rng.gauss(0.0, 1.0))
         output = max(1, min(max_tokens, round(draw)))
+    if model is not None and model != model_name:
+        raise ApiError(f"The model `{model}` does not exist.", 404, "NotFoundError", param="model")
     return ParsedRequest(
         chat, prompt_tokens, max_tokens, given, output, stream, include_usage, token_prompt
     )
@@ -376,7 +424,10 @@ class StreamRenderer:
         return self._head + json_text + self._done_tail % finish_reason.encode()
 
     def usage_chunk(self, prompt: int, completion: int) -> bytes:
-        return self._usage_head + _compact(usage(prompt, completion)).encode() + b"}\n\n"
+        # vLLM streams chunks with exclude_unset: no prompt_tokens_details key.
+        u = {"prompt_tokens": prompt, "total_tokens": prompt + completion}
+        u["completion_tokens"] = completion
+        return self._usage_head + _compact(u).encode() + b"}\n\n"
 
     @staticmethod
     def done() -> bytes:

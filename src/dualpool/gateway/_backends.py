@@ -3,7 +3,8 @@
     Pool ── backends ── Backend (a dualpool.http ConnectionPool: idle keep-alive connections)
      │                    ├ inflight (this gateway's), waiting / kv (scraped)
      │                    └ healthy: `failed()` / `succeeded()`, called by the request
-     │                      path (passive) and by the prober (active: GET /health)
+     │                      path (passive) and by the prober (active: GET /health);
+     │                      the circuit breaker below is the same bookkeeping
      ├ inflight / max_concurrency   (gateway-side slots)
      └ waiters (bounded queue of futures, FIFO)
 
@@ -12,6 +13,20 @@ plus the backend's scraped queue (`vllm:num_requests_waiting`), which counts the
 other gateways' requests too, by `dualpool.fleet.pick_least_loaded` (the picker the
 simulator can model: scan up to 4, else power of two choices). Saturation is
 `dualpool.fleet.over_limits`, the simulator's rule too.
+
+The circuit breaker, per backend, is the health state seen as Envoy sees it:
+
+    closed     healthy: in the pool's pick
+    open       taken out (consecutive failures, a refused connect, a failed probe, or an
+               outlier ejection); not picked, until `open_until`
+    half-open  out, past `open_until`, and tried by one request when its pool has nothing
+               else in (`Pool.pick`): success puts it back in at once, failure keeps it out
+
+Outlier detection (`Pool.detect_outliers`, every `outlier_interval` seconds, as Envoy's
+failure-percentage and a latency rule): a backend whose error rate over the interval
+reaches `max_error_rate`, or whose mean time to first byte exceeds `latency_factor` x
+the pool's median (and `latency_floor`), is ejected for `ejection_time` x its number
+of ejections (at most 300 s); never the pool's last backend in.
 """
 
 from __future__ import annotations
@@ -43,6 +58,14 @@ class Backend(ConnectionPool):
         self.saturated = False
         self.last_error = ""
         self.since = time.time()
+        # Circuit breaker (see the module docstring); times on time.monotonic().
+        self.open_until = 0.0
+        self.trial = False  # a half-open trial request is in flight
+        self.ejections = 0
+        # This outlier interval's outcomes, by the request path.
+        self.n_ok = 0
+        self.n_err = 0
+        self.latency_sum = 0.0
 
     def observe_load(self, waiting: float, kv_usage: float, cfg: PoolConfig) -> None:
         """Scraped load; saturated by the fleet's one rule."""
@@ -63,12 +86,34 @@ class Backend(ConnectionPool):
         if self.failures:
             self.failures = 0
 
+    def record(self, ok: bool, latency: float = 0.0) -> None:
+        """One request's outcome for outlier detection (error, or time to first byte)."""
+        if ok:
+            self.n_ok += 1
+            self.latency_sum += latency
+        else:
+            self.n_err += 1
+
+    @property
+    def breaker(self) -> str:
+        if self.healthy:
+            return "closed"
+        if self.trial or time.monotonic() >= self.open_until:
+            return "half_open"
+        return "open"
+
+    def eject(self, seconds: float) -> None:
+        """An outlier: open for `seconds` x its ejections so far (at most 300 s)."""
+        self.ejections += 1
+        self.open_until = time.monotonic() + min(300.0, seconds * self.ejections)
+
     def set_healthy(self, healthy: bool) -> bool:
         """Flip the state; False when it already was. Out: idle connections closed."""
         if self.healthy == healthy:
             return False
         self.healthy = healthy
         self.since = time.time()
+        self.trial = False
         if healthy:
             self.failures = 0
         else:
@@ -82,6 +127,8 @@ class Backend(ConnectionPool):
         return {
             "backend": self.name,
             "healthy": self.healthy,
+            "breaker": self.breaker,
+            "ejections": self.ejections,
             "inflight": self.inflight,
             "failures": self.failures,
             "waiting": self.waiting,
@@ -108,6 +155,11 @@ class Pool:
         self.max_queue = cfg.max_queue
         self.waiters: deque[asyncio.Future[bool]] = deque()
         self.num_waiting = 0
+        # Slots freed per second (EWMA over windows of >= 0.25 s): how fast the queue
+        # drains, so a request that could not get a slot in time is refused at once.
+        self.drain_rate = -1.0  # not measured yet
+        self._freed = 0
+        self._window = time.monotonic()
         # Every healthy backend is over its scraped limits.
         self.scrape_saturated = False
         auth = cfg.backend_api_key
@@ -143,7 +195,64 @@ class Pool:
             return healthy[0]  # the picker's answer for one candidate, without the call
         skip = [i for i, b in enumerate(healthy) if b in exclude] if exclude else ()
         i = pick_least_loaded(len(healthy), self._load, skip)
-        return healthy[i] if i >= 0 else None
+        return healthy[i] if i >= 0 else self.half_open(exclude)
+
+    def half_open(self, exclude: tuple[Backend, ...] = ()) -> Backend | None:
+        """Nothing in to pick: one trial on an out backend past its open time (the
+        longest out first), so a backend that is back is not left out until the next
+        probe. The caller clears `trial` when the attempt ends."""
+        now = time.monotonic()
+        best: Backend | None = None
+        for b in self.backends:
+            if b.healthy or b.trial or b in exclude or now < b.open_until:
+                continue
+            if best is None or b.since < best.since:
+                best = b
+        if best is not None:
+            best.trial = True
+        return best
+
+    @property
+    def available(self) -> bool:
+        """Anything to try: a backend in, or one that may be tried half-open."""
+        if self.healthy:
+            return True
+        now = time.monotonic()
+        return any(not b.trial and now >= b.open_until for b in self.backends)
+
+    def detect_outliers(
+        self,
+        *,
+        max_error_rate: float,
+        min_requests: int,
+        latency_factor: float,
+        latency_floor: float,
+    ) -> list[tuple[Backend, str, str]]:
+        """This interval's outliers (backend, reason, why) among the backends in; the
+        interval's counts start again. Never more than all but one backend in."""
+        scored: list[tuple[Backend, float, float]] = []  # (backend, error rate, mean ttfb)
+        for b in self.healthy:
+            n = b.n_ok + b.n_err
+            if n >= min_requests:
+                mean = b.latency_sum / b.n_ok if b.n_ok else 0.0
+                scored.append((b, b.n_err / n, mean))
+        for b in self.backends:
+            b.n_ok = b.n_err = 0
+            b.latency_sum = 0.0
+        means = sorted(m for _, _, m in scored if m > 0)
+        median = means[(len(means) - 1) // 2] if means else 0.0  # the lower median
+        out: list[tuple[Backend, str, str]] = []
+        room = len(self.healthy) - 1
+        for b, rate, mean in sorted(scored, key=lambda t: -t[1]):
+            if len(out) >= room:
+                break
+            if rate >= max_error_rate:
+                out.append((b, "error_rate", f"error rate {rate:.0%} over the interval"))
+            elif len(means) >= 2 and mean > latency_floor and mean > latency_factor * median:
+                out.append(
+                    (b, "latency", f"mean first byte {mean:.3f}s vs pool median {median:.3f}s")
+                )
+        return out
 
     def _load(self, i: int) -> float:
         b = self.healthy[i]
@@ -161,7 +270,7 @@ class Pool:
         if self.inflight < self.max_concurrency and not self.num_waiting:
             self.inflight += 1
             return True
-        if self.num_waiting >= self.max_queue or max_wait <= 0:
+        if self.num_waiting >= self.max_queue or max_wait <= 0 or not self.can_drain(max_wait):
             return False
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool] = loop.create_future()
@@ -183,6 +292,26 @@ class Pool:
         finally:
             timer.cancel()
 
+    def can_drain(self, max_wait: float) -> bool:
+        """Could one more waiter get a slot within `max_wait` at the measured rate?"""
+        now = time.monotonic()
+        elapsed = now - self._window
+        if elapsed > 4.0 + 4 * max_wait:
+            # Stale (the pool was not full meanwhile): measure again from now.
+            self.drain_rate = -1.0
+            self._freed = 0
+            self._window = now
+        elif elapsed >= 0.25:
+            rate = self._freed / elapsed
+            self.drain_rate = rate if self.drain_rate < 0 else 0.5 * (self.drain_rate + rate)
+            self._freed = 0
+            self._window = now
+        if self.drain_rate < 0:
+            return True
+        # A waiter at the very end of the window would time out on any jitter (and
+        # then wait the whole max_wait for its 429): keep a quarter as margin.
+        return (self.num_waiting + 1) <= 0.75 * self.drain_rate * max_wait
+
     def refuse_waiters(self) -> None:
         """Every request waiting for a slot gets none now (the drain deadline)."""
         for fut in self.waiters:
@@ -201,6 +330,9 @@ class Pool:
             if not fut.done():
                 # The slot passes to the waiter: inflight stays the same.
                 self.num_waiting -= 1
+                self._freed += 1
                 fut.set_result(True)
                 return
+        if self.inflight >= self.max_concurrency:
+            self._freed += 1  # counted at capacity only: the rate a full pool drains
         self.inflight -= 1

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "health_loop",
+    "outlier_loop",
     "parse_vllm_metrics",
     "resolve",
     "resolve_loop",
@@ -81,7 +83,8 @@ async def probe(gw: Gateway, pool: Pool, backend: Backend) -> None:
         return
     if status == 200:
         if not backend.healthy:
-            gw.set_health(backend, True)
+            if time.monotonic() >= backend.open_until:  # an ejected outlier waits its time
+                gw.set_health(backend, True)
         else:
             backend.succeeded()
     elif backend.failed(f"probe: HTTP {status}", hard=False, unhealthy_after=cfg.unhealthy_after):
@@ -94,6 +97,13 @@ async def health_loop(gw: Gateway) -> None:
         await asyncio.sleep(interval)
         jobs = [probe(gw, p, b) for p in gw.pools for b in list(p.backends)]
         await asyncio.gather(*jobs, return_exceptions=True)
+
+
+async def outlier_loop(gw: Gateway) -> None:
+    interval = gw.config.health.outlier_interval
+    while True:
+        await asyncio.sleep(interval)
+        gw.detect_outliers()
 
 
 async def scrape(gw: Gateway, pool: Pool, backend: Backend) -> None:

@@ -128,6 +128,16 @@ class HealthConfig:
     unhealthy_after: int = 3
     # Timeout of one probe or scrape.
     timeout: float = 2.0
+    # Outlier detection (the circuit breaker, docs/reliability.md): seconds between
+    # evaluations (0 disables), the error rate and the mean time to first byte (times
+    # the pool's median, and over the floor in seconds) that eject a backend with at
+    # least min_requests answers in the interval, and the base ejection time.
+    outlier_interval: float = 10.0
+    max_error_rate: float = 0.5
+    min_requests: int = 20
+    latency_factor: float = 3.0
+    latency_floor: float = 1.0
+    ejection_time: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,7 +479,22 @@ def parse_config(data: Any) -> GatewayConfig:
     to = _mapping(data.get("timeouts"), "timeouts")
     _known(to, "timeouts", ("connect", "first_byte", "idle", "drain", "keepalive", "discovery"))
     he = _mapping(data.get("health"), "health")
-    _known(he, "health", ("interval", "metrics_interval", "unhealthy_after", "timeout"))
+    _known(
+        he,
+        "health",
+        (
+            "interval",
+            "metrics_interval",
+            "unhealthy_after",
+            "timeout",
+            "outlier_interval",
+            "max_error_rate",
+            "min_requests",
+            "latency_factor",
+            "latency_floor",
+            "ejection_time",
+        ),
+    )
     li = _mapping(data.get("limits"), "limits")
     _known(
         li,
@@ -534,6 +559,12 @@ def parse_config(data: Any) -> GatewayConfig:
             metrics_interval=_num(he, "metrics_interval", "health", 2.0, positive=False),
             unhealthy_after=_int(he, "unhealthy_after", "health", 3, lo=1),
             timeout=_num(he, "timeout", "health", 2.0),
+            outlier_interval=_num(he, "outlier_interval", "health", 10.0, positive=False),
+            max_error_rate=_num(he, "max_error_rate", "health", 0.5),
+            min_requests=_int(he, "min_requests", "health", 20, lo=1),
+            latency_factor=_num(he, "latency_factor", "health", 3.0),
+            latency_floor=_num(he, "latency_floor", "health", 1.0, positive=False),
+            ejection_time=_num(he, "ejection_time", "health", 30.0, positive=False),
         ),
         limits=LimitsConfig(
             max_body_bytes=_int(li, "max_body_bytes", "limits", 8 * 1024 * 1024, lo=1),

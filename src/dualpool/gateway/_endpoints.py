@@ -34,9 +34,11 @@ def ready(gw: Gateway, req: Request, ex: Exchange) -> None:
 
 def metrics(gw: Gateway, req: Request, ex: Exchange) -> None:
     key = gw.config.auth.metrics_key
-    if key is not None and not gw.authorized(req, frozenset((key,))):
-        gw.error(ex, 401, "/metrics needs the metrics key (Bearer)")
-        return
+    if key is not None:
+        keys = frozenset((key,) if gw.admin_key is None else (key, gw.admin_key))
+        if not gw.authorized(req, keys):
+            gw.error(ex, 401, "/metrics needs the metrics key (Bearer)")
+            return
     ex.send(200, gw.metrics.render(), content_type=b"text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -43,6 +43,7 @@ _ENDPOINTS = {
     b"/metrics": ep.metrics,
     b"/v1/models": ep.models,
 }
+_BREAKER = {"closed": 0.0, "open": 1.0, "half_open": 2.0}
 _PROXIED = {b"/v1/chat/completions": True, b"/v1/completions": False}
 
 
@@ -170,6 +171,14 @@ class Gateway:
             self.error(ex, 400, d.message)
             self._access(req, None, routed, 400, Outcome.REJECTED, None, 0)
             return None
+        so = body.get("stream_options")
+        if so is not None and type(so) is not dict:
+            # vLLM's StreamOptions is an object (400 there too); checked here because a
+            # streamed request's stream_options is rewritten below.
+            self._bad_request(
+                ex, "stream_options: Input should be a valid dictionary", "stream_options"
+            )
+            return None
         if d.pool != d.home:
             m.spillovers.labels(pools[d.home].name, pools[d.pool].name).inc()
         stream = body.get("stream") is True
@@ -242,6 +251,26 @@ class Gateway:
             f": {why}" if why else "",
         )
 
+    def succeeded(self, backend: Backend) -> None:
+        """An answer from `backend`: a half-open trial that succeeds puts it back in."""
+        backend.succeeded()
+        if not backend.healthy:
+            self.set_health(backend, True, "half-open trial answered")
+
+    def detect_outliers(self) -> None:
+        """One outlier-detection pass over every pool (the circuit breaker's trip)."""
+        h = self.config.health
+        for pool in self.pools:
+            for backend, reason, why in pool.detect_outliers(
+                max_error_rate=h.max_error_rate,
+                min_requests=h.min_requests,
+                latency_factor=h.latency_factor,
+                latency_floor=h.latency_floor,
+            ):
+                backend.eject(h.ejection_time)
+                self.metrics.ejections.labels(pool.name, backend.name, reason).inc()
+                self.set_health(backend, False, f"outlier: {why}")
+
     # ---- feedback, metrics, log -------------------------------------------------------------
     def _feedback(self, ctx: Context) -> None:
         usage = ctx.usage
@@ -298,6 +327,7 @@ class Gateway:
         m = self.metrics
         m.inflight.clear()
         m.healthy.clear()
+        m.breaker.clear()
         m.backend_waiting.clear()
         m.backend_kv.clear()
         for p in self.pools:
@@ -307,6 +337,7 @@ class Gateway:
             for b in p.backends:
                 m.inflight.labels(p.name, b.name).set(b.inflight)
                 m.healthy.labels(p.name, b.name).set(1.0 if b.healthy else 0.0)
+                m.breaker.labels(p.name, b.name).set(_BREAKER[b.breaker])
                 m.backend_waiting.labels(p.name, b.name).set(b.waiting)
                 m.backend_kv.labels(p.name, b.name).set(b.kv_usage)
         m.learned_ratio.clear()

@@ -82,7 +82,7 @@ class Proxy:
     # ---- the first step, without a task -----------------------------------------------
     def start(self, ctx: Context) -> Any:
         pool = self.gw.pools[ctx.routed.decision.pool]
-        if pool.inflight < pool.max_concurrency and not pool.num_waiting:
+        if pool.inflight < pool.max_concurrency and not pool.num_waiting and pool.healthy:
             backend = pool.pick()
             if backend is not None:
                 upstream = backend.take_idle()
@@ -148,6 +148,7 @@ class Proxy:
             log.exception("internal error while proxying")
             ctx.outcome = Outcome.UPSTREAM_ERROR
             if ctx.first_byte_sent:
+                ctx.ex.keep_alive = False  # our own bug: trust nothing more on it
                 self._end_stream_with(ctx, 500, "internal error in the gateway")
             elif not ctx.ex.done:
                 self.gw.error(ctx.ex, 500, "internal error in the gateway")
@@ -158,7 +159,7 @@ class Proxy:
         assert plan is not None
         while plan.step < len(plan.pools):
             pool = plan.pools[plan.step]
-            if pool.healthy:
+            if pool.available:
                 if not pool.try_acquire() and not await pool.acquire(self.max_wait):
                     if self.gw.cut_off:
                         self._draining(ctx)
@@ -211,6 +212,7 @@ class Proxy:
                 try:
                     upstream = await backend.connect(self.connect_timeout)
                 except ConnectError as exc:
+                    backend.trial = False
                     ctx.attempts += 1
                     ctx.backend = backend
                     return None, exc, Verdict.NEXT
@@ -226,6 +228,8 @@ class Proxy:
             finally:
                 backend.inflight -= 1
             verdict = classify(att, err, larger)
+            if verdict is not Verdict.STALE or fresh:
+                backend.trial = False  # a half-open trial ends with its attempt
             if verdict is Verdict.STALE and not fresh:
                 continue
             if verdict is Verdict.STALE:
@@ -259,7 +263,8 @@ class Proxy:
         if verdict is Verdict.FORWARD:
             assert att is not None
             if att.status < 500 and backend is not None:
-                backend.succeeded()
+                self.gw.succeeded(backend)
+                backend.record(True, att.t_first - att.t_send if att.t_first else 0.0)
             self._record(att)
             self._forward(ctx, att)
             return True
@@ -281,10 +286,13 @@ class Proxy:
         return False
 
     def failed(self, backend: Backend, why: str, *, hard: bool) -> None:
+        backend.record(False)
         if backend.failed(why, hard=hard, unhealthy_after=self.unhealthy_after):
             self.gw.set_health(backend, False, why)
 
     def _give_up(self, ctx: Context, plan: Plan) -> None:
+        if type(plan.last_error) is ConnectError and not any(p.healthy for p in plan.pools):
+            plan.last_error = None  # only half-open trials, refused: nothing is in (503)
         if plan.last_answer is not None:
             self._forward(ctx, plan.last_answer)
         elif plan.last_error is not None:
@@ -336,7 +344,8 @@ class Proxy:
         pm[1].observe(self.loop.time() - att.t_send)
 
     def _stream_done(self, ctx: Context, att: Attempt) -> None:
-        att.backend.succeeded()
+        self.gw.succeeded(att.backend)
+        att.backend.record(True, att.t_first - att.t_send if att.t_first else 0.0)
         self._record(att)
         relay = att.relay
         assert relay is not None
@@ -368,10 +377,13 @@ class Proxy:
             self.failed(ctx.backend, msg, hard=False)
         self._end_stream_with(ctx, 504 if isinstance(exc, UpstreamTimeout) else 502, msg)
 
-    @staticmethod
-    def _end_stream_with(ctx: Context, status: int, message: str) -> None:
+    def _end_stream_with(self, ctx: Context, status: int, message: str) -> None:
+        """The error event and the chunked end: the framing is whole, so the client's
+        connection stays open (closing it would race the client's next request on it,
+        which the client could only see as a reset), except when shutting down."""
         ex = ctx.ex
-        ex.keep_alive = False
+        if self.gw.draining:
+            ex.keep_alive = False
         ex.end(error_event(status, message))
 
 

@@ -164,6 +164,8 @@ class GatewayServer:
             ssl=ops.tls_context(cfg.tls),
         )
         self._tasks.append(loop.create_task(bg.health_loop(gw)))
+        if cfg.health.outlier_interval > 0:
+            self._tasks.append(loop.create_task(bg.outlier_loop(gw)))
         if cfg.health.metrics_interval > 0:
             self._tasks.append(loop.create_task(bg.scrape_loop(gw)))
         for pool in pools:

@@ -157,6 +157,20 @@ class GatewayMetrics:
                 ("pool", "backend", "to"),
             )
         )
+        self.breaker = r.add(
+            Gauge(
+                "dualpool_backend_breaker_state",
+                "Circuit breaker per backend: 0 closed (in), 1 open (out), 2 half-open.",
+                ("pool", "backend"),
+            )
+        )
+        self.ejections = r.add(
+            Counter(
+                "dualpool_backend_ejections",
+                "Backends ejected by outlier detection, by reason (error_rate, latency).",
+                ("pool", "backend", "reason"),
+            )
+        )
         self.connections = r.add(Gauge("dualpool_client_connections", "Open client connections."))
 
     def add_collector(self, fn: Callable[[], None]) -> None:

@@ -1,0 +1,1 @@
+"""Tools for testing dualpool's reliability: `faultproxy` (a TCP fault injector)."""
