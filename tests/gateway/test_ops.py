@@ -251,30 +251,3 @@ def test_one_model_under_models_serves_like_pools(
     c = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="none", max_retries=0)
     assert [m.id for m in c.models.list().data] == ["m"]
     assert c.chat.completions.create(**chat_body()).usage is not None
-
-
-def test_several_models_parse_but_are_refused_with_one_line(
-    backend_factory: Factory, tmp_path: Path
-) -> None:
-    from dualpool.cli.main import main
-    from dualpool.errors import ConfigError
-    from dualpool.gateway import parse_config
-
-    short, long = backend_factory(4096), backend_factory(32768)
-    two = {
-        "models": {
-            "a": {"pools": _pools(short, long)},
-            "b": {"pools": [{"name": "b-pool", "endpoints": [long.url]}]},
-        }
-    }
-    cfg = parse_config(two)
-    assert [m.name for m in cfg.models] == ["a", "b"]
-    assert [p.name for p in cfg.pools] == ["short", "long", "b-pool"]
-    path = tmp_path / "two.yaml"
-    path.write_text(yaml.safe_dump(two))
-    assert main(["serve", "--check", "--config", str(path)]) == 2
-    with pytest.raises(ConfigError, match="models"):
-        parse_config({**two, "pools": two["models"]["a"]["pools"]})
-    clash = {"models": {"a": {"pools": _pools(short, long)}, "b": {"aliases": ["a"], "pools": []}}}
-    with pytest.raises(ConfigError, match=r"models\.b"):
-        parse_config(clash)
