@@ -201,3 +201,35 @@ def test_sighup_adds_and_removes_pools_and_models_without_cutting_a_stream(
     time.sleep(0.1)
     assert _pool_of(k, model="b") == "b-pool"
     assert proc.poll() is None
+
+
+def test_reload_keeps_unchanged_routers_and_applies_limits_to_new_connections(
+    backend_factory: Factory, gateway_factory: GwFactory, tmp_path: Path
+) -> None:
+    from dualpool.gateway._ops import reload
+
+    short, long, other = backend_factory(4096), backend_factory(32768), backend_factory(8192)
+    cfg = _two_models(short, long, other)
+    gw = gateway_factory(cfg)
+    g = gw.gateway
+    routers = {s.name: s.router for s in g.models.served}
+    new = json.loads(json.dumps(cfg))
+    new["models"]["b"]["pools"][0]["threshold"] = 4000  # b's policy changes, a's does not
+    new["limits"] = {"max_body_bytes": 20_000}
+    new["backpressure"] = {"retry_after": 7}
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(new))
+    changes = gw.call(reload(g, path, host=None, port=None))
+    assert "pools.b-pool.threshold" in changes and "limits" in changes
+    after = {s.name: s.router for s in g.models.served}
+    assert after["a"] is routers["a"] and after["b"] is not routers["b"]
+    assert after["b"].estimator is routers["a"].estimator  # one shared estimator
+    assert g.retry_after == ((b"retry-after", b"7"),)
+    c = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="none", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as err:
+        c.chat.completions.create(**chat_body(nbytes=40_000))
+    assert err.value.status_code == 413
+    assert _pool_of(c, model="b") == "b-pool"
+    # The same file again: nothing changes, every router is kept.
+    assert gw.call(reload(g, path, host=None, port=None)) == []
+    assert {s.name: s.router for s in g.models.served} == after

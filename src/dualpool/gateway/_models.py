@@ -15,7 +15,7 @@ builds a new `Models` and swaps it whole (gateway/_ops.py); a request keeps the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 from dualpool.budget import BudgetEstimator
 from dualpool.errors import ConfigError
@@ -30,14 +30,24 @@ __all__ = ["Models", "Served", "build_models", "model_configs"]
 class Served:
     """One model: its names, its router and its pools (in the policy's order)."""
 
-    __slots__ = ("aliases", "max_model_len", "name", "pools", "router")
+    __slots__ = ("aliases", "key", "max_model_len", "name", "pools", "router")
 
-    def __init__(self, name: str, aliases: Sequence[str], router: Router, pools: list[Pool]):
+    def __init__(
+        self,
+        name: str,
+        aliases: Sequence[str],
+        router: Router,
+        pools: list[Pool],
+        key: Hashable = None,
+    ) -> None:
         self.name = name
         self.aliases = tuple(aliases)
         self.router = router
         self.pools = pools
         self.max_model_len = max(p.max_model_len for p in pools)
+        # What the router was built from (the configured policy): a reload keeps the
+        # router, and its adaptive threshold, while this is unchanged.
+        self.key = key
 
 
 class Models:
@@ -94,21 +104,14 @@ def build_models(
                     f"{thr} exceeds the discovered max_model_len {pool.max_model_len}",
                 )
             specs.append(PoolSpec(pname, pool.max_model_len, thr))
-        policy = PoolPolicy(specs, spillover=cfg.spillover)
+        key = (tuple(specs), cfg.spillover)
         prev = kept.get(mc.name)
-        if prev is not None and _same_policy(prev.router.policy, policy):
+        if prev is not None and prev.key == key:
             router = prev.router
         else:
-            router = Router(policy, estimator, cfg.adaptive)
+            router = Router(PoolPolicy(specs, spillover=cfg.spillover), estimator, cfg.adaptive)
         ordered = [pools[s.name] for s in router.policy.pools]
         for i, p in enumerate(ordered):
             p.index = i
-        served.append(Served(mc.name, mc.aliases, router, ordered))
+        served.append(Served(mc.name, mc.aliases, router, ordered, key))
     return Models(served, strict=bool(cfg.models))
-
-
-def _same_policy(a: PoolPolicy, b: PoolPolicy) -> bool:
-    def key(p: PoolPolicy) -> list[tuple[str, int, int | None]]:
-        return [(s.name, s.max_model_len, s.threshold) for s in p.pools]
-
-    return key(a) == key(b) and a.spillover == b.spillover
