@@ -77,6 +77,8 @@ def test_several_models_route_by_model_with_their_own_pools(
         "param": "model",
         "code": 404,
     }
+    with pytest.raises(openai.BadRequestError, match="'model' must be a string"):
+        c.chat.completions.create(**chat_body(model=7))
     assert [b.stats()["requests"] for b in (short, long, other)] == before
     # /ready, /admin and /metrics cover every model; pool names label the metrics.
     ready = json.loads(get(f"{gw.url}/ready")[1])

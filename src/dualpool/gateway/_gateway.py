@@ -180,8 +180,8 @@ class Gateway:
         name = body.get("model")
         served = self.lookup.get(name) if type(name) is str else None
         if served is None:
-            if name is None or not self.models.strict:
-                served = self.default
+            if type(name) is not str or not self.models.strict:
+                served = self.default  # no model (or not a string: the parse says 400)
             else:
                 self._unknown_model(ex, name)
                 return None
