@@ -36,7 +36,8 @@ def readme_commands() -> list[str]:
             if line.startswith("dualpool "):
                 found.append(line)
     for span in re.findall(r"`(dualpool [^`]+)`", text):
-        found.append(span.strip())
+        if len(span.split()) > 2:  # `dualpool serve` alone names the face, runs nothing
+            found.append(span.strip())
     return list(dict.fromkeys(found))
 
 

@@ -39,9 +39,6 @@ def run(args: argparse.Namespace) -> int:
     if args.host is not None:
         config = dataclasses.replace(config, host=args.host)
     if args.check:
-        from dualpool.gateway._server import check_servable
-
-        check_servable(config)
         if config.calibrator.shared is not None:
             try:
                 import redis  # noqa: F401
@@ -53,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
             f"{p.name}({len(p.endpoints) or 'dns ' + p.dns.name if p.dns else len(p.endpoints)})"
             for p in config.pools
         )
-        print(f"config ok: pools {pools}")
+        models = ", ".join(
+            m.name + "".join(f" (alias {a})" for a in m.aliases) + f": {', '.join(m.pools)}"
+            for m in config.models
+        )
+        print(f"config ok: pools {pools}" + (f"; models {models}" if models else ""))
         return 0
     return serve(config, args.config, host=args.host, port=args.port)

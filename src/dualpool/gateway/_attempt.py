@@ -31,6 +31,7 @@ from dualpool.router import RoutedRequest
 
 if TYPE_CHECKING:
     from dualpool.gateway._gateway import Gateway
+    from dualpool.gateway._models import Served
 
 __all__ = ["Attempt", "ClientGone", "Context", "Draining", "Plan", "Verdict", "classify"]
 
@@ -82,6 +83,7 @@ class Context:
         "pool",
         "req",
         "routed",
+        "served",
         "status",
         "stream",
         "strip",
@@ -90,9 +92,17 @@ class Context:
     )
 
     def __init__(
-        self, req: Request, ex: Exchange, routed: RoutedRequest, stream: bool, strip: bool
+        self,
+        req: Request,
+        ex: Exchange,
+        routed: RoutedRequest,
+        stream: bool,
+        strip: bool,
+        served: Served,
     ) -> None:
         self.req = req
+        # The model it was routed for: its router and pools, kept across a reload.
+        self.served = served
         self.ex = ex
         self.routed = routed
         self.stream = stream

@@ -92,9 +92,8 @@ async def probe(gw: Gateway, pool: Pool, backend: Backend) -> None:
 
 
 async def health_loop(gw: Gateway) -> None:
-    interval = gw.config.health.interval
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(gw.config.health.interval)  # reload may change it
         jobs = [probe(gw, p, b) for p in gw.pools for b in list(p.backends)]
         await asyncio.gather(*jobs, return_exceptions=True)
 
@@ -120,17 +119,21 @@ async def scrape(gw: Gateway, pool: Pool, backend: Backend) -> None:
 
 
 async def scrape_loop(gw: Gateway) -> None:
-    interval = gw.config.health.metrics_interval
     while True:
-        await asyncio.sleep(interval)
+        # Read each time: a reload may change it (0: no scraping).
+        await asyncio.sleep(gw.config.health.metrics_interval or 1.0)
+        if not gw.config.health.metrics_interval:
+            continue
         jobs = [scrape(gw, p, b) for p in gw.pools for b in list(p.backends) if b.healthy]
         await asyncio.gather(*jobs, return_exceptions=True)
         for p in gw.pools:
             p.refresh()
-        if gw.router.controller is not None and len(gw.pools) > 1:
-            # The adaptive threshold (docs/adaptive.md): the two smallest pools' load.
-            now = gw.loop.time()
-            gw.router.adapt(now, pool_signal(gw.pools[0], now), pool_signal(gw.pools[1], now))
+        now = gw.loop.time()
+        for s in gw.models.served:
+            pools = s.pools
+            if s.router.controller is not None and len(pools) > 1:
+                # The adaptive threshold (docs/adaptive.md): the two smallest pools' load.
+                s.router.adapt(now, pool_signal(pools[0], now), pool_signal(pools[1], now))
 
 
 def pool_signal(pool: Pool, now: float) -> PoolSignal | None:
@@ -160,6 +163,8 @@ async def resolve_loop(gw: Gateway, pool: Pool) -> None:
     assert dns is not None
     while True:
         await asyncio.sleep(dns.interval)
+        if pool not in gw.pools:
+            return  # removed by a reload
         try:
             addrs = await resolve(dns.name, dns.port, dns.server)
         except OSError as exc:

@@ -229,8 +229,7 @@ class GatewayConfig:
     model: str | None = None
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     # `models:` (several models, each with its own pools; `pools` then lists them
-    # all): parsed and validated, routed by model only once the request path is
-    # wired (docs/gateway.md, Several models). Empty with `pools:`.
+    # all), routed by the request's `model` (gateway/_models.py). Empty with `pools:`.
     models: tuple[ModelConfig, ...] = ()
     spillover: bool = True
     backpressure: BackpressureConfig = field(default_factory=BackpressureConfig)

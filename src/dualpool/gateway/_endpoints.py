@@ -47,17 +47,21 @@ def models(gw: Gateway, req: Request, ex: Exchange) -> None:
         gw.metrics.requests.labels("none", Outcome.UNAUTHORIZED).inc()
         gw.error(ex, 401, "missing or invalid API key")
         return
-    card = {
-        "id": gw.model,
-        "object": "model",
-        "created": int(time.time()),
-        "owned_by": "vllm",
-        "root": gw.model,
-        "parent": None,
-        "max_model_len": gw.pools[-1].max_model_len,
-        "permission": [],
-    }
-    send_json(ex, 200, {"object": "list", "data": [card]})
+    now = int(time.time())
+    cards: list[dict[str, Any]] = [
+        {
+            "id": s.name,
+            "object": "model",
+            "created": now,
+            "owned_by": "vllm",
+            "root": s.name,
+            "parent": None,
+            "max_model_len": s.max_model_len,
+            "permission": [],
+        }
+        for s in gw.models.served
+    ]
+    send_json(ex, 200, {"object": "list", "data": cards})
 
 
 def admin(gw: Gateway, req: Request, ex: Exchange) -> None:
@@ -72,15 +76,21 @@ def admin(gw: Gateway, req: Request, ex: Exchange) -> None:
     calib = {"categories": cal.categories(), "feedback": dict(cal.counters)}
     backends = {
         p.name: {
+            "model": s.name,
             "max_model_len": p.max_model_len,
-            "threshold": gw.router.policy.pools[p.index].effective_threshold,
+            "threshold": s.router.policy.pools[i].effective_threshold,
             "inflight": p.inflight,
             "max_concurrency": p.max_concurrency,
             "queued": p.num_waiting,
             "saturated": p.saturated,
             "backends": [b.state() for b in p.backends],
         }
-        for p in gw.pools
+        for s in gw.models.served
+        for i, p in enumerate(s.pools)
+    }
+    models = {
+        s.name: {"aliases": list(s.aliases), "pools": [p.name for p in s.pools]}
+        for s in gw.models.served
     }
     path = req.path.rstrip(b"/")
     if path == b"/admin/calibrator":
@@ -88,6 +98,7 @@ def admin(gw: Gateway, req: Request, ex: Exchange) -> None:
     elif path == b"/admin/backends":
         send_json(ex, 200, {"pools": backends})
     elif path == b"/admin":
-        send_json(ex, 200, {"calibrator": calib, "pools": backends, "model": gw.model})
+        body = {"calibrator": calib, "pools": backends, "model": gw.model, "models": models}
+        send_json(ex, 200, body)
     else:
         gw.error(ex, 404, "admin views: /admin, /admin/calibrator, /admin/backends")

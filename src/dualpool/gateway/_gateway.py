@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from dualpool.errors import RequestError
@@ -26,6 +27,7 @@ from dualpool.gateway._config import GatewayConfig
 from dualpool.gateway._errors import error_body
 from dualpool.gateway._feedback import record_feedback
 from dualpool.gateway._headers import filter_request_headers
+from dualpool.gateway._models import Models
 from dualpool.gateway._proxy import Proxy
 from dualpool.gateway._sse import ask_for_usage
 from dualpool.gateway._telemetry import ACCESS_LOG, GatewayMetrics, Outcome, access_line
@@ -51,38 +53,57 @@ class Gateway:
     """Routes OpenAI requests to pools; see the module docstring for the flow."""
 
     def __init__(
-        self,
-        config: GatewayConfig,
-        router: Router,
-        pools: list[Pool],
-        model: str,
-        loop: asyncio.AbstractEventLoop,
+        self, config: GatewayConfig, models: Models, loop: asyncio.AbstractEventLoop
     ) -> None:
-        self.config = config
-        self.router = router
-        # In the policy's order (smallest max_model_len first).
-        self.pools = pools
-        self.model = model
         self.loop = loop
         self.metrics = GatewayMetrics()
         self.connections: set[HttpConnection] = set()
+        # The listening server (set by GatewayServer): reload swaps its limits.
+        self.server: Any = None
         self.draining = False
         # Past the drain deadline: what is still in flight is ended with an error.
         self.cut_off = False
         self.inflight = 0
+        self._m_reason = {r: self.metrics.routing.labels(r) for r in Reason}
+        self._m_requests: dict[tuple[str, str], Any] = {}
+        # Attempts in flight, for the periodic timeout sweep and the drain.
+        self.live: set[Attempt] = set()
+        # Background tasks started after the start (DNS loops of reloaded pools, reloads).
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.reloading = asyncio.Lock()
+        self.set_models(models)
+        self.proxy = Proxy(self)
+        self.apply_settings(config)
+        self.metrics.add_collector(self._collect)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def set_models(self, models: Models) -> None:
+        """The served models (at start, and swapped whole by a reload)."""
+        self.models = models
+        self.lookup = models.lookup
+        self.default = models.default
+        # The first model's: the calibrator (shared by every router), the extproc.
+        self.router: Router = models.default.router
+        self.model = models.default.name
+        # Every model's pools; each model's in its policy's order.
+        self.pools: list[Pool] = models.pools
+
+    def apply_settings(self, config: GatewayConfig) -> None:
+        """The global settings read on the request path (at start and on reload)."""
+        self.config = config
         self.api_keys = config.auth.api_keys
         self.admin_key = config.auth.admin_key
         self.retry_after = ((b"retry-after", str(config.backpressure.retry_after).encode()),)
         self._access_level = logging.getLevelName(config.log.access.upper())
         self._access_on = ACCESS_LOG.isEnabledFor(self._access_level)
-        self._m_reason = {r: self.metrics.routing.labels(r) for r in Reason}
-        self._m_requests: dict[tuple[str, str], Any] = {}
         self.first_byte_timeout = config.timeouts.first_byte
         self.idle_timeout = config.timeouts.idle
-        # Attempts in flight, for the periodic timeout sweep and the drain.
-        self.live: set[Attempt] = set()
-        self.proxy = Proxy(self)
-        self.metrics.add_collector(self._collect)
+        self.proxy.configure(config, self.pools)
 
     # ---- dualpool.http Handler ------------------------------------------------------
     def handle(self, req: Request, ex: Exchange) -> Any:
@@ -157,9 +178,17 @@ class Gateway:
         if type(body) is not dict:
             self._bad_request(ex, "request body must be a JSON object")
             return None
-        pools = self.pools
+        name = body.get("model")
+        served = self.lookup.get(name) if type(name) is str else None
+        if served is None:
+            if type(name) is not str or not self.models.strict:
+                served = self.default  # no model (or not a string: the parse says 400)
+            else:
+                self._unknown_model(ex, name)
+                return None
+        pools = served.pools
         try:
-            routed = self.router.route(body, saturated=[p.saturated for p in pools], chat=chat)
+            routed = served.router.route(body, saturated=[p.saturated for p in pools], chat=chat)
         except RequestError as exc:
             self._bad_request(ex, str(exc), exc.param)
             return None
@@ -188,7 +217,7 @@ class Gateway:
             # Usage feeds the calibrator; the added chunk is stripped on the way out.
             strip = True
             payload = json.dumps(body).encode()
-        ctx = Context(req, ex, routed, stream, strip)
+        ctx = Context(req, ex, routed, stream, strip, served)
         ctx.payload = payload
         ctx.upstream_head = (
             b"POST "
@@ -199,6 +228,12 @@ class Gateway:
         )
         self.inflight += 1
         return self.proxy.start(ctx)
+
+    def _unknown_model(self, ex: Exchange, name: Any) -> None:
+        # vLLM's answer (serving_engine._check_model): 404, type NotFoundError.
+        self.metrics.requests.labels("none", Outcome.CLIENT_ERROR).inc()
+        self.metrics.rejections.labels("unknown_model").inc()
+        ex.send(404, error_body(404, f"The model `{name}` does not exist.", "model"))
 
     def _bad_request(self, ex: Exchange, message: str, param: str | None = None) -> None:
         self.metrics.requests.labels("none", Outcome.BAD_REQUEST).inc()
@@ -276,7 +311,7 @@ class Gateway:
         usage = ctx.usage
         if usage is None:
             return
-        record_feedback(self.router, self.metrics, ctx.routed, usage)
+        record_feedback(ctx.served.router, self.metrics, ctx.routed, usage)
 
     def _access(
         self,
@@ -330,6 +365,9 @@ class Gateway:
         m.breaker.clear()
         m.backend_waiting.clear()
         m.backend_kv.clear()
+        m.pool_inflight.clear()  # a reload may have removed pools
+        m.pool_queued.clear()
+        m.pool_saturated.clear()
         for p in self.pools:
             m.pool_inflight.labels(p.name).set(p.inflight)
             m.pool_queued.labels(p.name).set(p.num_waiting)

@@ -41,6 +41,7 @@ from dualpool.gateway._attempt import (
     classify,
 )
 from dualpool.gateway._backends import Backend, Pool
+from dualpool.gateway._config import GatewayConfig
 from dualpool.gateway._errors import error_event
 from dualpool.gateway._headers import filter_response_headers
 from dualpool.gateway._sse import usage_from_body
@@ -59,29 +60,35 @@ class Proxy:
     """Runs plans for one gateway (its pools, retry limits, metrics)."""
 
     def __init__(self, gw: Gateway) -> None:
-        cfg = gw.config
         self.gw = gw
         self.loop = gw.loop
         self.metrics = gw.metrics
+        self._pool_headers: dict[str, tuple[bytes, bytes]] = {}
+        self._m_pool: dict[str, tuple[Any, Any]] = {}
+
+    def configure(self, cfg: GatewayConfig, pools: list[Pool]) -> None:
+        """The settings the plans read (at start and on reload)."""
         self.max_wait = cfg.backpressure.max_wait
         self.same_pool = cfg.retries.same_pool
         self.larger = cfg.retries.larger_pools
         self.unhealthy_after = cfg.health.unhealthy_after
         self.connect_timeout = cfg.timeouts.connect
-        self._pool_headers = {p.name: (b"x-dualpool-pool", p.name.encode()) for p in gw.pools}
-        self._m_pool: dict[str, tuple[Any, Any]] = {}
+        # Kept for removed pools: their requests in flight still answer.
+        for p in pools:
+            self._pool_headers[p.name] = (b"x-dualpool-pool", p.name.encode())
 
     def plan_for(self, ctx: Context) -> Plan:
         """The routed pool, then up to retries.larger_pools larger ones (policy.fallbacks)."""
         d = ctx.routed.decision
-        pools = self.gw.pools
+        served = ctx.served
+        pools = served.pools
         plan = [pools[d.pool]]
-        plan += [pools[i] for i in self.gw.router.policy.fallbacks(d)[: self.larger]]
+        plan += [pools[i] for i in served.router.policy.fallbacks(d)[: self.larger]]
         return Plan(plan)
 
     # ---- the first step, without a task -----------------------------------------------
     def start(self, ctx: Context) -> Any:
-        pool = self.gw.pools[ctx.routed.decision.pool]
+        pool = ctx.served.pools[ctx.routed.decision.pool]
         if pool.inflight < pool.max_concurrency and not pool.num_waiting and pool.healthy:
             backend = pool.pick()
             if backend is not None:

@@ -15,16 +15,16 @@ import logging
 import signal
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from dualpool.budget import BudgetEstimator
 from dualpool.errors import ConfigError
 from dualpool.gateway import _background as bg
 from dualpool.gateway import _ops as ops
 from dualpool.gateway._backends import Backend, Pool
 from dualpool.gateway._config import GatewayConfig, PoolConfig
 from dualpool.gateway._gateway import Gateway
+from dualpool.gateway._models import build_models
 from dualpool.gateway._telemetry import configure_logging
 from dualpool.http import HttpServer, ServerLimits, UpstreamError, fetch
-from dualpool.policy import PoolPolicy, PoolSpec
-from dualpool.router import Router
 
 if TYPE_CHECKING:
     from dualpool.gateway._shared_calibration import SharedCalibration
@@ -96,7 +96,6 @@ class GatewayServer:
 
     async def start(self, *, host: str | None = None, port: int | None = None) -> Gateway:
         cfg = self.config
-        check_servable(cfg)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.timeouts.discovery
         per_pool = [await _backends_of(p, cfg.limits.max_idle_per_backend) for p in cfg.pools]
@@ -119,23 +118,14 @@ class GatewayServer:
                 log.info("pool %s: max_model_len %d from /v1/models", pcfg.name, found)
             if model is None and mid:
                 model = str(mid)
-        specs = [PoolSpec(p.name, lens[p.name], p.threshold) for p in cfg.pools]
-        for p, spec in zip(cfg.pools, specs, strict=True):
-            if p.threshold is not None and p.threshold > spec.max_model_len:
-                raise ConfigError(
-                    f"pools.{p.name}.threshold",
-                    f"{p.threshold} exceeds the discovered max_model_len {spec.max_model_len}",
-                )
-        policy = PoolPolicy(specs, spillover=cfg.spillover)
-        router = Router(policy, cfg.estimator, cfg.adaptive)
-        by_name = {p.name: (p, b) for p, b in zip(cfg.pools, per_pool, strict=True)}
-        pools: list[Pool] = []
-        for i, spec in enumerate(policy.pools):
-            pcfg, backends = by_name[spec.name]
-            pool = Pool(pcfg, i, spec.max_model_len)
+        estimator = BudgetEstimator(cfg.estimator)
+        pools: dict[str, Pool] = {}
+        for pcfg, backends in zip(cfg.pools, per_pool, strict=True):
+            pool = pools[pcfg.name] = Pool(pcfg, 0, lens[pcfg.name])
             for b in backends:
                 pool.add(b)
-            pools.append(pool)
+        models = build_models(cfg, model or "unknown", pools, estimator)
+        router = models.default.router
         snap = cfg.calibrator.snapshot
         if snap is not None and snap.exists():
             try:
@@ -143,7 +133,7 @@ class GatewayServer:
                 log.info("calibrator restored from %s", snap)
             except (OSError, ValueError) as exc:
                 raise ConfigError("calibrator.snapshot", f"cannot load {snap}: {exc}") from None
-        gw = Gateway(cfg, router, pools, model or "unknown", loop)
+        gw = Gateway(cfg, models, loop)
         self.gateway = gw
         if cfg.calibrator.shared is not None:
             # Before listening: the first request routes with the fleet's ratios.
@@ -156,6 +146,7 @@ class GatewayServer:
             idle_timeout=cfg.timeouts.keepalive,
         )
         server = self._server = HttpServer(gw, limits, loop=loop)
+        gw.server = server
         server.connections = gw.connections  # one set: /metrics counts it
         ops.attach_metrics(gw)
         self.port = await server.listen(
@@ -166,11 +157,10 @@ class GatewayServer:
         self._tasks.append(loop.create_task(bg.health_loop(gw)))
         if cfg.health.outlier_interval > 0:
             self._tasks.append(loop.create_task(bg.outlier_loop(gw)))
-        if cfg.health.metrics_interval > 0:
-            self._tasks.append(loop.create_task(bg.scrape_loop(gw)))
-        for pool in pools:
+        self._tasks.append(loop.create_task(bg.scrape_loop(gw)))  # idle while 0
+        for pool in gw.pools:
             if pool.cfg.dns is not None:
-                self._tasks.append(loop.create_task(bg.resolve_loop(gw, pool)))
+                gw.spawn(bg.resolve_loop(gw, pool))
         if snap is not None and cfg.calibrator.save_interval > 0:
             self._tasks.append(
                 loop.create_task(bg.snapshot_loop(gw, snap, cfg.calibrator.save_interval))
@@ -183,7 +173,7 @@ class GatewayServer:
             host or cfg.host,
             self.port,
             ", ".join(
-                f"{p.name}(len={p.max_model_len}, backends={len(p.backends)})" for p in pools
+                f"{p.name}(len={p.max_model_len}, backends={len(p.backends)})" for p in gw.pools
             ),
         )
         return gw
@@ -197,7 +187,7 @@ class GatewayServer:
             return
         gw.draining = True
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.timeouts.drain
+        deadline = loop.time() + gw.config.timeouts.drain
         server = self._server
         assert server is not None
         while server.close_idle() and loop.time() < deadline:
@@ -211,9 +201,10 @@ class GatewayServer:
             await asyncio.sleep(0.05)
             server.abort_all()
         await server.wait_closed()
-        for task in self._tasks:
+        tasks = self._tasks + list(gw.tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for pool in gw.pools:
@@ -227,13 +218,14 @@ class GatewayServer:
         log.info("stopped")
 
 
-def check_servable(cfg: GatewayConfig) -> None:
-    """What parses but this gateway cannot serve yet: several models (one per process)."""
-    if len(cfg.models) > 1:
+def check_servable(cfg: GatewayConfig, *, extproc: bool = False) -> None:
+    """What parses but cannot be served: several models behind `dualpool extproc`
+    (its processor routes the first model's pools only; `dualpool serve` routes all)."""
+    if extproc and len(cfg.models) > 1:
         raise ConfigError(
             "models",
-            f"{len(cfg.models)} models configured, but this gateway routes one model per "
-            "process so far (docs/gateway.md, Several models): run one gateway per model",
+            f"{len(cfg.models)} models configured, but dualpool extproc routes one model "
+            "per process so far: run one extproc per model, or `dualpool serve`",
         )
 
 
@@ -261,7 +253,8 @@ async def _main(
     if config_path is not None:
         # SIGHUP: re-read the YAML; live settings change in place (gateway/_ops.py).
         loop.add_signal_handler(
-            signal.SIGHUP, lambda: ops.reload(gw, config_path, host=host, port=port)
+            signal.SIGHUP,
+            lambda: gw.spawn(ops.reload(gw, config_path, host=host, port=port)),
         )
     await stop.wait()
     log.info("signal received: draining (up to %gs)", config.timeouts.drain)
