@@ -361,7 +361,7 @@ class StepTimeModel:
         if first > budget:
             return 0
         # Step times only grow along a run, so budget/first bounds k from above.
-        hi = int(budget / first) + 1
+        hi = int(budget / first) + 1 if first > 0.0 else (limit or 1 << 30)
         if limit is not None and limit < hi:
             hi = max(1, limit)
         lo = 1
@@ -623,26 +623,6 @@ class ProfileTableModel(StepTimeModel):
             total += cnt * (y0 + slope * (c0 - x0)) + slope * n * sum_j
             j = j_end
         return total
-
-    def steps_within(
-        self, num_seqs: int, total_context_tokens: int, budget: float, limit: int | None = None
-    ) -> int:
-        if budget <= 0.0 or num_seqs <= 0:
-            return 0
-        first = self.decode_step_time(num_seqs, total_context_tokens)
-        if first > budget:
-            return 0
-        hi = int(budget / first) + 1 if first > 0.0 else (limit or 1 << 30)
-        if limit is not None and limit < hi:
-            hi = max(1, limit)
-        lo = 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.decode_run_time(num_seqs, total_context_tokens, mid) <= budget:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
 
     def with_params(self, params: StepTimeParams) -> StepTimeModel:
         rows = [
