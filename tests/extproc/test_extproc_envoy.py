@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,19 @@ def metric(text: str, name: str, **labels: str) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 total += s.value
     return total
+
+
+def wait_metric(xp: ExtProcProcess, name: str, at_least: float, timeout: float = 10.0) -> str:
+    """The processor's /metrics once `name` reaches `at_least` (or at the timeout).
+
+    Feedback is recorded when Envoy hands the processor the end of the answer, which
+    may come after the client has read the stream's last event: wait for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = xp.metrics()
+        if metric(text, name) >= at_least or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
 
 
 def served(emu_urls: list[str]) -> list[float]:
@@ -159,7 +173,7 @@ def test_short_and_long_reach_their_pool_and_usage_is_learned(
     after = upstream_requests(envoy)
     assert after["short"] - before["short"] == got["short"] == 8
     assert after["long"] - before["long"] == got["long"] == 8
-    text = xp.metrics()
+    text = wait_metric(xp, "dualpool_calibrator_feedback_total", fed_before + 16)
     assert metric(text, "dualpool_calibrator_feedback_total") - fed_before == 16
     assert metric(text, "dualpool_requests_total", pool="short", outcome="ok") >= 8
     assert metric(text, "dualpool_learned_bytes_per_token") > 0
@@ -196,7 +210,8 @@ def test_streams_are_relayed_with_usage_fed_back_and_the_injected_chunk_stripped
     )
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 12
-    assert metric(xp.metrics(), "dualpool_calibrator_feedback_total") - fed_before == 2
+    text = wait_metric(xp, "dualpool_calibrator_feedback_total", fed_before + 2)
+    assert metric(text, "dualpool_calibrator_feedback_total") - fed_before == 2
 
 
 def test_over_length_rejected_by_the_processor_without_a_backend_call(
@@ -458,6 +473,6 @@ def test_concurrent_streams_and_requests_all_answered_and_all_fed_back(
         results = list(pool.map(one, range(24)))
     assert len(results) == 24
     assert all(n > 0 for _, n in results)
-    text = xp.metrics()
+    text = wait_metric(xp, "dualpool_calibrator_feedback_total", before + 24)
     assert metric(text, "dualpool_calibrator_feedback_total") - before == 24
     assert metric(text, "dualpool_requests_total", outcome="ok") - ok_before == 24
