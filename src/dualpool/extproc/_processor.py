@@ -169,6 +169,15 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def close(self, ex: _Exchange) -> None:
         """The stream ended (completed, cancelled or broken): account for it once."""
         self.inflight -= 1
+        relay = ex.relay
+        if not ex.done and relay is not None:
+            # Envoy may end the ext_proc stream without a last (empty) body message
+            # carrying end_of_stream. vLLM writes usage last, just before [DONE]: an
+            # SSE answer whose usage arrived was complete, so it is fed back.
+            relay.flush()
+            if relay.usage is not None:
+                ex.usage = relay.usage
+                ex.done = True
         self._finish(ex)
 
     # ---- request ------------------------------------------------------------------------
