@@ -306,14 +306,16 @@ AGENT_HEAVY_CDF_POINTS: tuple[tuple[int, float], ...] = (
 
 
 def agent_heavy_lengths(
-    output_fraction: float = 0.05, output_fraction_sd: float = 0.03
+    output_fraction: float = 0.02, output_fraction_sd: float = 0.015
 ) -> SplitTotal:
     """Totals from the agent-heavy CDF, split by a Beta-distributed output share.
 
     NOTE: the CDF gives totals only. Agent and RAG requests are prompt-heavy
     (retrieved documents, repository context, tool schemas) with short answers
-    (a patch, a tool call, a grounded reply); the 5% ± 3% output share is an
-    assumption, not a fit (median output ~190 tokens). Pass your own when it matters.
+    (an agent step's thought and action, a tool call, a grounded reply); the
+    2% ± 1.5% output share is an assumption, not a fit (output p10/p50/p90
+    about 10/60/320 tokens, mean 130). Pass your own when it matters: the A/B on this
+    mix depends on it (docs/bench.md).
     """
     return SplitTotal(
         TokenCdf(AGENT_HEAVY_CDF_POINTS, source="agent_heavy_cdf"),
@@ -372,7 +374,7 @@ def preset(
       default rates 5.5 and 2.6 req/s (those of the 2023 one-hour traces).
     - `lmsys-like`: totals from the LMSYS-Chat-1M CDF, default 5 req/s.
     - `agent-heavy`: a synthetic agent/RAG mix with long prompts (totals from
-      the agent-heavy CDF, output share 5% ± 3%), default 2 req/s; labelled
+      the agent-heavy CDF, output share 2% ± 1.5%), default 2 req/s; labelled
       "code" (SWE-bench context and tool schemas dominate the bytes).
     - `azure-2024-week`: seven days mixing code (16.8M rows) and conv
       (27.3M rows) at their mean rates, 27.8 + 45.1 = 72.9 req/s, with a
@@ -402,8 +404,8 @@ def preset(
         default_rate = 5.0
     elif name == "agent-heavy":
         ah = agent_heavy_lengths(
-            0.05 if output_fraction is None else output_fraction,
-            0.03 if output_fraction_sd is None else output_fraction_sd,
+            0.02 if output_fraction is None else output_fraction,
+            0.015 if output_fraction_sd is None else output_fraction_sd,
         )
         classes = [TrafficClass(ah, 1.0, "code")]
         default_rate = 2.0
