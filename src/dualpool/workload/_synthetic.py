@@ -28,9 +28,9 @@ from dualpool.workload._dists import (
 from dualpool.workload._request import Request, requests_of
 
 __all__ = [
+    "AGENT_HEAVY_CDF_POINTS",
     "AZURE_2024_WEEK_CODE_ROWS",
     "AZURE_2024_WEEK_CONV_ROWS",
-    "AGENT_HEAVY_CDF_POINTS",
     "AZURE_CDF_POINTS",
     "LMSYS_CDF_POINTS",
     "PRESETS",
