@@ -8,14 +8,22 @@ the clock before the POST, TTFT at the first SSE message with non-empty
 Both clients run at once, in one event loop, against one `dualpool emulate`
 process (Llama-3.1-8B on an H100, real time): every request is sent by both at
 its arrival time, so each pair of copies arrives together, is prefilled in the
-same engine step (a pair fits the step's token budget) and decodes in the same
-steps (one long request keeps the engine stepping, so an arrival never starts
-a step alone). The server's behaviour, and the machine's load, is then the same for
-both clients; what differs is only how each measures. Asserted: the same
-request count, and (on a machine not busier than its cores) TTFT and E2E
-p50/p90 within 2%. Measured at load 3-4 per core: E2E p50/p90 within 0.1%
-(2,227.7 vs 2,238.1 ms; 4,324.5 vs 4,327.3 ms), TTFT 4-5% apart (308.6 vs
-320.3 ms; 922.3 vs 940.4 ms), the reference later by its own send overhead.
+same engine step (the step's token budget, 65,536, holds several pairs) and
+decodes in the same steps (one long request keeps the engine stepping, so an
+arrival never starts a step alone). Both clocks start when the request goes on
+the wire (the bench's at its write; the reference's at httpcore's
+`http11.send_request_headers.started` trace event, its request built before
+its time as the bench's are), so neither client's request-building work is
+counted as latency. The server's behaviour, and the machine's load, is then the
+same for both clients; what differs is only how each measures.
+
+Asserted: the same request count; at any load, the paired difference (the two
+copies of each request, one per client) within 2% at the median, for TTFT and
+E2E; on a machine not busier than its cores, also TTFT and E2E p50/p90 of the
+two runs within 2%. Under load, the scheduler can stall the loop between the
+two copies' writes and the engine then serves them a step or more apart: the
+tails of the paired differences grow, the medians do not (docs/bench.md has
+the figures).
 """
 
 from __future__ import annotations
@@ -37,11 +45,11 @@ from dualpool.workload import Request
 
 MODEL = "llama-3.1-8b"
 ARGS = ["--model", MODEL, "--gpu", "h100-80gb", "--max-model-len", "8192", "--max-num-seqs",
-        "64", "--max-num-batched-tokens", "16384", "--tokenizer", "bytes", "--speedup", "1",
+        "64", "--max-num-batched-tokens", "65536", "--tokenizer", "bytes", "--speedup", "1",
         "--served-model-name", MODEL]  # fmt: skip
 
 
-def _workload(n: int = 80, seed: int = 3) -> list[Request]:
+def _workload(n: int = 120, seed: int = 3) -> list[Request]:
     rng = np.random.default_rng(seed)
     t = np.cumsum(rng.exponential(1 / 5.0, n))
     prompts = rng.integers(1000, 4000, n)
@@ -145,24 +153,31 @@ def test_same_count_and_percentiles_as_a_reference_client() -> None:
         mine, ref = asyncio.run(both())
         lag = _lag(url)
     assert len(mine) == len(ref) == len(reqs)
-    report, close = [], True
+    report, close, paired = [], True, True
     for k, name in ((0, "ttft"), (1, "e2e")):
         for q in (50, 90):
             a = float(np.percentile([x[k] for x in mine.values()], q))
             b = float(np.percentile([x[k] for x in ref.values()], q))
             report.append(f"{name} p{q}: bench {a * 1000:.1f} ms, reference {b * 1000:.1f} ms")
             close &= abs(a - b) <= 0.02 * b
-        # the two copies of request i, measured by each client: their difference
-        # is the clients' disagreement alone
-        d = np.array([mine[i][k] - ref[i][k] for i in mine]) * 1000
+        # The two copies of request i, each measured by one client: the relative
+        # difference per pair. Its median is the clients' disagreement; its tails
+        # are pairs the engine split across steps (the server, not the clients).
+        rel = np.array([(mine[i][k] - ref[i][k]) / ref[i][k] for i in mine])
         report.append(
-            f"{name} paired bench - reference (ms): median {np.median(d):+.2f}, "
-            f"p5 {np.percentile(d, 5):+.2f}, p95 {np.percentile(d, 95):+.2f}"
+            f"{name} paired (bench - reference) / reference: median {np.median(rel):+.2%}, "
+            f"p5 {np.percentile(rel, 5):+.2%}, p95 {np.percentile(rel, 95):+.2%}"
         )
+        paired &= abs(float(np.median(rel))) <= 0.02
     load = os.getloadavg()[0] / (os.cpu_count() or 1)
     print("\n".join(report) + f"\nemulator lag {lag:.3f} s, load per core {load:.2f}")
-    # On a machine busier than its cores, the reference's own per-request work
-    # (httpx builds and sends a request in a few ms of Python; the bench in µs)
-    # grows with the load and shows in its TTFT: printed, not asserted there.
-    if lag < 0.05 and load < 1.0:
+    if lag >= 0.05:
+        pytest.skip(f"the emulator fell {lag:.2f} s behind: its timing is not the model's")
+    # At any load: the two clients agree on the same requests within 2% (paired
+    # median). On a machine not busier than its cores, also the percentiles of
+    # the two runs: under load, the httpx client's Python (milliseconds per
+    # request, the bench's microseconds) delays its copy past an engine step
+    # boundary more often, and the copies' server-side latencies differ.
+    assert paired, "\n".join(report)
+    if load < 1.0:
         assert close, "\n".join(report)
