@@ -2,7 +2,7 @@
 
 The reference (`_reference`, below) is plain asyncio + httpx and follows vLLM's
 `async_request_openai_chat_completions` (vllm/benchmarks/lib/endpoint_request_func.py):
-the clock before the POST, TTFT at the first SSE message with non-empty
+the clock when the POST goes out, TTFT at the first SSE message with non-empty
 `choices`, E2E at the last such message.
 
 Both clients run at once, in one event loop, against one `dualpool emulate`
