@@ -34,8 +34,9 @@ from dualpool.compare import (
             True,
             marks=pytest.mark.xfail(
                 reason="not met with the current engine model: at the default 24 GPUs the "
-                "homogeneous arm (6 of the 7 the planner asks for) meets the SLOs as well as "
-                "the split (goodput 98.6% vs 97.0%, P99 TTFT 2.20 vs 2.11 s; docs/bench.md)",
+                "homogeneous arm (6 of the 7 the planner asks for) meets the SLOs about as well "
+                "as the split, and runs go either way (goodput 98.6% vs 97.0%, 98.0% vs 98.1%, "
+                "98.0% vs 98.4%; docs/bench.md)",
                 strict=False,
             ),
         ),
