@@ -51,7 +51,16 @@ from dualpool.errors import ConfigError
 from dualpool.tokenizers import load_tokenizer
 from dualpool.workload import Request
 
-__all__ = ["ArmPlan", "CompareResult", "CompareSettings", "plan_arms", "run_compare"]
+__all__ = [
+    "ArmPlan",
+    "CompareResult",
+    "CompareSettings",
+    "goodput_fraction",
+    "measured_advantage",
+    "plan_arms",
+    "predicted_advantage",
+    "run_compare",
+]
 
 ARMS = ("homogeneous", "split")
 
@@ -532,6 +541,26 @@ def run_compare(
                         f.close()
     result.wall_s = time.perf_counter() - t_start
     return result
+
+
+def predicted_advantage(plan: ArmPlan) -> bool:
+    """The planner predicts the split ahead at this budget: a lower P99 TTFT."""
+    return plan.predicted("split")[0] < plan.predicted("homogeneous")[0]
+
+
+def goodput_fraction(res: CompareResult, arm: str) -> float:
+    """The share of the arm's requests that met both SLOs (modelled time)."""
+    s, rs = res.settings, res.arms[arm].results
+    good = sum(r.success and r.ttft_s <= s.ttft_slo_s and r.tpot_s <= s.tpot_slo_s for r in rs)
+    return good / len(rs) if rs else 0.0
+
+
+def measured_advantage(res: CompareResult) -> bool:
+    """The split was ahead in the run: more of its requests met the SLOs, and a lower P99 TTFT."""
+    h, sp = res.arms["homogeneous"], res.arms["split"]
+    return goodput_fraction(res, "split") > goodput_fraction(res, "homogeneous") and (
+        sp.summary.metric("ttft", "p99") < h.summary.metric("ttft", "p99")
+    )
 
 
 def _scaled(r: RequestResult, k: float) -> RequestResult:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from dualpool.compare import ARMS, CompareResult
+from dualpool.compare import ARMS, CompareResult, measured_advantage, predicted_advantage
 
 __all__ = ["compare_json", "compare_table", "prediction_lines", "write_report"]
 
@@ -48,6 +48,8 @@ def compare_json(res: CompareResult) -> dict[str, Any]:
         "planned_instances": res.plan.planned,
         "planner_saving": res.plan.saving,
         "planner_recommendation": res.plan.recommendation,
+        "predicted_split_ahead": predicted_advantage(res.plan),
+        "measured_split_ahead": measured_advantage(res),
         "alpha": res.plan.alpha,
         "wall_s": round(res.wall_s, 2),
         "stopped": res.stopped,
@@ -189,9 +191,14 @@ def prediction_lines(res: CompareResult) -> list[str]:
     lines.append(
         f"Measured goodput difference (split - homogeneous): {sg - hg:+.1%}. "
         + (
-            "The planner predicts the split ahead at this budget."
-            if p.predicted("split")[0] < p.predicted("homogeneous")[0]
-            else "The planner predicts no advantage for the split at this budget."
+            "The planner predicts the split ahead at this budget"
+            if predicted_advantage(p)
+            else "The planner predicts no advantage for the split at this budget"
+        )
+        + (
+            "; measured: the split ahead (more goodput, lower P99 TTFT)."
+            if measured_advantage(res)
+            else "; measured: no advantage for the split."
         )
     )
     lag = max(h.emulator_lag_s, sp.emulator_lag_s)

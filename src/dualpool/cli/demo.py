@@ -62,7 +62,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--compare", action="store_true", help="A/B: homogeneous vs split, same GPUs")
     p.add_argument(
-        "--workload", default="azure-conv-like", help="--compare: workload spec (azure-conv-like)"
+        "--workload",
+        default="azure-conv-like",
+        help="--compare: workload spec (azure-conv-like; agent-heavy with --rate 2: the mix "
+        "where the planner predicts no advantage)",
     )
     p.add_argument("--rate", type=float, default=8.0, help="--compare: req/s, modelled (8)")
     p.add_argument("--model", default="llama-3-70b", help="--compare: model (llama-3-70b)")

@@ -6,7 +6,7 @@ Grammar:
     KIND    := azure | lengths | cdf | jsonl | synthetic
 
 Without a KIND, a TARGET naming a preset (azure-conv-like, azure-code-like,
-lmsys-like, azure-2024-week, lognormal) is synthetic; otherwise it is a path
+lmsys-like, agent-heavy, azure-2024-week, lognormal) is synthetic; otherwise it is a path
 and the kind is sniffed: *.jsonl -> jsonl, *.json -> cdf, *.csv -> azure or
 lengths by the header. Examples:
 

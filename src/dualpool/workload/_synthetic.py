@@ -28,6 +28,7 @@ from dualpool.workload._dists import (
 from dualpool.workload._request import Request, requests_of
 
 __all__ = [
+    "AGENT_HEAVY_CDF_POINTS",
     "AZURE_2024_WEEK_CODE_ROWS",
     "AZURE_2024_WEEK_CONV_ROWS",
     "AZURE_CDF_POINTS",
@@ -35,6 +36,7 @@ __all__ = [
     "PRESETS",
     "SyntheticWorkload",
     "TrafficClass",
+    "agent_heavy_lengths",
     "azure_code_lengths",
     "azure_conv_lengths",
     "lmsys_lengths",
@@ -276,6 +278,52 @@ AZURE_CDF_POINTS: tuple[tuple[int, float], ...] = (
 )
 
 
+# A synthetic agent/RAG mix from the same simulator (Apache-2.0), copied from shared
+# data/cdf/agent_heavy_cdf.json ("statistics-based-synthetic", 100,000 samples, seed
+# 42): 35% RAG (median 1,800 tokens), 40% SWE-bench (Jimenez et al., 2024; median
+# 10,000), 25% BFCL (Yan et al., 2024; median 3,000). Median ~3,800 tokens, 26%
+# above 8,192: the long tail a short pool cannot take.
+AGENT_HEAVY_CDF_POINTS: tuple[tuple[int, float], ...] = (
+    (64, 0.0),
+    (128, 0.0),
+    (256, 0.00007),
+    (512, 0.00407),
+    (768, 0.02237),
+    (1024, 0.05757),
+    (1536, 0.15871),
+    (2048, 0.26459),
+    (3072, 0.43163),
+    (4096, 0.53802),
+    (6144, 0.65987),
+    (8192, 0.74042),
+    (12288, 0.85213),
+    (16384, 0.91717),
+    (24576, 0.97282),
+    (32768, 0.99046),
+    (49152, 0.99849),
+    (65536, 1.0),
+)
+
+
+def agent_heavy_lengths(
+    output_fraction: float = 0.02, output_fraction_sd: float = 0.015
+) -> SplitTotal:
+    """Totals from the agent-heavy CDF, split by a Beta-distributed output share.
+
+    NOTE: the CDF gives totals only. Agent and RAG requests are prompt-heavy
+    (retrieved documents, repository context, tool schemas) with short answers
+    (an agent step's thought and action, a tool call, a grounded reply); the
+    2% ± 1.5% output share is an assumption, not a fit (output p10/p50/p90
+    about 10/60/320 tokens, mean 130). Pass your own when it matters: the A/B on this
+    mix depends on it (docs/bench.md).
+    """
+    return SplitTotal(
+        TokenCdf(AGENT_HEAVY_CDF_POINTS, source="agent_heavy_cdf"),
+        output_fraction,
+        output_fraction_sd,
+    )
+
+
 def lmsys_lengths(output_fraction: float = 0.5, output_fraction_sd: float = 0.25) -> SplitTotal:
     """Totals from the LMSYS CDF, split by a Beta-distributed output share.
 
@@ -325,6 +373,9 @@ def preset(
     - `azure-conv-like`, `azure-code-like`: fitted Azure 2023 lengths,
       default rates 5.5 and 2.6 req/s (those of the 2023 one-hour traces).
     - `lmsys-like`: totals from the LMSYS-Chat-1M CDF, default 5 req/s.
+    - `agent-heavy`: a synthetic agent/RAG mix with long prompts (totals from
+      the agent-heavy CDF, output share 2% ± 1.5%), default 2 req/s; labelled
+      "code" (SWE-bench context and tool schemas dominate the bytes).
     - `azure-2024-week`: seven days mixing code (16.8M rows) and conv
       (27.3M rows) at their mean rates, 27.8 + 45.1 = 72.9 req/s, with a
       daily sine of ±40% peaking at 14:00 (an assumption: the published
@@ -351,6 +402,13 @@ def preset(
         )
         classes = [TrafficClass(lm, 1.0, None)]
         default_rate = 5.0
+    elif name == "agent-heavy":
+        ah = agent_heavy_lengths(
+            0.02 if output_fraction is None else output_fraction,
+            0.015 if output_fraction_sd is None else output_fraction_sd,
+        )
+        classes = [TrafficClass(ah, 1.0, "code")]
+        default_rate = 2.0
     elif name == "azure-2024-week":
         classes = [
             TrafficClass(azure_code_lengths(), AZURE_2024_WEEK_CODE_ROWS, "code"),
@@ -391,6 +449,7 @@ PRESETS: tuple[str, ...] = (
     "azure-conv-like",
     "azure-code-like",
     "lmsys-like",
+    "agent-heavy",
     "azure-2024-week",
     "lognormal",
 )
