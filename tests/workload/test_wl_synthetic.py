@@ -112,7 +112,7 @@ def test_seek_equals_filter() -> None:
     assert list(w.iter_window(3000.0, 3700.0)) == full
 
 
-def test_late_window_is_instant() -> None:
+def test_late_window_seeks_to_its_requests() -> None:
     # A window late in the week is read without generating the days before it
     # (docs/simulator.md: synthetic sources seek); checked by its content, not by a clock.
     w = preset("azure-2024-week")
