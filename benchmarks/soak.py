@@ -84,12 +84,22 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                 pass
             await asyncio.sleep(0.5)
 
+    lags: list[float] = []  # this process's own event-loop lag (the probes' clock)
+
+    async def lag_monitor() -> None:
+        # The probes are timed on the load generator's loop: when it is late, both
+        # timings of a pair stretch unequally. Reported beside the added latency.
+        while not stop.is_set():
+            t = time.monotonic()
+            await asyncio.sleep(0.005)
+            lags.append(max(0.0, time.monotonic() - t - 0.005))
+
     def progress(n: int) -> None:
         if n % 20_000 == 0:
             print(f"{n} requests, {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
 
     try:
-        tasks = [asyncio.create_task(sampler()), asyncio.create_task(prober())]
+        tasks = [asyncio.create_task(c) for c in (sampler(), prober(), lag_monitor())]
         tally: Tally = await run_load(
             fleet.port, 64, seconds=args.seconds, rate=args.rate, on_progress=progress
         )
@@ -146,6 +156,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "added_p50_ms": round(1000 * percentile(all_added, 50), 2),
         "added_p99_ms": round(1000 * p99, 2),
         "added_by_minute": per_min,
+        "client_loop_lag_p99_ms": round(1000 * percentile(lags, 99), 2),
         "rss_from_s": round(later[0][0], 1),
         "rss_start_mb": round(rss_start / 2**20, 1),
         "rss_end_mb": round(rss_end / 2**20, 1),
