@@ -313,3 +313,18 @@ def test_pool_slots_queue_and_expiry() -> None:
         assert pool.inflight == 0
 
     asyncio.run(run())
+
+
+def test_settle_heap_freezes_what_start_up_left_alive() -> None:
+    import gc
+
+    from dualpool.gateway._server import settle_heap
+
+    before = gc.get_freeze_count()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > before
+        # what is frozen is no longer walked by a full collection
+        assert len(gc.get_objects(generation=2)) < gc.get_freeze_count()
+    finally:
+        gc.unfreeze()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -29,7 +30,7 @@ from dualpool.http import HttpServer, ServerLimits, UpstreamError, fetch
 if TYPE_CHECKING:
     from dualpool.gateway._shared_calibration import SharedCalibration
 
-__all__ = ["GatewayServer", "check_servable", "run"]
+__all__ = ["GatewayServer", "check_servable", "run", "settle_heap"]
 
 log = logging.getLogger("dualpool.gateway")
 
@@ -241,11 +242,23 @@ async def _join_shared(gw: Gateway, cfg: GatewayConfig, port: int | None) -> Sha
     return shared
 
 
+def settle_heap() -> None:
+    """Once started: collect, then freeze what is alive into the permanent generation.
+
+    The modules, config, router and tables alive after start-up (~25k objects) live as
+    long as the process; left in generation 2, every full collection walks them again,
+    a 4-9 ms pause of the event loop that lands on whatever request is in flight (the
+    soak's added-latency tail). Frozen, full collections walk only what requests made."""
+    gc.collect()
+    gc.freeze()
+
+
 async def _main(
     config: GatewayConfig, config_path: str | None, host: str | None, port: int | None
 ) -> int:
     server = GatewayServer(config)
     gw = await server.start()
+    settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
