@@ -135,7 +135,11 @@ def test_same_count_and_percentiles_as_a_reference_client() -> None:
 
             # The client exists before the clocks start: both clients' t0 fall in
             # the same event-loop turn, so the two copies of a request go together.
-            limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+            # The emulator closes keep-alive connections idle for 5 s, as vLLM (uvicorn)
+            # does: the reference keeps them 4 s, so it never reuses one being closed.
+            limits = httpx.Limits(
+                max_connections=100, max_keepalive_connections=100, keepalive_expiry=4.0
+            )
             async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
                 # One long request keeps the engine stepping throughout: an idle engine
                 # would start a step for the first copy alone, before the second is read.
