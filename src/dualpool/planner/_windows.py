@@ -38,7 +38,7 @@ import numpy.typing as npt
 
 from dualpool.engine import GPUSpec, ModelSpec, StepTimeParams
 from dualpool.planner._capacity import PoolDesign
-from dualpool.planner._verify import PoolSim, SearchResult, _Collect, search_pool_size
+from dualpool.planner._verify import PoolSim, SearchResult, _Collect, pool_sim, search_pool_size
 from dualpool.simulator import SLO, FleetConfig, PoolConfig, SimOptions, simulate
 from dualpool.workload import Request
 
@@ -151,28 +151,16 @@ def simulate_whole_pool(
     t0 = requests[0].arrival_s if requests else 0.0
     sink = _Collect(t0 + warmup_s) if keep_samples else None
     summary = simulate(fleet, requests, opts, records=sink)
-    st = summary.pools[design.name]
-    ttft99 = st.ttft.quantile(0.99) if st.completed else math.inf
-    tpot99 = st.tpot.quantile(0.99) if st.completed else math.inf
-    if not requests or st.requests == 0:
-        ttft99 = tpot99 = 0.0  # nothing measured: nothing missed
-    meets = ttft99 <= ttft_slo and tpot99 <= tpot_slo and st.rejected == 0
-    span = summary.span_s
-    return PoolSim(
-        instances=instances,
-        simulated_instances=instances,
-        requests=st.requests,
-        ttft_p50_s=st.ttft.quantile(0.5) if st.completed else math.inf,
-        ttft_p99_s=ttft99,
-        tpot_p50_s=st.tpot.quantile(0.5) if st.completed else math.inf,
-        tpot_p99_s=tpot99,
-        preemptions_per_1k=1000.0 * st.preemptions / st.requests if st.requests else 0.0,
-        rejected=st.rejected,
-        utilization=st.busy_s / (instances * span) if span > 0 else 0.0,
-        meets=meets,
-        early_stop=prefix_until_s is not None,
-        ttft=tuple(sink.ttft) if sink else (),
-        tpot=tuple(sink.tpot) if sink else (),
+    return pool_sim(
+        summary,
+        design.name,
+        instances,
+        instances,
+        ttft_slo,
+        tpot_slo,
+        sink,
+        prefix_until_s is not None,
+        empty_meets=True,
     )
 
 
