@@ -117,11 +117,19 @@ def make_builds(root: Path, source: Path = REPO, prefix: str = "") -> dict[str, 
         return builds
     modules = m.group(1).replace("\\", " ").split()
     t0 = time.perf_counter()
+    # Without PYTHONPATH: a src/ on it (as the worktree setup has) is a second copy of
+    # the package for mypy, which then refuses the build ("found twice").
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
-        [str(mypyc), *modules], cwd=root / f"{prefix}compiled", capture_output=True, text=True
+        [str(mypyc), *modules],
+        cwd=root / f"{prefix}compiled",
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if proc.returncode != 0:
-        print(f"mypyc failed, interpreted only: {proc.stderr[-500:]}", file=sys.stderr)
+        err = (proc.stderr + proc.stdout)[-500:]
+        print(f"mypyc failed, interpreted only: {err}", file=sys.stderr)
         return builds
     print(f"compiled {len(modules)} modules in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     builds[f"{prefix}compiled"] = root / f"{prefix}compiled"
