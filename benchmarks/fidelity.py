@@ -53,29 +53,12 @@ from dualpool.engine.measured import (
     measured_stats,
     replay,
     resolve_specs,
+    trajectory_error,
 )
 from dualpool.engine.memory import plan_memory
 from dualpool.errors import DualpoolError
 
 KEYS = ("ttft_p50", "ttft_p90", "e2e_p50", "e2e_p90", "tpot_p50", "tpot_p90")
-
-
-def _trajectory_error(run: MeasuredRun, res: ReplayResult) -> dict[str, float]:
-    """Mean |model - measured| of running and waiting over the run's seconds."""
-    if not run.timeseries or not res.timeseries:
-        return {}
-    model = {round(t): (r, w) for t, r, w in res.timeseries}
-    dr: list[float] = []
-    dw: list[float] = []
-    for t, r, w in run.timeseries:
-        m = model.get(round(t))
-        if m is None:
-            continue
-        dr.append(abs(m[0] - r))
-        dw.append(abs(m[1] - w))
-    if not dr:
-        return {}
-    return {"running_mae": sum(dr) / len(dr), "waiting_mae": sum(dw) / len(dw)}
 
 
 def _load_params(path: str | None) -> StepTimeParams:
@@ -94,11 +77,12 @@ def _row(label: str, run: MeasuredRun, res: ReplayResult) -> dict[str, Any]:
     print(f"  {label:10s} KV blocks {res.num_gpu_blocks:,}  preemptions {res.num_preemptions}")
     for k in KEYS:
         print(f"    {k:9s} measured {meas[k]:9.4f} s  model {mod[k]:9.4f} s  {err[k]:+7.1%}")
-    traj = _trajectory_error(run, res)
+    traj = trajectory_error(run, res)
     if traj:
         print(
             f"    trajectory: running off by {traj['running_mae']:.1f}, "
-            f"waiting by {traj['waiting_mae']:.1f} requests on average"
+            f"waiting by {traj['waiting_mae']:.1f} requests on average "
+            f"(running: model - measured {traj['running_bias']:+.1f})"
         )
     return {
         "num_gpu_blocks": res.num_gpu_blocks,
@@ -187,7 +171,11 @@ def main() -> int:
             fit = fit_step_params(run, model, gpu, cfg, params, select=range(0, n // 2))
             res3 = replay(run, model, gpu, cfg, fit.params)
             hold = compare(run, res3, range(n // 2, n))
+            defaults_hold = compare(run, replay(run, model, gpu, cfg, params), range(n // 2, n))
             entry["calibrated_split"] = {
+                "defaults_first_half": fit.before,
+                "defaults_first_half_max_abs": max(abs(v) for v in fit.before.values()),
+                "defaults_second_half_max_abs": max(abs(v) for v in defaults_hold.values()),
                 "fitted": fit.after,
                 "holdout": hold,
                 "fitted_max_abs": fit.max_abs_error,
@@ -196,8 +184,10 @@ def main() -> int:
                 "bandwidth_efficiency": fit.params.bandwidth_efficiency,
             }
             print(
-                f"  calibrated on the first half: worst {fit.max_abs_error:.1%}; "
-                f"second half (holdout): worst {entry['calibrated_split']['holdout_max_abs']:.1%}"
+                f"  calibrated on the first half: worst {fit.max_abs_error:.1%} (defaults "
+                f"{entry['calibrated_split']['defaults_first_half_max_abs']:.1%}); second half "
+                f"(holdout): worst {entry['calibrated_split']['holdout_max_abs']:.1%} (defaults "
+                f"{entry['calibrated_split']['defaults_second_half_max_abs']:.1%})"
             )
         out["runs"][run.name] = entry
     out["max_abs_latency_error"] = worst

@@ -23,6 +23,12 @@
 4. Peer: vllm-sr-sim (pip, in a venv under /tmp/peer-venv) on the Azure CDF
    at 1,000 req/s with the same instance counts; null if it is not installed.
 
+--baseline REV (a git revision, e.g. the commit before a change) builds the
+same two builds of REV's src/ (with REV's Makefile list of compiled modules)
+and measures them in the same alternating rounds of 1 and 3, so the
+speed of the working tree is reported against REV's as ratios measured at
+the same moment (`baseline_ratio_*`: this tree / REV, best rounds).
+
 The last line is one JSON object.
 """
 
@@ -85,28 +91,48 @@ def speed(duration_s: float) -> dict[str, object]:
     }
 
 
-def make_builds(root: Path) -> dict[str, Path]:
+def export_rev(rev: str, dest: Path) -> Path:
+    """`git archive` of REV's src/ and Makefile into dest (a source tree like REPO)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "src", "Makefile"], capture_output=True
+    )
+    if archive.returncode != 0:
+        sys.exit(f"--baseline {rev}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+def make_builds(root: Path, source: Path = REPO, prefix: str = "") -> dict[str, Path]:
     """{"interpreted": dir, "compiled": dir}: copies of src/ to put on PYTHONPATH."""
     builds: dict[str, Path] = {}
     ignore = shutil.ignore_patterns("*.so", "build", "__pycache__", ".mypy_cache")
     for name in ("interpreted", "compiled"):
-        shutil.copytree(REPO / "src", root / name, ignore=ignore)
-    builds["interpreted"] = root / "interpreted"
-    m = re.search(r"^MYPYC_MODULES :=((?:.*\\\n)*.*)$", (REPO / "Makefile").read_text(), re.M)
+        shutil.copytree(source / "src", root / f"{prefix}{name}", ignore=ignore)
+    builds[f"{prefix}interpreted"] = root / f"{prefix}interpreted"
+    m = re.search(r"^MYPYC_MODULES :=((?:.*\\\n)*.*)$", (source / "Makefile").read_text(), re.M)
     mypyc = Path(sys.executable).parent / "mypyc"
     if m is None or not mypyc.exists():
         print("no mypyc: measuring the interpreted build only", file=sys.stderr)
         return builds
     modules = m.group(1).replace("\\", " ").split()
     t0 = time.perf_counter()
+    # Without PYTHONPATH: a src/ on it (as the worktree setup has) is a second copy of
+    # the package for mypy, which then refuses the build ("found twice").
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
-        [str(mypyc), *modules], cwd=root / "compiled", capture_output=True, text=True
+        [str(mypyc), *modules],
+        cwd=root / f"{prefix}compiled",
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if proc.returncode != 0:
-        print(f"mypyc failed, interpreted only: {proc.stderr[-500:]}", file=sys.stderr)
+        err = (proc.stderr + proc.stdout)[-500:]
+        print(f"mypyc failed, interpreted only: {err}", file=sys.stderr)
         return builds
     print(f"compiled {len(modules)} modules in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    builds["compiled"] = root / "compiled"
+    builds[f"{prefix}compiled"] = root / f"{prefix}compiled"
     return builds
 
 
@@ -201,6 +227,7 @@ def _best(runs: list[dict[str, object]], key: str) -> dict[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller runs (a few minutes)")
+    ap.add_argument("--baseline", metavar="REV", help="also measure git revision REV, side by side")
     ap.add_argument("--child", nargs=2, metavar=("WHAT", "ARG"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -212,6 +239,10 @@ def main() -> None:
     out: dict[str, object] = {"quick": q}
     with tempfile.TemporaryDirectory(prefix="dualpool-bench-") as tmp:
         builds = make_builds(Path(tmp))
+        if args.baseline:
+            base_src = export_rev(args.baseline, Path(tmp) / "baseline-src")
+            builds.update(make_builds(Path(tmp), base_src, "baseline-"))
+            out["baseline"] = args.baseline
         speeds: dict[str, list[dict[str, object]]] = {b: [] for b in builds}
         weeks: dict[str, list[dict[str, object]]] = {b: [] for b in builds}
         for _ in range(rounds):
@@ -238,6 +269,12 @@ def main() -> None:
             out["compiled_speedup"] = float(out["requests_per_s_compiled"]) / float(  # type: ignore[arg-type]
                 out["requests_per_s_interpreted"]  # type: ignore[arg-type]
             )
+        for name in ("interpreted", "compiled"):
+            if name in builds and f"baseline-{name}" in builds:
+                for key, runs in (("requests_per_s", speeds), ("week_slice_requests_per_s", weeks)):
+                    a = float(_best(runs[name], key)[key])  # type: ignore[arg-type]
+                    b = float(_best(runs[f"baseline-{name}"], key)[key])  # type: ignore[arg-type]
+                    out[f"baseline_ratio_{key}_{name}"] = a / b
         pools = out["pools"]
         assert isinstance(pools, dict)
         out.update(peer(20_000 if q else 100_000, pools["short"], pools["long"]))

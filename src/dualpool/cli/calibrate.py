@@ -28,6 +28,7 @@ from typing import Any
 from dualpool.cli.common import add_catalog_args, catalog_from_args, print_json
 from dualpool.engine.measured import (
     MeasuredRun,
+    ReplayResult,
     compare,
     engine_config,
     fit_step_params,
@@ -36,6 +37,7 @@ from dualpool.engine.measured import (
     replay,
     resolve_specs,
     step_params_yaml,
+    trajectory_error,
 )
 from dualpool.errors import ConfigError
 
@@ -133,6 +135,24 @@ def _fmt(err: dict[str, float]) -> str:
     return "  ".join(f"{k} {err[k]:+.1%}" for k in KEYS)
 
 
+def _kv_note(measured: MeasuredRun, res: ReplayResult, worst: float) -> str | None:
+    """Why a fit may stay off: a KV-bound run's queueing is not step time."""
+    if worst <= 0.05 or res.num_preemptions == 0:
+        return None
+    note = (
+        f"the replay preempts ({res.num_preemptions} preemptions): the run is KV-bound, "
+        "and its TTFT depends on the KV capacity and on prefix-cache hits between "
+        "requests, which step-time parameters cannot fit"
+    )
+    traj = trajectory_error(measured, res)
+    if traj and traj["running_bias"] < -1.0:
+        note += (
+            f"; the model holds {-traj['running_bias']:.1f} fewer running requests than "
+            "vLLM did on average (its timeseries): vLLM had more usable KV than the model"
+        )
+    return note
+
+
 def run(args: argparse.Namespace) -> int:
     if args.max_replays < 1:
         raise ConfigError("--max-replays", f"must be >= 1, got {args.max_replays}")
@@ -160,8 +180,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"calibrate: {measured.name}: {model.name} on {gpu.name}, {n} requests", file=err)
     print(f"  defaults:    {_fmt(fit.before)}", file=err)
     print(f"  fitted ({where}the run, {fit.replays} replays): {_fmt(fit.after)}", file=err)
+    res = replay(measured, model, gpu, config, fit.params)
+    note = _kv_note(measured, res, fit.max_abs_error)
+    if note:
+        result["note"] = note
+        print(f"  note: {note}", file=err)
     if args.split:
-        res = replay(measured, model, gpu, config, fit.params)
         hold = compare(measured, res, range(n // 2, n))
         result["error_holdout"] = hold
         print(f"  holdout (second half): {_fmt(hold)}", file=err)
