@@ -22,7 +22,11 @@ load needs at each moment, so min/max are reported but not judged):
   before it (idle upstream connections are closed by the backends' keep-alive
   timeout, so this waits up to 30 s for it).
 
-The gateway's share of a core at the chosen rate is reported beside the figures:
+The gateway and each emulator run in a session of their own (with the kernel's
+autogroup scheduling, a CPU group each, as separate containers would have; the
+load generator's busy loop then does not share the gateway's group);
+`--one-session` puts them all in this one. The gateway's share of a core at the
+chosen rate is reported beside the figures:
 on a small machine the emulators and the load generator, not the gateway, are what
 limits the rate. Last line: one JSON object (load average included: a shared
 machine's other jobs show up in the latency tail).
@@ -161,7 +165,9 @@ async def find_rate(
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
-    fleet = Fleet(n_short=1, n_long=1, speedup=args.speedup).start()
+    fleet = Fleet(
+        n_short=1, n_long=1, speedup=args.speedup, own_sessions=not args.one_session
+    ).start()
     pid = fleet.gateway_pid()
     samples: list[tuple[float, int, int]] = []  # (t, rss, fds)
     await asyncio.sleep(1.0)
@@ -284,6 +290,7 @@ async def soak(
         "fds_flat": fds_growth_ok and fds_back_ok,
         "pass": c["lost"] == 0 and growth < 0.10 and p99 < 0.005 and fds_growth_ok and fds_back_ok,
         "cores": os.cpu_count(),
+        "own_sessions": not args.one_session,
     }
 
 
@@ -299,6 +306,11 @@ def main() -> None:
     ap.add_argument("--ramp-seconds", type=float, default=None, help="per ramp step (30)")
     ap.add_argument("--probe-interval", type=float, default=0.1, help="seconds between pairs")
     ap.add_argument("--speedup", type=float, default=200.0)
+    ap.add_argument(
+        "--one-session", action="store_true",
+        help="gateway and emulators in this process's session (one CPU autogroup) "
+        "instead of one each, as separate containers would be",
+    )  # fmt: skip
     if len(sys.argv) == 6 and sys.argv[1] == "--probe-loop":
         gw, be, interval, out = sys.argv[2:]
         asyncio.run(_probe_loop(int(gw), int(be), float(interval), Path(out)))
