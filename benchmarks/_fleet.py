@@ -56,7 +56,10 @@ def _env(src_dir: str | None = None) -> dict[str, str]:
 class Backend:
     """One `dualpool emulate` process on a fixed loopback port."""
 
-    def __init__(self, max_model_len: int, speedup: float, logdir: Path, name: str) -> None:
+    def __init__(
+        self, max_model_len: int, speedup: float, logdir: Path, name: str, session: bool = False
+    ) -> None:
+        self.session = session  # a session (CPU autogroup) of its own, as a container's cgroup
         self.max_model_len = max_model_len
         self.speedup = speedup
         self.port = free_port()
@@ -73,8 +76,9 @@ class Backend:
         ]  # fmt: skip
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=_env()
-            )
+                cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=_env(),
+                start_new_session=self.session,
+            )  # fmt: skip
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -144,13 +148,20 @@ class Fleet:
     proxies: dict[int, ProxyThread] = field(default_factory=dict)
     gw_proc: subprocess.Popen[bytes] | None = None
     gateway_src: str | None = None  # another checkout's src/ for the gateway process
+    # Each process in a session of its own: with the kernel's autogroup scheduling each
+    # then gets its own CPU group, as a container in its own cgroup would in a
+    # deployment, instead of all of them sharing the benchmark's one group.
+    own_sessions: bool = False
     port: int = 0
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dualpool-rel-")))
 
     def start(self) -> Fleet:
         for i in range(self.n_short + self.n_long):
             long = i >= self.n_short
-            b = Backend(LONG_LEN if long else SHORT_LEN, self.speedup, self.tmp, f"backend{i}")
+            b = Backend(
+                LONG_LEN if long else SHORT_LEN, self.speedup, self.tmp, f"backend{i}",
+                session=self.own_sessions,
+            )  # fmt: skip
             self.backends.append(b)
         for b in self.backends:
             b.start()
@@ -170,6 +181,7 @@ class Fleet:
             self.gw_proc = subprocess.Popen(
                 [sys.executable, "-m", "dualpool", "serve", "--config", str(path)],
                 stdout=subprocess.DEVNULL, stderr=log, env=_env(self.gateway_src),
+                start_new_session=self.own_sessions,
             )  # fmt: skip
         self.wait_ready()
 

@@ -1,16 +1,20 @@
-"""Soak: steady load through the gateway for 10 minutes; memory, fds, added latency.
+"""Soak: the highest load the gateway holds, for 10 minutes; memory, fds, added latency.
 
     PYTHONPATH=src .venv/bin/python benchmarks/soak.py [--quick] [--seconds S] [--rate R]
 
-Two emulators (short and long pool), the chaos benchmark's request mix at a steady
-open-loop rate (default 300 req/s). Every 2 s: the gateway's RSS and open file
-descriptors. Twice a second: one probe request (max_tokens 1, not streamed) straight
-to the short backend and one through the gateway, back to back; the added latency is
-their difference (p50/p99 per minute). Targets: p99 added latency < 5 ms, RSS growth
-< 10% from minute 2 to the end (quick: from 1/5 of the run), 0 lost, and file
-descriptors flat, meaning no growth over time (not a constant count: under load the
-count breathes with the upstream keep-alive connections the load needs at each
-moment, so min/max are reported but not judged):
+Two emulators (short and long pool) behind the gateway, the chaos benchmark's request
+mix open loop. First a ramp (`--ramp`, 30 s a step; skipped with `--rate`): the
+highest rate whose step keeps the p99 added latency under 5 ms with nothing lost or
+refused; then the soak at that rate. Every 2 s: the gateway's RSS and open file
+descriptors, and the load average. Ten times a second: one probe request
+(max_tokens 1, not streamed) straight to the short backend and one through the
+gateway, on warm keep-alive connections, from a process of its own (the load
+generator's busy event loop would stretch the timings), the order alternating; the
+added latency is their difference (p50/p99 per minute). Targets: p99 added latency
+< 5 ms, RSS growth < 10% from minute 2 to the end (quick: from 1/5 of the run),
+0 lost, and file descriptors flat, meaning no growth over time (not a constant
+count: under load the count breathes with the upstream keep-alive connections the
+load needs at each moment, so min/max are reported but not judged):
 
 - growth: the median of the fd samples of the last minute is at most FD_SLACK above
   the median of minute 2's (quick: of the first 1/5 vs the last 1/5);
@@ -18,7 +22,14 @@ moment, so min/max are reported but not judged):
   before it (idle upstream connections are closed by the backends' keep-alive
   timeout, so this waits up to 30 s for it).
 
-Last line: one JSON object. Shared, loaded machine: latency figures include its noise.
+The gateway and each emulator run in a session of their own (with the kernel's
+autogroup scheduling, a CPU group each, as separate containers would have; the
+load generator's busy loop then does not share the gateway's group);
+`--one-session` puts them all in this one. The gateway's share of a core at the
+chosen rate is reported beside the figures:
+on a small machine the emulators and the load generator, not the gateway, are what
+limits the rate. Last line: one JSON object (load average included: a shared
+machine's other jobs show up in the latency tail).
 """
 
 from __future__ import annotations
@@ -26,7 +37,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,78 +56,180 @@ PROBE = json.dumps(
 ).encode()
 
 
-async def probe_pair(gw_port: int, be_port: int) -> tuple[float, float]:
-    """(direct, through) seconds for one probe each, on fresh keep-alive connections."""
-    out = []
-    for port in (be_port, gw_port):
-        r, w = await asyncio.open_connection("127.0.0.1", port)
-        # warm the connection, then time the second request on it
-        for i in range(2):
-            t = time.monotonic()
+async def _probe_loop(gw_port: int, be_port: int, interval: float, out: Path) -> None:
+    """Paired probes (direct, through) on two warm keep-alive connections, forever.
+
+    Runs in its own process (`--probe-loop`), so the load generator's busy event loop
+    does not stretch the timings; the order within a pair alternates so neither side
+    is always the one timed right after a wake-up. One line per pair:
+    `t_monotonic direct_s through_s`."""
+    conns: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+
+    async def once(port: int) -> float:
+        if port not in conns:
+            conns[port] = await asyncio.open_connection("127.0.0.1", port)
+            r, w = conns[port]
             w.write(head_bytes(b"/v1/chat/completions", PROBE, port))
-            _status, _, _ = await read_answer(r)
-            if i:
-                out.append(time.monotonic() - t)
-        w.close()
-    return out[0], out[1]
+            await read_answer(r)  # warm
+        r, w = conns[port]
+        t = time.monotonic()
+        w.write(head_bytes(b"/v1/chat/completions", PROBE, port))
+        _status, headers, _ = await read_answer(r)
+        dt = time.monotonic() - t
+        if headers.get(b"connection", b"").lower() == b"close":
+            w.close()
+            del conns[port]
+        return dt
+
+    flip = False
+    with open(out, "a", buffering=1) as f:
+        while True:
+            try:
+                if flip:
+                    g = await once(gw_port)
+                    d = await once(be_port)
+                else:
+                    d = await once(be_port)
+                    g = await once(gw_port)
+                f.write(f"{time.monotonic():.6f} {d:.6f} {g:.6f}\n")
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+                for _r, w in conns.values():
+                    w.transport.abort()
+                conns.clear()
+            flip = not flip
+            await asyncio.sleep(interval)
+
+
+class Prober:
+    """The probe loop in a child process; `pairs()` reads what it wrote."""
+
+    def __init__(self, gw_port: int, be_port: int, interval: float, out: Path) -> None:
+        self.out = out
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--probe-loop", str(gw_port), str(be_port),
+             str(interval), str(out)],
+        )  # fmt: skip
+
+    def pairs(self) -> list[tuple[float, float, float]]:
+        """(t_monotonic, direct_s, through_s) for each pair so far."""
+        rows = []
+        with contextlib.suppress(FileNotFoundError), open(self.out) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3:
+                    rows.append((float(parts[0]), float(parts[1]), float(parts[2])))
+        return rows
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def find_rate(
+    fleet: Fleet, prober: Prober, rates: list[float], step_s: float, target_s: float
+) -> tuple[float, list[dict[str, float]]]:
+    """The highest rate of `rates` (ascending) whose step keeps p99 added < `target_s`
+    with nothing lost and nothing refused; stops at the first step that does not."""
+    steps: list[dict[str, float]] = []
+    best = 0.0
+    for rate in rates:
+        t_from = time.monotonic()
+        cpu0 = cpu_seconds(fleet.gateway_pid())
+        tally = await run_load(fleet.port, 64, seconds=step_s, rate=rate, seed=int(rate))
+        cpu = cpu_seconds(fleet.gateway_pid()) - cpu0
+        added = [g - d for t, d, g in prober.pairs() if t >= t_from]
+        p99 = percentile(added, 99)
+        c = tally.counts
+        ok = bool(added) and p99 < target_s and c["lost"] == 0 and c["http_5xx"] == 0
+        ok = ok and c["http_429"] == 0
+        steps.append({
+            "rate": rate, "rps": round(tally.total / step_s, 1), "probes": len(added),
+            "added_p50_ms": round(1000 * percentile(added, 50), 2),
+            "added_p99_ms": round(1000 * p99, 2), "lost": c["lost"],
+            "refused": c["http_429"], "gateway_cpu_share": round(cpu / step_s, 3),
+            "load_avg_1m": os.getloadavg()[0], "held": ok,
+        })  # fmt: skip
+        print(f"ramp {rate:.0f} req/s: p99 added {1000 * p99:.2f} ms, held={ok}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        if not ok:
+            break
+        best = rate
+    return best, steps
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
-    fleet = Fleet(n_short=1, n_long=1, speedup=args.speedup).start()
+    fleet = Fleet(
+        n_short=1, n_long=1, speedup=args.speedup, own_sessions=not args.one_session
+    ).start()
     pid = fleet.gateway_pid()
     samples: list[tuple[float, int, int]] = []  # (t, rss, fds)
-    added: list[tuple[float, float]] = []  # (t, added seconds)
     await asyncio.sleep(1.0)
+    prober = Prober(fleet.port, fleet.backends[0].port, args.probe_interval, fleet.tmp / "probes")
+    ramp: list[dict[str, float]] = []
+    try:
+        if args.rate is None:
+            rates = [float(r) for r in args.ramp.split(",")]
+            rate, ramp = await find_rate(fleet, prober, rates, args.ramp_seconds, 0.005)
+            # None held: soak at the lowest anyway, so the memory and fd figures exist
+            args.rate = rate or rates[0]
+        result = await soak(args, fleet, prober, pid, samples)
+    finally:
+        prober.stop()
+        fleet.stop()
+    result["ramp"] = ramp
+    result["rate_chosen_by"] = "ramp" if ramp else "--rate"
+    return result
+
+
+async def soak(
+    args: argparse.Namespace,
+    fleet: Fleet,
+    prober: Prober,
+    pid: int,
+    samples: list[tuple[float, int, int]],
+) -> dict[str, object]:
+    """`args.seconds` at `args.rate`: RSS and fds every 2 s, the probes' added latency."""
+    await asyncio.sleep(6.0)  # a ramp's idle upstream connections close (5 s keep-alive)
     fds_before = fd_count(pid)
     t0 = time.monotonic()
     stop = asyncio.Event()
+    loads: list[float] = []
 
     async def sampler() -> None:
         while not stop.is_set():
             samples.append((time.monotonic() - t0, rss_bytes(pid), fd_count(pid)))
+            loads.append(os.getloadavg()[0])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 2.0)
-
-    async def prober() -> None:
-        while not stop.is_set():
-            try:
-                d, g = await probe_pair(fleet.port, fleet.backends[0].port)
-                added.append((time.monotonic() - t0, g - d))
-            except (OSError, asyncio.IncompleteReadError):
-                pass
-            await asyncio.sleep(0.5)
-
-    lags: list[float] = []  # this process's own event-loop lag (the probes' clock)
-
-    async def lag_monitor() -> None:
-        # The probes are timed on the load generator's loop: when it is late, both
-        # timings of a pair stretch unequally. Reported beside the added latency.
-        while not stop.is_set():
-            t = time.monotonic()
-            await asyncio.sleep(0.005)
-            lags.append(max(0.0, time.monotonic() - t - 0.005))
 
     def progress(n: int) -> None:
         if n % 20_000 == 0:
             print(f"{n} requests, {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
 
-    try:
-        tasks = [asyncio.create_task(c) for c in (sampler(), prober(), lag_monitor())]
-        tally: Tally = await run_load(
-            fleet.port, 64, seconds=args.seconds, rate=args.rate, on_progress=progress
-        )
-        stop.set()
-        await asyncio.gather(*tasks)
-        rss_after, fds_at_end = rss_bytes(pid), fd_count(pid)
-        settle_t = time.monotonic()
-        fds_after = fds_at_end
-        while fds_after > fds_before + FD_SLACK and time.monotonic() - settle_t < 30.0:
-            await asyncio.sleep(0.5)
-            fds_after = fd_count(pid)
-        settle_s = time.monotonic() - settle_t
-    finally:
-        fleet.stop()
+    cpu0 = cpu_seconds(pid)
+    task = asyncio.create_task(sampler())
+    tally: Tally = await run_load(
+        fleet.port, 64, seconds=args.seconds, rate=args.rate, on_progress=progress
+    )
+    gw_cpu = cpu_seconds(pid) - cpu0
+    stop.set()
+    await task
+    rss_after, fds_at_end = rss_bytes(pid), fd_count(pid)
+    settle_t = time.monotonic()
+    fds_after = fds_at_end
+    while fds_after > fds_before + FD_SLACK and time.monotonic() - settle_t < 30.0:
+        await asyncio.sleep(0.5)
+        fds_after = fd_count(pid)
+    settle_s = time.monotonic() - settle_t
     elapsed = settle_t - t0
+    added = [(t - t0, g - d) for t, d, g in prober.pairs() if t0 <= t <= settle_t]
     start_at = 120.0 if args.seconds >= 300 else args.seconds / 5
     later = [s for s in samples if s[0] >= start_at]
     rss_start, rss_end = later[0][1], rss_after
@@ -156,7 +271,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "added_p50_ms": round(1000 * percentile(all_added, 50), 2),
         "added_p99_ms": round(1000 * p99, 2),
         "added_by_minute": per_min,
-        "client_loop_lag_p99_ms": round(1000 * percentile(lags, 99), 2),
+        "gateway_cpu_share": round(gw_cpu / args.seconds, 3),
+        "load_avg_1m_p50": round(statistics.median(loads), 2) if loads else None,
+        "load_avg_1m_max": round(max(loads), 2) if loads else None,
         "rss_from_s": round(later[0][0], 1),
         "rss_start_mb": round(rss_start / 2**20, 1),
         "rss_end_mb": round(rss_end / 2**20, 1),
@@ -172,17 +289,35 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "fds_settle_s": round(settle_s, 1),
         "fds_flat": fds_growth_ok and fds_back_ok,
         "pass": c["lost"] == 0 and growth < 0.10 and p99 < 0.005 and fds_growth_ok and fds_back_ok,
-        "note": "shared, loaded 2-core machine (other sessions' jobs): latency includes noise",
+        "cores": os.cpu_count(),
+        "own_sessions": not args.one_session,
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="60 s")
-    ap.add_argument("--seconds", type=float, default=None)
-    ap.add_argument("--rate", type=float, default=300.0)
+    ap.add_argument("--quick", action="store_true", help="60 s soak, 10 s ramp steps")
+    ap.add_argument("--seconds", type=float, default=None, help="soak length (600)")
+    ap.add_argument(
+        "--rate", type=float, default=None,
+        help="soak at this rate; default: the highest --ramp rate holding p99 added < 5 ms",
+    )  # fmt: skip
+    ap.add_argument("--ramp", default="50,100,200,300,400,500,600,800,1000", help="rates tried")
+    ap.add_argument("--ramp-seconds", type=float, default=None, help="per ramp step (30)")
+    ap.add_argument("--probe-interval", type=float, default=0.1, help="seconds between pairs")
     ap.add_argument("--speedup", type=float, default=200.0)
+    ap.add_argument(
+        "--one-session", action="store_true",
+        help="gateway and emulators in this process's session (one CPU autogroup) "
+        "instead of one each, as separate containers would be",
+    )  # fmt: skip
+    if len(sys.argv) == 6 and sys.argv[1] == "--probe-loop":
+        gw, be, interval, out = sys.argv[2:]
+        asyncio.run(_probe_loop(int(gw), int(be), float(interval), Path(out)))
+        return
     args = ap.parse_args()
+    if args.ramp_seconds is None:
+        args.ramp_seconds = 10.0 if args.quick else 30.0
     if args.seconds is None:
         args.seconds = 60.0 if args.quick else 600.0
     emit(asyncio.run(main_async(args)))

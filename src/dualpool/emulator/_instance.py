@@ -22,7 +22,6 @@ is what benchmarks/emulator_capacity.py measures.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from dataclasses import dataclass
 
@@ -36,6 +35,7 @@ from dualpool.emulator._openai import (
     dumps,
     error_body,
     full_response,
+    load_body,
     new_request_id,
     now_created,
     parse_request,
@@ -324,12 +324,7 @@ class EmulatedInstance:
         return dumps({"object": "list", "data": [card]})
 
     def _tokenize(self, body_bytes: bytes) -> bytes:
-        try:
-            body = json.loads(body_bytes)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ApiError(f"JSON decode error: {exc}") from None
-        if not isinstance(body, dict):
-            raise ApiError("Input should be a valid dictionary or object to extract fields from")
+        body = load_body(body_bytes)
         model = body.get("model")
         if model is not None and model != self.model_name:
             raise ApiError(f"The model `{model}` does not exist.", 404, "NotFoundError", "model")

@@ -206,6 +206,25 @@ def _messages_tokens(tok: Tokenizer, body: Mapping[str, Any]) -> int:
     return chat_prompt_tokens(tok, messages, tools)
 
 
+def load_body(body_bytes: bytes) -> dict[str, Any]:
+    """The JSON object of a request body, or the ApiError (400) vLLM answers.
+
+    vLLM's routes take the body as a pydantic model through FastAPI, which answers a
+    JSON decode error as a validation error and any other failure while reading the
+    body (nesting deeper than Python's recursion limit: RecursionError) as 400 "There
+    was an error parsing the body" (fastapi/routing.py, get_request_handler).
+    """
+    try:
+        body = json.loads(body_bytes)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(f"JSON decode error: {exc}") from None
+    except RecursionError:
+        raise ApiError("There was an error parsing the body") from None
+    if not isinstance(body, dict):
+        raise ApiError("Input should be a valid dictionary or object to extract fields from")
+    return body
+
+
 def parse_request(
     body_bytes: bytes,
     headers: Mapping[str, str],
@@ -218,12 +237,7 @@ def parse_request(
     default_output_median: int,
 ) -> ParsedRequest:
     """Validate a generation request as vLLM would; ApiError on the first problem."""
-    try:
-        body = json.loads(body_bytes)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(f"JSON decode error: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError("Input should be a valid dictionary or object to extract fields from")
+    body = load_body(body_bytes)
     # The body is validated first, the model last, as vLLM does (pydantic, then
     # OpenAIServing._check_model).
     model = body.get("model")
