@@ -317,6 +317,16 @@ def prediction_lines(res: CompareResult) -> list[str]:
         )
     )
     h, sp = res.arms["homogeneous"], res.arms["split"]
+    for arm, a in (("homogeneous", h), ("split", sp)):
+        # What the client saw beyond what the engines did: delivery through the
+        # gateway and the client, in wall time x speedup (CPU contention shows here).
+        extra = a.summary.metric("ttft", "mean") / 1000 - a.engine_ttft_mean_s
+        if math.isfinite(extra) and extra > max(0.1, 0.2 * a.engine_ttft_mean_s):
+            lines.append(
+                f"Note: {arm}: the client's mean TTFT is {extra * 1000:,.0f} ms (modelled) above "
+                "the engines' own: delivery delays (gateway, client, CPU contention) times the "
+                "speedup; the measurement is distorted, rerun with a lower --speedup."
+            )
     lag = max(h.emulator_lag_s, sp.emulator_lag_s)
     if lag > 0.5:
         lines.append(
