@@ -274,7 +274,13 @@ def run_compare(args: argparse.Namespace) -> int:
     for line in prediction_lines(res):
         out.print(line)
     out.print(
-        f"wall time {res.wall_s:.1f} s" + (f"; stopped: {res.stopped}" if res.stopped else "")
+        f"wall time {res.wall_s:.1f} s"
+        + (
+            f"; stopped: {res.stopped} (requests still running were aborted; the prediction "
+            "stops at the same modelled time)"
+            if res.stopped
+            else ""
+        )
     )
     if args.report:
         cap = Console(width=140, record=True, file=io.StringIO())
