@@ -187,11 +187,13 @@ def plan_arms(
     windows: int = 8,
     predict_arms: bool = True,
     say: Callable[[str], None] | None = None,
+    processes: int | None = None,
 ) -> ArmPlan:
     """Size both fleets with the verified planner, fit them to one budget, predict.
 
     `settings` is a `CompareSettings`. The planner reads `windows` disjoint
-    windows of len(requests) requests each (the windows `predict` simulates).
+    windows of len(requests) requests each (the windows `predict` simulates),
+    its jobs on `processes` local processes (default: one per core).
     """
     from dualpool.engine import get_gpu, get_model
     from dualpool.planner import (
@@ -233,7 +235,7 @@ def plan_arms(
         verify=verify,
     )
     mix = mix_from_requests(source, settings.workload)
-    p = plan(s, mix, runner=_two_processes)
+    p = plan(s, mix, runner=_runner(processes))
     jobs = {j.key: j for j in build_jobs(s, mix) if j.key in ("homogeneous", "short", "long")}
     pools = {x["pool"]: x for f in ("homogeneous", "split") for x in p[f]["pools"]}
     n_h = int(p["homogeneous"]["instances"]["homogeneous"])
@@ -293,18 +295,21 @@ def plan_arms(
     return arm_plan
 
 
-def _two_processes(jobs: Sequence[Any]) -> list[Any]:
-    """The planner's jobs on this machine's cores (two here), in order."""
+def _runner(processes: int | None) -> Callable[[Sequence[Any]], list[Any]]:
+    """The planner's jobs on `processes` local processes (None: one per core), in order."""
     import os
     from concurrent.futures import ProcessPoolExecutor
 
     from dualpool.planner import execute
 
-    n = min(os.cpu_count() or 1, len(jobs))
-    if n <= 1:
-        return [execute(j) for j in jobs]
-    with ProcessPoolExecutor(max_workers=n) as ex:
-        return list(ex.map(execute, jobs))
+    def run(jobs: Sequence[Any]) -> list[Any]:
+        n = min(processes or os.cpu_count() or 1, len(jobs))
+        if n <= 1:
+            return [execute(j) for j in jobs]
+        with ProcessPoolExecutor(max_workers=n) as ex:
+            return list(ex.map(execute, jobs))
+
+    return run
 
 
 def _one_stream(wins: list[list[Request]]) -> list[Request]:

@@ -68,7 +68,7 @@ def test_the_verdict_needs_more_goodput_and_a_lower_p99_ttft_on_the_replay() -> 
 def test_goodput_ranges_stay_within_zero_and_one() -> None:
     p = _pred([(0.0, 1.0), (1.0, 1.0), (0.5, 1.0)], [(0.5, 1.0)] * 3)
     lo, hi = p.range("homogeneous", "goodput")
-    assert 0.0 <= lo and hi <= 1.0
+    assert lo >= 0.0 and hi <= 1.0
 
 
 def test_windows_are_disjoint_blocks_from_zero_and_the_first_is_the_replay() -> None:
