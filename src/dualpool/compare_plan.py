@@ -24,13 +24,16 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dualpool.errors import ConfigError
-from dualpool.simulator import RecordSink
+from dualpool.simulator import FleetConfig, RecordSink
 from dualpool.workload import Request
+
+if TYPE_CHECKING:
+    from dualpool.compare import CompareSettings
 
 __all__ = [
     "ArmFigures",
@@ -181,7 +184,7 @@ def _from_zero(block: list[Request]) -> list[Request]:
 
 
 def plan_arms(
-    settings: Any,
+    settings: CompareSettings,
     requests: list[Request],
     *,
     windows: int = 8,
@@ -191,7 +194,7 @@ def plan_arms(
 ) -> ArmPlan:
     """Size both fleets with the verified planner, fit them to one budget, predict.
 
-    `settings` is a `CompareSettings`. The planner reads `windows` disjoint
+    The planner reads `windows` disjoint
     windows of len(requests) requests each (the windows `predict` simulates),
     its jobs on `processes` local processes (default: one per core).
     """
@@ -323,9 +326,9 @@ def _one_stream(wins: list[list[Request]]) -> list[Request]:
     return out
 
 
-def _fleet(settings: Any, pools: list[PoolPlan]) -> Any:
+def _fleet(settings: CompareSettings, pools: list[PoolPlan]) -> FleetConfig:
     from dualpool.engine import EngineConfig, StepTimeParams, get_gpu, get_model
-    from dualpool.simulator import FleetConfig, PoolConfig
+    from dualpool.simulator import PoolConfig
 
     cfgs = []
     for p in pools:
@@ -386,7 +389,9 @@ def figures(
     return ArmFigures(good / n if n else 0.0, t99, p99, preemptions, rejected)
 
 
-def simulate_arm(settings: Any, pools: list[PoolPlan], requests: list[Request]) -> ArmFigures:
+def simulate_arm(
+    settings: CompareSettings, pools: list[PoolPlan], requests: list[Request]
+) -> ArmFigures:
     """One arm on `requests` from empty, balanced and spilled as its gateway does,
     stopped where the replay stops (`max_time_s`)."""
     from dualpool.simulator import SLO, SimOptions, simulate
@@ -413,7 +418,7 @@ def simulate_arm(settings: Any, pools: list[PoolPlan], requests: list[Request]) 
     )
 
 
-def predict(settings: Any, plan: ArmPlan, wins: list[list[Request]]) -> Prediction:
+def predict(settings: CompareSettings, plan: ArmPlan, wins: list[list[Request]]) -> Prediction:
     """Both arms on every window (window 0: the replayed requests)."""
     if not wins or not wins[0]:
         raise ConfigError("workload", "no requests to predict")
