@@ -182,6 +182,8 @@ class ArmResult:
     # bootstrap 90% intervals of the measured P99 TTFT and TPOT (modelled seconds)
     ttft_p99_ci: tuple[float, float] = (math.nan, math.nan)
     tpot_p99_ci: tuple[float, float] = (math.nan, math.nan)
+    # short requests the gateway spilled to a larger pool (saturated short pool)
+    spillovers: float = 0.0
 
 
 @dataclass(slots=True)
@@ -354,6 +356,7 @@ def run_compare(
                         gw, "dualpool_routing_decisions_total", reason="rejected_too_long"
                     ),
                     await _metric_sum(gw, "dualpool_misroutes_total"),
+                    await _metric_sum(gw, "dualpool_spillovers_total"),
                     await _ratios(gateways[arm].url),
                     await _metric_sum(urls, "dualpool_emulator_lag_seconds_total"),
                     _ratio(
@@ -386,7 +389,7 @@ def run_compare(
             per_pool: dict[str, int] = {}
             for r in rs:
                 per_pool[r.pool or "-"] = per_pool.get(r.pool or "-", 0) + 1
-            pre, rej, mis, ratios, lag, eng_ttft, eng_tpot = extras[arm]
+            pre, rej, mis, spill, ratios, lag, eng_ttft, eng_tpot = extras[arm]
             result.arms[arm] = ArmResult(
                 summary,
                 scaled,
@@ -403,6 +406,7 @@ def run_compare(
                 _p99_ci(
                     [r.tpot_s for r in scaled if r.success and r.output_tokens > 1], settings.seed
                 ),
+                spill,
             )
     finally:
         for gw in gateways.values():

@@ -74,6 +74,8 @@ class ArmFigures:
     tpot_p99_s: float
     preemptions: int = 0
     rejected: int = 0
+    # requests spilled from a saturated short pool to the long one
+    spilled: int = 0
 
     def get(self, metric: str) -> float:
         return float(getattr(self, metric))
@@ -352,14 +354,14 @@ class _Rows(RecordSink):
     first arrival) has no latencies: the replay stops there and aborts it."""
 
     def __init__(self, cut_s: float) -> None:
-        self.rows: list[tuple[float | None, float | None, int, int]] = []
+        self.rows: list[tuple[float | None, float | None, int, int, int]] = []
         self.cut_s = cut_s
 
     def write(self, row: tuple[Any, ...]) -> None:
         ttft, tpot, e2e = row[6], row[7], row[8]
         if e2e is None or row[0] + e2e > self.cut_s:
             ttft = tpot = None
-        self.rows.append((ttft, tpot, int(row[9]), int(row[10])))
+        self.rows.append((ttft, tpot, int(row[9]), int(row[10]), int(row[12])))
 
     def flush(self) -> None:
         pass
@@ -375,6 +377,7 @@ def figures(
     tpot_slo: float,
     preemptions: int = 0,
     rejected: int = 0,
+    spilled: int = 0,
 ) -> ArmFigures:
     """An arm's figures from per-request TTFT and TPOT (None: not completed)."""
     n = len(ttft)
@@ -386,7 +389,7 @@ def figures(
         t99, p99 = float(np.percentile(t, 99)), float(np.percentile(p, 99))
     else:
         t99 = p99 = math.inf
-    return ArmFigures(good / n if n else 0.0, t99, p99, preemptions, rejected)
+    return ArmFigures(good / n if n else 0.0, t99, p99, preemptions, rejected, spilled)
 
 
 def simulate_arm(
@@ -409,12 +412,13 @@ def simulate_arm(
     rows = _Rows(settings.max_time_s * settings.speedup)
     simulate(_fleet(settings, pools), requests, opts, records=rows)
     return figures(
-        [a for a, _, _, _ in rows.rows],
-        [b for _, b, _, _ in rows.rows],
+        [r[0] for r in rows.rows],
+        [r[1] for r in rows.rows],
         settings.ttft_slo_s,
         settings.tpot_slo_s,
         sum(r[2] for r in rows.rows),
         sum(r[3] for r in rows.rows),
+        sum(r[4] for r in rows.rows),
     )
 
 

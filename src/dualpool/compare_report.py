@@ -150,6 +150,7 @@ def compare_json(res: CompareResult) -> dict[str, Any]:
             "predicted_tpot_p99_s": _finite(pt.tpot_p99_s),
             "predicted_tpot_p99_range_s": [_finite(x) for x in pred.range(arm, "tpot_p99_s")],
             "predicted_preemptions": pt.preemptions,
+            "predicted_spillovers": pt.spilled,
         }
         if a is not None:
             sent = len(a.results)
@@ -165,6 +166,7 @@ def compare_json(res: CompareResult) -> dict[str, Any]:
                     "preemptions": a.preemptions,
                     "rejections": a.rejections,
                     "misroutes": a.misroutes,
+                    "spillovers": a.spillovers,
                     "per_pool": a.per_pool,
                     "learned_bytes_per_token": a.ratios,
                     "emulator_lag_s": a.emulator_lag_s,
@@ -240,6 +242,13 @@ def compare_table(res: CompareResult) -> Table:
         "preemptions, emulators (predicted)",
         *(
             f"{a.preemptions:,.0f} ({pred.point(n).preemptions:,})"
+            for a, n in zip(arms, ARMS, strict=True)
+        ),
+    )
+    row(
+        "spillovers, gateway (predicted)",
+        *(
+            f"{a.spillovers:,.0f} ({pred.point(n).spilled:,})"
             for a, n in zip(arms, ARMS, strict=True)
         ),
     )
