@@ -1,7 +1,8 @@
 """The A/B: the same GPUs as one homogeneous long-context pool and as a short + long split.
 
-    workload ─► planner (engine model, analytic) ─► instances per arm, one GPU budget
-                                                   and each arm's predicted P99 TTFT/TPOT
+    workload ─► planner (verified: whole pools simulated on disjoint windows)
+                ─► instances per arm, one GPU budget; both arms simulated on the
+                   requests replayed: the prediction (`compare_plan`)
     arm "homogeneous": `dualpool emulate` x N (long config) ◄─ gateway ◄─┐
     arm "split":       short x S + long x L (same GPUs)     ◄─ gateway ◄─┤ dualpool bench:
                                                                          │ every request to
@@ -9,8 +10,9 @@
 
 The budget is the smaller of the two fleets the planner sizes for the SLOs
 (homogeneous, or split): the arm the planner says needs more gets less than
-it needs, so the planner predicts which arm misses the SLOs and by how much;
-the measurement says whether it did. Time is compressed: the emulators run
+it needs. The simulator, on the very requests the arms replay, predicts
+what each arm does at that budget, with the interval of a replay of that
+size; the measurement says what it did. Time is compressed: the emulators run
 `speedup` times faster than the modelled GPUs and the bench sends at trace
 time / speedup, so latencies are reported in modelled seconds (wall x speedup).
 
@@ -46,6 +48,7 @@ from dualpool.bench import (
     run_bench,
     summarize,
 )
+from dualpool.compare_plan import ARMS, ArmFigures, ArmPlan, PoolPlan, figures, plan_arms
 from dualpool.emulator.testing import EmulatorProcess
 from dualpool.errors import ConfigError
 from dualpool.tokenizers import load_tokenizer
@@ -57,32 +60,34 @@ __all__ = [
     "CompareSettings",
     "goodput_fraction",
     "measured_advantage",
+    "measured_diff_ci",
+    "measured_figures",
     "plan_arms",
     "predicted_advantage",
     "run_compare",
 ]
-
-ARMS = ("homogeneous", "split")
 
 
 @dataclass(frozen=True)
 class CompareSettings:
     """What `dualpool demo --compare` runs (flags of the same names)."""
 
-    workload: str = "azure-conv-like"
+    # The default: the paper's regime, many short chat requests (LMSYS-Chat-1M's
+    # lengths) on long-context instances capped at 16 sequences (docs/bench.md).
+    workload: str = "lmsys-like"
     # the fleet's arrival rate in modelled time, req/s
-    rate: float = 8.0
-    requests: int = 900
+    rate: float = 7.0
+    requests: int = 480
     model: str = "llama-3-70b"
     gpu: str = "a100-80gb"
     # modelled seconds per wall second (emulators and sending alike)
-    speedup: float = 3.0
+    speedup: float = 2.0
     b_short: int = 8192
     ttft_slo_s: float = 2.0
     tpot_slo_s: float = 0.080
     seed: int = 0
-    # hard wall-clock limit of the replay
-    max_time_s: float = 70.0
+    # hard wall-clock limit of the replay (the prediction stops there too)
+    max_time_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.rate > 0:
@@ -93,146 +98,12 @@ class CompareSettings:
             raise ConfigError("--speedup", f"must be > 0, got {self.speedup}")
 
 
-@dataclass(slots=True)
-class PoolPlan:
-    name: str
-    # max_model_len / max_num_seqs / max_num_batched_tokens
-    engine: tuple[int, int, int]
-    tp: int
-    instances: int
-    # share of the workload that reaches this pool, and its rate (req/s)
-    share: float
-    rate: float
-    # the planner's P99 TTFT and TPOT at this count (inf: cannot keep up)
-    ttft_p99_s: float
-    tpot_p99_s: float
-    # the same at the rate's 90% interval: a replay of N Poisson arrivals realizes
-    # the rate only to within about 1.645 / sqrt(N) (lower rate, higher rate)
-    ttft_p99_range: tuple[float, float] = (math.nan, math.nan)
-    tpot_p99_range: tuple[float, float] = (math.nan, math.nan)
-
-
-@dataclass(slots=True)
-class ArmPlan:
-    """Both arms for one GPU budget, with the planner's predictions."""
-
-    budget_gpus: int
-    # instances the planner sizes for the SLOs: homogeneous, split short, split long
-    planned: dict[str, int]
-    arms: dict[str, list[PoolPlan]]
-    # the planner's saving of the split (fraction of GPUs) and recommendation
-    saving: float
-    recommendation: str
-    alpha: float
-
-    def predicted(self, arm: str) -> tuple[float, float]:
-        """The arm's predicted P99 TTFT and TPOT: the worst of its pools with traffic."""
-        pools = [p for p in self.arms[arm] if p.share > 0.01]
-        return max(p.ttft_p99_s for p in pools), max(p.tpot_p99_s for p in pools)
-
-    def predicted_range(self, arm: str) -> tuple[tuple[float, float], tuple[float, float]]:
-        """90% intervals of `predicted` (from the realized rate's uncertainty)."""
-        pools = [p for p in self.arms[arm] if p.share > 0.01]
-        ttft, tpot = self.predicted(arm)
-        t_lo = max(p.ttft_p99_range[0] for p in pools)
-        t_hi = max(p.ttft_p99_range[1] for p in pools)
-        p_lo = max(p.tpot_p99_range[0] for p in pools)
-        p_hi = max(p.tpot_p99_range[1] for p in pools)
-        # the model is not monotonic in the rate everywhere: the point stays inside
-        return (min(t_lo, ttft), max(t_hi, ttft)), (min(p_lo, tpot), max(p_hi, tpot))
-
-
 def _load(settings: CompareSettings) -> list[Request]:
     w = load_workload(settings.workload, settings.requests, settings.rate)
     reqs = [r for r in w if r.tokens_known]
     if len(reqs) < 10:
         raise ConfigError("workload", f"{settings.workload!r} gave {len(reqs)} usable requests")
     return reqs
-
-
-def plan_arms(settings: CompareSettings, requests: list[Request]) -> ArmPlan:
-    """Size both arms with the planner (analytic), then fit them to one GPU budget."""
-    from dualpool.engine import StepTimeModel, get_gpu, get_model
-    from dualpool.planner import (
-        PlanSettings,
-        build_jobs,
-        load_point,
-        mix_from_requests,
-        plan,
-        run_job,
-    )
-
-    s = PlanSettings(
-        model=get_model(settings.model),
-        gpu=get_gpu(settings.gpu),
-        rate=settings.rate,
-        ttft_slo_s=settings.ttft_slo_s,
-        tpot_slo_s=settings.tpot_slo_s,
-        b_short=settings.b_short,
-        simulate=False,
-        calibrate=False,
-        three_pool=None,
-        sweep_budgets=(settings.b_short,),
-    )
-    mix = mix_from_requests(requests, settings.workload)
-    p = plan(s, mix)
-    outcomes = {
-        j.key: run_job(j) for j in build_jobs(s, mix) if j.key in ("homogeneous", "short", "long")
-    }
-    n_h = int(p["homogeneous"]["instances"]["homogeneous"])
-    n_s = int(p["split"]["instances"].get("short", 0))
-    n_l = int(p["split"]["instances"].get("long", 0))
-    tp = {k: o.design.tp for k, o in outcomes.items()}
-    budget = min(n_h * tp["homogeneous"], n_s * tp["short"] + n_l * tp["long"])
-    # The homogeneous arm: as many long instances as the budget holds.
-    h = max(1, budget // tp["homogeneous"])
-    # The split arm: the planner's long count first (at least one, and at most
-    # what leaves one short instance), the rest short.
-    long_n = max(1, min(n_l, (budget - tp["short"]) // tp["long"]))
-    short_n = max(1, (budget - long_n * tp["long"]) // tp["short"])
-
-    spread = 1.645 / math.sqrt(len(requests))
-
-    def pool(key: str, n: int) -> PoolPlan:
-        o = outcomes[key]
-        e = o.design.engine
-        rate = settings.rate * o.share
-        points: list[tuple[float, float]] = []
-        for f in (1.0, 1.0 - spread, 1.0 + spread):
-            if o.profile is None or n < 1:
-                points.append((math.inf, math.inf) if o.share > 0 else (0.0, 0.0))
-            else:
-                timing = StepTimeModel(s.model, s.gpu, e, None)
-                pt = load_point(o.profile, timing, rate * f / n)
-                points.append((pt.ttft_p99_s, pt.tpot_p99_s))
-        return PoolPlan(
-            o.design.name,
-            (e.max_model_len, e.max_num_seqs, e.max_num_batched_tokens),
-            o.design.tp,
-            n,
-            o.share,
-            rate,
-            points[0][0],
-            points[0][1],
-            _sorted(points[1][0], points[2][0]),
-            _sorted(points[1][1], points[2][1]),
-        )
-
-    return ArmPlan(
-        budget_gpus=budget,
-        planned={"homogeneous": n_h, "short": n_s, "long": n_l},
-        arms={
-            "homogeneous": [pool("homogeneous", h)],
-            "split": [pool("short", short_n), pool("long", long_n)],
-        },
-        saving=float(p["saving"]),
-        recommendation=str(p["recommendation"]),
-        alpha=float(p["alpha"]),
-    )
-
-
-def _sorted(a: float, b: float) -> tuple[float, float]:
-    return (a, b) if a <= b else (b, a)
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -311,6 +182,8 @@ class ArmResult:
     # bootstrap 90% intervals of the measured P99 TTFT and TPOT (modelled seconds)
     ttft_p99_ci: tuple[float, float] = (math.nan, math.nan)
     tpot_p99_ci: tuple[float, float] = (math.nan, math.nan)
+    # short requests the gateway spilled to a larger pool (saturated short pool)
+    spillovers: float = 0.0
 
 
 @dataclass(slots=True)
@@ -413,9 +286,9 @@ def run_compare(
         if progress is not None:
             progress(what, None, time.perf_counter() - t_start)
 
-    say("reading the workload and planning")
+    say("reading the workload")
     requests = _load(settings)
-    plan = plan_arms(settings, requests)
+    plan = plan_arms(settings, requests, say=say)
     result = CompareResult(settings, plan)
     emulators: list[tuple[str, str, EmulatorProcess]] = []
     gateways: dict[str, _GatewayProcess] = {}
@@ -450,6 +323,9 @@ def run_compare(
                     "model": settings.model,
                     "pools": cfg_pools,
                     "health": {"interval": 1.0, "metrics_interval": 0.5, "timeout": 2.0},
+                    # a request waits for a slot as long as the run lasts: no 429 (the
+                    # engines queue what they cannot run, as the simulator's do)
+                    "backpressure": {"max_wait": settings.max_time_s + 10.0},
                     "log": {"level": "warning", "access": "debug"},
                 }
             )
@@ -480,6 +356,7 @@ def run_compare(
                         gw, "dualpool_routing_decisions_total", reason="rejected_too_long"
                     ),
                     await _metric_sum(gw, "dualpool_misroutes_total"),
+                    await _metric_sum(gw, "dualpool_spillovers_total"),
                     await _ratios(gateways[arm].url),
                     await _metric_sum(urls, "dualpool_emulator_lag_seconds_total"),
                     _ratio(
@@ -512,7 +389,7 @@ def run_compare(
             per_pool: dict[str, int] = {}
             for r in rs:
                 per_pool[r.pool or "-"] = per_pool.get(r.pool or "-", 0) + 1
-            pre, rej, mis, ratios, lag, eng_ttft, eng_tpot = extras[arm]
+            pre, rej, mis, spill, ratios, lag, eng_ttft, eng_tpot = extras[arm]
             result.arms[arm] = ArmResult(
                 summary,
                 scaled,
@@ -529,6 +406,7 @@ def run_compare(
                 _p99_ci(
                     [r.tpot_s for r in scaled if r.success and r.output_tokens > 1], settings.seed
                 ),
+                spill,
             )
     finally:
         for gw in gateways.values():
@@ -544,8 +422,49 @@ def run_compare(
 
 
 def predicted_advantage(plan: ArmPlan) -> bool:
-    """The planner predicts the split ahead at this budget: a lower P99 TTFT."""
-    return plan.predicted("split")[0] < plan.predicted("homogeneous")[0]
+    """The simulator, on the replayed requests, has the split ahead at this budget:
+    more requests within both SLOs and a lower P99 TTFT (as `measured_advantage`)."""
+    assert plan.prediction is not None
+    return plan.prediction.split_ahead()
+
+
+def measured_figures(res: CompareResult, arm: str) -> ArmFigures:
+    """The arm's measured figures, defined as the prediction's (modelled time)."""
+    s, a = res.settings, res.arms[arm]
+    ttft: list[float | None] = []
+    tpot: list[float | None] = []
+    for r in a.results:
+        ok = r.success
+        ttft.append(r.ttft_s if ok else None)
+        tpot.append(r.tpot_s if ok else None)
+    return figures(ttft, tpot, s.ttft_slo_s, s.tpot_slo_s, int(a.preemptions), int(a.rejections))
+
+
+def measured_diff_ci(res: CompareResult, metric: str, seed: int = 0) -> tuple[float, float]:
+    """90% paired bootstrap interval of split - homogeneous (the same requests in both)."""
+    s = res.settings
+    h = sorted(res.arms["homogeneous"].results, key=lambda r: r.index)
+    sp = sorted(res.arms["split"].results, key=lambda r: r.index)
+    if len(h) != len(sp) or len(h) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(h), (400, len(h)))
+    per: list[np.ndarray] = []
+    for rs in (h, sp):
+        ttft = np.asarray([r.ttft_s if r.success else np.nan for r in rs])[idx]
+        tpot = np.asarray([r.tpot_s if r.success else np.nan for r in rs])[idx]
+        with np.errstate(invalid="ignore"):
+            if metric == "goodput":
+                ok = (ttft <= s.ttft_slo_s) & (tpot <= s.tpot_slo_s)
+                per.append(ok.mean(axis=1))
+            else:
+                v = ttft if metric == "ttft_p99_s" else tpot
+                per.append(np.nanpercentile(v, 99, axis=1))
+    a = per[1] - per[0]
+    a = a[np.isfinite(a)]
+    if a.size < 2:
+        return math.nan, math.nan
+    return float(np.percentile(a, 5)), float(np.percentile(a, 95))
 
 
 def goodput_fraction(res: CompareResult, arm: str) -> float:

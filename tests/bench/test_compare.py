@@ -15,10 +15,11 @@ from dualpool.compare import CompareSettings, _load, plan_arms
 CHROMIUM = Path("/usr/bin/chromium")
 
 
+@pytest.mark.slow
 def test_both_arms_get_the_same_gpus() -> None:
-    s = CompareSettings(requests=400, rate=8.0)
-    plan = plan_arms(s, _load(s))
-    gpus = {arm: sum(p.instances * p.tp for p in pools) for arm, pools in plan.arms.items()}
+    s = CompareSettings(requests=150, rate=7.0)
+    plan = plan_arms(s, _load(s), windows=4, predict_arms=False)
+    gpus = {arm: plan.gpus(arm) for arm in plan.arms}
     assert gpus["homogeneous"] == plan.budget_gpus
     assert gpus["split"] <= plan.budget_gpus and gpus["split"] > plan.budget_gpus - 4
     assert [p.name for p in plan.arms["split"]] == ["short", "long"]
@@ -28,16 +29,22 @@ def test_both_arms_get_the_same_gpus() -> None:
     assert plan.budget_gpus == min(
         planned["homogeneous"] * 4, (planned["short"] + planned["long"]) * 4
     )
+    # the verified planner's windows: 4 disjoint windows of the replay's size
+    assert plan.planner_windows == 4 and plan.window_requests == 150
+    assert not plan.overlapping
+    assert plan.saving_ci[0] <= plan.saving <= plan.saving_ci[1]
 
 
 @pytest.mark.slow
 def test_compare_runs_and_the_report_renders(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["demo", "--compare", "--requests", "80", "--rate", "8", "--speedup", "10"]
+    args = ["demo", "--compare", "--workload", "azure-conv-like", "--requests", "80"]
+    args += ["--rate", "8", "--speedup", "10"]
     assert main([*args, "--report", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert "homogeneous" in out and "split" in out and "planner" in out.lower()
+    assert "predicted" in out and "measured" in out
     page = tmp_path / "rep" / "index.html"
     text = page.read_text()
     assert text.count("<img class='plot'") == 3  # TTFT, TPOT, E2E CDFs
@@ -68,15 +75,21 @@ def test_compare_runs_and_the_report_renders(
 
 @pytest.mark.slow
 def test_compare_json(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["demo", "--compare", "--requests", "40", "--rate", "8", "--speedup", "10", "--json"]
+    args = ["demo", "--compare", "--workload", "azure-conv-like", "--requests", "40"]
+    args += ["--rate", "8", "--speedup", "10", "--json"]
     assert main(args) == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(doc["arms"]) == {"homogeneous", "split"}
     for arm in doc["arms"].values():
         assert arm["completed"] + arm["failed"] == 40
         for k in ("p99_ttft_ms", "p99_tpot_ms", "goodput_fraction_ci90", "preemptions",
-                  "predicted_ttft_p99_s", "learned_bytes_per_token"):  # fmt: skip
+                  "predicted_ttft_p99_s", "predicted_ttft_p99_range_s",
+                  "predicted_goodput_fraction", "learned_bytes_per_token"):  # fmt: skip
             assert k in arm, k
+    assert doc["planner"]["windows"] >= 4 and not doc["planner"]["overlapping_windows"]
+    for m in ("goodput", "ttft_p99_s", "tpot_p99_s"):
+        d = doc["difference"][m]
+        assert set(d) == {"predicted", "predicted_range90", "measured", "measured_ci90"}
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,12 @@ tokenizer playing the backend: no servers, and a per-request table of decisions.
 
 --compare runs the A/B the project exists for: the same GPUs as one
 homogeneous long-context pool and as a short + long split (counts from the
-planner on --workload at --rate), each behind its own gateway, the same
-workload replayed through both at once, time-compressed to about a minute;
-then a side-by-side table, the planner's prediction beside the measurement,
-and with --report DIR an HTML page with the latency CDFs of both arms.
+verified planner on --workload at --rate; the budget is the smaller planned
+fleet), each behind its own gateway, the same workload replayed through both
+at once, time-compressed to about a minute; then a side-by-side table, the
+simulator's prediction for both arms on the same requests beside the
+measurement, both with intervals, and with --report DIR an HTML page with
+the latency CDFs of both arms.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--requests", type=int, default=None, help="requests to send (default 300; --compare 900)"
+        "--requests", type=int, default=None, help="requests to send (default 300; --compare 480)"
     )
     p.add_argument(
         "--offline",
@@ -58,16 +60,16 @@ def register(sub: Any) -> None:
         "--speedup",
         type=float,
         default=None,
-        help="emulated GPU time per wall second (default 20; --compare 3)",
+        help="emulated GPU time per wall second (default 20; --compare 2)",
     )
     p.add_argument("--compare", action="store_true", help="A/B: homogeneous vs split, same GPUs")
     p.add_argument(
         "--workload",
-        default="azure-conv-like",
-        help="--compare: workload spec (azure-conv-like; agent-heavy with --rate 2: the mix "
-        "where the planner predicts no advantage)",
+        default="lmsys-like",
+        help="--compare: workload spec (lmsys-like: the split ahead; agent-heavy with --rate 2 "
+        "--requests 800 --speedup 8: the mix where the planner predicts no advantage)",
     )
-    p.add_argument("--rate", type=float, default=8.0, help="--compare: req/s, modelled (8)")
+    p.add_argument("--rate", type=float, default=7.0, help="--compare: req/s, modelled (7)")
     p.add_argument("--model", default="llama-3-70b", help="--compare: model (llama-3-70b)")
     p.add_argument("--gpu", default="a100-80gb", help="--compare: GPU (a100-80gb)")
     p.add_argument("--report", default=None, metavar="DIR", help="--compare: write DIR/index.html")
@@ -227,10 +229,10 @@ def run_compare(args: argparse.Namespace) -> int:
     settings = CompareSettings(
         workload=args.workload,
         rate=args.rate,
-        requests=900 if args.requests is None else args.requests,
+        requests=480 if args.requests is None else args.requests,
         model=args.model,
         gpu=args.gpu,
-        speedup=3.0 if args.speedup is None else args.speedup,
+        speedup=2.0 if args.speedup is None else args.speedup,
         seed=args.seed,
     )
     err = Console(stderr=True)
@@ -272,7 +274,13 @@ def run_compare(args: argparse.Namespace) -> int:
     for line in prediction_lines(res):
         out.print(line)
     out.print(
-        f"wall time {res.wall_s:.1f} s" + (f"; stopped: {res.stopped}" if res.stopped else "")
+        f"wall time {res.wall_s:.1f} s"
+        + (
+            f"; stopped: {res.stopped} (requests still running were aborted; the prediction "
+            "stops at the same modelled time)"
+            if res.stopped
+            else ""
+        )
     )
     if args.report:
         cap = Console(width=140, record=True, file=io.StringIO())
