@@ -10,7 +10,8 @@ connection per worker, so the server needs only this:
     HEADERS     a new stream = one ext_proc Process call (the header block is not
                 decoded: every stream on this port is that call; HPACK state only
                 matters to a decoder, so skipping blocks is safe)
-    DATA        gRPC length-prefixed messages ─► ExtProcessor.handle ─► answered at once
+    DATA        gRPC length-prefixed messages ─► ExtProcessor.handle ─► its answers (0..n),
+                written together at the end of the read
     END_STREAM  from Envoy ─► trailers `grpc-status: 0`;  RST_STREAM ─► stream cancelled
     PING        ─► PING ACK;  WINDOW_UPDATE ─► send windows;  GOAWAY / lost ─► all cancelled
 
@@ -277,12 +278,13 @@ class H2Connection(asyncio.Protocol):
             req = pb.ProcessingRequest.FromString(bytes(buf[5 : 5 + n]))
             del buf[: 5 + n]
             try:
-                resp = self.proc.handle(st.ex, req)
+                answers = self.proc.handle(st.ex, req)
             except Exception:
                 log.exception("ext_proc message failed")
                 self._reset(st, INTERNAL_ERROR)
                 return
-            self._send(st, resp.SerializeToString())
+            for resp in answers:
+                self._send(st, resp.SerializeToString())
         if flags & END_STREAM:
             self._end(st)
 

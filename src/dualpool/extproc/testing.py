@@ -43,6 +43,7 @@ __all__ = [
 
 # deploy/envoy/envoy.yaml of the source tree (the tests' and the users' config).
 BOOTSTRAP = Path(__file__).resolve().parents[3] / "deploy" / "envoy" / "envoy.yaml"
+_EXT_PROC = "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 
 
 def envoy_binary() -> str | None:
@@ -90,7 +91,7 @@ def bootstrap(
 ) -> dict[str, Any]:
     """deploy/envoy/envoy.yaml with its ports and the pools' endpoints replaced.
 
-    `extproc=False` drops the ext_proc filter: Envoy alone, for comparisons.
+    `extproc=False` drops the ext_proc filters: Envoy alone, for comparisons.
     """
     cfg: dict[str, Any] = yaml.safe_load(source.read_text())
     cfg = copy.deepcopy(cfg)
@@ -99,9 +100,14 @@ def bootstrap(
     listener["address"]["socket_address"].update(address="127.0.0.1", port_value=listen_port)
     if not extproc:
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        hcm["http_filters"] = [
-            f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"
-        ]
+        gone = {
+            f["name"] for f in hcm["http_filters"] if _EXT_PROC in f["typed_config"]["@type"]
+        }
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] not in gone]
+        for vh in hcm["route_config"]["virtual_hosts"]:
+            for route in vh["routes"]:
+                per = route.get("typed_per_filter_config", {})
+                route["typed_per_filter_config"] = {k: v for k, v in per.items() if k not in gone}
     clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
     targets = {"dualpool_extproc": [f"127.0.0.1:{grpc_port}"], **pools}
     for name, urls in targets.items():
