@@ -347,14 +347,20 @@ def _per(cpu: dict[str, float], n: dict[str, int], name: str) -> float | None:
 
 
 def _extproc_counters(e: EnvoyProcess) -> dict[str, int]:
-    """Envoy's own ext_proc counters: failures or timeouts would void the comparison."""
+    """Envoy's own ext_proc counters per filter (route, strip, observe): failures or
+    timeouts would void the comparison; messages per request say what was exchanged."""
     try:
         st = e.stats("http.openai.ext_proc.")
     except OSError:
         return {}
-    keep = ("streams_started", "stream_msgs_sent", "failure_mode_allowed", "message_timeouts",
-            "streams_failed")  # fmt: skip
-    return {k.rsplit(".", 1)[-1]: v for k, v in st.items() if k.rsplit(".", 1)[-1] in keep}
+    keep = ("streams_started", "stream_msgs_sent", "stream_msgs_received",
+            "failure_mode_allowed", "message_timeouts", "streams_failed")  # fmt: skip
+    out: dict[str, int] = {}
+    for k, v in st.items():
+        parts = k.split(".")
+        if parts[-1] in keep:
+            out[".".join(parts[3:])] = v
+    return out
 
 
 if __name__ == "__main__":

@@ -63,11 +63,14 @@ CLEAR_REQUEST_BODY = pb.ProcessingResponse(
 )
 
 
-def read_headers(msg: Any) -> dict[str, bytes]:
-    """An HttpHeaders message as {lower-case name: value}; Envoy sends raw_value."""
+def read_headers(msg: Any, wanted: frozenset[str] | None = None) -> dict[str, bytes]:
+    """An HttpHeaders message as {lower-case name: value} (only the `wanted` names, if
+    given: the others are not decoded); Envoy sends raw_value."""
     out: dict[str, bytes] = {}
     for h in msg.headers.headers:
-        out[h.key] = h.raw_value or h.value.encode()
+        k = h.key
+        if wanted is None or k in wanted:
+            out[k] = h.raw_value or h.value.encode()
     return out
 
 

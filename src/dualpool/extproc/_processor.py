@@ -30,6 +30,7 @@ of the decision for both faces, and one calibrator when both run in one process.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -77,6 +78,11 @@ STRIP_HEADER = "x-dualpool-strip-usage"
 META_NAMESPACE = "dualpool"
 # A routed request no observer stream claimed in this long is released (seconds).
 _CLAIM_TIMEOUT = 10.0
+# A request's accounting (usage, calibrator, metrics) runs this long after its answer
+# ended, in batches: Envoy does not wait for the observer, so the answer it is still
+# forwarding (maybe on the same core) should not wait for that work either (seconds).
+# The request's slots in its pool and backend are given back at once.
+_OBSERVE_DELAY = 0.002
 # A body still uploading while its headers are held: Envoy may wait this much longer
 # for their answer (bounded by the filter's max_message_timeout).
 _UPLOAD_SECONDS = 30.0
@@ -85,6 +91,9 @@ _FALLBACK_ENDPOINTS = 2
 
 _ROUTED = {b"/v1/chat/completions": True, b"/v1/completions": False}
 _REMOVE_CLIENT_HEADERS = (POOL_HEADER, DESTINATION_HEADER, STRIP_HEADER)
+# The headers each phase reads (the rest are not decoded).
+_REQUEST_HEADERS = frozenset((":path", ":method", "content-length", *_REMOVE_CLIENT_HEADERS))
+_RESPONSE_HEADERS = frozenset((":status", "content-type"))
 
 
 class _Exchange:
@@ -92,6 +101,7 @@ class _Exchange:
     (the observer stream)."""
 
     __slots__ = (
+        "answer",
         "backend",
         "body",
         "chat",
@@ -108,6 +118,7 @@ class _Exchange:
         "status",
         "stream",
         "strip",
+        "t_end",
         "t_first",
         "t_sent",
         "t_start",
@@ -128,6 +139,8 @@ class _Exchange:
         self.status = 0
         self.relay: SseRelay | None = None
         self.body: list[bytes] | None = None
+        # A non-streamed answer's body, read when the request is accounted.
+        self.answer = b""
         self.usage: dict[str, Any] | None = None
         # The answer was seen to its end (or its body was not needed).
         self.done = False
@@ -138,6 +151,7 @@ class _Exchange:
         self.t_start = time.monotonic()
         self.t_sent = 0.0
         self.t_first = 0.0
+        self.t_end = 0.0
 
 
 # What a gRPC stream is for, known from its first message (one filter each).
@@ -204,6 +218,9 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._unclaimed: dict[str, _Exchange] = {}
         self._ids = itertools.count(1)
         self._warned = False
+        # Answered requests whose accounting (usage, calibrator, metrics) waits for `flush`.
+        self._deferred: list[_Exchange] = []
+        self._flush_at: asyncio.TimerHandle | None = None
         # Answers that depend only on the pool: built once, reused.
         self._route_headers: dict[tuple[str, bool], Any] = {}
         self._m_reason: dict[Any, Any] = {}
@@ -268,29 +285,33 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def close(self, st: _Stream) -> None:
         """The stream ended (completed, cancelled or broken)."""
         self.inflight -= 1
-        ex = st.ex
-        if ex is None or ex.finished:
-            return
         if st.role == OBSERVE:
-            relay = ex.relay
-            if not ex.done and relay is not None:
-                # Envoy may end the stream without a last (empty) body message carrying
-                # end_of_stream. vLLM writes usage last, just before [DONE]: an SSE
-                # answer whose usage arrived was complete, so it is fed back.
-                relay.flush()
-                if relay.usage is not None:
-                    ex.usage = relay.usage
-                    ex.done = True
-            self._unclaimed.pop(ex.id, None)
-            self._finish(ex)
-        elif not ex.id:
+            self._observed_end(st)
+            return
+        ex = st.ex
+        if ex is not None and not ex.finished and not ex.id:
             # Never routed (not ours, or gone before its body was read). A routed
             # request is the observer stream's to account for.
             self._finish(ex)
 
+    def _observed_end(self, st: _Stream) -> None:
+        ex = st.ex
+        if ex is None or ex.finished:
+            return
+        relay = ex.relay
+        if not ex.done and relay is not None:
+            # Envoy may end the stream without a last (empty) body message carrying
+            # end_of_stream. vLLM writes usage last, just before [DONE]: an SSE answer
+            # whose usage arrived was complete, so it is fed back.
+            relay.flush()
+            if relay.usage is not None:
+                ex.usage = relay.usage
+                ex.done = True
+        self._finish(ex)
+
     # ---- request: the route stream --------------------------------------------------------
     def _request_headers(self, st: _Stream, headers: Any) -> tuple[Any, ...]:
-        h = msg.read_headers(headers)
+        h = msg.read_headers(headers, _REQUEST_HEADERS)
         path = h.get(":path", b"")
         q = path.find(b"?")
         if q >= 0:
@@ -512,7 +533,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         if ex.finished:
             return
         ex.t_first = time.monotonic()
-        h = msg.read_headers(headers)
+        h = msg.read_headers(headers, _RESPONSE_HEADERS)
         try:
             status = int(h.get(":status", b"0"))
         except ValueError:
@@ -558,14 +579,8 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             parts.append(data)
         if eos:
             ex.done = True
-            body = parts[0] if len(parts) == 1 else b"".join(parts)
+            ex.answer = parts[0] if len(parts) == 1 else b"".join(parts)
             ex.body = None
-            if ex.status == 200:
-                ex.usage = usage_from_body(body)
-            elif ex.status == 400 and b"maximum context length" in body and ex.pool is not None:
-                # Our estimate was too low for this pool; Envoy cannot retry on a larger
-                # one, so the client gets vLLM's 400 and we count it.
-                self.metrics.misroutes.labels(ex.pool.name).inc()
             self._finish(ex)
 
     # ---- the end of a request -----------------------------------------------------------
@@ -574,11 +589,37 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         if ex.finished:
             return
         ex.finished = True
+        ex.t_end = time.monotonic()
+        self._release(ex)
+        if ex.outcome or ex.pool is None:
+            self._account(ex)  # answered by the processor itself, or not routed
+            return
+        self._deferred.append(ex)
+        if self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_later(_OBSERVE_DELAY, self.flush)
+
+    def flush(self) -> None:
+        """Account for the answered requests now (also at shutdown, and in tests)."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        done, self._deferred = self._deferred, []
+        for ex in done:
+            self._account(ex)
+
+    def _account(self, ex: _Exchange) -> None:
         pool = ex.pool
         outcome = ex.outcome
-        self._release(ex)
         if pool is not None and not outcome:
             status = ex.status
+            answer = ex.answer
+            if answer:
+                if status == 200:
+                    ex.usage = usage_from_body(answer)
+                elif status == 400 and b"maximum context length" in answer:
+                    # Our estimate was too low for this pool; Envoy cannot retry on a
+                    # larger one, so the client gets vLLM's 400 and we count it.
+                    self.metrics.misroutes.labels(pool.name).inc()
             if not ex.done:
                 outcome = Outcome.CLIENT_CLOSED if status else Outcome.UPSTREAM_ERROR
                 if ex.relay is not None:
@@ -592,11 +633,10 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             else:
                 outcome = Outcome.UPSTREAM_ERROR
             if ex.t_sent:
-                now = time.monotonic()
                 m = self.metrics
                 if ex.t_first:
                     m.ttft.labels(pool.name).observe(ex.t_first - ex.t_sent)
-                m.latency.labels(pool.name).observe(now - ex.t_sent)
+                m.latency.labels(pool.name).observe(ex.t_end - ex.t_sent)
             if ex.usage is not None and ex.routed is not None:
                 record_feedback(self.router, self.metrics, ex.routed, ex.usage)
         if not outcome:
@@ -649,7 +689,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     ),
                     ("status", ex.status),
                     ("outcome", outcome),
-                    ("latency_ms", round((time.monotonic() - ex.t_start) * 1000, 3)),
+                    ("latency_ms", round((ex.t_end - ex.t_start) * 1000, 3)),
                 )
             ),
         )

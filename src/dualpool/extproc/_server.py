@@ -127,6 +127,8 @@ class ExtProcServer:
             for conn in list(self._h2_conns):
                 if conn.transport is not None:
                     conn.transport.close()
+        if self.processor is not None:
+            self.processor.flush()  # the observer's last usage, before the snapshot
         await self.http.stop()
 
 

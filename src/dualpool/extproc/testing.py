@@ -100,9 +100,7 @@ def bootstrap(
     listener["address"]["socket_address"].update(address="127.0.0.1", port_value=listen_port)
     if not extproc:
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        gone = {
-            f["name"] for f in hcm["http_filters"] if _EXT_PROC in f["typed_config"]["@type"]
-        }
+        gone = {f["name"] for f in hcm["http_filters"] if _EXT_PROC in f["typed_config"]["@type"]}
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] not in gone]
         for vh in hcm["route_config"]["virtual_hosts"]:
             for route in vh["routes"]:
