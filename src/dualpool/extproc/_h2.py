@@ -12,7 +12,8 @@ connection per worker, so the server needs only this:
                 matters to a decoder, so skipping blocks is safe)
     DATA        gRPC length-prefixed messages ─► ExtProcessor.handle ─► its answers (0..n),
                 written together at the end of the read
-    END_STREAM  from Envoy ─► trailers `grpc-status: 0`;  RST_STREAM ─► stream cancelled
+    END_STREAM  from Envoy, or nothing more to answer ─► trailers `grpc-status: 0`;
+                RST_STREAM ─► stream cancelled
     PING        ─► PING ACK;  WINDOW_UPDATE ─► send windows;  GOAWAY / lost ─► all cancelled
 
 Flow control is kept both ways: what we receive is granted back in batches, what we
@@ -261,7 +262,7 @@ class H2Connection(asyncio.Protocol):
             self.out.append(_frame(WINDOW_UPDATE, 0, 0, self.consumed.to_bytes(4, "big")))
             self.consumed = 0
         st = self.streams.get(sid)
-        if st is None:
+        if st is None or st.ended:
             return  # a stream we reset or finished: its late data is dropped
         if flags & PADDED:
             pad = payload[0]
@@ -285,6 +286,12 @@ class H2Connection(asyncio.Protocol):
                 return
             for resp in answers:
                 self._send(st, resp.SerializeToString())
+            if st.ex.complete:
+                # Nothing more to answer: our trailers go with the last answer; what
+                # Envoy still sends on this stream is dropped.
+                buf.clear()
+                self._end(st)
+                return
         if flags & END_STREAM:
             self._end(st)
 
@@ -297,7 +304,8 @@ class H2Connection(asyncio.Protocol):
         self._flush(st)
 
     def _end(self, st: _Stream) -> None:
-        """Envoy half-closed: answer the trailers once everything is sent."""
+        """Envoy half-closed (or we have nothing more to answer): the trailers go out
+        once everything is sent."""
         st.ended = True
         self._flush(st)
 

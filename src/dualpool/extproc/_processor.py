@@ -164,6 +164,7 @@ class _Stream:
     __slots__ = (
         "answered",
         "chunks",
+        "complete",
         "ex",
         "expect",
         "looked",
@@ -184,6 +185,9 @@ class _Stream:
         self.size = 0
         self.expect = -1  # content-length, -1 when none
         self.answered = False
+        # Nothing more to answer on this stream: the server may end it (its trailers go
+        # out with the last answer, which spares a write when Envoy closes it later).
+        self.complete = False
         self.more_time = False
         self.remove: tuple[str, ...] = ()
         # Strip: the relay that removes the injected usage event.
@@ -239,6 +243,8 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             async for req in request_iterator:
                 for resp in self.handle(st, req):
                     yield resp
+                if st.complete:
+                    return
         finally:
             self.close(st)
 
@@ -320,6 +326,8 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         remove = tuple(k for k in _REMOVE_CLIENT_HEADERS if k in h)
         if chat is None or h.get(":method") != b"POST" or headers.end_of_stream:
             # Not ours to route: the route table's default (the largest pool) serves it.
+            # (Pipelined, the body still comes and is let through.)
+            st.complete = headers.end_of_stream or not st.pipelined
             return (msg.skip_request_body(remove),) if remove else _SKIP_REQUEST_BODY
         ex = st.ex = _Exchange(path)
         ex.chat = chat
@@ -336,17 +344,18 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def _request_body(self, st: _Stream, body_msg: Any) -> tuple[Any, ...] | list[Any]:
         ex = st.ex
         if ex is None or st.answered:
+            st.complete = body_msg.end_of_stream
             return _CONTINUE_REQUEST_BODY
         data: bytes = body_msg.body
         if not st.pipelined:
             # BUFFERED (headers answered already): the whole body in one message.
-            st.answered = True
+            st.answered = st.complete = True
             return (self._route_buffered(ex, data),)
         eos: bool = body_msg.end_of_stream
         st.chunks.append(data)
         st.size += len(data)
         if st.size > self.max_body:
-            st.answered = True
+            st.answered = st.complete = True
             ex.outcome = Outcome.BAD_REQUEST
             ex.status = 413
             self._m_rejections["body_too_large"].inc()
@@ -364,7 +373,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 st.more_time = True
                 return (_MORE_TIME,)
             return _NOTHING
-        st.answered = True
+        st.answered = st.complete = True
         chunks = st.chunks
         n = len(chunks)
         raw = chunks[0] if n == 1 else b"".join(chunks)
@@ -505,6 +514,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         out = relay.feed(data) if data else b""
         if body_msg.end_of_stream:
             out += relay.flush()
+            st.complete = True
         if out is data or out == data:
             return _CONTINUE_RESPONSE_BODY
         return (msg.response_body_replaced(out),)
