@@ -404,3 +404,59 @@ def test_cli_check_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     bad = tmp_path / "bad.yaml"
     bad.write_text("pools: 3\n")
     assert main(["extproc", "--check", "--config", str(bad)]) == 2
+
+
+MODELS = {
+    "models": {
+        "llama": {
+            "aliases": ["l"],
+            "pools": [
+                {"name": "llama-short", "endpoints": ["http://127.0.0.1:9"], "max_model_len": 4096},
+                {
+                    "name": "llama-long",
+                    "endpoints": ["http://127.0.0.1:10"],
+                    "max_model_len": 32768,
+                },
+            ],
+        },
+        "qwen": {
+            "pools": [
+                {"name": "qwen-short", "endpoints": ["http://127.0.0.1:11"], "max_model_len": 8192},
+                {"name": "qwen-long", "endpoints": ["http://127.0.0.1:12"], "max_model_len": 65536},
+            ],
+        },
+    },
+    "health": {"interval": 3600, "metrics_interval": 0},
+    "log": {"level": "warning", "access": "debug"},
+}
+
+
+def test_several_models_each_route_over_their_own_pools() -> None:
+    """`models:` in the fleet file: the request's `model` picks the router and pools,
+    as in the gateway; an unknown model is vLLM's 404 from Envoy, no backend called."""
+    with GatewayThread(MODELS) as g:
+        proc = ExtProcessor(g.gateway)
+
+        def pool_of(model: str | None, text: str, max_tokens: int) -> Any:
+            body: dict[str, Any] = {"messages": [{"role": "user", "content": text}]}
+            body["max_tokens"] = max_tokens
+            if model is not None:
+                body["model"] = model
+            out = run(g, proc, request(body))
+            if out[0].HasField("immediate_response"):
+                return out[0].immediate_response
+            run(g, proc, observed(request_id(out[0]), req_headers()))
+            return set_headers(out[0].request_headers.response)[POOL_HEADER]
+
+        assert pool_of("qwen", "hi", 8) == b"qwen-short"
+        assert pool_of("qwen", "word " * 12_000, 8) == b"qwen-long"
+        assert pool_of("l", "hi", 8) == b"llama-short"
+        assert pool_of(None, "hi", 8) == b"llama-short"  # no model: the first
+        # 40,000 tokens: over llama's largest pool, within qwen's.
+        assert pool_of("qwen", "hi", 40_000) == b"qwen-long"
+        too_long = pool_of("llama", "hi", 40_000)
+        assert too_long.status.code == 400
+        unknown = pool_of("gpt-5", "hi", 8)
+        assert unknown.status.code == 404
+        assert json.loads(unknown.body)["error"]["message"] == "The model `gpt-5` does not exist."
+        assert all(p.inflight == 0 for p in proc.pools)

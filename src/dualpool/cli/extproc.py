@@ -73,9 +73,6 @@ def run(args: argparse.Namespace) -> int:
     if args.http_host is not None:
         config = dataclasses.replace(config, host=args.http_host)
     if args.check:
-        from dualpool.gateway._server import check_servable
-
-        check_servable(config, extproc=True)
         print(f"config ok: pools {', '.join(p.name for p in config.pools)}")
         return 0
     try:

@@ -46,6 +46,7 @@ from dualpool.gateway._backends import Backend, Pool
 from dualpool.gateway._errors import error_body
 from dualpool.gateway._feedback import record_feedback
 from dualpool.gateway._gateway import Gateway
+from dualpool.gateway._models import Served
 from dualpool.gateway._sse import SseRelay, ask_for_usage, usage_from_body
 from dualpool.gateway._telemetry import ACCESS_LOG, Outcome, access_line
 from dualpool.router import RoutedRequest
@@ -115,6 +116,7 @@ class _Exchange:
         "pool",
         "relay",
         "routed",
+        "served",
         "status",
         "stream",
         "strip",
@@ -129,6 +131,7 @@ class _Exchange:
         self.path = path
         self.chat: bool | None = None
         self.routed: RoutedRequest | None = None
+        self.served: Served | None = None
         self.pool: Pool | None = None
         self.backend: Backend | None = None
         self.endpoints = ""
@@ -209,8 +212,6 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
 
     def __init__(self, gateway: Gateway, *, endpoint_picker: bool = False) -> None:
         self.gw = gateway
-        self.router = gateway.router
-        self.pools = gateway.pools
         self.metrics = gateway.metrics
         self.endpoint_picker = endpoint_picker
         self.max_body = gateway.config.limits.max_body_bytes
@@ -231,8 +232,19 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._m_requests: dict[tuple[str, str], Any] = {}
         self._m_rejections = {
             r: m.rejections.labels(r)
-            for r in ("too_long", "bad_request", "no_healthy_backend", "body_too_large")
+            for r in (
+                "too_long",
+                "bad_request",
+                "no_healthy_backend",
+                "body_too_large",
+                "unknown_model",
+            )
         }
+
+    @property
+    def pools(self) -> list[Pool]:
+        """Every served model's pools (the gateway's: swapped whole by a reload)."""
+        return self.gw.pools
 
     # ---- the gRPC method ---------------------------------------------------------------
     async def Process(
@@ -426,9 +438,19 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             return self._bad_request(ex, f"request body is not valid JSON: {exc}")
         if type(body) is not dict:
             return self._bad_request(ex, "request body must be a JSON object")
-        pools = self.pools
+        # The request's model, as the gateway finds it: its router and its pools.
+        gw = self.gw
+        name = body.get("model")
+        served = gw.lookup.get(name) if type(name) is str else None
+        if served is None:
+            if type(name) is not str or not gw.models.strict:
+                served = gw.default
+            else:
+                return self._unknown_model(ex, name)
+        ex.served = served
+        pools = served.pools
         try:
-            routed = self.router.route(body, saturated=[p.saturated for p in pools], chat=ex.chat)
+            routed = served.router.route(body, saturated=[p.saturated for p in pools], chat=ex.chat)
         except RequestError as exc:
             return self._bad_request(ex, str(exc), exc.param)
         ex.routed = routed
@@ -444,6 +466,12 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             self._m_rejections["too_long"].inc()
             self._finish(ex)
             return msg.immediate(400, error_body(400, d.message), "dualpool_rejected_too_long")
+        so = body.get("stream_options")
+        if so is not None and type(so) is not dict:
+            # vLLM's StreamOptions is an object (the gateway checks it too).
+            return self._bad_request(
+                ex, "stream_options: Input should be a valid dictionary", "stream_options"
+            )
         if d.pool != d.home:
             m.spillovers.labels(pools[d.home].name, pools[d.pool].name).inc()
         pool = pools[d.pool]
@@ -497,6 +525,18 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             ex.finished = True
             self._release(ex)
             break  # the dict changed: the next request sweeps on
+
+    def _unknown_model(self, ex: _Exchange, name: str) -> Any:
+        # vLLM's answer (serving_engine._check_model), as the gateway gives it.
+        ex.outcome = Outcome.CLIENT_ERROR
+        ex.status = 404
+        self._m_rejections["unknown_model"].inc()
+        self._finish(ex)
+        return msg.immediate(
+            404,
+            error_body(404, f"The model `{name}` does not exist.", "model"),
+            "dualpool_unknown_model",
+        )
 
     def _bad_request(self, ex: _Exchange, message: str, param: str | None = None) -> Any:
         ex.outcome = Outcome.BAD_REQUEST
@@ -564,8 +604,8 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
 
     def _has_larger(self, ex: _Exchange) -> bool:
         """A larger pool exists: an over-length 400 from this one would be a misroute."""
-        assert ex.routed is not None
-        return bool(self.router.policy.fallbacks(ex.routed.decision))
+        assert ex.routed is not None and ex.served is not None
+        return bool(ex.served.router.policy.fallbacks(ex.routed.decision))
 
     def _response_body(self, ex: _Exchange, body_msg: Any) -> None:
         if ex.finished:
@@ -647,8 +687,8 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 if ex.t_first:
                     m.ttft.labels(pool.name).observe(ex.t_first - ex.t_sent)
                 m.latency.labels(pool.name).observe(ex.t_end - ex.t_sent)
-            if ex.usage is not None and ex.routed is not None:
-                record_feedback(self.router, self.metrics, ex.routed, ex.usage)
+            if ex.usage is not None and ex.routed is not None and ex.served is not None:
+                record_feedback(ex.served.router, self.metrics, ex.routed, ex.usage)
         if not outcome:
             return  # not a routed request (GET /v1/models, ...)
         pname = pool.name if pool is not None else "none"
