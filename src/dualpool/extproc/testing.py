@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,8 @@ from types import TracebackType
 from typing import Any
 
 import yaml
+
+from dualpool.testing.process import DualpoolProcess
 
 __all__ = [
     "BOOTSTRAP",
@@ -233,7 +234,7 @@ class EnvoyProcess:
         self.stop()
 
 
-class ExtProcProcess:
+class ExtProcProcess(DualpoolProcess):
     """`dualpool extproc --config FILE` as a subprocess (so a test can kill it)."""
 
     def __init__(
@@ -243,88 +244,35 @@ class ExtProcProcess:
         cpu: int | None = None,
         start_timeout: float = 60.0,
     ) -> None:
-        self.cmd = [
-            sys.executable,
-            "-m",
-            "dualpool",
-            "extproc",
-            "--config",
-            str(config),
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "0",
-            "--ready-line",
-            *args,
-        ]
-        if cpu is not None:
-            self.cmd = ["taskset", "-c", str(cpu), *self.cmd]
-        self._timeout = start_timeout
-        self.proc: subprocess.Popen[str] | None = None
-        self.grpc_port = 0
-        self.http_port = 0
+        super().__init__(
+            [
+                "extproc",
+                "--config",
+                str(config),
+                "--grpc-port",
+                "0",
+                "--http-port",
+                "0",
+                "--ready-line",
+                *args,
+            ],
+            cpu=cpu,
+            start_timeout=start_timeout,
+        )
+
+    @property
+    def grpc_port(self) -> int:
+        return int(self.ready["grpc_port"])
+
+    @property
+    def http_port(self) -> int:
+        return int(self.ready["http_port"])
 
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/metrics"
 
-    def start(self) -> ExtProcProcess:
-        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in terminate()
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._err, text=True)
-        out: list[str] = []
-
-        def read() -> None:
-            if self.proc is not None and self.proc.stdout is not None:
-                out.append(self.proc.stdout.readline())
-
-        t = threading.Thread(target=read, daemon=True)
-        t.start()
-        t.join(self._timeout)
-        line = out[0] if out else ""
-        if not line:
-            self.kill()
-            raise RuntimeError(f"dualpool extproc did not start: {self.stderr_text()}")
-        ready = json.loads(line)
-        self.grpc_port = int(ready["grpc_port"])
-        self.http_port = int(ready["http_port"])
-        return self
-
-    def stderr_text(self) -> str:
-        self._err.seek(0)
-        return self._err.read().decode(errors="replace")[-4000:]
-
     def metrics(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
             text: str = r.read().decode()
             return text
-
-    def kill(self) -> None:
-        """SIGKILL: the processor disappears without a goodbye."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def __enter__(self) -> ExtProcProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.proc is not None:
-            self.terminate()
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
-            self._err.close()
