@@ -161,10 +161,27 @@ def fleet(path: Path, backend: str, port: int) -> Path:
 
 
 @contextlib.contextmanager
-def envoy(grpc_port: int, backend: str, *, extproc: bool) -> Iterator[EnvoyProcess]:
+def envoy(
+    grpc_port: int, backend: str, *, extproc: bool, variant: str = ""
+) -> Iterator[EnvoyProcess]:
+    """Envoy on deploy/envoy/envoy.yaml; `variant` changes it for the breakdown:
+    "route_only" drops the observer filter (routing alone: one round trip, no usage
+    feedback); "buffered" has the route filter buffer the body and wait for the
+    headers' answer first (two round trips: the design before this one)."""
     e = EnvoyProcess(
         grpc_port, {"short": [backend], "long": [backend]}, cpu=int(GATEWAY_CPU), extproc=extproc
     )
+    listener = e.config["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = {f["name"]: f["typed_config"] for f in hcm["http_filters"]}
+    if variant == "route_only":
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "dualpool.observe"]
+        for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+            route.get("typed_per_filter_config", {}).pop("dualpool.observe", None)
+    elif variant == "buffered":
+        route_filter = filters["dualpool.route"]
+        route_filter["send_body_without_waiting_for_header_response"] = False
+        route_filter["processing_mode"]["request_body_mode"] = "BUFFERED"
     with e:
         yield e
 
@@ -246,6 +263,9 @@ def main() -> None:
         wait_port(nport, nproc)
         with_noop = stack.enter_context(envoy(nport, backend, extproc=True))
         alone = stack.enter_context(envoy(xport, backend, extproc=False))
+        # The breakdown, on the native processor: routing alone; two round trips.
+        route_only = stack.enter_context(envoy(hport, backend, extproc=True, variant="route_only"))
+        buffered = stack.enter_context(envoy(hport, backend, extproc=True, variant="buffered"))
         gport = free_port()
         gproc = measured(
             [py, "-m", "dualpool", "serve", "--config", str(fleet(tmp / "gw.yaml", backend, gport))]
@@ -262,19 +282,26 @@ def main() -> None:
             "envoy_extproc_native": with_h.url,
             "gateway": gurl,
         }
-        for url in variants.values():
+        breakdown = {
+            "envoy_extproc_native_route_only": route_only.url,
+            "envoy_extproc_native_two_round_trips": buffered.url,
+        }
+        rounds_of = {**variants, **breakdown}
+        for url in rounds_of.values():
             latencies(url, 0.3)  # warm connections, caches, the calibrator
-        p50s: dict[str, list[float]] = {k: [] for k in variants}
-        allv: dict[str, list[float]] = {k: [] for k in variants}
-        cpu = {"envoy_extproc": 0.0, "envoy_extproc_native": 0.0, "envoy_noop_extproc": 0.0}
-        ncpu = {"envoy_extproc": 0, "envoy_extproc_native": 0, "envoy_noop_extproc": 0}
+        p50s: dict[str, list[float]] = {k: [] for k in rounds_of}
+        allv: dict[str, list[float]] = {k: [] for k in rounds_of}
+        owners = {
+            "envoy_extproc": xproc,
+            "envoy_extproc_native": hproc,
+            "envoy_noop_extproc": nproc,
+            **dict.fromkeys(breakdown, hproc),
+        }
+        cpu = dict.fromkeys(owners, 0.0)
+        ncpu = dict.fromkeys(owners, 0)
         for r in range(rounds):
-            for name, url in variants.items():
-                owner = {
-                    "envoy_extproc": xproc,
-                    "envoy_extproc_native": hproc,
-                    "envoy_noop_extproc": nproc,
-                }.get(name)
+            for name, url in rounds_of.items():
+                owner = owners.get(name)
                 cpu0 = group_cpu_seconds(owner.pid) if owner else 0.0
                 lat = latencies(url, seconds)
                 if owner is not None:
@@ -326,7 +353,7 @@ def main() -> None:
         "envoy_added_p50_ms": added("envoy", "direct"),
         "added_over_envoy_per_round_ms": per_round("envoy_extproc", "envoy"),
         "native_added_over_envoy_per_round_ms": per_round("envoy_extproc_native", "envoy"),
-        "p50_ms": {k: round(p50(k), 4) for k in variants},
+        "p50_ms": {k: round(p50(k), 4) for k in rounds_of},
         "p99_ms": {k: round(percentile(v, 99), 4) for k, v in allv.items()},
         "requests": {k: len(v) for k, v in allv.items()},
         "stream_ttfb_ms": {k: round(v, 4) for k, v in ttfb.items()},
@@ -338,6 +365,21 @@ def main() -> None:
         "extproc_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc"),
         "noop_processor_cpu_us_per_request": _per(cpu, ncpu, "envoy_noop_extproc"),
         "native_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc_native"),
+        # The breakdown (native processor): what the routing round trip, the observer
+        # and a second round trip each add.
+        "native_route_only_added_over_envoy_p50_ms": added(
+            "envoy_extproc_native_route_only", "envoy"
+        ),
+        "native_observer_added_p50_ms": added(
+            "envoy_extproc_native", "envoy_extproc_native_route_only"
+        ),
+        "native_two_round_trips_added_over_envoy_p50_ms": added(
+            "envoy_extproc_native_two_round_trips", "envoy"
+        ),
+        "native_route_only_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc_native_route_only"),
+        "native_two_round_trips_cpu_us_per_request": _per(
+            cpu, ncpu, "envoy_extproc_native_two_round_trips"
+        ),
         "native_stream_ttfb_added_over_envoy_ms": round(
             ttfb["envoy_extproc_native"] - ttfb["envoy"], 4
         ),
