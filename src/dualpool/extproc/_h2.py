@@ -339,6 +339,7 @@ class H2Connection(asyncio.Protocol):
             self.proc.close(st.ex)
 
     def _goaway(self, code: int) -> None:
+        log.warning("ext_proc connection ended: HTTP/2 error %d (GOAWAY)", code)
         if self.transport is not None and not self.closed:
             self.out.append(
                 _frame(GOAWAY, 0, 0, self.last_sid.to_bytes(4, "big") + code.to_bytes(4, "big"))

@@ -287,6 +287,12 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             st.role = role
         if role == OBSERVE:
             self._observe(st, kind, req)
+            if kind == "response_body":
+                st.complete = req.response_body.end_of_stream
+            elif kind == "response_headers":
+                st.complete = req.response_headers.end_of_stream
+            # Complete: the processor ends the stream (Envoy would hold it open for
+            # deferred_close_timeout otherwise: one more stream per request per second).
             return _NOTHING
         if kind == "request_body":
             return self._request_body(st, req.request_body)
