@@ -73,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
     if args.http_host is not None:
         config = dataclasses.replace(config, host=args.http_host)
     if args.check:
-        print(f"config ok: pools {', '.join(p.name for p in config.pools)}")
+        from dualpool.cli.serve import describe_models
+
+        models = describe_models(config)
+        pools = ", ".join(p.name for p in config.pools)
+        print(f"config ok: pools {pools}" + (f"; models {models}" if models else ""))
         return 0
     try:
         from dualpool.extproc import ExtProcServer
