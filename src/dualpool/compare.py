@@ -412,11 +412,7 @@ def run_compare(
         for gw in gateways.values():
             gw.stop()
         for _, _, e in emulators:
-            if e.proc is not None:
-                e.terminate(10)
-                for f in (e.proc.stdout, e.proc.stderr):
-                    if f is not None:
-                        f.close()
+            e.stop(10)
     result.wall_s = time.perf_counter() - t_start
     return result
 

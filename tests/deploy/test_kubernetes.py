@@ -16,6 +16,8 @@ from dualpool.gateway import parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 TARGETS = ("deploy/base", "deploy/overlays/emulated")
+# Also Envoy with `dualpool extproc` in place of the gateway (tests/deploy/test_envoy_overlay.py).
+ALL_TARGETS = (*TARGETS, "deploy/overlays/envoy")
 
 
 def render(target: str) -> list[dict[str, Any]]:
@@ -36,7 +38,7 @@ def by(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     raise AssertionError(f"no {kind} {name}")
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", ALL_TARGETS)
 def test_every_object_validates_against_the_kubernetes_schemas(target: str) -> None:
     kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
     objs = render(target)

@@ -476,3 +476,10 @@ def test_concurrent_streams_and_requests_all_answered_and_all_fed_back(
     text = wait_metric(xp, "dualpool_calibrator_feedback_total", before + 24)
     assert metric(text, "dualpool_calibrator_feedback_total") - before == 24
     assert metric(text, "dualpool_requests_total", outcome="ok") - ok_before == 24
+    # No ext_proc stream failed open (route, strip or observer): none went unrouted.
+    failed = {
+        k: v
+        for k, v in envoy.stats("http.openai.ext_proc.").items()
+        if v and k.endswith(("streams_failed", "failure_mode_allowed", "message_timeouts"))
+    }
+    assert not failed

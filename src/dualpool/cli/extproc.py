@@ -73,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
     if args.http_host is not None:
         config = dataclasses.replace(config, host=args.http_host)
     if args.check:
-        from dualpool.gateway._server import check_servable
+        from dualpool.cli.serve import describe_models
 
-        check_servable(config, extproc=True)
-        print(f"config ok: pools {', '.join(p.name for p in config.pools)}")
+        models = describe_models(config)
+        pools = ", ".join(p.name for p in config.pools)
+        print(f"config ok: pools {pools}" + (f"; models {models}" if models else ""))
         return 0
     try:
         from dualpool.extproc import ExtProcServer

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dualpool.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dualpool.gateway import GatewayConfig
 
 
 def register(sub: Any) -> None:
@@ -50,10 +53,15 @@ def run(args: argparse.Namespace) -> int:
             f"{p.name}({len(p.endpoints) or 'dns ' + p.dns.name if p.dns else len(p.endpoints)})"
             for p in config.pools
         )
-        models = ", ".join(
-            m.name + "".join(f" (alias {a})" for a in m.aliases) + f": {', '.join(m.pools)}"
-            for m in config.models
-        )
+        models = describe_models(config)
         print(f"config ok: pools {pools}" + (f"; models {models}" if models else ""))
         return 0
     return serve(config, args.config, host=args.host, port=args.port)
+
+
+def describe_models(config: GatewayConfig) -> str:
+    """`models:` in one line for --check: each model, its aliases and pools ('' if none)."""
+    return ", ".join(
+        m.name + "".join(f" (alias {a})" for a in m.aliases) + f": {', '.join(m.pools)}"
+        for m in config.models
+    )

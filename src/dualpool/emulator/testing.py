@@ -20,11 +20,6 @@ competes with the engine loop for the GIL.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
@@ -32,6 +27,7 @@ from typing import Any
 
 from dualpool.emulator._config import EmulatorConfig
 from dualpool.emulator._server import EmulatorServer
+from dualpool.testing.process import DualpoolProcess
 
 __all__ = ["EmulatorProcess", "EmulatorThread", "emulator_fixture"]
 
@@ -111,7 +107,7 @@ async def _call(fn: Callable[[], Any]) -> Any:
     return fn()
 
 
-class EmulatorProcess:
+class EmulatorProcess(DualpoolProcess):
     """`dualpool emulate ARGS --port 0` as a subprocess; ports read from its ready line."""
 
     def __init__(
@@ -124,10 +120,7 @@ class EmulatorProcess:
         self.args = [*args]
         if "--port" not in self.args:
             self.args += ["--port", "0"]
-        self._timeout = start_timeout
-        self._cpu = cpu
-        self.proc: subprocess.Popen[str] | None = None
-        self.ready: dict[str, Any] = {}
+        super().__init__(["emulate", *self.args], cpu=cpu, start_timeout=start_timeout)
 
     @property
     def ports(self) -> list[int]:
@@ -136,70 +129,6 @@ class EmulatorProcess:
     @property
     def urls(self) -> list[str]:
         return list(self.ready.get("urls", []))
-
-    def start(self) -> EmulatorProcess:
-        cmd = [sys.executable, "-m", "dualpool", "emulate", *self.args]
-        preexec: Callable[[], None] | None = None
-        if self._cpu is not None and hasattr(os, "sched_setaffinity"):
-            cpu = self._cpu
-
-            def preexec() -> None:
-                os.sched_setaffinity(0, {cpu})
-
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=preexec,
-        )
-        line = _readline_with_timeout(self.proc, self._timeout)
-        if not line:
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            self.proc.kill()
-            self.proc.wait()
-            raise RuntimeError(f"dualpool emulate did not start: {err.strip()}")
-        self.ready = json.loads(line)
-        return self
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then wait; the exit status."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def __enter__(self) -> EmulatorProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.proc is not None:
-            self.terminate()
-            for f in (self.proc.stdout, self.proc.stderr):
-                if f is not None:
-                    f.close()
-
-
-def _readline_with_timeout(proc: subprocess.Popen[str], timeout: float) -> str:
-    out: list[str] = []
-
-    def read() -> None:
-        if proc.stdout is not None:
-            out.append(proc.stdout.readline())
-
-    t = threading.Thread(target=read, daemon=True)
-    t.start()
-    t.join(timeout)
-    return out[0] if out else ""
 
 
 def emulator_fixture(config: EmulatorConfig, *, scope: str = "module") -> Any:

@@ -7,7 +7,9 @@ deploy/envoy/envoy.yaml. Needs the `extproc` extra (grpcio, xds-protos).
 from dualpool.extproc._processor import (
     DESTINATION_HEADER,
     LB_NAMESPACE,
+    META_NAMESPACE,
     POOL_HEADER,
+    STRIP_HEADER,
     ExtProcessor,
 )
 from dualpool.extproc._server import ExtProcServer, run
@@ -15,7 +17,9 @@ from dualpool.extproc._server import ExtProcServer, run
 __all__ = [
     "DESTINATION_HEADER",
     "LB_NAMESPACE",
+    "META_NAMESPACE",
     "POOL_HEADER",
+    "STRIP_HEADER",
     "ExtProcServer",
     "ExtProcessor",
     "run",

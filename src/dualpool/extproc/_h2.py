@@ -10,8 +10,10 @@ connection per worker, so the server needs only this:
     HEADERS     a new stream = one ext_proc Process call (the header block is not
                 decoded: every stream on this port is that call; HPACK state only
                 matters to a decoder, so skipping blocks is safe)
-    DATA        gRPC length-prefixed messages ─► ExtProcessor.handle ─► answered at once
-    END_STREAM  from Envoy ─► trailers `grpc-status: 0`;  RST_STREAM ─► stream cancelled
+    DATA        gRPC length-prefixed messages ─► ExtProcessor.handle ─► its answers (0..n),
+                written together at the end of the read
+    END_STREAM  from Envoy, or nothing more to answer ─► trailers `grpc-status: 0`;
+                RST_STREAM ─► stream cancelled
     PING        ─► PING ACK;  WINDOW_UPDATE ─► send windows;  GOAWAY / lost ─► all cancelled
 
 Flow control is kept both ways: what we receive is granted back in batches, what we
@@ -260,7 +262,7 @@ class H2Connection(asyncio.Protocol):
             self.out.append(_frame(WINDOW_UPDATE, 0, 0, self.consumed.to_bytes(4, "big")))
             self.consumed = 0
         st = self.streams.get(sid)
-        if st is None:
+        if st is None or st.ended:
             return  # a stream we reset or finished: its late data is dropped
         if flags & PADDED:
             pad = payload[0]
@@ -277,12 +279,19 @@ class H2Connection(asyncio.Protocol):
             req = pb.ProcessingRequest.FromString(bytes(buf[5 : 5 + n]))
             del buf[: 5 + n]
             try:
-                resp = self.proc.handle(st.ex, req)
+                answers = self.proc.handle(st.ex, req)
             except Exception:
                 log.exception("ext_proc message failed")
                 self._reset(st, INTERNAL_ERROR)
                 return
-            self._send(st, resp.SerializeToString())
+            for resp in answers:
+                self._send(st, resp.SerializeToString())
+            if st.ex.complete:
+                # Nothing more to answer: our trailers go with the last answer; what
+                # Envoy still sends on this stream is dropped.
+                buf.clear()
+                self._end(st)
+                return
         if flags & END_STREAM:
             self._end(st)
 
@@ -295,7 +304,8 @@ class H2Connection(asyncio.Protocol):
         self._flush(st)
 
     def _end(self, st: _Stream) -> None:
-        """Envoy half-closed: answer the trailers once everything is sent."""
+        """Envoy half-closed (or we have nothing more to answer): the trailers go out
+        once everything is sent."""
         st.ended = True
         self._flush(st)
 
@@ -329,6 +339,7 @@ class H2Connection(asyncio.Protocol):
             self.proc.close(st.ex)
 
     def _goaway(self, code: int) -> None:
+        log.warning("ext_proc connection ended: HTTP/2 error %d (GOAWAY)", code)
         if self.transport is not None and not self.closed:
             self.out.append(
                 _frame(GOAWAY, 0, 0, self.last_sid.to_bytes(4, "big") + code.to_bytes(4, "big"))

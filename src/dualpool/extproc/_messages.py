@@ -1,7 +1,8 @@
 """The ext_proc v3 messages dualpool sends back to Envoy, built in one place.
 
     headers ─► read_headers (raw_value or value, keys lower case as Envoy sends them)
-    answer  ─► continue_*, set_headers, immediate, body_replaced, mode(STREAMED | BUFFERED | NONE)
+    answer  ─► continue_*, route (headers + route cache + metadata), body replaced or
+               cleared, immediate, more time (override_message_timeout)
 
 Responses that never change (a plain CONTINUE for each phase) are built once and
 reused: grpc serialises a message when it is written, and nobody mutates them.
@@ -19,6 +20,7 @@ from google.protobuf import struct_pb2
 
 __all__ = [
     "BUFFERED",
+    "CLEAR_REQUEST_BODY",
     "CONTINUE_REQUEST_BODY",
     "CONTINUE_REQUEST_HEADERS",
     "CONTINUE_REQUEST_TRAILERS",
@@ -28,11 +30,14 @@ __all__ = [
     "NONE",
     "STREAMED",
     "immediate",
+    "more_time",
     "read_headers",
     "remove_request_headers",
+    "request_body_replaced",
     "request_body_response",
     "response_body_replaced",
-    "response_headers_response",
+    "route_headers",
+    "route_response",
     "skip_request_body",
 ]
 
@@ -50,13 +55,22 @@ CONTINUE_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersRes
 CONTINUE_RESPONSE_BODY = pb.ProcessingResponse(response_body=pb.BodyResponse())
 CONTINUE_REQUEST_TRAILERS = pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
 CONTINUE_RESPONSE_TRAILERS = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+# A streamed request body chunk dropped (the replacement went with an earlier one).
+CLEAR_REQUEST_BODY = pb.ProcessingResponse(
+    request_body=pb.BodyResponse(
+        response=pb.CommonResponse(body_mutation=pb.BodyMutation(clear_body=True))
+    )
+)
 
 
-def read_headers(msg: Any) -> dict[str, bytes]:
-    """An HttpHeaders message as {lower-case name: value}; Envoy sends raw_value."""
+def read_headers(msg: Any, wanted: frozenset[str] | None = None) -> dict[str, bytes]:
+    """An HttpHeaders message as {lower-case name: value} (only the `wanted` names, if
+    given: the others are not decoded); Envoy sends raw_value."""
     out: dict[str, bytes] = {}
     for h in msg.headers.headers:
-        out[h.key] = h.raw_value or h.value.encode()
+        k = h.key
+        if wanted is None or k in wanted:
+            out[k] = h.raw_value or h.value.encode()
     return out
 
 
@@ -111,16 +125,43 @@ def request_body_response(
     return resp
 
 
-def response_headers_response(
-    headers: tuple[tuple[str, bytes], ...], body_mode: int, remove: tuple[str, ...] = ()
-) -> Any:
-    """Tag the answer and choose how its body is sent to us (STREAMED, BUFFERED, NONE)."""
-    return pb.ProcessingResponse(
-        response_headers=pb.HeadersResponse(
-            response=pb.CommonResponse(header_mutation=_mutation(headers, remove))
-        ),
-        mode_override=_Mode(response_body_mode=body_mode),
+def route_headers(headers: tuple[tuple[str, bytes], ...], remove: tuple[str, ...] = ()) -> Any:
+    """Answer to held request headers: set the routing headers, clear the route cache.
+
+    Built once per pool; `route_response` wraps it with the per-request metadata."""
+    return pb.HeadersResponse(
+        response=pb.CommonResponse(
+            header_mutation=_mutation(headers, remove), clear_route_cache=True
+        )
     )
+
+
+def route_response(headers_response: Any, metadata: dict[str, dict[str, str]]) -> Any:
+    """The request headers' answer (pipelined mode): route, and tag the request with
+    dynamic metadata (its id for the usage observer; the endpoint picker's pick)."""
+    resp = pb.ProcessingResponse(request_headers=headers_response)
+    fields = resp.dynamic_metadata.fields
+    for ns, values in metadata.items():
+        inner = fields[ns].struct_value.fields
+        for k, v in values.items():
+            inner[k].string_value = v
+    return resp
+
+
+def request_body_replaced(body: bytes) -> Any:
+    """A streamed request body chunk replaced (by the whole new body)."""
+    return pb.ProcessingResponse(
+        request_body=pb.BodyResponse(
+            response=pb.CommonResponse(body_mutation=pb.BodyMutation(body=body))
+        )
+    )
+
+
+def more_time(seconds: float) -> Any:
+    """Ask Envoy to wait longer for the answer in progress (a body still uploading)."""
+    resp = pb.ProcessingResponse()
+    resp.override_message_timeout.FromMilliseconds(int(seconds * 1000))
+    return resp
 
 
 def response_body_replaced(body: bytes) -> Any:

@@ -24,7 +24,7 @@ from dualpool.errors import ConfigError
 from dualpool.extproc._h2 import H2Connection, serve_h2
 from dualpool.extproc._processor import ExtProcessor
 from dualpool.gateway._config import GatewayConfig
-from dualpool.gateway._server import GatewayServer, check_servable
+from dualpool.gateway._server import GatewayServer
 from dualpool.gateway._telemetry import configure_logging
 
 __all__ = ["TRANSPORTS", "ExtProcServer", "run"]
@@ -66,7 +66,6 @@ class ExtProcServer:
         return self.http.port
 
     async def start(self) -> ExtProcessor:
-        check_servable(self.config, extproc=True)
         gw = await self.http.start()
         proc = ExtProcessor(gw, endpoint_picker=self.endpoint_picker)
         self.processor = proc
@@ -127,6 +126,8 @@ class ExtProcServer:
             for conn in list(self._h2_conns):
                 if conn.transport is not None:
                     conn.transport.close()
+        if self.processor is not None:
+            self.processor.flush()  # the observer's last usage, before the snapshot
         await self.http.stop()
 
 

@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,8 @@ from types import TracebackType
 from typing import Any
 
 import yaml
+
+from dualpool.testing.process import DualpoolProcess
 
 __all__ = [
     "BOOTSTRAP",
@@ -43,6 +44,7 @@ __all__ = [
 
 # deploy/envoy/envoy.yaml of the source tree (the tests' and the users' config).
 BOOTSTRAP = Path(__file__).resolve().parents[3] / "deploy" / "envoy" / "envoy.yaml"
+_EXT_PROC = "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 
 
 def envoy_binary() -> str | None:
@@ -90,7 +92,7 @@ def bootstrap(
 ) -> dict[str, Any]:
     """deploy/envoy/envoy.yaml with its ports and the pools' endpoints replaced.
 
-    `extproc=False` drops the ext_proc filter: Envoy alone, for comparisons.
+    `extproc=False` drops the ext_proc filters: Envoy alone, for comparisons.
     """
     cfg: dict[str, Any] = yaml.safe_load(source.read_text())
     cfg = copy.deepcopy(cfg)
@@ -99,9 +101,12 @@ def bootstrap(
     listener["address"]["socket_address"].update(address="127.0.0.1", port_value=listen_port)
     if not extproc:
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        hcm["http_filters"] = [
-            f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"
-        ]
+        gone = {f["name"] for f in hcm["http_filters"] if _EXT_PROC in f["typed_config"]["@type"]}
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] not in gone]
+        for vh in hcm["route_config"]["virtual_hosts"]:
+            for route in vh["routes"]:
+                per = route.get("typed_per_filter_config", {})
+                route["typed_per_filter_config"] = {k: v for k, v in per.items() if k not in gone}
     clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
     targets = {"dualpool_extproc": [f"127.0.0.1:{grpc_port}"], **pools}
     for name, urls in targets.items():
@@ -229,7 +234,7 @@ class EnvoyProcess:
         self.stop()
 
 
-class ExtProcProcess:
+class ExtProcProcess(DualpoolProcess):
     """`dualpool extproc --config FILE` as a subprocess (so a test can kill it)."""
 
     def __init__(
@@ -239,88 +244,35 @@ class ExtProcProcess:
         cpu: int | None = None,
         start_timeout: float = 60.0,
     ) -> None:
-        self.cmd = [
-            sys.executable,
-            "-m",
-            "dualpool",
-            "extproc",
-            "--config",
-            str(config),
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "0",
-            "--ready-line",
-            *args,
-        ]
-        if cpu is not None:
-            self.cmd = ["taskset", "-c", str(cpu), *self.cmd]
-        self._timeout = start_timeout
-        self.proc: subprocess.Popen[str] | None = None
-        self.grpc_port = 0
-        self.http_port = 0
+        super().__init__(
+            [
+                "extproc",
+                "--config",
+                str(config),
+                "--grpc-port",
+                "0",
+                "--http-port",
+                "0",
+                "--ready-line",
+                *args,
+            ],
+            cpu=cpu,
+            start_timeout=start_timeout,
+        )
+
+    @property
+    def grpc_port(self) -> int:
+        return int(self.ready["grpc_port"])
+
+    @property
+    def http_port(self) -> int:
+        return int(self.ready["http_port"])
 
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/metrics"
 
-    def start(self) -> ExtProcProcess:
-        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in terminate()
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._err, text=True)
-        out: list[str] = []
-
-        def read() -> None:
-            if self.proc is not None and self.proc.stdout is not None:
-                out.append(self.proc.stdout.readline())
-
-        t = threading.Thread(target=read, daemon=True)
-        t.start()
-        t.join(self._timeout)
-        line = out[0] if out else ""
-        if not line:
-            self.kill()
-            raise RuntimeError(f"dualpool extproc did not start: {self.stderr_text()}")
-        ready = json.loads(line)
-        self.grpc_port = int(ready["grpc_port"])
-        self.http_port = int(ready["http_port"])
-        return self
-
-    def stderr_text(self) -> str:
-        self._err.seek(0)
-        return self._err.read().decode(errors="replace")[-4000:]
-
     def metrics(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
             text: str = r.read().decode()
             return text
-
-    def kill(self) -> None:
-        """SIGKILL: the processor disappears without a goodbye."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def __enter__(self) -> ExtProcProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.proc is not None:
-            self.terminate()
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
-            self._err.close()

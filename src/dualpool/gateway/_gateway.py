@@ -87,7 +87,7 @@ class Gateway:
         self.models = models
         self.lookup = models.lookup
         self.default = models.default
-        # The first model's: the calibrator (shared by every router), the extproc.
+        # The first model's: the calibrator (shared by every router).
         self.router: Router = models.default.router
         self.model = models.default.name
         # Every model's pools; each model's in its policy's order.

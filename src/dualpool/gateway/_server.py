@@ -30,7 +30,7 @@ from dualpool.http import HttpServer, ServerLimits, UpstreamError, fetch
 if TYPE_CHECKING:
     from dualpool.gateway._shared_calibration import SharedCalibration
 
-__all__ = ["GatewayServer", "check_servable", "run", "settle_heap"]
+__all__ = ["GatewayServer", "run", "settle_heap"]
 
 log = logging.getLogger("dualpool.gateway")
 
@@ -217,17 +217,6 @@ class GatewayServer:
         if snap is not None:
             bg.write_snapshot(gw, snap)
         log.info("stopped")
-
-
-def check_servable(cfg: GatewayConfig, *, extproc: bool = False) -> None:
-    """What parses but cannot be served: several models behind `dualpool extproc`
-    (its processor routes the first model's pools only; `dualpool serve` routes all)."""
-    if extproc and len(cfg.models) > 1:
-        raise ConfigError(
-            "models",
-            f"{len(cfg.models)} models configured, but dualpool extproc routes one model "
-            "per process so far: run one extproc per model, or `dualpool serve`",
-        )
 
 
 async def _join_shared(gw: Gateway, cfg: GatewayConfig, port: int | None) -> SharedCalibration:
