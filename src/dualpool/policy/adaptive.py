@@ -10,25 +10,33 @@ object (docs/adaptive.md has the argument in full).
         queue depth per instance  (vllm:num_requests_waiting)
         KV cache use              (vllm:kv_cache_usage_perc)
         batch occupancy           (vllm:num_requests_running / max_num_seqs)
+        tail TPOT / TPOT target   (about the P99 of recent requests)
         SLO attainment            (share of recent requests within the SLO)
-    ─► pressure per pool = max(queue / queue_ref, kv / kv_ref, occupancy / occupancy_ref,
-                               SLO deficit / slo_slack)
+    ─► pressure per pool p = max(queue / queue_ref, kv / kv_ref, occupancy / occupancy_ref,
+                                 tail TPOT / target, SLO deficit / slo_slack)
        where the SLO deficit is the drop below the attainment the pool shows
        when lightly loaded (a long pool misses a TTFT target on its longest
        prompts even when idle: that is not load, and moving B_short cannot fix it)
-    ─► e = pressure(short) - pressure(long)
-         e >  band and long has headroom   move down: shift the largest short requests long
-         e < -band and short has headroom  move up:   shift the smallest long requests short
-         otherwise                         hold (the hysteresis band)
-    ─► a move shifts at most `step_share` of recent traffic (read from the
-       recent budget distribution), at most one move per `interval_s`, and
-       stays within [min_threshold, the short pool's max_model_len].
+    ─► anchored at the planned threshold B0; w = each pool's share of recent requests
+         at B0:  p_short >= 1, p_long < headroom, w_s p_s > w_l p_l   move down (relief)
+                 p_long >= 1, p_short < headroom, w_l p_l > w_s p_s   move up   (relief)
+         below:  p_long >= 1 or p_short < 1 - band                    step back up to B0
+         above:  p_short >= 1 or p_long < 1 - band                    step back down to B0
+         otherwise                                                    hold
+    ─► a move shifts at most `step_share` of recent traffic and `step_work` of
+       the receiving pool's recent work (read from the recent budget
+       distribution), at most one move per `interval_s`, a reversal needs
+       `reverse_after` votes in a row, and the threshold stays within
+       [min_threshold, the short pool's max_model_len].
 
-Objective: keep both pools within their SLOs by equalising their pressure (the
-pool nearest its limit gets relief), and with no usable signal return to the
-static threshold the planner chose. Missing or stale signals (older than
-`stale_s`) hold the threshold; after `revert_s` without fresh signals it steps
-back toward the static one, one bounded step per interval.
+Objective: the fewest requests missing the SLO across the fleet (the hour's
+P99 is over all requests), and never worse than the planned threshold: it
+leaves B0 only to relieve a pool at its limit whose requests weigh more in the
+fleet's misses than the other's, into a pool with headroom, and returns to B0
+once the relief is no longer needed or starts to hurt. With no usable signal it
+returns to B0 too: missing or stale signals (older than `stale_s`) hold the
+threshold; after `revert_s` without fresh signals it steps back toward B0, one
+bounded step per interval.
 
 Pure: no I/O, no clock (the caller passes `now`), no threads.
 """
