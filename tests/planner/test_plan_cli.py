@@ -175,6 +175,9 @@ def test_adaptive_flag_sizes_the_whole_split_fleet_with_the_controller(
     assert a["gpus_saved_by_controller"] == (
         a["sized"]["static"]["gpus"] - a["sized"]["adaptive"]["gpus"]
     )
+    assert a["saving_points_from_controller"] == pytest.approx(
+        a["gpus_saved_by_controller"] / d["homogeneous"]["gpus"]
+    )
     # The controller never moves B_short above the short pool's max_model_len.
     short_len = d["split"]["pools"][0]["config"]["max_model_len"]
     assert a["at_planned"]["adaptive"]["threshold_mean"] <= short_len

@@ -320,5 +320,11 @@ def _render_adaptive(a: dict[str, Any], console: Console) -> None:
     console.print(
         f"  GPUs needed: static {st['gpus']} {st['instances']}, adaptive {ad['gpus']} "
         f"{ad['instances']}: the controller saves {a['gpus_saved_by_controller']} GPUs "
-        f"({a['share_saved_by_controller']:.1%})"
+        f"({a['share_saved_by_controller']:.1%}"
+        + (
+            f"; {100 * a['saving_points_from_controller']:+.1f} points of the split's saving"
+            if a["saving_points_from_controller"] is not None
+            else ""
+        )
+        + ")"
     )

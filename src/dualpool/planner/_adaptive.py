@@ -259,6 +259,7 @@ def adaptive_plan(
     sized_adaptive = size(True)
     g_static, g_adaptive = gpus(sized_static), gpus(sized_adaptive)
     names = [str(p["pool"]) for p in pools]
+    homo = int(plan_result.get("homogeneous", {}).get("gpus", 0))
     return {
         "controller": asdict(s.controller),
         "windows": s.windows,
@@ -284,4 +285,7 @@ def adaptive_plan(
         },
         "gpus_saved_by_controller": g_static - g_adaptive,
         "share_saved_by_controller": (g_static - g_adaptive) / g_static if g_static else 0.0,
+        # Points of the plan's saving (1 - split / homogeneous GPUs) that are the
+        # controller's: its GPUs saved over the homogeneous fleet's GPUs.
+        "saving_points_from_controller": (g_static - g_adaptive) / homo if homo else None,
     }
