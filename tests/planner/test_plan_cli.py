@@ -158,3 +158,26 @@ def test_simulated_sweep_has_an_interval_at_every_b_short(
     # The chosen B_short's row is the plan's own saving.
     row = next(r for r in p["sweep"]["rows"] if r["b_short"] == p["inputs"]["b_short"])
     assert row["saving"] == p["saving"]
+
+
+def test_adaptive_flag_sizes_the_whole_split_fleet_with_the_controller(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main([*ARGS, "--no-simulate", "--json", "--adaptive"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    a = d["adaptive"]
+    planned = d["split"]["instances"]
+    assert a["at_planned"]["instances"] == planned
+    for side in ("static", "adaptive"):
+        at = a["at_planned"][side]
+        assert at["slo_ratio"] > 0 and 0 <= at["windows_meeting"] <= a["windows"] == 3
+        assert all(n >= 1 for n in a["sized"][side]["instances"].values())
+    assert a["gpus_saved_by_controller"] == (
+        a["sized"]["static"]["gpus"] - a["sized"]["adaptive"]["gpus"]
+    )
+    assert a["saving_points_from_controller"] == pytest.approx(
+        a["gpus_saved_by_controller"] / d["homogeneous"]["gpus"]
+    )
+    # The controller never moves B_short above the short pool's max_model_len.
+    short_len = d["split"]["pools"][0]["config"]["max_model_len"]
+    assert a["at_planned"]["adaptive"]["threshold_mean"] <= short_len

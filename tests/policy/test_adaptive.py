@@ -106,9 +106,68 @@ def test_any_signal_sequence_keeps_the_invariants(steps: list[tuple[float, ...]]
         last = t
 
 
+def test_relief_ends_and_the_threshold_returns_to_the_planned_one() -> None:
+    c = ctl()
+    for k in range(4):
+        c.update(10.0 * k, sig(10.0 * k, q=8.0), sig(10.0 * k))
+    assert c.threshold < 6000
+    # The short pool is clear of its limit by more than the band: back to the plan,
+    # after reverse_after votes, by bounded steps, never past it.
+    seen = []
+    for k in range(4, 80):
+        seen.append(c.update(10.0 * k, sig(10.0 * k, kv=0.3), sig(10.0 * k)))
+    assert seen[-1] == 6000 and max(seen) == 6000
+    assert c.reason == "hold"
+
+
+def test_relief_ends_at_once_when_the_receiving_pool_reaches_its_limit() -> None:
+    c = ctl()
+    for k in range(4):
+        c.update(10.0 * k, sig(10.0 * k, q=8.0), sig(10.0 * k))
+    low = c.threshold
+    for k in range(4, 40):
+        c.update(10.0 * k, sig(10.0 * k, q=8.0), sig(10.0 * k, q=8.0))
+    assert c.threshold > low and c.threshold <= 6000
+
+
+def test_a_pool_serving_few_requests_is_not_relieved_at_the_many_s_expense() -> None:
+    # The long pool at its limit serves 2% of requests; the short one, busy but
+    # within headroom, serves 98%: the fleet's misses are the short pool's to lose.
+    c = ThresholdController(CFG, 8000, 16384)
+    for i in range(4000):
+        c.observe_budget(500 + (i % 98) * 70 if i % 50 else 12000)
+    assert c.shares()[1] < 0.05
+    for k in range(20):
+        c.update(10.0 * k, sig(10.0 * k, kv=0.55), sig(10.0 * k, q=8.0))
+    assert c.threshold == 8000 and c.reason == "hold"
+
+
+def test_slow_decode_steps_count_as_pressure() -> None:
+    c = ctl()
+    s = PoolSignal(0.0, 0.0, 0.2, None, 0.2, tpot_ratio=1.3)
+    assert c.pressure(s, 0.0) == pytest.approx(1.3)
+    c.update(0.0, s, sig(0.0))
+    assert c.reason == "down"
+
+
+def test_a_move_shifts_at_most_step_work_of_the_receiving_pool() -> None:
+    # Recent budgets: 1,000 requests at 1K-7K (short) and 50 at 9K (long). Relieving
+    # the short pool may add at most step_work of the long pool's 450K tokens.
+    c = ThresholdController(CFG, 8000, 8192)
+    for i in range(1000):
+        c.observe_budget(1000 + 6 * i)
+    for _ in range(50):
+        c.observe_budget(9000)
+    c.update(0.0, sig(0.0, q=8.0), sig(0.0))
+    moved = [1000 + 6 * i for i in range(1000) if c.threshold < 1000 + 6 * i <= 8000]
+    assert moved and sum(moved) <= CFG.step_work * 50 * 9000
+
+
 def test_config_is_checked_and_named() -> None:
     with pytest.raises(ConfigError, match=r"routing\.adaptive\.step_share"):
         AdaptiveConfig(step_share=0.0)
+    with pytest.raises(ConfigError, match=r"routing\.adaptive\.headroom"):
+        AdaptiveConfig(headroom=1.5)
     with pytest.raises(ConfigError, match=r"routing\.adaptive\.bogus"):
         AdaptiveConfig.from_mapping({"bogus": 1})
     assert AdaptiveConfig.from_mapping(True) == AdaptiveConfig()

@@ -50,3 +50,14 @@ def test_cli_adaptive_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["totals"]["requests"] > 0
+
+
+def test_the_controller_sees_each_pool_s_tail_tpot_and_recent_attainment() -> None:
+    fleet: FleetConfig = small_fleet(short=1, long=1)
+    w = preset("lognormal", rate=12.0, duration_s=60.0, prompt_mu=7.5, prompt_sigma=0.6, seed=4)
+    sim = Simulation(fleet, SimOptions(adaptive=AdaptiveConfig(interval_s=5.0)))
+    sim.run(w)
+    tail = sim._tpot_tail(0)
+    assert tail is not None and 0.0 < tail < 100.0
+    # Time-decayed: the weight of the last few intervals, not of every completion.
+    assert sim._slo_n[0] < sim.summary.pools[fleet.pools[0].name].completed

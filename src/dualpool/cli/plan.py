@@ -141,6 +141,12 @@ def register(sub: Any) -> None:
         "--processes", type=int, default=None, help="local processes (default: all cores)"
     )
     p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
+    p.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="also simulate the whole split fleet with the adaptive B_short (docs/adaptive.md): "
+        "the GPUs it needs against the static threshold's, and its gain at the planned sizes",
+    )
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.add_argument("--report", default=None, metavar="DIR", help="write DIR/index.html with plots")
     add_catalog_args(p)
@@ -253,11 +259,15 @@ def run(args: argparse.Namespace) -> int:
             args.backend, processes=args.processes, address=args.address, progress=progress
         )
         result = plan(settings, mix, runner, on_round)
+        if args.adaptive:
+            result["adaptive"] = _adaptive(args, settings, mix, result, bar)
     samples = {f: result[f].pop("samples", None) for f in ("homogeneous", "split")}
     if args.json:
         print_json(result)
     else:
         render_text(result, Console())
+        if args.adaptive:
+            _render_adaptive(result["adaptive"], Console())
     if args.report:
         for f, smp in samples.items():
             if smp is not None:
@@ -265,3 +275,56 @@ def run(args: argparse.Namespace) -> int:
         path = write_html(result, mix, args.report)
         err.print(f"report: {path}")
     return 0
+
+
+def _adaptive(
+    args: argparse.Namespace, settings: Any, mix: Any, result: dict[str, Any], bar: Progress
+) -> dict[str, Any]:
+    """`--adaptive`: the whole split fleet with the controller (planner/_adaptive.py)."""
+    from dualpool.planner._adaptive import AdaptivePlanSettings, adaptive_plan
+    from dualpool.simulator import SLO
+
+    task = bar.add_task("adaptive B_short", total=None)
+    return adaptive_plan(
+        result,
+        mix,
+        model=settings.model,
+        gpu=settings.gpu,
+        rate=settings.rate,
+        slo=SLO(ttft_s=settings.ttft_slo_s, tpot_s=settings.tpot_slo_s),
+        step_params=settings.step_params,
+        settings=AdaptivePlanSettings(windows=args.min_windows, seed=args.seed),
+        progress=lambda what: bar.update(task, description=f"adaptive: {what}"),
+    )
+
+
+def _render_adaptive(a: dict[str, Any], console: Console) -> None:
+    if "skipped" in a:
+        console.print(f"[bold]Adaptive B_short[/]: {a['skipped']}")
+        return
+    p = a["at_planned"]
+    s, d = p["static"], p["adaptive"]
+    ci = p["adaptive_over_static_slo_ratio_ci"]
+    console.print(
+        f"[bold]Adaptive B_short[/] (whole split fleet, {a['windows']} windows of "
+        f"{a['measure_s']:.0f} s, {a['simulations']} simulations)"
+    )
+    console.print(
+        f"  at the planned {p['gpus']} GPUs: P99/SLO ratio static {s['slo_ratio']:.2f} "
+        f"({s['windows_meeting']}/{a['windows']} windows meet), adaptive {d['slo_ratio']:.2f} "
+        f"({d['windows_meeting']}/{a['windows']}; B_short mean {d['threshold_mean']:.0f}, "
+        f"{d['moves']} moves); adaptive/static {p['adaptive_over_static_slo_ratio']:.2f}"
+        + (f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+    )
+    st, ad = a["sized"]["static"], a["sized"]["adaptive"]
+    console.print(
+        f"  GPUs needed: static {st['gpus']} {st['instances']}, adaptive {ad['gpus']} "
+        f"{ad['instances']}: the controller saves {a['gpus_saved_by_controller']} GPUs "
+        f"({a['share_saved_by_controller']:.1%}"
+        + (
+            f"; {100 * a['saving_points_from_controller']:+.1f} points of the split's saving"
+            if a["saving_points_from_controller"] is not None
+            else ""
+        )
+        + ")"
+    )

@@ -286,6 +286,12 @@ class Simulation:
         self.threshold_log: list[tuple[float, int]] = []
         self._slo_n = [0.0] * len(self.pools)
         self._slo_good = [0.0] * len(self.pools)
+        self._slo_t = [0.0] * len(self.pools)
+        self._tpot_s1 = [0.0] * len(self.pools)
+        self._tpot_s2 = [0.0] * len(self.pools)
+        # The attainment's memory: a few controller intervals (time-decayed, so a
+        # pool serving few requests does not average over hours).
+        self._slo_tau = 3.0 * opts.adaptive.interval_s if opts.adaptive is not None else 1.0
         if self.controller is not None:
             self.threshold_log.append((0.0, self.policy.threshold(0)))
 
@@ -488,14 +494,24 @@ class Simulation:
                     now,
                     p.waiting / len(p.instances),
                     p.used_blocks / p.total_blocks,
-                    self._slo_good[i] / n if n >= 20.0 else None,
+                    self._slo_good[i] / n if n >= 10.0 else None,
                     running / slots,
+                    self._tpot_tail(i),
                 )
             )
         before = ctl.threshold
         t = self.router.adapt(now, signals[0], signals[1])
         if t != before:
             self.threshold_log.append((now, t))
+
+    def _tpot_tail(self, i: int) -> float | None:
+        """Pool i's recent tail TPOT over the target: (mean + 2.33 sd) / target."""
+        n = self._slo_n[i]
+        if n < 10.0:
+            return None
+        m = self._tpot_s1[i] / n
+        var = max(0.0, self._tpot_s2[i] / n - m * m)
+        return (m + 2.33 * math.sqrt(var)) / self._slo_tpot
 
     def _arrive(self, r: Request, nbytes: int | None) -> None:
         now = r.arrival_s
@@ -630,13 +646,17 @@ class Simulation:
             st.tpot_ok += ok2
             st.slo_ok += ok1 and ok2
         if self.controller is not None:
-            # Decayed SLO attainment per pool (a window of ~200 completions).
+            # SLO attainment per pool, decayed in time (memory _slo_tau seconds).
+            # The same decay for the moments of its TPOT (the tail signal).
             ft = req.first_token_time
-            ok = ft - req.arrival_time <= self._slo_ttft and (
-                n_out <= 1 or (t - ft) / (n_out - 1) <= self._slo_tpot
-            )
-            self._slo_n[pool] = self._slo_n[pool] * 0.995 + 1.0
-            self._slo_good[pool] = self._slo_good[pool] * 0.995 + (1.0 if ok else 0.0)
+            tp = (t - ft) / (n_out - 1) if n_out > 1 else 0.0
+            ok = ft - req.arrival_time <= self._slo_ttft and tp <= self._slo_tpot
+            d = math.exp(-max(0.0, t - self._slo_t[pool]) / self._slo_tau)
+            self._slo_t[pool] = t
+            self._slo_n[pool] = self._slo_n[pool] * d + 1.0
+            self._slo_good[pool] = self._slo_good[pool] * d + (1.0 if ok else 0.0)
+            self._tpot_s1[pool] = self._tpot_s1[pool] * d + tp
+            self._tpot_s2[pool] = self._tpot_s2[pool] * d + tp * tp
         if self.records is not None:
             self._record(r, pool, inst, req, False, misrouted, spilled)
 
