@@ -89,6 +89,12 @@ def register(sub: Any) -> None:
         "--max-windows", type=int, default=20, help="windows simulated at most (default 20)"
     )
     p.add_argument(
+        "--search-every-window",
+        action="store_true",
+        help="search every window's counts (default: after the first round, one run per pool "
+        "and window, read with the pooled elasticity)",
+    )
+    p.add_argument(
         "--window-requests",
         type=int,
         default=None,
@@ -221,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
             block=args.window_requests,
             measure_s=args.measure_s,
             warmup_s=args.warmup_s,
+            probe_band=None if args.search_every_window else 0.15,
             batch=max(2, args.processes or os.cpu_count() or 2),
         ),
     )
