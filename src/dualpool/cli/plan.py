@@ -104,8 +104,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--measure-s",
         type=float,
-        default=10.0,
-        help="measured seconds of each run at --rate (default 10; at least 2000 requests)",
+        default=40.0,
+        help="measured seconds of each run at --rate (default 40; at least 2000 requests)",
     )
     p.add_argument(
         "--warmup-s",

@@ -136,11 +136,14 @@ def replicate(
     ttft_slo: float = 2.0,
     tpot_slo: float = 0.08,
     probe_band: float | None = 0.15,
+    searched: int = 2,
 ) -> dict[str, list[WindowOutcome]]:
     """Rounds of windows until the main saving's half-width <= precision.
 
     The first round searches every pool on every window (bracket and
-    bisect). Later rounds, with `probe_band`, *probe*: each pool runs once,
+    bisect): `min_windows` windows, or with `probe_band` the first
+    `searched` (one per core), then the rest of `min_windows`. Later rounds,
+    with `probe_band`, *probe*: each pool runs once,
     at the earlier windows' mean count, and its crossing is read off the
     ratio there with the elasticity pooled over the searched windows
     (`pooled_slope`); a window whose ratio is more than `probe_band` (log)
@@ -152,14 +155,18 @@ def replicate(
     w = 0
     slopes: dict[str, float | None] = {}
     while True:
-        n = min_windows if w == 0 else batch
+        if w == 0:
+            n = min_windows if probe_band is None else min(max(2, searched), min_windows)
+        elif w < min_windows:
+            n = min_windows - w
+        else:
+            n = batch
         n = min(n, max_windows - w)
         if w > 0 and probe_band is not None:
             for k in keys:
-                searched = [o for o in outs[k] if o.slope is None and len(o.trials) > 1]
+                full = [o for o in outs[k] if o.slope is None and len(o.trials) > 1]
                 slopes[k] = pooled_slope(
-                    [o.ratios(ttft_slo, tpot_slo) for o in searched],
-                    [o.crossing for o in searched],
+                    [o.ratios(ttft_slo, tpot_slo) for o in full], [o.crossing for o in full]
                 )
         jobs = []
         for win in range(w, w + n):

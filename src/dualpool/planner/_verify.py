@@ -65,7 +65,7 @@ class VerifySettings:
     # requests (>= 1,000; disjoint windows).
     block: int | None = None
     # Measured seconds of each run (at the fleet's rate), and at least this many requests.
-    measure_s: float = 10.0
+    measure_s: float = 40.0
     min_measured: int = 2000
     # A pool of little traffic runs longer, to see at least this many requests.
     min_pool_measured: int = 300
