@@ -78,9 +78,11 @@ def main() -> None:
         "--measure-s", type=float, default=None, help="measured seconds per run (planner default)"
     )
     ap.add_argument("--seeds", type=int, default=None, help="seeds at the default precision")
+    ap.add_argument("--fine-seeds", type=int, default=None, help="seeds at 1 point")
     args = ap.parse_args()
     runs = [(s, 0.02) for s in range(args.seeds or (3 if args.quick else 5))]
-    runs += [(s, 0.01) for s in range(1 if args.quick else 2)]
+    fine = args.fine_seeds if args.fine_seeds is not None else (1 if args.quick else 2)
+    runs += [(s, 0.01) for s in range(fine)]
     runner = make_runner("local", processes=args.processes)
     base = PlanSettings(
         model=get_model("llama-3-70b"),

@@ -145,15 +145,15 @@ def replicate(
     `searched` (one per core), then the rest of `min_windows`. Later rounds,
     with `probe_band`, *probe*: each pool runs once,
     at the earlier windows' mean count, and its crossing is read off the
-    ratio there with the elasticity pooled over the searched windows
-    (`pooled_slope`); a window whose ratio is more than `probe_band` (log)
+    TTFT and TPOT ratios there with each one's elasticity pooled over the
+    searched windows (`pooled_slope`; the window needs the larger count); a window whose ratio is more than `probe_band` (log)
     from 1 is searched. A window's count varies with its P99s far more than
     a probe's linearisation errs, so one run per pool and window buys
     several times the windows a search would.
     """
     outs: dict[str, list[WindowOutcome]] = {k: [] for k in keys}
     w = 0
-    slopes: dict[str, float | None] = {}
+    slopes: dict[str, tuple[float | None, float | None]] = {}
     while True:
         if w == 0:
             n = min_windows if probe_band is None else min(max(2, searched), min_windows)
@@ -165,16 +165,32 @@ def replicate(
         if w > 0 and probe_band is not None:
             for k in keys:
                 full = [o for o in outs[k] if o.slope is None and len(o.trials) > 1]
-                slopes[k] = pooled_slope(
-                    [o.ratios(ttft_slo, tpot_slo) for o in full], [o.crossing for o in full]
-                )
+                centers = [o.crossing for o in full]
+                # One elasticity per metric: TTFT falls ~3x faster with G than
+                # TPOT (docs/planner.md), and either can bind on a window.
+                per = [
+                    [
+                        (
+                            t.instances,
+                            t.ttft_p99_s / ttft_slo if i == 0 else t.tpot_p99_s / tpot_slo,
+                        )
+                        for t in o.trials
+                        if not t.early_stop and not t.rejected
+                    ]
+                    for o in full
+                    for i in (0, 1)
+                ]
+                slopes[k] = (pooled_slope(per[0::2], centers), pooled_slope(per[1::2], centers))
         jobs = []
         for win in range(w, w + n):
             for k in keys:
                 start, step = _start(outs[k], starts[k])
                 job = make_job(k, win, fixed.get(k), start, step, False)
-                if slopes.get(k) is not None and job.evaluate_at is None:
-                    job = replace(job, slope=slopes[k], probe_band=probe_band or 0.0)
+                b_ttft, b_tpot = slopes.get(k, (None, None))
+                if b_ttft is not None and b_tpot is not None and job.evaluate_at is None:
+                    job = replace(
+                        job, slope=b_ttft, slope_tpot=b_tpot, probe_band=probe_band or 0.0
+                    )
                 jobs.append(job)
         done: list[WindowOutcome] = runner(jobs)
         for o in sorted(done, key=lambda o: o.window):

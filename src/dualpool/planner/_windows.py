@@ -300,10 +300,12 @@ class WindowJob:
     # over twice the target fails without the rest.
     prefix: float = 0.3
     limit: int | None = None
-    # Probe: run `start` only and read the crossing off the pooled elasticity
-    # `slope` (start x r^(1/slope)) when r is within `probe_band` of 1 (log);
-    # else search from there.
+    # Probe: run `start` only and read the crossing off the pooled
+    # elasticities of the TTFT and the TPOT ratio, `slope` and `slope_tpot`
+    # (the larger of start x r_m^(1/slope_m)), when r is within `probe_band`
+    # of 1 (log); else search from there.
     slope: float | None = None
+    slope_tpot: float | None = None
     probe_band: float = 0.15
 
     def requests(self) -> list[Request]:
@@ -386,12 +388,20 @@ def run_window(job: WindowJob) -> WindowOutcome:
     if job.slope is not None:
         sim = evaluate(job.start, False)
         r = ratio(sim, job.ttft_slo_s, job.tpot_slo_s)
-        if 0 < r < math.inf and abs(math.log(r)) <= job.probe_band:
-            x = job.start * r ** (1.0 / job.slope)
+        r_ttft = sim.ttft_p99_s / job.ttft_slo_s
+        r_tpot = sim.tpot_p99_s / job.tpot_slo_s
+        if 0 < r < math.inf and r_ttft > 0 and abs(math.log(r)) <= job.probe_band:
+            # Each metric's ratio on its own power law; the window needs the
+            # larger count (r is their max, with a kink where they cross).
+            b_tpot = job.slope_tpot or job.slope
+            x_ttft = job.start * r_ttft ** (1.0 / job.slope)
+            x_tpot = job.start * r_tpot ** (1.0 / b_tpot) if r_tpot > 0 else 0.0
+            x = max(x_ttft, x_tpot)
+            b = job.slope if x_ttft >= x_tpot else b_tpot
             g = job.start if sim.meets else math.ceil(x)
-            return WindowOutcome(
-                job.key, job.window, x, g, True, (sim,), len(reqs), slope=job.slope
-            )
+            # A flat ratio (a small slope) reads far: searched instead.
+            if abs(math.log(x / job.start)) <= job.probe_band:
+                return WindowOutcome(job.key, job.window, x, g, True, (sim,), len(reqs), slope=b)
         known[job.start] = sim
     ev: Callable[[int, bool], PoolSim] = evaluate
     res = search_pool_size(
