@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import os
 import resource
+import statistics
 import time
 from typing import Any
 
@@ -44,13 +45,14 @@ def workloads(names: list[str]) -> dict[str, Mix]:
     d = shared_data_dir()
     specs = {
         "azure_2023_conv": str(d / "traces/azure_2023_conv.csv"),
-        "lmsys_cdf": f"cdf:{d / 'cdf/lmsys_cdf.json'}?rate=10&num_requests=200000&seed=0",
+        # 600,000 requests: 15 disjoint windows of a run's 40,000 measured ones.
+        "lmsys_cdf": f"cdf:{d / 'cdf/lmsys_cdf.json'}?rate=10&num_requests=600000&seed=0",
         "sharegpt_8k": f"lengths:{d / 'traces/sharegpt_8k_lengths_llama2.csv'}?rate=10",
     }
     out = {}
     for n in names:
         w = open_workload(specs[n])
-        out[n] = mix_from_requests(list(limit(w, 200_000)), w.describe())
+        out[n] = mix_from_requests(list(limit(w, 600_000)), w.describe())
     return out
 
 
@@ -72,9 +74,15 @@ def main() -> None:
     ap.add_argument("--workloads", default="azure_2023_conv,lmsys_cdf,sharegpt_8k")
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--max-windows", type=int, default=20)
+    ap.add_argument(
+        "--measure-s", type=float, default=None, help="measured seconds per run (planner default)"
+    )
+    ap.add_argument("--seeds", type=int, default=None, help="seeds at the default precision")
+    ap.add_argument("--fine-seeds", type=int, default=None, help="seeds at 1 point")
     args = ap.parse_args()
-    runs = [(s, 0.02) for s in range(3 if args.quick else 5)]
-    runs += [(s, 0.01) for s in range(1 if args.quick else 2)]
+    runs = [(s, 0.02) for s in range(args.seeds or (3 if args.quick else 5))]
+    fine = args.fine_seeds if args.fine_seeds is not None else (1 if args.quick else 2)
+    runs += [(s, 0.01) for s in range(fine)]
     runner = make_runner("local", processes=args.processes)
     base = PlanSettings(
         model=get_model("llama-3-70b"),
@@ -91,7 +99,11 @@ def main() -> None:
             s = dataclasses.replace(
                 base,
                 verify=dataclasses.replace(
-                    base.verify, seed=seed, precision=prec, max_windows=args.max_windows
+                    base.verify,
+                    seed=seed,
+                    precision=prec,
+                    max_windows=args.max_windows,
+                    measure_s=args.measure_s or base.verify.measure_s,
                 ),
             )
             la = load()
@@ -108,6 +120,11 @@ def main() -> None:
                 "low": ci["low"],
                 "high": ci["high"],
                 "windows": ver["windows"],
+                # The spread of one window's saving: the half-width falls as
+                # t sd / sqrt(windows).
+                "per_window_sd": statistics.stdev(ver["per_window_saving"])
+                if len(ver["per_window_saving"]) > 1
+                else None,
                 "converged": ver["converged"],
                 "overlapping_windows": ver["overlapping"],
                 "homogeneous_gpus": p["homogeneous"]["gpus"],

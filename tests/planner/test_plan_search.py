@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from dualpool.planner import PoolSim, search_pool_size
 from dualpool.planner._plan import _sweep_summary
 
@@ -104,3 +106,52 @@ def test_envelope_never_rises_with_instances(trials: list[tuple[int, float]]) ->
     # Conservative: never below what any trial at or above a count showed.
     for g, r in trials:
         assert lr[g - 1] >= math.log(r) - 1e-9
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 500), st.floats(0.05, 20.0)), min_size=1, max_size=12),
+    st.floats(0.3, 5.0),
+)
+def test_envelope_with_a_slope_never_rises_and_extrapolates(
+    trials: list[tuple[int, float]], slope: float
+) -> None:
+    """A probed window's envelope: monotone, finite everywhere, the slope past its trials."""
+    import numpy as np
+
+    from dualpool.planner._windows import envelope_log_ratio
+
+    counts = np.arange(1, 1040, dtype=np.int64)
+    lr = envelope_log_ratio(trials, counts, slope)
+    assert np.all(np.isfinite(lr))
+    assert np.all(np.diff(lr) <= 1e-9)
+    for g, r in trials:
+        assert lr[g - 1] >= math.log(r) - 1e-9
+    top = max(g for g, _ in trials)
+    if top < 1000:
+        # Past the largest trial, log r falls by `slope` per unit of log count.
+        assert lr[999] - lr[top - 1] == pytest.approx(-slope * math.log(1000 / top), abs=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.floats(0.3, 5.0),
+    st.lists(st.floats(-0.5, 0.5), min_size=2, max_size=8),
+)
+def test_pooled_slope_recovers_the_elasticity_across_window_levels(
+    slope: float, levels: list[float]
+) -> None:
+    """Windows differ in level (log r at a count), not in slope: the pooled fit finds it."""
+    from dualpool.planner._windows import pooled_slope
+
+    windows, centers = [], []
+    for a in levels:
+        c = 100.0 * math.exp(a / slope)  # where log r = a - slope log(g / 100) crosses 0
+        gs = (round(c * 0.95), round(c), round(c * 1.05))
+        windows.append([(g, math.exp(a - slope * math.log(g / 100.0))) for g in gs])
+        centers.append(c)
+    got = pooled_slope(windows, centers)
+    assert got == pytest.approx(slope, rel=1e-6)
+    # One window, or only one count per window: no estimate.
+    assert pooled_slope(windows[:1], centers[:1]) is None
+    assert pooled_slope([w[:1] for w in windows], centers) is None

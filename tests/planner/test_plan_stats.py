@@ -55,3 +55,25 @@ def test_provision_takes_the_spread_into_account() -> None:
     # Same mean, more spread between windows: more instances for 95%.
     assert g_loose > g_tight
     assert g_loose <= 120
+
+
+def test_provision_reads_probed_windows_with_their_slope() -> None:
+    """Windows probed at one count (ratio threshold / g there, slope 1): same answer as searched."""
+    thresholds = (95.0, 98.0, 100.0, 102.0, 105.0)
+    searched = [_window(w, t) for w, t in enumerate(thresholds)]
+    probed = [
+        WindowOutcome(
+            "short",
+            w,
+            t,
+            100,
+            True,
+            (PoolSim(100, 100, 100, 0.1, 2.0 * t / 100, 0.01, 0.02, 0.0, 0, 0.5, t <= 100, False),),
+            slope=1.0,
+        )
+        for w, t in enumerate(thresholds)
+    ]
+    g_searched = provision(searched, 2.0, 0.08, 0.95)
+    g_probed = provision(searched[:2] + probed[2:], 2.0, 0.08, 0.95)
+    assert 100 < g_searched <= 110
+    assert abs(g_probed - g_searched) <= 1

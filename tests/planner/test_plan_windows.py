@@ -101,3 +101,31 @@ def test_more_instances_never_hurt_beyond_noise(
     for a, b in itertools.pairwise(rs):
         assert b <= a * 1.05, rs
     assert rs[-1] < rs[0]
+
+
+def test_a_probe_runs_one_count_and_reads_the_crossing_with_the_slope(
+    small_mix: Mix, small_settings: PlanSettings
+) -> None:
+    """Near the crossing a probe is one run; far from it the window is searched."""
+    import math
+
+    from dualpool.planner._windows import run_window
+
+    base = dataclasses.replace(_job(small_mix, small_settings, 0, 8192), tpot_slo_s=0.02)
+    searched = run_window(base)
+    assert searched.slope is None and len(searched.trials) > 1
+    g = searched.instances
+    at = next(t for t in searched.trials if t.instances == g and not t.early_stop)
+    r = ratio(at, 2.0, 0.02)
+    probe = run_window(
+        dataclasses.replace(base, start=g, slope=1.5, probe_band=abs(math.log(r)) + 0.01)
+    )
+    assert len(probe.trials) == 1 and probe.slope == 1.5
+    assert probe.trials[0].instances == g
+    assert probe.crossing == pytest.approx(g * r ** (1 / 1.5))
+    # The same window, run once more at the same count: the same ratio (common random numbers).
+    assert ratio(probe.trials[0], 2.0, 0.02) == pytest.approx(r)
+    # Out of the band: searched from the probe's count, the probe's run reused.
+    far = run_window(dataclasses.replace(base, start=g, slope=1.5, probe_band=1e-9))
+    if abs(math.log(r)) > 1e-9:
+        assert far.slope is None and far.found and len(far.trials) > 1

@@ -89,6 +89,12 @@ def register(sub: Any) -> None:
         "--max-windows", type=int, default=20, help="windows simulated at most (default 20)"
     )
     p.add_argument(
+        "--search-every-window",
+        action="store_true",
+        help="search every window's counts (default: after the first round, one run per pool "
+        "and window, read with the pooled elasticity)",
+    )
+    p.add_argument(
         "--window-requests",
         type=int,
         default=None,
@@ -98,8 +104,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--measure-s",
         type=float,
-        default=10.0,
-        help="measured seconds of each run at --rate (default 10; at least 2000 requests)",
+        default=40.0,
+        help="measured seconds of each run at --rate (default 40; at least 2000 requests)",
     )
     p.add_argument(
         "--warmup-s",
@@ -227,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
             block=args.window_requests,
             measure_s=args.measure_s,
             warmup_s=args.warmup_s,
+            probe_band=None if args.search_every_window else 0.15,
             batch=max(2, args.processes or os.cpu_count() or 2),
         ),
     )

@@ -646,6 +646,9 @@ def _verify(
         max_windows=v.max_windows,
         batch=v.batch,
         on_round=on_round,
+        ttft_slo=ttft,
+        tpot_slo=tpot,
+        probe_band=v.probe_band,
     )
     n = len(outs["homogeneous"])
     prov = {k: fixed[k] or provision(outs[k], ttft, tpot, v.confidence) for k in main}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from dualpool.planner._windows import (
     WindowOutcome,
     WindowPlan,
     envelope_log_ratio,
+    pooled_slope,
     ratio,
 )
 
@@ -132,18 +133,65 @@ def replicate(
     max_windows: int,
     batch: int,
     on_round: Callable[[int, Interval], None] | None = None,
+    ttft_slo: float = 2.0,
+    tpot_slo: float = 0.08,
+    probe_band: float | None = 0.15,
+    searched: int = 2,
 ) -> dict[str, list[WindowOutcome]]:
-    """Rounds of windows until the main saving's half-width <= precision."""
+    """Rounds of windows until the main saving's half-width <= precision.
+
+    The first round searches every pool on every window (bracket and
+    bisect): `min_windows` windows, or with `probe_band` the first
+    `searched` (one per core), then the rest of `min_windows`. Later rounds,
+    with `probe_band`, *probe*: each pool runs once,
+    at the earlier windows' mean count, and its crossing is read off the
+    TTFT and TPOT ratios there with each one's elasticity pooled over the
+    searched windows (`pooled_slope`; the window needs the larger count); a window whose ratio is more than `probe_band` (log)
+    from 1 is searched. A window's count varies with its P99s far more than
+    a probe's linearisation errs, so one run per pool and window buys
+    several times the windows a search would.
+    """
     outs: dict[str, list[WindowOutcome]] = {k: [] for k in keys}
     w = 0
+    slopes: dict[str, tuple[float | None, float | None]] = {}
     while True:
-        n = min_windows if w == 0 else batch
+        if w == 0:
+            n = min_windows if probe_band is None else min(max(2, searched), min_windows)
+        elif w < min_windows:
+            n = min_windows - w
+        else:
+            n = batch
         n = min(n, max_windows - w)
+        if w > 0 and probe_band is not None:
+            for k in keys:
+                full = [o for o in outs[k] if o.slope is None and len(o.trials) > 1]
+                centers = [o.crossing for o in full]
+                # One elasticity per metric: TTFT falls ~3x faster with G than
+                # TPOT (docs/planner.md), and either can bind on a window.
+                per = [
+                    [
+                        (
+                            t.instances,
+                            t.ttft_p99_s / ttft_slo if i == 0 else t.tpot_p99_s / tpot_slo,
+                        )
+                        for t in o.trials
+                        if not t.early_stop and not t.rejected
+                    ]
+                    for o in full
+                    for i in (0, 1)
+                ]
+                slopes[k] = (pooled_slope(per[0::2], centers), pooled_slope(per[1::2], centers))
         jobs = []
         for win in range(w, w + n):
             for k in keys:
                 start, step = _start(outs[k], starts[k])
-                jobs.append(make_job(k, win, fixed.get(k), start, step, False))
+                job = make_job(k, win, fixed.get(k), start, step, False)
+                b_ttft, b_tpot = slopes.get(k, (None, None))
+                if b_ttft is not None and b_tpot is not None and job.evaluate_at is None:
+                    job = replace(
+                        job, slope=b_ttft, slope_tpot=b_tpot, probe_band=probe_band or 0.0
+                    )
+                jobs.append(job)
         done: list[WindowOutcome] = runner(jobs)
         for o in sorted(done, key=lambda o: o.window):
             outs[o.key].append(o)
@@ -168,8 +216,13 @@ def provision(outs: Sequence[WindowOutcome], ttft_slo: float, tpot_slo: float, c
     lo, hi = min(counts_tried), max(counts_tried)
     if len(outs) < 2:
         return max(1, math.ceil(outs[0].crossing))
+    # A probed window's ratio is extrapolated past its one count (its slope):
+    # cover every window's crossing with some room.
+    hi = max(hi, max(math.ceil(1.2 * o.crossing) for o in outs))
     counts = np.arange(lo, hi + 1, dtype=np.int64)
-    lr = np.vstack([envelope_log_ratio(t, counts) for t in trials])
+    lr = np.vstack(
+        [envelope_log_ratio(t, counts, o.slope) for t, o in zip(trials, outs, strict=True)]
+    )
     n = lr.shape[0]
     with np.errstate(invalid="ignore"):
         mean = lr.mean(axis=0)

@@ -65,13 +65,17 @@ class VerifySettings:
     # requests (>= 1,000; disjoint windows).
     block: int | None = None
     # Measured seconds of each run (at the fleet's rate), and at least this many requests.
-    measure_s: float = 10.0
+    measure_s: float = 40.0
     min_measured: int = 2000
     # A pool of little traffic runs longer, to see at least this many requests.
     min_pool_measured: int = 300
     # Seconds filling the instances before measuring; None: per pool, from its
     # requests' durations (`_plan._pool_run`).
     warmup_s: float | None = None
+    # Windows after the first round are probed (one run per pool at the mean
+    # count, the crossing read with the pooled elasticity) when the ratio
+    # there is within this (log) of 1; None: search every window.
+    probe_band: float | None = 0.15
 
     def __post_init__(self) -> None:
         from dualpool.errors import ConfigError
@@ -89,6 +93,8 @@ class VerifySettings:
             raise ConfigError("--window-requests", f"must be >= 1, got {self.block}")
         if not self.measure_s > 0:
             raise ConfigError("--measure-s", f"must be > 0, got {self.measure_s!r}")
+        if self.probe_band is not None and not self.probe_band > 0:
+            raise ConfigError("probe_band", f"must be > 0, got {self.probe_band!r}")
         if self.warmup_s is not None and self.warmup_s < 0:
             raise ConfigError("--warmup-s", f"must be >= 0, got {self.warmup_s!r}")
 

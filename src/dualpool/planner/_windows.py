@@ -48,6 +48,7 @@ __all__ = [
     "WindowPlan",
     "crossing",
     "envelope_log_ratio",
+    "pooled_slope",
     "run_window",
     "simulate_whole_pool",
     "window_stream",
@@ -198,7 +199,9 @@ def crossing(result: SearchResult, ttft_slo: float, tpot_slo: float) -> float:
 
 
 def envelope_log_ratio(
-    trials: list[tuple[int, float]], counts: npt.NDArray[np.int64]
+    trials: list[tuple[int, float]],
+    counts: npt.NDArray[np.int64],
+    slope: float | None = None,
 ) -> npt.NDArray[np.float64]:
     """log r at `counts` from one window's trials (count, ratio), made monotone.
 
@@ -206,7 +209,9 @@ def envelope_log_ratio(
     ratio seen at any count above it (a running maximum from the right, the
     conservative envelope); between trials log r is linear in log count;
     below the smallest trial it is +inf (unknown: fails), above the
-    largest it stays at the largest's.
+    largest it stays at the largest's. With `slope` (a window probed at one
+    count, `run_window`), log r falls by `slope` per unit of log count
+    outside the trials on both sides instead (the pooled elasticity).
     """
     pts: dict[int, float] = {}
     for g, r in trials:
@@ -218,9 +223,48 @@ def envelope_log_ratio(
     env = np.maximum.accumulate(np.array([pts[int(g)] for g in gs])[::-1])[::-1]
     out = np.full(counts.shape, math.inf)
     c = counts.astype(np.float64)
+    if slope is not None and slope > 0:
+        lc = np.log(c)
+        out = np.interp(lc, np.log(gs), env)
+        out = np.where(lc < math.log(gs[0]), env[0] + slope * (math.log(gs[0]) - lc), out)
+        return np.where(lc > math.log(gs[-1]), env[-1] - slope * (lc - math.log(gs[-1])), out)
     ok = c >= gs[0]
     out[ok] = np.interp(np.log(c[ok]), np.log(gs), env)
     return out
+
+
+def pooled_slope(
+    windows: list[list[tuple[int, float]]],
+    centers: list[float],
+    band: float = 0.15,
+    bounds: tuple[float, float] = (0.3, 5.0),
+) -> float | None:
+    """The elasticity -d log r / d log G near the crossing, pooled over windows.
+
+    Least squares of log r on log G with one intercept per window (the
+    windows differ in level, not in how the ratio falls with G), over each
+    window's finite trials within `band` of its crossing `centers[i]`;
+    clipped to `bounds`. None when fewer than 2 windows have 2 such trials.
+    """
+    sxy = sxx = 0.0
+    used = 0
+    for trials, c in zip(windows, centers, strict=True):
+        pts = [
+            (math.log(g), math.log(r))
+            for g, r in trials
+            if 0 < r < math.inf and abs(math.log(g / c)) <= band
+        ]
+        xs = {x for x, _ in pts}
+        if len(xs) < 2:
+            continue
+        mx = sum(x for x, _ in pts) / len(pts)
+        my = sum(y for _, y in pts) / len(pts)
+        sxy += sum((x - mx) * (y - my) for x, y in pts)
+        sxx += sum((x - mx) ** 2 for x, _ in pts)
+        used += 1
+    if used < 2 or sxx <= 0:
+        return None
+    return min(max(-sxy / sxx, bounds[0]), bounds[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +300,13 @@ class WindowJob:
     # over twice the target fails without the rest.
     prefix: float = 0.3
     limit: int | None = None
+    # Probe: run `start` only and read the crossing off the pooled
+    # elasticities of the TTFT and the TPOT ratio, `slope` and `slope_tpot`
+    # (the larger of start x r_m^(1/slope_m)), when r is within `probe_band`
+    # of 1 (log); else search from there.
+    slope: float | None = None
+    slope_tpot: float | None = None
+    probe_band: float = 0.15
 
     def requests(self) -> list[Request]:
         times, idx = window_stream(self.arrival_s, self.source_rate, self.plan, self.window)
@@ -283,6 +334,8 @@ class WindowOutcome:
     trials: tuple[PoolSim, ...] = field(repr=False)
     # Pool requests in the run (warm-up included).
     requests: int = 0
+    # The elasticity the crossing was read with (a probed window), else None.
+    slope: float | None = None
 
     def ratios(self, ttft_slo: float, tpot_slo: float) -> list[tuple[int, float]]:
         return [(t.instances, ratio(t, ttft_slo, tpot_slo)) for t in self.trials]
@@ -300,7 +353,12 @@ def run_window(job: WindowJob) -> WindowOutcome:
     end = reqs[-1].arrival_s
     prefix_until = warm + job.prefix * max(0.0, end - warm)
 
+    known: dict[int, PoolSim] = {}
+
     def evaluate(g: int, prefix: bool, keep: bool = False) -> PoolSim:
+        if g in known:
+            # Probed already (a full run answers the prefix check too).
+            return known[g]
         return simulate_whole_pool(
             job.model,
             job.gpu,
@@ -327,6 +385,24 @@ def run_window(job: WindowJob) -> WindowOutcome:
             (sim,),
             len(reqs),
         )
+    if job.slope is not None:
+        sim = evaluate(job.start, False)
+        r = ratio(sim, job.ttft_slo_s, job.tpot_slo_s)
+        r_ttft = sim.ttft_p99_s / job.ttft_slo_s
+        r_tpot = sim.tpot_p99_s / job.tpot_slo_s
+        if 0 < r < math.inf and r_ttft > 0 and abs(math.log(r)) <= job.probe_band:
+            # Each metric's ratio on its own power law; the window needs the
+            # larger count (r is their max, with a kink where they cross).
+            b_tpot = job.slope_tpot or job.slope
+            x_ttft = job.start * r_ttft ** (1.0 / job.slope)
+            x_tpot = job.start * r_tpot ** (1.0 / b_tpot) if r_tpot > 0 else 0.0
+            x = max(x_ttft, x_tpot)
+            b = job.slope if x_ttft >= x_tpot else b_tpot
+            g = job.start if sim.meets else math.ceil(x)
+            # A flat ratio (a small slope) reads far: searched instead.
+            if abs(math.log(x / job.start)) <= job.probe_band:
+                return WindowOutcome(job.key, job.window, x, g, True, (sim,), len(reqs), slope=b)
+        known[job.start] = sim
     ev: Callable[[int, bool], PoolSim] = evaluate
     res = search_pool_size(
         job.design.name,
