@@ -152,6 +152,8 @@ class Fleet:
     # then gets its own CPU group, as a container in its own cgroup would in a
     # deployment, instead of all of them sharing the benchmark's one group.
     own_sessions: bool = False
+    # More models beside MODEL's two pools: {name: [pool, ...]} (config `models:`)
+    extra_models: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     port: int = 0
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dualpool-rel-")))
 
@@ -220,6 +222,10 @@ class Fleet:
                 cfg[k] = {**cfg[k], **v}
             else:
                 cfg[k] = v
+        if self.extra_models:
+            models = {cfg.pop("model"): {"pools": cfg.pop("pools")}}
+            models.update({name: {"pools": pools} for name, pools in self.extra_models.items()})
+            cfg["models"] = models
         return cfg
 
     def wait_ready(self, timeout: float = 60.0) -> None:

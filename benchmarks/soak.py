@@ -51,51 +51,66 @@ from _common import emit, percentile
 from _fleet import MODEL, Fleet, Tally, fd_count, head_bytes, read_answer, rss_bytes, run_load
 
 FD_SLACK = 4  # fds: health/metrics fetches open a connection or two at any moment
-PROBE = json.dumps(
-    {"model": MODEL, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
-).encode()
+PROBE_MODEL = "probe"  # served by a fixed backend (benchmarks/_backend.py) in a pool of its own
 
 
-async def _probe_loop(gw_port: int, be_port: int, interval: float, out: Path) -> None:
-    """Paired probes (direct, through) on two warm keep-alive connections, forever.
+def probe_body(model: str) -> bytes:
+    return json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    ).encode()
 
-    Runs in its own process (`--probe-loop`), so the load generator's busy event loop
-    does not stretch the timings; the order within a pair alternates so neither side
-    is always the one timed right after a wake-up. One line per pair:
-    `t_monotonic direct_s through_s`."""
-    conns: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
 
-    async def once(port: int) -> float:
-        if port not in conns:
-            conns[port] = await asyncio.open_connection("127.0.0.1", port)
-            r, w = conns[port]
-            w.write(head_bytes(b"/v1/chat/completions", PROBE, port))
+async def _probe_loop(gw_port: int, fixed_port: int, emu_port: int, interval: float,
+                      out: Path) -> None:  # fmt: skip
+    """Paired probes (direct, through the gateway) on warm keep-alive connections.
+
+    Two kinds each turn: `fixed`, to the fixed backend (model PROBE_MODEL, its own
+    pool), whose answer time hardly varies, so the pair's difference is the
+    gateway's own added latency; and `emulator`, to the short-pool emulator (its
+    engine steps make both timings of a pair vary by a few ms, independently, so
+    their difference has a spread of its own in both directions). Runs in its own
+    process (`--probe-loop`), so the load generator's busy event loop does not
+    stretch the timings; the order within a pair alternates. One line per pair:
+    `t_monotonic kind direct_s through_s`."""
+    conns: dict[tuple[int, str], tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+    kinds = (
+        ("fixed", fixed_port, probe_body(PROBE_MODEL)),
+        ("emulator", emu_port, probe_body(MODEL)),
+    )
+
+    async def once(port: int, kind: str, body: bytes) -> float:
+        key = (port, kind)
+        if key not in conns:
+            conns[key] = await asyncio.open_connection("127.0.0.1", port)
+            r, w = conns[key]
+            w.write(head_bytes(b"/v1/chat/completions", body, port))
             await read_answer(r)  # warm
-        r, w = conns[port]
+        r, w = conns[key]
         t = time.monotonic()
-        w.write(head_bytes(b"/v1/chat/completions", PROBE, port))
+        w.write(head_bytes(b"/v1/chat/completions", body, port))
         _status, headers, _ = await read_answer(r)
         dt = time.monotonic() - t
         if headers.get(b"connection", b"").lower() == b"close":
             w.close()
-            del conns[port]
+            del conns[key]
         return dt
 
     flip = False
     with open(out, "a", buffering=1) as f:
         while True:
-            try:
-                if flip:
-                    g = await once(gw_port)
-                    d = await once(be_port)
-                else:
-                    d = await once(be_port)
-                    g = await once(gw_port)
-                f.write(f"{time.monotonic():.6f} {d:.6f} {g:.6f}\n")
-            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-                for _r, w in conns.values():
-                    w.transport.abort()
-                conns.clear()
+            for kind, port, body in kinds:
+                try:
+                    if flip:
+                        g = await once(gw_port, kind, body)
+                        d = await once(port, kind, body)
+                    else:
+                        d = await once(port, kind, body)
+                        g = await once(gw_port, kind, body)
+                    f.write(f"{time.monotonic():.6f} {kind} {d:.6f} {g:.6f}\n")
+                except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+                    for _r, w in conns.values():
+                        w.transport.abort()
+                    conns.clear()
             flip = not flip
             await asyncio.sleep(interval)
 
@@ -103,26 +118,48 @@ async def _probe_loop(gw_port: int, be_port: int, interval: float, out: Path) ->
 class Prober:
     """The probe loop in a child process; `pairs()` reads what it wrote."""
 
-    def __init__(self, gw_port: int, be_port: int, interval: float, out: Path) -> None:
+    def __init__(self, gw_port: int, fixed_port: int, emu_port: int, interval: float,
+                 out: Path) -> None:  # fmt: skip
         self.out = out
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--probe-loop", str(gw_port), str(be_port),
-             str(interval), str(out)],
+            [sys.executable, __file__, "--probe-loop", str(gw_port), str(fixed_port),
+             str(emu_port), str(interval), str(out)],
         )  # fmt: skip
 
-    def pairs(self) -> list[tuple[float, float, float]]:
-        """(t_monotonic, direct_s, through_s) for each pair so far."""
+    def pairs(self, kind: str = "fixed") -> list[tuple[float, float, float]]:
+        """(t_monotonic, direct_s, through_s) for each pair of `kind` so far."""
         rows = []
         with contextlib.suppress(FileNotFoundError), open(self.out) as f:
             for line in f:
                 parts = line.split()
-                if len(parts) == 3:
-                    rows.append((float(parts[0]), float(parts[1]), float(parts[2])))
+                if len(parts) == 4 and parts[1] == kind:
+                    rows.append((float(parts[0]), float(parts[2]), float(parts[3])))
         return rows
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+class FixedBackend:
+    """benchmarks/_backend.py serving PROBE_MODEL: the probes' steady reference."""
+
+    def __init__(self, session: bool) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve().parent / "_backend.py"),
+             "--model", PROBE_MODEL, "--max-model-len", "8192", "--lifetime", "7200"],
+            stdout=subprocess.PIPE, text=True, start_new_session=session,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("ready "):
+            self.proc.kill()
+            raise RuntimeError(f"the fixed backend did not start: {line!r}")
+        self.port = int(line.split()[1])
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -145,6 +182,7 @@ async def find_rate(
         tally = await run_load(fleet.port, 64, seconds=step_s, rate=rate, seed=int(rate))
         cpu = cpu_seconds(fleet.gateway_pid()) - cpu0
         added = [g - d for t, d, g in prober.pairs() if t >= t_from]
+        emu = [g - d for t, d, g in prober.pairs("emulator") if t >= t_from]
         p99 = percentile(added, 99)
         c = tally.counts
         ok = bool(added) and p99 < target_s and c["lost"] == 0 and c["http_5xx"] == 0
@@ -153,6 +191,8 @@ async def find_rate(
             "rate": rate, "rps": round(tally.total / step_s, 1), "probes": len(added),
             "added_p50_ms": round(1000 * percentile(added, 50), 2),
             "added_p99_ms": round(1000 * p99, 2), "lost": c["lost"],
+            "emulator_pair_p1_p99_ms": [round(1000 * percentile(emu, 1), 2),
+                                        round(1000 * percentile(emu, 99), 2)],
             "refused": c["http_429"], "gateway_cpu_share": round(cpu / step_s, 3),
             "load_avg_1m": os.getloadavg()[0], "held": ok,
         })  # fmt: skip
@@ -165,13 +205,23 @@ async def find_rate(
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
+    fixed = FixedBackend(session=not args.one_session)
+    probe_pool = {"name": "probe", "endpoints": [f"http://127.0.0.1:{fixed.port}"],
+                  "max_model_len": 8192}  # fmt: skip
     fleet = Fleet(
-        n_short=1, n_long=1, speedup=args.speedup, own_sessions=not args.one_session
-    ).start()
+        n_short=1, n_long=1, speedup=args.speedup, own_sessions=not args.one_session,
+        extra_models={PROBE_MODEL: [probe_pool]},
+    )  # fmt: skip
+    try:
+        fleet.start()
+    except BaseException:
+        fixed.stop()
+        raise
     pid = fleet.gateway_pid()
     samples: list[tuple[float, int, int]] = []  # (t, rss, fds)
     await asyncio.sleep(1.0)
-    prober = Prober(fleet.port, fleet.backends[0].port, args.probe_interval, fleet.tmp / "probes")
+    prober = Prober(fleet.port, fixed.port, fleet.backends[0].port, args.probe_interval,
+                    fleet.tmp / "probes")  # fmt: skip
     ramp: list[dict[str, float]] = []
     try:
         if args.rate is None:
@@ -183,6 +233,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     finally:
         prober.stop()
         fleet.stop()
+        fixed.stop()
     result["ramp"] = ramp
     result["rate_chosen_by"] = "ramp" if ramp else "--rate"
     return result
@@ -230,6 +281,8 @@ async def soak(
     settle_s = time.monotonic() - settle_t
     elapsed = settle_t - t0
     added = [(t - t0, g - d) for t, d, g in prober.pairs() if t0 <= t <= settle_t]
+    emu_pairs = [(d, g) for t, d, g in prober.pairs("emulator") if t0 <= t <= settle_t]
+    emu_added = [g - d for d, g in emu_pairs]
     start_at = 120.0 if args.seconds >= 300 else args.seconds / 5
     later = [s for s in samples if s[0] >= start_at]
     rss_start, rss_end = later[0][1], rss_after
@@ -271,6 +324,14 @@ async def soak(
         "added_p50_ms": round(1000 * percentile(all_added, 50), 2),
         "added_p99_ms": round(1000 * p99, 2),
         "added_by_minute": per_min,
+        # The same pairs against the emulator: its step timing spreads both sides.
+        "emulator_pairs": len(emu_pairs),
+        "emulator_direct_p50_p99_ms": [
+            round(1000 * percentile([d for d, _ in emu_pairs], q), 2) for q in (50, 99)
+        ],
+        "emulator_added_p1_p50_p99_ms": [
+            round(1000 * percentile(emu_added, q), 2) for q in (1, 50, 99)
+        ],
         "gateway_cpu_share": round(gw_cpu / args.seconds, 3),
         "load_avg_1m_p50": round(statistics.median(loads), 2) if loads else None,
         "load_avg_1m_max": round(max(loads), 2) if loads else None,
@@ -311,9 +372,9 @@ def main() -> None:
         help="gateway and emulators in this process's session (one CPU autogroup) "
         "instead of one each, as separate containers would be",
     )  # fmt: skip
-    if len(sys.argv) == 6 and sys.argv[1] == "--probe-loop":
-        gw, be, interval, out = sys.argv[2:]
-        asyncio.run(_probe_loop(int(gw), int(be), float(interval), Path(out)))
+    if len(sys.argv) == 7 and sys.argv[1] == "--probe-loop":
+        gw, fixed, emu, interval, out = sys.argv[2:]
+        asyncio.run(_probe_loop(int(gw), int(fixed), int(emu), float(interval), Path(out)))
         return
     args = ap.parse_args()
     if args.ramp_seconds is None:
