@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, percentile
+from _common import cpu_seconds, emit, percentile
 from dualpool.extproc.testing import EnvoyProcess, envoy_binary
 from gateway_overhead import (
     BODY,
@@ -115,22 +115,6 @@ def throughput(url: str, conns: int, seconds: float) -> tuple[float, int]:
     for t in threads:
         t.join()
     return sum(done) / (time.perf_counter() - t0), sum(failed)
-
-
-def group_cpu_seconds(pgrp: int) -> float:
-    """CPU time (user + system) of a process group (a processor and its children)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgrp:
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wait_port(port: int, proc: Any, timeout: float = 60.0) -> None:
@@ -303,11 +287,11 @@ def main() -> None:
         for r in range(rounds):
             for name, url in rounds_of.items():
                 owner = owners.get(name)
-                cpu0 = group_cpu_seconds(owner.pid) if owner else 0.0
+                cpu0 = cpu_seconds(pgrp=owner.pid) if owner else 0.0
                 lat = latencies(url, seconds)
                 if owner is not None:
                     time.sleep(SETTLE)
-                    cpu[name] += group_cpu_seconds(owner.pid) - cpu0
+                    cpu[name] += cpu_seconds(pgrp=owner.pid) - cpu0
                     ncpu[name] += len(lat)
                 p50s[name].append(statistics.median(lat))
                 allv[name] += lat

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, percentile
+from _common import cpu_seconds, emit, percentile
 
 GATEWAY_CPU = "0"
 LOAD_CPU = "1"
@@ -255,30 +255,14 @@ def stream_ttfb(url: str, n: int) -> float:
     return statistics.median(times)
 
 
-def cpu_seconds(session: int) -> float:
-    """CPU time (user + system) of every process in a session (a router and its workers)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session:
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def measure(
     url: str, args: argparse.Namespace, headers: dict[str, str], session: int | None = None
 ) -> dict[str, float]:
     load = run_wrk if shutil.which("wrk") and not args.python_load else python_load
     one = load(url, 1, args.latency_seconds, headers)
-    cpu0 = cpu_seconds(session) if session else 0.0
+    cpu0 = cpu_seconds(session=session) if session else 0.0
     many = load(url, args.connections, args.throughput_seconds, headers)
-    cpu = cpu_seconds(session) - cpu0 if session else float("nan")
+    cpu = cpu_seconds(session=session) - cpu0 if session else float("nan")
     n = many["rps"] * args.throughput_seconds
     return {
         "p50_ms": one["p50_ms"],

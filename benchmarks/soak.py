@@ -48,7 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contextlib
 
-from _common import emit, percentile
+from _common import cpu_seconds, emit, percentile
 from _fleet import MODEL, Fleet, Tally, fd_count, head_bytes, read_answer, rss_bytes, run_load
 
 FD_SLACK = 4  # fds: health/metrics fetches open a connection or two at any moment
@@ -169,13 +169,6 @@ def connections(rate: float) -> int:
     return max(64, int(rate / 2))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def find_rate(
     fleet: Fleet, prober: Prober, rates: list[float], step_s: float, target_s: float
 ) -> tuple[float, list[dict[str, float]]]:
@@ -185,11 +178,11 @@ async def find_rate(
     best = 0.0
     for rate in rates:
         t_from = time.monotonic()
-        cpu0 = cpu_seconds(fleet.gateway_pid())
+        cpu0 = cpu_seconds(pid=fleet.gateway_pid())
         tally = await run_load(
             fleet.port, connections(rate), seconds=step_s, rate=rate, seed=int(rate)
         )
-        cpu = cpu_seconds(fleet.gateway_pid()) - cpu0
+        cpu = cpu_seconds(pid=fleet.gateway_pid()) - cpu0
         added = [g - d for t, d, g in prober.pairs() if t >= t_from]
         emu = [g - d for t, d, g in prober.pairs("emulator") if t >= t_from]
         p99 = percentile(added, 99)
@@ -275,13 +268,13 @@ async def soak(
         if n % 20_000 == 0:
             print(f"{n} requests, {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
 
-    cpu0 = cpu_seconds(pid)
+    cpu0 = cpu_seconds(pid=pid)
     task = asyncio.create_task(sampler())
     tally: Tally = await run_load(
         fleet.port, connections(args.rate), seconds=args.seconds, rate=args.rate,
         on_progress=progress,
     )  # fmt: skip
-    gw_cpu = cpu_seconds(pid) - cpu0
+    gw_cpu = cpu_seconds(pid=pid) - cpu0
     stop.set()
     await task
     rss_after, fds_at_end = rss_bytes(pid), fd_count(pid)
