@@ -59,6 +59,7 @@ __all__ = [
     "latency_stats",
     "load_bench_json",
     "load_run",
+    "memory_params_yaml",
     "percentile",
     "replay",
     "resolve_specs",
@@ -773,4 +774,16 @@ def step_params_yaml(params: StepTimeParams, comment: str = "") -> str:
         v = getattr(params, name)
         if v is not None:
             lines.append(f"  {name}: {v:.6g}")
+    return "\n".join(lines) + "\n"
+
+
+def memory_params_yaml(non_torch_bytes: int, comment: str = "") -> str:
+    """The `memory_params:` YAML fragment (the machine's non-torch memory, GiB).
+
+    Four decimals of GiB (0.1 MiB), the precision `fit_step_params` searches
+    at, so the fragment reproduces the fitted capacity block for block.
+    """
+    lines = [f"# {line}" for line in comment.splitlines()] if comment else []
+    lines.append("memory_params:")
+    lines.append(f"  non_torch_gib: {round(non_torch_bytes / GiB, 4):.4f}")
     return "\n".join(lines) + "\n"
