@@ -227,8 +227,13 @@ def main() -> int:
                 "fitted_blocks": fit.fitted_blocks,
                 "held_blocks": fit.held_blocks,
             }
+            kv_note = (
+                f" (KV-bound: capacity fitted too, {fit.fitted_blocks:,} blocks)"
+                if fit.non_torch_bytes is not None
+                else ""
+            )
             print(
-                f"  calibrated on the first half: worst {fit.max_abs_error:.1%} (defaults "
+                f"  calibrated on the first half{kv_note}: worst {fit.max_abs_error:.1%} (defaults "
                 f"{entry['calibrated_split']['defaults_first_half_max_abs']:.1%}); second half "
                 f"(holdout): worst {entry['calibrated_split']['holdout_max_abs']:.1%} (defaults "
                 f"{entry['calibrated_split']['defaults_second_half_max_abs']:.1%})"

@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         if g2.name != gpu.name:
             print(
                 f"  note: the holdout ran on {g2.name}, not {gpu.name}: "
-                "step parameters are per GPU",
+                "step parameters and the fitted memory are per machine",
                 file=err,
             )
         res2 = replay(other, m2, g2, engine_config(other, m2), fit.params, fit.memory_params)
