@@ -1,7 +1,7 @@
 """Engine-model fidelity: measured vLLM runs vs the model, percentile by percentile.
 
-    .venv/bin/python benchmarks/fidelity.py [--quick] [--runs DIR] [--catalog FILE]
-                                            [--step-params FILE]
+    .venv/bin/python benchmarks/fidelity.py [--quick] [--runs DIR] [--run NAME]
+                                            [--catalog FILE] [--step-params FILE]
 
 Each run in DIR (default: shared/data/vllm-runs; the format is in its README:
 NAME_meta.json + NAME_requests.jsonl [+ NAME_timeseries.csv]) is replayed
@@ -23,9 +23,21 @@ difference over the run). Two rows per run:
 - `matched_kv`: the same with vLLM's logged KV capacity (where known), to
   separate timing errors from memory errors.
 
-Without --quick it also fits the step parameters on the first half of each
-run (`dualpool calibrate --split`) and reports the second half as holdout
-(a few seconds per run). --quick skips that fit; the replays themselves
+--step-params FILE takes a `dualpool calibrate` fragment: its step_params:
+and, when the fit found the run KV-bound, its memory_params: (the machine's
+non-torch memory, applied to the GPU, so the `public` row's KV capacity is
+the fitted one). Each row also reports the first and the second half of the
+run's requests (`halves`), so "calibrated on the first half, checked on the
+second" is reproduced by
+
+    dualpool calibrate RUN_meta.json --split --out fit.yaml
+    .venv/bin/python benchmarks/fidelity.py --quick --run RUN --step-params fit.yaml
+
+(--run NAME: only that run; a fragment is fitted per GPU.)
+
+Without --quick it also fits the step parameters (and, on a KV-bound run,
+the capacity) on the first half of each run (`dualpool calibrate --split`)
+and reports the second half as holdout (a few seconds per run). --quick skips that fit; the replays themselves
 are cheap (well under a second for a 300-request run), so they are the same. The last line is
 one JSON object.
 """
@@ -38,9 +50,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from _common import emit, shared_data_dir
+from dualpool.cli.common import non_torch_from_args, step_params_from_args
 from dualpool.engine import Catalog, StepTimeParams
 from dualpool.engine.measured import (
     MeasuredRun,
@@ -56,27 +67,34 @@ from dualpool.engine.measured import (
     trajectory_error,
 )
 from dualpool.engine.memory import plan_memory
-from dualpool.errors import DualpoolError
+from dualpool.errors import ConfigError, DualpoolError
 
 KEYS = ("ttft_p50", "ttft_p90", "e2e_p50", "e2e_p90", "tpot_p50", "tpot_p90")
 
 
-def _load_params(path: str | None) -> StepTimeParams:
+def _load_params(path: str | None) -> tuple[StepTimeParams, int | None]:
+    """The step parameters and the non-torch bytes of a --step-params file (the CLI's loader)."""
     if path is None:
-        return StepTimeParams()
-    from dualpool.engine.step_params import step_params_from_mapping
-
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return step_params_from_mapping(data.get("step_params", data), path)
+        return StepTimeParams(), None
+    ns = argparse.Namespace(step_params=path)
+    return step_params_from_args(ns) or StepTimeParams(), non_torch_from_args(ns)
 
 
 def _row(label: str, run: MeasuredRun, res: ReplayResult) -> dict[str, Any]:
     meas = measured_stats(run).as_dict()
     mod = latency_stats(res.ttft, res.e2e, res.tpot).as_dict()
     err = compare(run, res)
+    n = len(run.requests)
+    halves = {
+        "first": compare(run, res, range(0, n // 2)),
+        "second": compare(run, res, range(n // 2, n)),
+    }
     print(f"  {label:10s} KV blocks {res.num_gpu_blocks:,}  preemptions {res.num_preemptions}")
     for k in KEYS:
-        print(f"    {k:9s} measured {meas[k]:9.4f} s  model {mod[k]:9.4f} s  {err[k]:+7.1%}")
+        print(
+            f"    {k:9s} measured {meas[k]:9.4f} s  model {mod[k]:9.4f} s  {err[k]:+7.1%}"
+            f"   (first half {halves['first'][k]:+7.1%}, second {halves['second'][k]:+7.1%})"
+        )
     traj = trajectory_error(run, res)
     if traj:
         print(
@@ -91,6 +109,9 @@ def _row(label: str, run: MeasuredRun, res: ReplayResult) -> dict[str, Any]:
         "model": mod,
         "error": err,
         "max_abs_error": max(abs(v) for v in err.values()),
+        "halves": halves,
+        "first_half_max_abs": max(abs(v) for v in halves["first"].values()),
+        "second_half_max_abs": max(abs(v) for v in halves["second"].values()),
         **traj,
     }
 
@@ -99,19 +120,35 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="skip the calibration fit")
     ap.add_argument("--runs", default=None, help="folder of measured runs")
+    ap.add_argument("--run", default=None, metavar="NAME", help="only this run of the folder")
     ap.add_argument("--catalog", default=None, help="YAML with extra models: / gpus:")
-    ap.add_argument("--step-params", default=None, help="YAML with a step_params: mapping")
+    ap.add_argument(
+        "--step-params",
+        default=None,
+        help="YAML with a step_params: mapping (and memory_params:), e.g. dualpool calibrate's",
+    )
     args = ap.parse_args()
     runs_dir = Path(args.runs) if args.runs else shared_data_dir() / "vllm-runs"
     try:
         catalog = Catalog().load_yaml(args.catalog) if args.catalog else Catalog()
         runs = find_runs(runs_dir)
-        params = _load_params(args.step_params)
+        if args.run is not None:
+            runs = [r for r in runs if r.name == args.run]
+            if not runs:
+                raise ConfigError("--run", f"no run {args.run!r} in {runs_dir}")
+        params, non_torch = _load_params(args.step_params)
+        if non_torch is not None:  # the machine's measured non-torch memory, on its GPUs
+            catalog = catalog.with_non_torch_bytes(non_torch)
         specs = [resolve_specs(run, catalog) for run in runs]
     except DualpoolError as e:
         print(f"fidelity: error: {e}", file=sys.stderr)
         return 2
-    out: dict[str, Any] = {"runs": {}, "quick": args.quick}
+    out: dict[str, Any] = {
+        "runs": {},
+        "quick": args.quick,
+        "step_params_file": args.step_params,
+        "non_torch_gib": None if non_torch is None else non_torch / 2**30,
+    }
     worst = 0.0
     worst_kv = 0.0
     for run, (model, gpu) in zip(runs, specs, strict=True):
@@ -144,8 +181,9 @@ def main() -> int:
             entry["kv_error"] = kv_err
             worst_kv = max(worst_kv, abs(kv_err))
             print(
-                f"  KV capacity: model {plan.kv_cache_tokens:,} tokens, vLLM "
-                f"{vllm_tokens:,} ({kv_err:+.1%})"
+                f"  KV capacity: model {plan.kv_cache_tokens:,} tokens"
+                + (" (the fitted non-torch memory)" if non_torch is not None else "")
+                + f", vLLM {vllm_tokens:,} ({kv_err:+.1%})"
             )
         else:
             print(f"  KV capacity: model {plan.kv_cache_tokens:,} tokens (vLLM's not logged)")
@@ -169,7 +207,7 @@ def main() -> int:
             # check the second half of the same replay.
             n = len(run.requests)
             fit = fit_step_params(run, model, gpu, cfg, params, select=range(0, n // 2))
-            res3 = replay(run, model, gpu, cfg, fit.params)
+            res3 = replay(run, model, gpu, cfg, fit.params, fit.memory_params)
             hold = compare(run, res3, range(n // 2, n))
             defaults_hold = compare(run, replay(run, model, gpu, cfg, params), range(n // 2, n))
             entry["calibrated_split"] = {
@@ -182,9 +220,20 @@ def main() -> int:
                 "holdout_max_abs": max(abs(v) for v in hold.values()),
                 "flops_efficiency": fit.params.flops_efficiency,
                 "bandwidth_efficiency": fit.params.bandwidth_efficiency,
+                "kv_fitted": fit.non_torch_bytes is not None,
+                "non_torch_gib": None
+                if fit.non_torch_bytes is None
+                else fit.non_torch_bytes / 2**30,
+                "fitted_blocks": fit.fitted_blocks,
+                "held_blocks": fit.held_blocks,
             }
+            kv_note = (
+                f" (KV-bound: capacity fitted too, {fit.fitted_blocks:,} blocks)"
+                if fit.non_torch_bytes is not None
+                else ""
+            )
             print(
-                f"  calibrated on the first half: worst {fit.max_abs_error:.1%} (defaults "
+                f"  calibrated on the first half{kv_note}: worst {fit.max_abs_error:.1%} (defaults "
                 f"{entry['calibrated_split']['defaults_first_half_max_abs']:.1%}); second half "
                 f"(holdout): worst {entry['calibrated_split']['holdout_max_abs']:.1%} (defaults "
                 f"{entry['calibrated_split']['defaults_second_half_max_abs']:.1%})"

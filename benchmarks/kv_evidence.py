@@ -35,7 +35,6 @@ import argparse
 import csv
 import itertools
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -43,7 +42,14 @@ from typing import Any
 
 from _common import emit, shared_data_dir
 from dualpool.engine import Catalog
-from dualpool.engine.measured import engine_config, find_runs, replay, resolve_specs
+from dualpool.engine.measured import (
+    engine_config,
+    find_runs,
+    kv_held_blocks,
+    kv_held_capacity,
+    replay,
+    resolve_specs,
+)
 
 
 def _load(runs_dir: Path, name: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -81,24 +87,14 @@ def main() -> int:
           + " ".join(f"{r['tpot'] * 1000:.0f}" for r in order[:50]))  # fmt: skip
     print(f"  the first {never} by admission keep a steady TPOT (never preempted)")
 
-    # 2. blocks held by the oldest R each second of the KV-bound phase
-    first_done = min(r["last_token_ts"] for r in reqs) - t0
+    # 2. blocks held by the oldest R each second of the KV-bound phase (the
+    # engine's kv_held_blocks: `dualpool calibrate` starts its capacity fit there)
     rows = [(float(x["t"]), int(x["running"]), int(x["waiting"])) for x in ts]
     start = next(
         (t for (t, r, w), (_, r0, _) in zip(rows[1:], rows, strict=False) if r < r0 and w > 0),
         None,
     )
-    held: list[tuple[float, int, int]] = []
-    if start is not None:
-        for t, running, _ in rows:
-            if not start <= t < first_done:
-                continue
-            alive = [r for r in order if r["first_token_ts"] - t0 <= t < r["last_token_ts"] - t0]
-            blocks = 0
-            for r in alive[:running]:
-                gen = min(r["output_toks"], 1 + (t - (r["first_token_ts"] - t0)) / r["tpot"])
-                blocks += math.ceil((r["input_toks"] + gen) / bs)
-            held.append((t, running, blocks))
+    held = kv_held_blocks(run, bs)
     for t, running, blocks in held:
         print(f"  t={t:4.0f}s running {running:3d}: the oldest {running} hold {blocks:,} blocks")
 
@@ -192,7 +188,7 @@ def main() -> int:
         "prefix_hits": hit,
     }
     if held and logged:
-        cap = int(statistics.median(b for _, _, b in held))
+        cap = kv_held_capacity(run, bs) or logged
         out["held_median_blocks"] = cap
         out["held_over_logged"] = cap / logged - 1.0
         meas = {t: r for t, r, _ in held}

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from dualpool.engine.catalog import Catalog
+from dualpool.engine.memory import memory_params_from_mapping
 from dualpool.engine.step_params import StepTimeParams, step_params_from_mapping
 from dualpool.errors import CatalogError, ConfigError
 from dualpool.policy import PoolSpec
@@ -21,6 +22,7 @@ __all__ = [
     "add_pool_args",
     "add_slo_args",
     "catalog_from_args",
+    "non_torch_from_args",
     "pools_from_args",
     "print_json",
     "slo_seconds",
@@ -41,23 +43,32 @@ def add_catalog_args(parser: argparse.ArgumentParser, *, step_params: bool = Tru
             "--step-params",
             default=None,
             metavar="FILE",
-            help="YAML with a step_params: mapping (e.g. from dualpool calibrate)",
+            help="YAML with a step_params: mapping and optionally memory_params: "
+            "(e.g. from dualpool calibrate)",
         )
 
 
 def catalog_from_args(args: argparse.Namespace) -> Catalog:
-    """The built-in catalog plus --catalog FILE's entries (one-line error naming the flag)."""
+    """The built-in catalog plus --catalog FILE's entries (one-line error naming the flag).
+
+    When --step-params FILE carries a `memory_params:` mapping (the machine's
+    measured non-torch memory, e.g. from `dualpool calibrate`), every GPU the
+    catalog hands out takes it: it describes the machine, as the step
+    parameters do, and vLLM measures it afresh at each start-up.
+    """
     path = getattr(args, "catalog", None)
-    if not path:
-        return Catalog()
-    try:
-        return Catalog().load_yaml(path)
-    except CatalogError as e:
-        raise ConfigError("--catalog", str(e)) from None
+    catalog = Catalog()
+    if path:
+        try:
+            catalog = Catalog().load_yaml(path)
+        except CatalogError as e:
+            raise ConfigError("--catalog", str(e)) from None
+    non_torch = non_torch_from_args(args)
+    return catalog if non_torch is None else catalog.with_non_torch_bytes(non_torch)
 
 
-def step_params_from_args(args: argparse.Namespace) -> StepTimeParams | None:
-    """--step-params FILE's `step_params:` mapping, or None when the flag is absent."""
+def _params_file(args: argparse.Namespace) -> tuple[str, dict[str, Any]] | None:
+    """--step-params FILE as (path, {"step_params": ..., "memory_params": ...}), or None."""
     path = getattr(args, "step_params", None)
     if not path:
         return None
@@ -69,10 +80,35 @@ def step_params_from_args(args: argparse.Namespace) -> StepTimeParams | None:
         raise ConfigError("--step-params", f"cannot read {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise ConfigError("--step-params", f"{path}: not YAML: {e}") from None
-    if isinstance(data, dict) and "step_params" in data:
-        data = data["step_params"]
+    if isinstance(data, dict) and ("step_params" in data or "memory_params" in data):
+        return path, {
+            "step_params": data.get("step_params"),
+            "memory_params": data.get("memory_params"),
+        }
+    # A bare mapping is a step_params: mapping (the first format).
+    return path, {"step_params": data, "memory_params": None}
+
+
+def step_params_from_args(args: argparse.Namespace) -> StepTimeParams | None:
+    """--step-params FILE's `step_params:` mapping, or None when the flag or the key is absent."""
+    got = _params_file(args)
+    if got is None or got[1]["step_params"] is None:
+        return None
+    path, data = got
     try:
-        return step_params_from_mapping(data, path)
+        return step_params_from_mapping(data["step_params"], path)
+    except ConfigError as e:
+        raise ConfigError("--step-params", f"{path}: {e}") from None
+
+
+def non_torch_from_args(args: argparse.Namespace) -> int | None:
+    """--step-params FILE's `memory_params:` non-torch bytes, or None when absent."""
+    got = _params_file(args)
+    if got is None:
+        return None
+    path, data = got
+    try:
+        return memory_params_from_mapping(data["memory_params"], path)
     except ConfigError as e:
         raise ConfigError("--step-params", f"{path}: {e}") from None
 

@@ -32,6 +32,7 @@ from dualpool.cli.common import (
     add_engine_args,
     add_slo_args,
     catalog_from_args,
+    non_torch_from_args,
     print_json,
     slo_seconds,
     step_params_from_args,
@@ -228,7 +229,14 @@ def _fleet(args: argparse.Namespace) -> FleetConfig:
         raise ConfigError("--gpu", str(e)) from None
     if args.fleet:
         loaded = load_fleet(args.fleet, cat)
-        return loaded if override is None else dataclasses.replace(loaded, step_params=override)
+        if override is not None:
+            loaded = dataclasses.replace(loaded, step_params=override)
+        non_torch = non_torch_from_args(args)
+        if non_torch is not None:  # the flag's memory_params: win over the fleet YAML's
+            loaded = dataclasses.replace(
+                loaded, gpu=dataclasses.replace(loaded.gpu, non_torch_bytes=non_torch)
+            )
+        return loaded
     params = override or StepTimeParams()
     if args.homogeneous is not None:
         n = args.homogeneous or None  # 0: size it

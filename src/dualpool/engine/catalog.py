@@ -38,6 +38,7 @@ from typing import Any, cast
 
 import yaml
 
+from dualpool.engine.memory import gib_to_bytes
 from dualpool.engine.specs import DTYPE_BYTES, GPUSpec, ModelSpec, WeightDType, count_params
 from dualpool.errors import CatalogError, ConfigError
 
@@ -358,6 +359,7 @@ _GPU_KEYS = {
     "link",
     "flops_efficiency",
     "bandwidth_efficiency",
+    "non_torch_gib",
 }
 _MODEL_KEYS = {
     "hf_config",
@@ -399,6 +401,11 @@ def _gpu_from_yaml(name: str, entry: Mapping[str, Any], where: str) -> GPUSpec:
             link=str(entry.get("link", "nvlink")),  # type: ignore[arg-type]
             flops_efficiency=float(entry.get("flops_efficiency", 0.0)),
             bandwidth_efficiency=float(entry.get("bandwidth_efficiency", 0.0)),
+            non_torch_bytes=(
+                None
+                if entry.get("non_torch_gib") is None
+                else gib_to_bytes(entry["non_torch_gib"], "non_torch_gib")
+            ),
         )
     except KeyError as e:
         raise CatalogError(f"{where}: gpus.{name}: missing key {e.args[0]!r}") from e
@@ -473,6 +480,17 @@ class Catalog:
     def merged(self, models: Mapping[str, ModelSpec], gpus: Mapping[str, GPUSpec]) -> Catalog:
         """A new catalog with these entries added (same names replaced)."""
         return Catalog(models={**self.models, **models}, gpus={**self.gpus, **gpus})
+
+    def with_non_torch_bytes(self, non_torch_bytes: int) -> Catalog:
+        """This catalog with every GPU on a machine whose non-torch memory was measured.
+
+        (GPUSpec.non_torch_bytes; e.g. the `memory_params:` of a `dualpool
+        calibrate` fragment.)
+        """
+        from dataclasses import replace
+
+        gpus = {n: replace(g, non_torch_bytes=non_torch_bytes) for n, g in self.gpus.items()}
+        return Catalog(models=self.models, gpus=gpus)
 
     def load_yaml(self, path: str | Path) -> Catalog:
         """A new catalog with the `models:` and `gpus:` of a YAML file added."""

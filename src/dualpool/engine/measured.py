@@ -31,12 +31,19 @@ from typing import Any
 
 from dualpool.engine.catalog import Catalog
 from dualpool.engine.config import EngineConfig, KVCacheDType
-from dualpool.engine.memory import MemoryParams, MemoryPlan, plan_memory
+from dualpool.engine.memory import (
+    GiB,
+    MemoryParams,
+    MemoryPlan,
+    non_torch_for_blocks,
+    plan_memory,
+    resolved_non_torch_bytes,
+)
 from dualpool.engine.scheduler import Scheduler
 from dualpool.engine.specs import GPUSpec, ModelSpec
 from dualpool.engine.step_params import StepTimeParams
 from dualpool.engine.timing import StepTimeModel
-from dualpool.errors import CatalogError, ConfigError
+from dualpool.errors import CatalogError, ConfigError, InfeasibleConfigError
 
 __all__ = [
     "FitResult",
@@ -47,9 +54,12 @@ __all__ = [
     "compare",
     "find_runs",
     "fit_step_params",
+    "kv_held_blocks",
+    "kv_held_capacity",
     "latency_stats",
     "load_bench_json",
     "load_run",
+    "memory_params_yaml",
     "percentile",
     "replay",
     "resolve_specs",
@@ -500,31 +510,106 @@ def trajectory_error(run: MeasuredRun, res: ReplayResult) -> dict[str, float]:
     }
 
 
-# -- fitting step-time parameters to a run ---------------------------------------------
+# -- the KV capacity a run's stamps show -------------------------------------------------
+
+
+def kv_held_blocks(run: MeasuredRun, block_size: int) -> list[tuple[float, int, int]]:
+    """Blocks the running requests held each second while the KV limit bound.
+
+    (t, running, blocks) for each second of the run's timeseries from the
+    first one at which vLLM's running count falls while requests wait (the
+    KV limit binding: vLLM admits no one and preempts) to the first
+    completion. vLLM v1 preempts the most recently admitted running request
+    and admits in arrival order, so the running set at t is the oldest
+    `running` requests alive (first token at or before t, last after); each
+    holds ceil((prompt + generated) / block_size) blocks, generated = 1 +
+    (t - first token) / its own TPOT. Prefix-cache hits between requests
+    would count twice here; benchmarks/kv_evidence.py bounds them. Empty
+    without a timeseries or a KV-bound phase.
+    """
+    rows = run.timeseries
+    if not rows or not run.requests:
+        return []
+    start = next(
+        (t for (t, r, w), (_, r0, _) in zip(rows[1:], rows, strict=False) if r < r0 and w > 0),
+        None,
+    )
+    if start is None:
+        return []
+    first_done = min(r.arrival + r.e2e for r in run.requests)
+    out: list[tuple[float, int, int]] = []
+    for t, running, _ in rows:
+        if not start <= t < first_done:
+            continue
+        alive = [r for r in run.requests if r.arrival + r.ttft <= t < r.arrival + r.e2e]
+        blocks = 0
+        for r in alive[:running]:
+            tpot = r.tpot
+            gen = r.output_tokens if tpot <= 0 else 1 + (t - r.arrival - r.ttft) / tpot
+            blocks += math.ceil((r.input_tokens + min(r.output_tokens, gen)) / block_size)
+        out.append((t, running, blocks))
+    return out
+
+
+def kv_held_capacity(run: MeasuredRun, block_size: int) -> int | None:
+    """The median of `kv_held_blocks` (None without a KV-bound phase in the timeseries)."""
+    held = sorted(b for _, _, b in kv_held_blocks(run, block_size))
+    if not held:
+        return None
+    mid = len(held) // 2
+    return held[mid] if len(held) % 2 else (held[mid - 1] + held[mid]) // 2
+
+
+# -- fitting step-time parameters (and the machine's KV capacity) to a run ------------
 
 
 @dataclass(frozen=True, slots=True)
 class FitResult:
-    """Step-time parameters fitted to a run, and the run's errors with them."""
+    """Parameters fitted to a run, and the run's errors with them."""
 
     params: StepTimeParams
     # model / measured - 1 per percentile, before (the starting params) and after.
     before: dict[str, float]
     after: dict[str, float]
     replays: int
+    # The machine's non-torch memory (bytes) fitted to a KV-bound run; None
+    # when the capacity was not fitted (not KV-bound, or num_gpu_blocks given).
+    non_torch_bytes: int | None = None
+    # KV blocks of the start and of the fitted replay.
+    start_blocks: int = 0
+    fitted_blocks: int = 0
+    # The capacity the run's stamps show (kv_held_capacity), when they show one.
+    held_blocks: int | None = None
+    # The start replay preempts or the timeseries shows the KV limit binding.
+    kv_bound: bool = False
 
     @property
     def max_abs_error(self) -> float:
         return max(abs(v) for v in self.after.values())
 
+    @property
+    def memory_params(self) -> MemoryParams | None:
+        """MemoryParams carrying the fitted non-torch memory (None when not fitted)."""
+        if self.non_torch_bytes is None:
+            return None
+        return MemoryParams(non_torch_bytes=self.non_torch_bytes)
 
-_FIT_FIELDS = ("flops_efficiency", "bandwidth_efficiency", "step_overhead_s", "per_seq_overhead_s")
+
+_STEP_FIELDS = (
+    "flops_efficiency", "bandwidth_efficiency", "step_overhead_s", "per_seq_overhead_s"
+)  # fmt: skip
+# The machine's non-torch memory, searched in GiB (vLLM's log unit) and kept
+# to 4 decimals (0.1 MiB, well under a KV block), the precision the written
+# fragment carries, so the fragment reproduces the fitted capacity exactly.
+_KV_FIELD = "non_torch_gib"
 _FIT_BOUNDS = {
     "flops_efficiency": (0.05, 1.0),
     "bandwidth_efficiency": (0.05, 1.0),
     "step_overhead_s": (0.0, 0.05),
     "per_seq_overhead_s": (0.0, 1e-3),
+    _KV_FIELD: (0.0, 8.0),
 }
+_FIT_ROUND = {_KV_FIELD: 4}
 
 
 def _loss(err: dict[str, float]) -> tuple[float, float]:
@@ -551,8 +636,9 @@ def fit_step_params(
     num_gpu_blocks: int | None = None,
     max_replays: int = 160,
     select: range | None = None,
+    fit_kv: bool | None = None,
 ) -> FitResult:
-    """Fit flops/bandwidth efficiency and the two overheads by replaying the run.
+    """Fit flops/bandwidth efficiency, the two overheads and (KV-bound) the capacity.
 
     Pattern search (coordinate steps, first improvement; all steps halve
     when no coordinate improves) on the P50/P90 of TTFT, E2E and TPOT, each
@@ -564,9 +650,19 @@ def fit_step_params(
     never worse than the start on the requests fitted. ~100 replays of a
     300-request run take ~10 s. `select` fits on those requests only (the
     whole run is still replayed, so their queueing is right).
+
+    The KV capacity is a fifth coordinate when the run is KV-bound (`fit_kv`
+    None: the start's replay preempts, or the run's timeseries shows the
+    KV limit binding; never with `num_gpu_blocks`). It is searched as the
+    machine's non-torch memory (`MemoryParams.non_torch_bytes`, the term
+    vLLM measures per machine at start-up), so the fitted value carries
+    over to other engine arguments on the same machine. The capacity the
+    run's stamps show (`kv_held_capacity`) is tried right after the start,
+    kept only if strictly better.
     """
     base = start or StepTimeParams()
     timing0 = StepTimeModel(model, gpu, config, base)
+    nt0 = resolved_non_torch_bytes(gpu)
     x = {
         "flops_efficiency": timing0.flops_efficiency,
         "bandwidth_efficiency": timing0.bandwidth_efficiency,
@@ -581,28 +677,56 @@ def fit_step_params(
     }
     count = 0
 
-    def evaluate(v: dict[str, float]) -> tuple[tuple[float, float], dict[str, float]]:
+    def memory_of(v: dict[str, float]) -> MemoryParams | None:
+        if _KV_FIELD not in v:
+            return None
+        return MemoryParams(non_torch_bytes=round(v[_KV_FIELD] * GiB))
+
+    def evaluate(v: dict[str, float]) -> tuple[tuple[float, float], dict[str, float], int, int]:
+        """(loss, errors, KV blocks, preemptions) of one replay at `v`."""
         nonlocal count
         count += 1
-        p = replace_params(base, v)
-        res = replay(run, model, gpu, config, p, num_gpu_blocks=num_gpu_blocks)
+        p = replace_params(base, {k: v[k] for k in _STEP_FIELDS})
+        try:
+            res = replay(run, model, gpu, config, p, memory_of(v), num_gpu_blocks=num_gpu_blocks)
+        except InfeasibleConfigError:  # a capacity below one max_model_len sequence
+            return (math.inf, math.inf), {}, 0, 0
         err = compare(run, res, select)
-        return _loss(err), err
+        return _loss(err), err, res.num_gpu_blocks, res.num_preemptions
 
-    best, before = evaluate(x)
+    best, before, start_blocks, preemptions = evaluate(x)
     best_err = before
+    fitted_blocks = start_blocks
+    held = kv_held_capacity(run, config.block_size)
+    kv_bound = preemptions > 0 or held is not None
+    fit_kv = (kv_bound if fit_kv is None else fit_kv) and num_gpu_blocks is None
+    if fit_kv:
+        x[_KV_FIELD] = round(nt0 / GiB, 4)
+        steps[_KV_FIELD] = 0.1
+        if held is not None and count < max_replays:
+            nt = non_torch_for_blocks(model, gpu, config, held) / GiB
+            cand = dict(x)
+            cand[_KV_FIELD] = round(min(max(nt, 0.0), _FIT_BOUNDS[_KV_FIELD][1]), 4)
+            if cand[_KV_FIELD] != x[_KV_FIELD]:
+                loss, err, blocks, _ = evaluate(cand)
+                if loss < best:
+                    best, best_err, x, fitted_blocks = loss, err, cand, blocks
+    fields = (*_STEP_FIELDS, _KV_FIELD) if fit_kv else _STEP_FIELDS
     while count < max_replays:
         improved = False
-        for name in _FIT_FIELDS:
+        for name in fields:
             lo, hi = _FIT_BOUNDS[name]
             for sign in (1.0, -1.0):
                 cand = dict(x)
-                cand[name] = min(hi, max(lo, x[name] + sign * steps[name]))
+                v = min(hi, max(lo, x[name] + sign * steps[name]))
+                if name in _FIT_ROUND:
+                    v = round(v, _FIT_ROUND[name])
+                cand[name] = v
                 if cand[name] == x[name] or (name.endswith("efficiency") and cand[name] <= 0):
                     continue
-                loss, err = evaluate(cand)
+                loss, err, blocks, _ = evaluate(cand)
                 if loss < best:
-                    best, best_err, x = loss, err, cand
+                    best, best_err, x, fitted_blocks = loss, err, cand, blocks
                     improved = True
                     break
                 if count >= max_replays:
@@ -614,7 +738,18 @@ def fit_step_params(
                 steps[name] /= 2.0
             if steps["flops_efficiency"] < 0.002:
                 break
-    return FitResult(replace_params(base, x), before, best_err, count)
+    mp = memory_of(x)
+    return FitResult(
+        replace_params(base, {k: x[k] for k in _STEP_FIELDS}),
+        before,
+        best_err,
+        count,
+        non_torch_bytes=None if mp is None else mp.non_torch_bytes,
+        start_blocks=start_blocks,
+        fitted_blocks=fitted_blocks,
+        held_blocks=held,
+        kv_bound=kv_bound,
+    )
 
 
 def replace_params(base: StepTimeParams, values: dict[str, float]) -> StepTimeParams:
@@ -639,4 +774,16 @@ def step_params_yaml(params: StepTimeParams, comment: str = "") -> str:
         v = getattr(params, name)
         if v is not None:
             lines.append(f"  {name}: {v:.6g}")
+    return "\n".join(lines) + "\n"
+
+
+def memory_params_yaml(non_torch_bytes: int, comment: str = "") -> str:
+    """The `memory_params:` YAML fragment (the machine's non-torch memory, GiB).
+
+    Four decimals of GiB (0.1 MiB), the precision `fit_step_params` searches
+    at, so the fragment reproduces the fitted capacity block for block.
+    """
+    lines = [f"# {line}" for line in comment.splitlines()] if comment else []
+    lines.append("memory_params:")
+    lines.append(f"  non_torch_gib: {round(non_torch_bytes / GiB, 4):.4f}")
     return "\n".join(lines) + "\n"

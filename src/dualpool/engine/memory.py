@@ -36,18 +36,34 @@ from dataclasses import dataclass
 
 from dualpool.engine.config import EngineConfig
 from dualpool.engine.specs import GPUSpec, ModelSpec
-from dualpool.errors import InfeasibleConfigError
+from dualpool.errors import ConfigError, InfeasibleConfigError
 
 __all__ = [
+    "DEFAULT_NON_TORCH_BYTES",
+    "MEMORY_PARAMS_KEYS",
     "MemoryParams",
     "MemoryPlan",
+    "gib_to_bytes",
     "kv_bytes_per_token",
     "kv_heads_per_gpu",
+    "memory_params_from_mapping",
+    "non_torch_for_blocks",
     "plan_memory",
+    "resolved_non_torch_bytes",
     "smallest_feasible_tp",
 ]
 
 GiB = 1 << 30
+
+# Non-torch increase of a single-GPU worker: cuBLAS/cuBLASLt workspaces and
+# the lazily loaded kernel modules (FlashAttention, Triton kernels of
+# torch.compile) that the profile run pulls in. Fitted, as the residue of the
+# one vLLM 0.19 log we have (RTX 4090, Llama-3.1-8B: 2,588 blocks); the older
+# v0 worker logged 1.79 GiB because its baseline preceded the CUDA context
+# (vllm PR #10511). vLLM measures this per machine at start-up; a GPU whose
+# machine was measured carries its own figure (GPUSpec.non_torch_bytes, e.g.
+# from `dualpool calibrate`), which wins over this default.
+DEFAULT_NON_TORCH_BYTES = int(0.89 * GiB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +93,10 @@ class MemoryParams:
     The CUDA context itself predates the snapshot and is not counted.
     """
 
-    # Non-torch increase of a single-GPU worker: cuBLAS/cuBLASLt workspaces
-    # and the lazily loaded kernel modules (FlashAttention, Triton kernels of
-    # torch.compile) that the profile run pulls in. Fitted, as the residue
-    # of the one vLLM 0.19 log we have (RTX 4090, Llama-3.1-8B: 2,588
-    # blocks); the older v0 worker logged 1.79 GiB because its baseline
-    # preceded the CUDA context (vllm PR #10511).
-    non_torch_bytes: int = int(0.89 * GiB)
+    # Non-torch increase of a single-GPU worker (bytes). None: the GPU's
+    # measured figure (GPUSpec.non_torch_bytes), else DEFAULT_NON_TORCH_BYTES
+    # (0.89 GiB). An explicit value wins over both.
+    non_torch_bytes: int | None = None
     # Extra non-torch memory per GPU when TP > 1 (NCCL communicators and
     # buffers, custom all-reduce IPC buffers); vllm PR #10511 logs 3.58 GiB
     # at TP 2 against 1.79 GiB at TP 1, i.e. +1.8 GiB.
@@ -171,6 +184,50 @@ def _check_tp(model: ModelSpec, tp: int) -> None:
         )
 
 
+def resolved_non_torch_bytes(gpu: GPUSpec, params: MemoryParams | None = None) -> int:
+    """The non-torch memory of a single-GPU worker: the params', else the GPU's, else 0.89 GiB."""
+    if params is not None and params.non_torch_bytes is not None:
+        return params.non_torch_bytes
+    if gpu.non_torch_bytes is not None:
+        return gpu.non_torch_bytes
+    return DEFAULT_NON_TORCH_BYTES
+
+
+def _overhead_bytes(gpu: GPUSpec, config: EngineConfig, params: MemoryParams) -> int:
+    overhead = resolved_non_torch_bytes(gpu, params)
+    if params.profile_cuda_graphs:
+        overhead += params.cuda_graph_bytes
+    if config.tensor_parallel_size > 1:
+        overhead += params.tp_comm_bytes
+    return overhead
+
+
+def non_torch_for_blocks(
+    model: ModelSpec,
+    gpu: GPUSpec,
+    config: EngineConfig,
+    num_gpu_blocks: int,
+    params: MemoryParams | None = None,
+) -> int:
+    """The non-torch memory (bytes) at which the account gives `num_gpu_blocks` blocks.
+
+    The inverse of `plan_memory` in its machine term: a KV capacity seen in a
+    run (blocks) expressed as the residue vLLM measures per machine, so that
+    it carries over to other max_num_seqs, max_model_len and
+    gpu_memory_utilization settings of the same machine. Half a block of
+    slack sits on each side, so the floor lands on `num_gpu_blocks`. May be
+    negative when the capacity exceeds what the account leaves for KV and
+    non-torch memory together.
+    """
+    params = params or MemoryParams()
+    usable = int(gpu.memory_bytes * config.gpu_memory_utilization)
+    weights = -(-model.weight_bytes // config.tensor_parallel_size)
+    activation = _activation_bytes(model, config, params)
+    others = _overhead_bytes(gpu, config, params) - resolved_non_torch_bytes(gpu, params)
+    block_bytes = kv_bytes_per_token(model, config) * config.block_size
+    return usable - weights - activation - others - num_gpu_blocks * block_bytes - block_bytes // 2
+
+
 def plan_memory(
     model: ModelSpec,
     gpu: GPUSpec,
@@ -191,11 +248,7 @@ def plan_memory(
     usable = int(gpu.memory_bytes * config.gpu_memory_utilization)
     weights = -(-model.weight_bytes // tp)
     activation = _activation_bytes(model, config, params)
-    overhead = params.non_torch_bytes
-    if params.profile_cuda_graphs:
-        overhead += params.cuda_graph_bytes
-    if tp > 1:
-        overhead += params.tp_comm_bytes
+    overhead = _overhead_bytes(gpu, config, params)
     kv_memory = usable - weights - activation - overhead
     per_token = kv_bytes_per_token(model, config)
     block_bytes = per_token * config.block_size
@@ -281,3 +334,42 @@ def smallest_feasible_tp(
         f"no tensor_parallel_size in {candidates} fits {model.name} on {gpu.name}; "
         f"at {candidates[-1]}: {last}"
     )
+
+
+# -- the machine's measured memory terms, as a `memory_params:` YAML mapping ------------
+
+# Keys of a `memory_params:` mapping (a `dualpool calibrate` fragment, a fleet
+# YAML): the machine-specific terms of the account, in GiB.
+MEMORY_PARAMS_KEYS = ("non_torch_gib",)
+
+
+def gib_to_bytes(value: object, field: str) -> int:
+    """A GiB figure from YAML as whole bytes (ConfigError naming `field` when bad)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(field, f"must be a number of GiB, got {value!r}")
+    v = float(value)
+    if not 0.0 <= v < 1024.0:
+        raise ConfigError(field, f"must be >= 0 and < 1024 GiB, got {value!r}")
+    return round(v * GiB)
+
+
+def memory_params_from_mapping(data: object, where: str = "memory_params") -> int | None:
+    """The non-torch bytes of a parsed `memory_params:` mapping (None: not given).
+
+    The value is applied to the GPU (`GPUSpec.non_torch_bytes`): it is the
+    machine's own residue, so every engine configuration planned on that GPU
+    takes it, as vLLM measures it afresh at each start-up. ConfigError names
+    the key.
+    """
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ConfigError("memory_params", f"{where}: must be a mapping")
+    for k in data:
+        if k not in MEMORY_PARAMS_KEYS:
+            raise ConfigError(
+                f"memory_params.{k}", f"unknown; expected one of {list(MEMORY_PARAMS_KEYS)}"
+            )
+    if data.get("non_torch_gib") is None:
+        return None
+    return gib_to_bytes(data["non_torch_gib"], "memory_params.non_torch_gib")

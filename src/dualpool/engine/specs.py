@@ -202,6 +202,11 @@ class GPUSpec:
     # Explicit StepTimeParams values (a calibration) override these.
     flops_efficiency: float = 0.0
     bandwidth_efficiency: float = 0.0
+    # vLLM's non-torch memory of a single-GPU worker on this machine (bytes:
+    # CUDA/cuBLAS workspaces, kernel modules, allocator residue; vLLM measures
+    # it at start-up), e.g. fitted by `dualpool calibrate` to a KV-bound run;
+    # None = not measured: MemoryParams' default (0.89 GiB) applies.
+    non_torch_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.link not in ("nvlink", "xgmi", "pcie"):
@@ -213,6 +218,11 @@ class GPUSpec:
         for f in ("memory_bytes", "hbm_bandwidth", "bf16_flops", "interconnect_bandwidth"):
             if getattr(self, f) <= 0:
                 raise ConfigError(f, f"must be positive, got {getattr(self, f)} for {self.name}")
+        nt = self.non_torch_bytes
+        if nt is not None and (not isinstance(nt, int) or isinstance(nt, bool) or nt < 0):
+            raise ConfigError(
+                "non_torch_bytes", f"must be a whole number of bytes >= 0, got {nt!r}"
+            )
         if self.fp8_flops < 0:
             raise ConfigError("fp8_flops", f"must be >= 0, got {self.fp8_flops}")
         if self.price_per_hour < 0:

@@ -3,6 +3,8 @@
     FleetConfig
     ├── model, gpu            one model on one GPU type (catalog specs)
     ├── step_params           the timing model's efficiencies (defaults: uncalibrated)
+    │                         (YAML memory_params: {non_torch_gib: ..} sets the GPU's
+    │                          measured non-torch memory, from `dualpool calibrate`)
     └── pools                 smallest max_model_len first
         └── PoolConfig        name, EngineConfig, instances, routing threshold
 
@@ -46,6 +48,7 @@ from dualpool.engine import (
     plan_memory,
     smallest_feasible_tp,
 )
+from dualpool.engine.memory import memory_params_from_mapping
 from dualpool.errors import CatalogError, ConfigError, DualpoolError, InfeasibleConfigError
 from dualpool.policy import PoolSpec
 
@@ -174,17 +177,22 @@ class FleetConfig:
             if p.threshold is not None:
                 d["threshold"] = p.threshold
             pools.append(d)
-        return {"model": self.model.name, "gpu": self.gpu.name, "pools": pools}
+        out: dict[str, Any] = {"model": self.model.name, "gpu": self.gpu.name, "pools": pools}
+        if self.gpu.non_torch_bytes is not None:
+            out["memory_params"] = {"non_torch_gib": round(self.gpu.non_torch_bytes / 2**30, 6)}
+        return out
 
     @classmethod
     def from_mapping(cls, data: Any, catalog: Catalog | None = None) -> FleetConfig:
         """Build from parsed YAML/JSON; a ConfigError names the bad field."""
         if not isinstance(data, Mapping):
             raise ConfigError("fleet", f"must be a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - {"model", "gpu", "weight_dtype", "pools", "step_params"})
+        keys = {"model", "gpu", "weight_dtype", "pools", "step_params", "memory_params"}
+        unknown = sorted(set(data) - keys)
         if unknown:
             raise ConfigError(
-                unknown[0], "unknown key; expected model, gpu, weight_dtype, pools, step_params"
+                unknown[0],
+                "unknown key; expected model, gpu, weight_dtype, pools, step_params, memory_params",
             )
         cat = catalog or Catalog()
         for key in ("model", "gpu"):
@@ -198,6 +206,11 @@ class FleetConfig:
             gpu = cat.gpu(data["gpu"])
         except (CatalogError, DualpoolError) as e:
             raise ConfigError("gpu", str(e)) from None
+        mp = data.get("memory_params")
+        non_torch = memory_params_from_mapping(dict(mp) if isinstance(mp, Mapping) else mp)
+        if non_torch is not None:
+            # The machine's measured non-torch memory (a `dualpool calibrate` fragment).
+            gpu = dataclasses.replace(gpu, non_torch_bytes=non_torch)
         params = StepTimeParams()
         sp = data.get("step_params")
         if sp is not None:
