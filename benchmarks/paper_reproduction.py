@@ -237,11 +237,22 @@ HEADER = (
 )
 
 
+def write_partial(out: str, doc: list[str]) -> None:
+    """Write what is done so far: a long run stopped early still leaves its sections."""
+    note = "*(Partial: the run was still going when this was written; what follows is missing.)*"
+    Path(out).write_text("\n".join([*doc, "", note, ""]), encoding="utf-8")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller grid, analytic-only grid")
     ap.add_argument("--processes", type=int, default=None)
     ap.add_argument("--out", default=str(REPO / "docs" / "reproduction.md"))
+    ap.add_argument(
+        "--grid-rates",
+        default=None,
+        help="comma-separated req/s for the per-trace study (default 100,1000,10000; --quick 1000)",
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     require_data("traces/azure_2023_conv.csv")
@@ -372,8 +383,12 @@ def main() -> None:
             f"{p['recommendation_confidence']:.0%}).",
         ]
     doc.append("")
+    write_partial(args.out, doc)
     # The study on every trace.
-    rates = (1000.0,) if args.quick else (100.0, 1000.0, 10000.0)
+    if args.grid_rates:
+        rates = tuple(float(r) for r in args.grid_rates.split(","))
+    else:
+        rates = (1000.0,) if args.quick else (100.0, 1000.0, 10000.0)
     sim_grid = not args.quick
     doc += [
         "## Feasible configs on every trace (Llama-3-70B, A100, smallest TP)",
@@ -411,6 +426,7 @@ def main() -> None:
                 f"{h['gpus']:,} -> {sp['gpus']:,} | {err} |"
             )
             print(f"{name} @ {rate:g}: {pm(p)}", flush=True)
+            write_partial(args.out, doc)
     doc.append("")
     if errors:
         within = sum(abs(e) <= 0.10 for e in errors) / len(errors)
