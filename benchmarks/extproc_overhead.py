@@ -17,11 +17,14 @@ core 1, so the fast variants are client-bound: read it for the processor) and
 that no request failed; added p50 of Envoy + ext_proc over Envoy alone and
 over direct, the gateway's added p50 over direct; streaming time to first byte
 added by each; CPU per request of the `dualpool extproc` process. A do-nothing
-Python processor (`_noop_extproc.py`, same messages) runs beside it, so the cost
-of Python gRPC itself and of dualpool's own work are told apart.
+Python processor (`_noop_extproc.py`, same messages) runs beside it on each
+transport, so the cost of Python gRPC itself, the floor of the native transport
+(Envoy's ext_proc machinery + one round trip to a Python process answering
+prebuilt bytes) and dualpool's own work are told apart.
 
 Last line: one JSON object with added_over_envoy_p50_ms, added_over_direct_p50_ms,
-gateway_added_p50_ms, envoy_added_p50_ms, stream_ttfb_added_* and the raw figures.
+native_added_over_envoy_p50_ms (the target), native_noop_added_over_envoy_p50_ms (its
+floor), gateway_added_p50_ms, envoy_added_p50_ms, stream_ttfb_added_* and the raw figures.
 """
 
 from __future__ import annotations
@@ -247,6 +250,21 @@ def main() -> None:
         )
         wait_port(nport, nproc)
         with_noop = stack.enter_context(envoy(nport, backend, extproc=True))
+        # The floor of the native transport: the same exchange on the same HTTP/2
+        # server, answered with prebuilt bytes (no JSON, no Router, no accounting).
+        nnport = free_port()
+        nnproc = measured(
+            [
+                py,
+                str(Path(__file__).with_name("_noop_extproc.py")),
+                "--port",
+                str(nnport),
+                "--transport",
+                "native",
+            ]
+        )
+        wait_port(nnport, nnproc)
+        with_native_noop = stack.enter_context(envoy(nnport, backend, extproc=True))
         alone = stack.enter_context(envoy(xport, backend, extproc=False))
         # The breakdown, on the native processor: routing alone; two round trips.
         route_only = stack.enter_context(envoy(hport, backend, extproc=True, variant="route_only"))
@@ -256,7 +274,12 @@ def main() -> None:
             [py, "-m", "dualpool", "serve", "--config", str(fleet(tmp / "gw.yaml", backend, gport))]
         )
         gurl = f"http://127.0.0.1:{gport}"
-        for url, proc in ((with_x.url, xproc), (with_noop.url, nproc), (gurl, gproc)):
+        for url, proc in (
+            (with_x.url, xproc),
+            (with_noop.url, nproc),
+            (with_native_noop.url, nnproc),
+            (gurl, gproc),
+        ):
             if not wait_ready(url, proc, 60):
                 sys.exit(f"{url} did not answer")
         variants: dict[str, str] = {
@@ -265,6 +288,7 @@ def main() -> None:
             "envoy_noop_extproc": with_noop.url,
             "envoy_extproc": with_x.url,
             "envoy_extproc_native": with_h.url,
+            "envoy_noop_extproc_native": with_native_noop.url,
             "gateway": gurl,
         }
         breakdown = {
@@ -280,6 +304,7 @@ def main() -> None:
             "envoy_extproc": xproc,
             "envoy_extproc_native": hproc,
             "envoy_noop_extproc": nproc,
+            "envoy_noop_extproc_native": nnproc,
             **dict.fromkeys(breakdown, hproc),
         }
         cpu = dict.fromkeys(owners, 0.0)
@@ -313,7 +338,12 @@ def main() -> None:
         print(f"stream ttfb: {ttfb}", file=sys.stderr)
         xp_stats = _extproc_counters(with_x)
         native_stats = _extproc_counters(with_h)
-        for which, st in (("grpcio", xp_stats), ("native", native_stats)):
+        noop_stats = _extproc_counters(with_native_noop)
+        for which, st in (
+            ("grpcio", xp_stats),
+            ("native", native_stats),
+            ("native noop", noop_stats),
+        ):
             bad = {k: v for k, v in st.items() if v and k.endswith(_FAILURES)}
             if bad:
                 # Failed streams fall open (unrouted requests): the figures are void.
@@ -337,6 +367,13 @@ def main() -> None:
         # Python gRPC itself (a processor that does nothing) vs dualpool's own work.
         "noop_processor_added_over_envoy_p50_ms": added("envoy_noop_extproc", "envoy"),
         "dualpool_work_over_noop_p50_ms": added("envoy_extproc", "envoy_noop_extproc"),
+        # The floor on the native transport (Envoy's ext_proc machinery + one round trip
+        # to a Python process that answers prebuilt bytes) vs dualpool's work on it.
+        "native_noop_added_over_envoy_p50_ms": added("envoy_noop_extproc_native", "envoy"),
+        "native_work_over_noop_p50_ms": added("envoy_extproc_native", "envoy_noop_extproc_native"),
+        "native_noop_added_over_envoy_per_round_ms": per_round(
+            "envoy_noop_extproc_native", "envoy"
+        ),
         "envoy_added_p50_ms": added("envoy", "direct"),
         "added_over_envoy_per_round_ms": per_round("envoy_extproc", "envoy"),
         "native_added_over_envoy_per_round_ms": per_round("envoy_extproc_native", "envoy"),
@@ -352,6 +389,7 @@ def main() -> None:
         "extproc_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc"),
         "noop_processor_cpu_us_per_request": _per(cpu, ncpu, "envoy_noop_extproc"),
         "native_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc_native"),
+        "native_noop_cpu_us_per_request": _per(cpu, ncpu, "envoy_noop_extproc_native"),
         # The breakdown (native processor): what the routing round trip, the observer
         # and a second round trip each add.
         "native_route_only_added_over_envoy_p50_ms": added(
@@ -372,6 +410,7 @@ def main() -> None:
         ),
         "envoy_ext_proc_stats": xp_stats,
         "envoy_ext_proc_stats_native": native_stats,
+        "envoy_ext_proc_stats_native_noop": noop_stats,
         "target_added_over_envoy_p50_ms": 0.5,
         "own_sessions": args.own_sessions,
         "load_average": [round(x, 2) for x in load_before + os.getloadavg()],

@@ -10,7 +10,7 @@ connection per worker, so the server needs only this:
     HEADERS     a new stream = one ext_proc Process call (the header block is not
                 decoded: every stream on this port is that call; HPACK state only
                 matters to a decoder, so skipping blocks is safe)
-    DATA        gRPC length-prefixed messages ─► ExtProcessor.handle ─► its answers (0..n),
+    DATA        gRPC length-prefixed messages ─► processor.answer ─► its answers (0..n),
                 written together at the end of the read
     END_STREAM  from Envoy, or nothing more to answer ─► trailers `grpc-status: 0`;
                 RST_STREAM ─► stream cancelled
@@ -26,15 +26,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-
-from dualpool.extproc._processor import ExtProcessor
-
-__all__ = ["H2Connection", "serve_h2"]
+__all__ = ["H2Connection", "WireProcessor", "serve_h2"]
 
 log = logging.getLogger("dualpool.extproc")
+
+
+class WireProcessor(Protocol):
+    """What the server needs of a processor: streams in, serialized messages both ways.
+
+    `open` returns the stream's state (its `complete` attribute set: nothing more to
+    answer, the server ends the stream); `answer` takes one serialized
+    ProcessingRequest and returns the serialized ProcessingResponses it gets (0..n);
+    `close` is called once per stream, however it ended."""
+
+    def open(self) -> Any: ...
+
+    def answer(self, st: Any, message: bytes) -> Sequence[bytes]: ...
+
+    def close(self, st: Any) -> None: ...
+
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Frame types (RFC 9113 6).
@@ -113,7 +126,7 @@ class _Stream:
 class H2Connection(asyncio.Protocol):
     """One HTTP/2 connection from Envoy carrying ext_proc streams."""
 
-    def __init__(self, processor: ExtProcessor, connections: set[H2Connection]) -> None:
+    def __init__(self, processor: WireProcessor, connections: set[H2Connection]) -> None:
         self.proc = processor
         self.connections = connections
         self.transport: asyncio.Transport | None = None
@@ -276,16 +289,16 @@ class H2Connection(asyncio.Protocol):
             n = int.from_bytes(buf[1:5], "big")
             if len(buf) < 5 + n:
                 break
-            req = pb.ProcessingRequest.FromString(bytes(buf[5 : 5 + n]))
+            message = bytes(buf[5 : 5 + n])
             del buf[: 5 + n]
             try:
-                answers = self.proc.handle(st.ex, req)
+                answers = self.proc.answer(st.ex, message)
             except Exception:
                 log.exception("ext_proc message failed")
                 self._reset(st, INTERNAL_ERROR)
                 return
-            for resp in answers:
-                self._send(st, resp.SerializeToString())
+            for data in answers:
+                self._send(st, data)
             if st.ex.complete:
                 # Nothing more to answer: our trailers go with the last answer; what
                 # Envoy still sends on this stream is dropped.
@@ -363,7 +376,7 @@ class H2Connection(asyncio.Protocol):
 
 
 async def serve_h2(
-    processor: ExtProcessor, host: str, port: int
+    processor: WireProcessor, host: str, port: int
 ) -> tuple[asyncio.Server, set[H2Connection]]:
     """Listen for Envoy's ext_proc connections (h2c, prior knowledge)."""
     loop = asyncio.get_running_loop()

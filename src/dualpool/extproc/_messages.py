@@ -29,6 +29,7 @@ __all__ = [
     "CONTINUE_RESPONSE_TRAILERS",
     "NONE",
     "STREAMED",
+    "constant",
     "immediate",
     "more_time",
     "read_headers",
@@ -39,6 +40,7 @@ __all__ = [
     "route_headers",
     "route_response",
     "skip_request_body",
+    "wire",
 ]
 
 _Mode = processing_mode_pb2.ProcessingMode
@@ -61,6 +63,37 @@ CLEAR_REQUEST_BODY = pb.ProcessingResponse(
         response=pb.CommonResponse(body_mutation=pb.BodyMutation(clear_body=True))
     )
 )
+
+
+# Serialized forms of the messages that never change (the native server writes bytes).
+_WIRE: dict[int, bytes] = {}
+
+
+def constant(resp: Any) -> Any:
+    """Mark a response as never changing: `wire` returns its bytes serialized once.
+    (Keyed by the object: constants live as long as the module that built them.)"""
+    _WIRE[id(resp)] = resp.SerializeToString()
+    return resp
+
+
+def wire(resp: Any) -> bytes:
+    """A response serialized (once, for the constants)."""
+    data = _WIRE.get(id(resp))
+    if data is None:
+        data = resp.SerializeToString()
+    return data
+
+
+for _m in (
+    CONTINUE_REQUEST_HEADERS,
+    CONTINUE_REQUEST_BODY,
+    CONTINUE_RESPONSE_HEADERS,
+    CONTINUE_RESPONSE_BODY,
+    CONTINUE_REQUEST_TRAILERS,
+    CONTINUE_RESPONSE_TRAILERS,
+    CLEAR_REQUEST_BODY,
+):
+    constant(_m)
 
 
 def read_headers(msg: Any, wanted: frozenset[str] | None = None) -> dict[str, bytes]:

@@ -38,6 +38,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from dualpool.errors import RequestError
@@ -202,9 +203,10 @@ class _Stream:
 _CONTINUE_REQUEST_BODY = (msg.CONTINUE_REQUEST_BODY,)
 _CONTINUE_RESPONSE_HEADERS = (msg.CONTINUE_RESPONSE_HEADERS,)
 _CONTINUE_RESPONSE_BODY = (msg.CONTINUE_RESPONSE_BODY,)
-_SKIP_REQUEST_BODY = (msg.skip_request_body(),)
+_SKIP_REQUEST_BODY = (msg.constant(msg.skip_request_body()),)
 _NOTHING: tuple[Any, ...] = ()
-_MORE_TIME = msg.more_time(_UPLOAD_SECONDS)
+_MORE_TIME = msg.constant(msg.more_time(_UPLOAD_SECONDS))
+_wire = msg.wire
 
 
 class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -305,6 +307,11 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         if kind == "request_trailers":
             return (msg.CONTINUE_REQUEST_TRAILERS,)
         return (msg.CONTINUE_RESPONSE_TRAILERS,)
+
+    def answer(self, st: _Stream, message: bytes) -> list[bytes]:
+        """`handle` on the wire: one serialized ProcessingRequest in, the serialized
+        answers out (the native HTTP/2 server's entry point)."""
+        return [_wire(r) for r in self.handle(st, pb.ProcessingRequest.FromString(message))]
 
     def close(self, st: _Stream) -> None:
         """The stream ended (completed, cancelled or broken)."""
