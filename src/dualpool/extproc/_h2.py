@@ -71,13 +71,12 @@ RECV_MAX_FRAME = 1 << 20
 _GRANT_EVERY = 1 << 24
 
 
+_HEAD = struct.Struct(">IBI")
+_SID = struct.Struct(">I")  # 24-bit length and 8-bit type as one word, flags, stream id
+
+
 def _frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
-    n = len(payload)
-    return (
-        bytes((n >> 16 & 0xFF, n >> 8 & 0xFF, n & 0xFF, ftype, flags))
-        + sid.to_bytes(4, "big")
-        + payload
-    )
+    return _HEAD.pack(len(payload) << 8 | ftype, flags, sid) + payload
 
 
 def _settings(*pairs: tuple[int, int]) -> bytes:
@@ -107,6 +106,12 @@ def _literal(name: bytes, value: bytes) -> bytes:
 
 
 _TRAILERS_OK = _literal(b"grpc-status", b"0")
+_PREFIX = struct.Struct(">BI")
+
+
+def _prefixed(message: bytes) -> bytes:
+    """A gRPC message: uncompressed flag, 4-byte length, the message."""
+    return _PREFIX.pack(0, len(message)) + message
 
 
 class _Stream:
@@ -165,9 +170,16 @@ class H2Connection(asyncio.Protocol):
             self.proc.close(st.ex)
 
     def data_received(self, data: bytes) -> None:
-        buf = self.inbuf
-        buf += data
+        buf: bytes | bytearray
+        if self.preface_ok and not self.inbuf:
+            # The usual case: whole frames in one read, parsed from the bytes received
+            # (one copy less); a partial frame at the end is kept in inbuf.
+            buf = data
+        else:
+            buf = self.inbuf
+            buf += data
         if not self.preface_ok:
+            assert isinstance(buf, bytearray)
             if len(buf) < len(PREFACE):
                 return
             if bytes(buf[: len(PREFACE)]) != PREFACE:
@@ -187,15 +199,21 @@ class H2Connection(asyncio.Protocol):
                     break
                 ftype = buf[pos + 3]
                 flags = buf[pos + 4]
-                sid = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+                sid = _SID.unpack_from(buf, pos + 5)[0] & 0x7FFFFFFF
                 payload = bytes(buf[pos + 9 : pos + 9 + n])
                 pos += 9 + n
-                self._frame_received(ftype, flags, sid, payload)
+                if ftype == DATA and self.in_headers is None:
+                    self._data(flags, sid, payload)
+                else:
+                    self._frame_received(ftype, flags, sid, payload)
                 if self.closed:
                     return
         finally:
-            if pos:
-                del buf[:pos]
+            if buf is data:
+                if pos < len(data):
+                    self.inbuf += data[pos:]
+            elif pos:
+                del self.inbuf[:pos]
             self._write()
 
     # ---- frames in --------------------------------------------------------------------
@@ -280,40 +298,53 @@ class H2Connection(asyncio.Protocol):
         if flags & PADDED:
             pad = payload[0]
             payload = payload[1 : len(payload) - pad]
-        buf = st.buf
-        buf += payload
-        while len(buf) >= 5:
-            if buf[0]:
+        buf: bytes | bytearray
+        if st.buf:
+            buf = st.buf
+            buf += payload
+        else:
+            buf = payload  # the usual case: whole messages in the frame
+        pos = 0
+        end = len(buf)
+        while end - pos >= 5:
+            if buf[pos]:
                 self._goaway(PROTOCOL_ERROR)  # compressed: never configured in Envoy
                 return
-            n = int.from_bytes(buf[1:5], "big")
-            if len(buf) < 5 + n:
+            n = _SID.unpack_from(buf, pos + 1)[0]
+            if end - pos < 5 + n:
                 break
-            message = bytes(buf[5 : 5 + n])
-            del buf[: 5 + n]
+            message = bytes(buf[pos + 5 : pos + 5 + n])
+            pos += 5 + n
             try:
                 answers = self.proc.answer(st.ex, message)
             except Exception:
                 log.exception("ext_proc message failed")
                 self._reset(st, INTERNAL_ERROR)
                 return
-            for data in answers:
-                self._send(st, data)
+            if answers:
+                # Every answer to this message in one DATA frame (gRPC messages may share
+                # one): fewer frames for Envoy to parse, one write for all.
+                self._send(st, b"".join([_prefixed(a) for a in answers]))
             if st.ex.complete:
                 # Nothing more to answer: our trailers go with the last answer; what
                 # Envoy still sends on this stream is dropped.
-                buf.clear()
+                st.buf.clear()
                 self._end(st)
                 return
+        if buf is st.buf:
+            del st.buf[:pos]
+        elif pos < end:
+            st.buf += buf[pos:]
         if flags & END_STREAM:
             self._end(st)
 
     # ---- frames out -------------------------------------------------------------------
-    def _send(self, st: _Stream, message: bytes) -> None:
+    def _send(self, st: _Stream, payload: bytes) -> None:
+        """gRPC length-prefixed messages onto the stream (as send windows allow)."""
         if not st.headers_sent:
             st.headers_sent = True
             self.out.append(_frame(HEADERS, END_HEADERS, st.sid, _RESPONSE_HEADERS))
-        st.pending.append(b"\x00" + len(message).to_bytes(4, "big") + message)
+        st.pending.append(payload)
         self._flush(st)
 
     def _end(self, st: _Stream) -> None:

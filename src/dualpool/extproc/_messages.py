@@ -1,11 +1,15 @@
-"""The ext_proc v3 messages dualpool sends back to Envoy, built in one place.
+"""The ext_proc v3 messages dualpool sends back to Envoy, built in one place, as bytes.
 
     headers ─► read_headers (raw_value or value, keys lower case as Envoy sends them)
     answer  ─► continue_*, route (headers + route cache + metadata), body replaced or
                cleared, immediate, more time (override_message_timeout)
 
-Responses that never change (a plain CONTINUE for each phase) are built once and
-reused: grpc serialises a message when it is written, and nobody mutates them.
+Every answer is a serialized ProcessingResponse: both gRPC servers write bytes (the
+native one frames them itself, grpcio passes them through), so an answer that never
+changes (a CONTINUE for each phase) is serialized once, and the route's answer is,
+per pool, a prebuilt prefix plus the request's metadata encoded by hand
+(`route_response`: a protobuf message is the concatenation of its fields, in any
+order, so the two parts make one message).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
 
 __all__ = [
     "BUFFERED",
@@ -29,7 +32,6 @@ __all__ = [
     "CONTINUE_RESPONSE_TRAILERS",
     "NONE",
     "STREAMED",
-    "constant",
     "immediate",
     "more_time",
     "read_headers",
@@ -40,7 +42,6 @@ __all__ = [
     "route_headers",
     "route_response",
     "skip_request_body",
-    "wire",
 ]
 
 _Mode = processing_mode_pb2.ProcessingMode
@@ -49,51 +50,26 @@ BUFFERED: int = _Mode.BUFFERED
 NONE: int = _Mode.NONE
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
-ProcessingResponse = pb.ProcessingResponse
 
-CONTINUE_REQUEST_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
-CONTINUE_REQUEST_BODY = pb.ProcessingResponse(request_body=pb.BodyResponse())
-CONTINUE_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
-CONTINUE_RESPONSE_BODY = pb.ProcessingResponse(response_body=pb.BodyResponse())
-CONTINUE_REQUEST_TRAILERS = pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
-CONTINUE_RESPONSE_TRAILERS = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
-# A streamed request body chunk dropped (the replacement went with an earlier one).
-CLEAR_REQUEST_BODY = pb.ProcessingResponse(
-    request_body=pb.BodyResponse(
-        response=pb.CommonResponse(body_mutation=pb.BodyMutation(clear_body=True))
-    )
-)
-
-
-# Serialized forms of the messages that never change (the native server writes bytes).
-_WIRE: dict[int, bytes] = {}
-
-
-def constant(resp: Any) -> Any:
-    """Mark a response as never changing: `wire` returns its bytes serialized once.
-    (Keyed by the object: constants live as long as the module that built them.)"""
-    _WIRE[id(resp)] = resp.SerializeToString()
-    return resp
-
-
-def wire(resp: Any) -> bytes:
-    """A response serialized (once, for the constants)."""
-    data = _WIRE.get(id(resp))
-    if data is None:
-        data = resp.SerializeToString()
+def _ser(resp: Any) -> bytes:
+    data: bytes = resp.SerializeToString()
     return data
 
 
-for _m in (
-    CONTINUE_REQUEST_HEADERS,
-    CONTINUE_REQUEST_BODY,
-    CONTINUE_RESPONSE_HEADERS,
-    CONTINUE_RESPONSE_BODY,
-    CONTINUE_REQUEST_TRAILERS,
-    CONTINUE_RESPONSE_TRAILERS,
-    CLEAR_REQUEST_BODY,
-):
-    constant(_m)
+CONTINUE_REQUEST_HEADERS = _ser(pb.ProcessingResponse(request_headers=pb.HeadersResponse()))
+CONTINUE_REQUEST_BODY = _ser(pb.ProcessingResponse(request_body=pb.BodyResponse()))
+CONTINUE_RESPONSE_HEADERS = _ser(pb.ProcessingResponse(response_headers=pb.HeadersResponse()))
+CONTINUE_RESPONSE_BODY = _ser(pb.ProcessingResponse(response_body=pb.BodyResponse()))
+CONTINUE_REQUEST_TRAILERS = _ser(pb.ProcessingResponse(request_trailers=pb.TrailersResponse()))
+CONTINUE_RESPONSE_TRAILERS = _ser(pb.ProcessingResponse(response_trailers=pb.TrailersResponse()))
+# A streamed request body chunk dropped (the replacement went with an earlier one).
+CLEAR_REQUEST_BODY = _ser(
+    pb.ProcessingResponse(
+        request_body=pb.BodyResponse(
+            response=pb.CommonResponse(body_mutation=pb.BodyMutation(clear_body=True))
+        )
+    )
+)
 
 
 def read_headers(msg: Any, wanted: frozenset[str] | None = None) -> dict[str, bytes]:
@@ -119,22 +95,26 @@ def _mutation(headers: tuple[tuple[str, bytes], ...], remove: tuple[str, ...] = 
     )
 
 
-def remove_request_headers(remove: tuple[str, ...]) -> Any:
+def remove_request_headers(remove: tuple[str, ...]) -> bytes:
     """Answer to request headers: go on without the named headers (the client's own)."""
-    return pb.ProcessingResponse(
-        request_headers=pb.HeadersResponse(
-            response=pb.CommonResponse(header_mutation=_mutation((), remove))
+    return _ser(
+        pb.ProcessingResponse(
+            request_headers=pb.HeadersResponse(
+                response=pb.CommonResponse(header_mutation=_mutation((), remove))
+            )
         )
     )
 
 
-def skip_request_body(remove: tuple[str, ...] = ()) -> Any:
+def skip_request_body(remove: tuple[str, ...] = ()) -> bytes:
     """Answer to request headers of a request dualpool does not route: no body wanted."""
-    return pb.ProcessingResponse(
-        request_headers=pb.HeadersResponse(
-            response=pb.CommonResponse(header_mutation=_mutation((), remove))
-        ),
-        mode_override=_Mode(request_body_mode=NONE, response_header_mode=_Mode.SKIP),
+    return _ser(
+        pb.ProcessingResponse(
+            request_headers=pb.HeadersResponse(
+                response=pb.CommonResponse(header_mutation=_mutation((), remove))
+            ),
+            mode_override=_Mode(request_body_mode=NONE, response_header_mode=_Mode.SKIP),
+        )
     )
 
 
@@ -142,7 +122,7 @@ def request_body_response(
     headers: tuple[tuple[str, bytes], ...],
     body: bytes | None,
     metadata: dict[str, dict[str, str]] | None = None,
-) -> Any:
+) -> bytes:
     """Route the buffered request: set the routing headers, clear the route cache,
     and replace the body when it changed (with its new content-length)."""
     common = pb.CommonResponse(clear_route_cache=True)
@@ -151,69 +131,102 @@ def request_body_response(
         common.body_mutation.body = body
     common.header_mutation.CopyFrom(_mutation(headers))
     resp = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
-    if metadata:
-        s = struct_pb2.Struct()
-        s.update(metadata)
-        resp.dynamic_metadata.CopyFrom(s)
-    return resp
+    return _ser(resp) + (_metadata(metadata) if metadata else b"")
 
 
-def route_headers(headers: tuple[tuple[str, bytes], ...], remove: tuple[str, ...] = ()) -> Any:
-    """Answer to held request headers: set the routing headers, clear the route cache.
-
-    Built once per pool; `route_response` wraps it with the per-request metadata."""
-    return pb.HeadersResponse(
-        response=pb.CommonResponse(
-            header_mutation=_mutation(headers, remove), clear_route_cache=True
+def route_headers(headers: tuple[tuple[str, bytes], ...], remove: tuple[str, ...] = ()) -> bytes:
+    """The held request headers' answer without its metadata: set the routing headers,
+    clear the route cache. Built once per pool; `route_response` adds the metadata."""
+    return _ser(
+        pb.ProcessingResponse(
+            request_headers=pb.HeadersResponse(
+                response=pb.CommonResponse(
+                    header_mutation=_mutation(headers, remove), clear_route_cache=True
+                )
+            )
         )
     )
 
 
-def route_response(headers_response: Any, metadata: dict[str, dict[str, str]]) -> Any:
+def route_response(headers_response: bytes, metadata: dict[str, dict[str, str]]) -> bytes:
     """The request headers' answer (pipelined mode): route, and tag the request with
     dynamic metadata (its id for the usage observer; the endpoint picker's pick)."""
-    resp = pb.ProcessingResponse(request_headers=headers_response)
-    fields = resp.dynamic_metadata.fields
+    return headers_response + _metadata(metadata)
+
+
+_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _BYTE[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: its tag, the payload's length, the payload."""
+    return tag + _varint(len(payload)) + payload
+
+
+def _metadata(metadata: dict[str, dict[str, str]]) -> bytes:
+    """ProcessingResponse.dynamic_metadata (field 8, a google.protobuf.Struct) holding
+    {namespace: {key: string}}, encoded by hand: Struct.fields = 1 (a map: entry key = 1,
+    value = 2), Value.string_value = 3, Value.struct_value = 5."""
+    outer = b""
     for ns, values in metadata.items():
-        inner = fields[ns].struct_value.fields
+        inner = b""
         for k, v in values.items():
-            inner[k].string_value = v
-    return resp
+            entry = _field(b"\x0a", k.encode()) + _field(b"\x12", _field(b"\x1a", v.encode()))
+            inner += _field(b"\x0a", entry)
+        entry = _field(b"\x0a", ns.encode()) + _field(b"\x12", _field(b"\x2a", inner))
+        outer += _field(b"\x0a", entry)
+    return _field(b"\x42", outer)
 
 
-def request_body_replaced(body: bytes) -> Any:
+def request_body_replaced(body: bytes) -> bytes:
     """A streamed request body chunk replaced (by the whole new body)."""
-    return pb.ProcessingResponse(
-        request_body=pb.BodyResponse(
-            response=pb.CommonResponse(body_mutation=pb.BodyMutation(body=body))
+    return _ser(
+        pb.ProcessingResponse(
+            request_body=pb.BodyResponse(
+                response=pb.CommonResponse(body_mutation=pb.BodyMutation(body=body))
+            )
         )
     )
 
 
-def more_time(seconds: float) -> Any:
+def more_time(seconds: float) -> bytes:
     """Ask Envoy to wait longer for the answer in progress (a body still uploading)."""
     resp = pb.ProcessingResponse()
     resp.override_message_timeout.FromMilliseconds(int(seconds * 1000))
-    return resp
+    return _ser(resp)
 
 
-def response_body_replaced(body: bytes) -> Any:
+def response_body_replaced(body: bytes) -> bytes:
     """A streamed answer's chunk replaced (the injected usage event removed)."""
     mutation = pb.BodyMutation(body=body) if body else pb.BodyMutation(clear_body=True)
-    return pb.ProcessingResponse(
-        response_body=pb.BodyResponse(response=pb.CommonResponse(body_mutation=mutation))
+    return _ser(
+        pb.ProcessingResponse(
+            response_body=pb.BodyResponse(response=pb.CommonResponse(body_mutation=mutation))
+        )
     )
 
 
 def immediate(
     status: int, body: bytes, details: str, headers: tuple[tuple[str, bytes], ...] = ()
-) -> Any:
+) -> bytes:
     """Answer the client from Envoy without calling a backend (JSON body)."""
-    return pb.ProcessingResponse(
-        immediate_response=pb.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=status),
-            headers=_mutation((("content-type", b"application/json"), *headers)),
-            body=body,
-            details=details,
+    return _ser(
+        pb.ProcessingResponse(
+            immediate_response=pb.ImmediateResponse(
+                status=http_status_pb2.HttpStatus(code=status),
+                headers=_mutation((("content-type", b"application/json"), *headers)),
+                body=body,
+                details=details,
+            )
         )
     )

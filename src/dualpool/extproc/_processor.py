@@ -35,11 +35,11 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from dualpool.errors import RequestError
 from dualpool.extproc import _messages as msg
@@ -50,6 +50,7 @@ from dualpool.gateway._gateway import Gateway
 from dualpool.gateway._models import Served
 from dualpool.gateway._sse import SseRelay, ask_for_usage, usage_from_body
 from dualpool.gateway._telemetry import ACCESS_LOG, Outcome, access_line
+from dualpool.http import BadJson, parse_json_body
 from dualpool.router import RoutedRequest
 
 __all__ = [
@@ -91,6 +92,7 @@ _UPLOAD_SECONDS = 30.0
 # Endpoints named after the first one (tried in order when Envoy retries).
 _FALLBACK_ENDPOINTS = 2
 
+_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 _ROUTED = {b"/v1/chat/completions": True, b"/v1/completions": False}
 _REMOVE_CLIENT_HEADERS = (POOL_HEADER, DESTINATION_HEADER, STRIP_HEADER)
 # The headers each phase reads (the rest are not decoded).
@@ -203,14 +205,17 @@ class _Stream:
 _CONTINUE_REQUEST_BODY = (msg.CONTINUE_REQUEST_BODY,)
 _CONTINUE_RESPONSE_HEADERS = (msg.CONTINUE_RESPONSE_HEADERS,)
 _CONTINUE_RESPONSE_BODY = (msg.CONTINUE_RESPONSE_BODY,)
-_SKIP_REQUEST_BODY = (msg.constant(msg.skip_request_body()),)
-_NOTHING: tuple[Any, ...] = ()
-_MORE_TIME = msg.constant(msg.more_time(_UPLOAD_SECONDS))
-_wire = msg.wire
+_SKIP_REQUEST_BODY = (msg.skip_request_body(),)
+_NOTHING: tuple[bytes, ...] = ()
+_MORE_TIME = msg.more_time(_UPLOAD_SECONDS)
+_parse = pb.ProcessingRequest.FromString
 
 
-class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """envoy.service.ext_proc.v3.ExternalProcessor over the gateway's router and pools."""
+class ExtProcessor:
+    """envoy.service.ext_proc.v3.ExternalProcessor over the gateway's router and pools.
+
+    Serialized messages in and out (`answer`), for both gRPC servers: the native one
+    frames them itself, grpcio is registered without (de)serializers (`grpc_handler`)."""
 
     def __init__(self, gateway: Gateway, *, endpoint_picker: bool = False) -> None:
         self.gw = gateway
@@ -229,7 +234,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._deferred: list[_Exchange] = []
         self._flush_at: asyncio.TimerHandle | None = None
         # Answers that depend only on the pool: built once, reused.
-        self._route_headers: dict[tuple[str, bool], Any] = {}
+        self._route_headers: dict[tuple[str, bool], bytes] = {}
         self._m_reason: dict[Any, Any] = {}
         self._m_requests: dict[tuple[str, str], Any] = {}
         self._m_rejections = {
@@ -250,17 +255,23 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
 
     # ---- the gRPC method ---------------------------------------------------------------
     async def Process(
-        self, request_iterator: AsyncIterator[Any], context: Any
-    ) -> AsyncIterator[Any]:
+        self, request_iterator: AsyncIterator[bytes], context: Any
+    ) -> AsyncIterator[bytes]:
+        """The method on grpcio: serialized requests in, serialized answers out."""
         st = self.open()
         try:
-            async for req in request_iterator:
-                for resp in self.handle(st, req):
-                    yield resp
+            async for message in request_iterator:
+                for data in self.answer(st, message):
+                    yield data
                 if st.complete:
                     return
         finally:
             self.close(st)
+
+    def grpc_handler(self) -> grpc.GenericRpcHandler:
+        """`Process` for grpc.aio's server, messages passed as bytes both ways."""
+        method = grpc.stream_stream_rpc_method_handler(self.Process)
+        return grpc.method_handlers_generic_handler(_SERVICE, {"Process": method})
 
     # ---- one stream, whatever carries it (grpcio above, or the native h2 server) ----------
     def open(self) -> _Stream:
@@ -268,7 +279,11 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.inflight += 1
         return _Stream()
 
-    def handle(self, st: _Stream, req: Any) -> tuple[Any, ...] | list[Any]:
+    def answer(self, st: _Stream, message: bytes) -> Sequence[bytes]:
+        """One serialized ProcessingRequest in, its serialized answers out."""
+        return self.handle(st, _parse(message))
+
+    def handle(self, st: _Stream, req: Any) -> Sequence[bytes]:
         """The answers to one ProcessingRequest, in order: usually one; none while the
         request headers are held for the body, or for the observer; several when the
         held headers are answered with the body's chunks."""
@@ -308,11 +323,6 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             return (msg.CONTINUE_REQUEST_TRAILERS,)
         return (msg.CONTINUE_RESPONSE_TRAILERS,)
 
-    def answer(self, st: _Stream, message: bytes) -> list[bytes]:
-        """`handle` on the wire: one serialized ProcessingRequest in, the serialized
-        answers out (the native HTTP/2 server's entry point)."""
-        return [_wire(r) for r in self.handle(st, pb.ProcessingRequest.FromString(message))]
-
     def close(self, st: _Stream) -> None:
         """The stream ended (completed, cancelled or broken)."""
         self.inflight -= 1
@@ -341,7 +351,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._finish(ex)
 
     # ---- request: the route stream --------------------------------------------------------
-    def _request_headers(self, st: _Stream, headers: Any) -> tuple[Any, ...]:
+    def _request_headers(self, st: _Stream, headers: Any) -> tuple[bytes, ...]:
         h = msg.read_headers(headers, _REQUEST_HEADERS)
         path = h.get(":path", b"")
         q = path.find(b"?")
@@ -366,7 +376,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             return (msg.remove_request_headers(remove),)
         return (msg.CONTINUE_REQUEST_HEADERS,)
 
-    def _request_body(self, st: _Stream, body_msg: Any) -> tuple[Any, ...] | list[Any]:
+    def _request_body(self, st: _Stream, body_msg: Any) -> Sequence[bytes]:
         ex = st.ex
         if ex is None or st.answered:
             st.complete = body_msg.end_of_stream
@@ -413,9 +423,10 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if ex.endpoints:
                 meta[LB_NAMESPACE] = {DESTINATION_HEADER: ex.endpoints}
         else:
-            headers = self._route_headers.get(key)
-            if headers is None:
-                headers = self._route_headers[key] = msg.route_headers(self._headers(ex))
+            cached = self._route_headers.get(key)
+            if cached is None:
+                cached = self._route_headers[key] = msg.route_headers(self._headers(ex))
+            headers = cached
         out = [msg.route_response(headers, meta)]
         if ex.payload is None:
             out += _CONTINUE_REQUEST_BODY * n
@@ -424,7 +435,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             out += (msg.CLEAR_REQUEST_BODY,) * (n - 1)
         return out
 
-    def _route_buffered(self, ex: _Exchange, raw: bytes) -> Any:
+    def _route_buffered(self, ex: _Exchange, raw: bytes) -> bytes:
         """The body's answer when the filter buffers it (request_body_mode BUFFERED)."""
         answer = self._route(ex, raw)
         if answer is not None:
@@ -443,12 +454,12 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             headers += ((DESTINATION_HEADER, ex.endpoints.encode()),)
         return headers
 
-    def _route(self, ex: _Exchange, raw: bytes) -> Any | None:
+    def _route(self, ex: _Exchange, raw: bytes) -> bytes | None:
         """Route the request; None when routed (ex.pool set), else Envoy's immediate answer."""
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return self._bad_request(ex, f"request body is not valid JSON: {exc}")
+            body = parse_json_body(raw)  # the gateway's: bounded depth and numbers
+        except BadJson as exc:
+            return self._bad_request(ex, str(exc))
         if type(body) is not dict:
             return self._bad_request(ex, "request body must be a JSON object")
         # The request's model, as the gateway finds it: its router and its pools.
@@ -539,7 +550,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             self._release(ex)
             break  # the dict changed: the next request sweeps on
 
-    def _unknown_model(self, ex: _Exchange, name: str) -> Any:
+    def _unknown_model(self, ex: _Exchange, name: str) -> bytes:
         # vLLM's answer (serving_engine._check_model), as the gateway gives it.
         ex.outcome = Outcome.CLIENT_ERROR
         ex.status = 404
@@ -551,7 +562,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             "dualpool_unknown_model",
         )
 
-    def _bad_request(self, ex: _Exchange, message: str, param: str | None = None) -> Any:
+    def _bad_request(self, ex: _Exchange, message: str, param: str | None = None) -> bytes:
         ex.outcome = Outcome.BAD_REQUEST
         ex.status = 400
         self._m_rejections["bad_request"].inc()
@@ -559,7 +570,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         return msg.immediate(400, error_body(400, message, param), "dualpool_bad_request")
 
     # ---- response: the strip stream (only for streams we asked usage for) ----------------
-    def _strip(self, st: _Stream, body_msg: Any) -> tuple[Any, ...]:
+    def _strip(self, st: _Stream, body_msg: Any) -> tuple[bytes, ...]:
         relay = st.relay
         if relay is None:
             relay = st.relay = SseRelay(True)

@@ -18,7 +18,6 @@ import signal
 import sys
 
 import grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from dualpool.errors import ConfigError
 from dualpool.extproc._h2 import H2Connection, serve_h2
@@ -89,7 +88,7 @@ class ExtProcServer:
                 ("grpc.max_concurrent_streams", 4096),
             ]
         )
-        pb_grpc.add_ExternalProcessorServicer_to_server(proc, server)
+        server.add_generic_rpc_handlers((proc.grpc_handler(),))
         try:
             self.grpc_port = server.add_insecure_port(f"{self.grpc_host}:{self.grpc_port}")
         except RuntimeError as exc:
