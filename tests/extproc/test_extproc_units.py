@@ -489,3 +489,32 @@ def test_route_answer_metadata_encoded_by_hand_is_what_protobuf_reads(
         for ns, value in resp.dynamic_metadata.fields.items()
     }
     assert got == metadata
+
+
+_TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-:", min_size=1, max_size=30)
+_VALUE = st.binary(max_size=300).map(lambda b: bytes(c for c in b if 0x20 <= c < 0x7F or c >= 0x80))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([":path", ":method", "content-length", POOL_HEADER]) | _TOKEN, _VALUE
+        ),
+        max_size=12,
+        unique_by=lambda kv: kv[0],
+    ),
+    st.booleans(),
+)
+def test_headers_found_in_the_serialized_message_are_the_decoded_ones(
+    kv: list[tuple[str, bytes]], pipelined: bool
+) -> None:
+    wanted = frozenset((":path", ":method", "content-length", POOL_HEADER, STRIP_HEADER))
+    req = pb.ProcessingRequest(
+        request_headers=headers(*kv), protocol_config=PIPELINED if pipelined else None
+    )
+    found = m.find_headers(req.SerializeToString(), wanted)
+    if found is None:
+        # An empty value is not serialized: such a message is decoded instead.
+        assert any(not v for k, v in kv if k in wanted)
+    else:
+        assert found == m.read_headers(req.request_headers, wanted)

@@ -32,6 +32,7 @@ __all__ = [
     "CONTINUE_RESPONSE_TRAILERS",
     "NONE",
     "STREAMED",
+    "find_headers",
     "immediate",
     "more_time",
     "read_headers",
@@ -81,6 +82,42 @@ def read_headers(msg: Any, wanted: frozenset[str] | None = None) -> dict[str, by
         if wanted is None or k in wanted:
             out[k] = h.raw_value or h.value.encode()
     return out
+
+
+def find_headers(raw: bytes, wanted: frozenset[str]) -> dict[str, bytes] | None:
+    """`read_headers` on a serialized ProcessingRequest, for the `wanted` names only,
+    without decoding the rest: each is found by its encoding (a HeaderValue's key = 1
+    then raw_value = 3, b"\\n" len name b"\\x1a" len value). A header value cannot hold
+    b"\\n" (Envoy rejects it), so the pattern is only ever a header's key. None when a
+    name is there in another form (`value` instead of `raw_value`): decode it then."""
+    out: dict[str, bytes] = {}
+    for name in wanted:
+        key = _KEYS.get(name)
+        if key is None:
+            key = _KEYS[name] = _field(b"\x0a", name.encode())
+        i = raw.find(key)
+        if i < 0:
+            continue
+        i += len(key)
+        if raw[i : i + 1] != b"\x1a":
+            return None
+        n = raw[i + 1]
+        i += 2
+        if n >= 0x80:  # a multi-byte length
+            n &= 0x7F
+            shift = 7
+            while True:
+                b = raw[i]
+                i += 1
+                n |= (b & 0x7F) << shift
+                if b < 0x80:
+                    break
+                shift += 7
+        out[name] = raw[i : i + n]
+    return out
+
+
+_KEYS: dict[str, bytes] = {}
 
 
 def _mutation(headers: tuple[tuple[str, bytes], ...], remove: tuple[str, ...] = ()) -> Any:

@@ -281,12 +281,13 @@ class ExtProcessor:
 
     def answer(self, st: _Stream, message: bytes) -> Sequence[bytes]:
         """One serialized ProcessingRequest in, its serialized answers out."""
-        return self.handle(st, _parse(message))
+        return self.handle(st, _parse(message), message)
 
-    def handle(self, st: _Stream, req: Any) -> Sequence[bytes]:
-        """The answers to one ProcessingRequest, in order: usually one; none while the
-        request headers are held for the body, or for the observer; several when the
-        held headers are answered with the body's chunks."""
+    def handle(self, st: _Stream, req: Any, raw: bytes = b"") -> Sequence[bytes]:
+        """The answers to one ProcessingRequest (`raw`: it serialized, when at hand), in
+        order: usually one; none while the request headers are held for the body, or
+        for the observer; several when the held headers are answered with the body's
+        chunks."""
         kind = req.WhichOneof("request")
         role = st.role
         if role == _NEW:
@@ -314,7 +315,7 @@ class ExtProcessor:
         if kind == "request_body":
             return self._request_body(st, req.request_body)
         if kind == "request_headers":
-            return self._request_headers(st, req.request_headers)
+            return self._request_headers(st, req.request_headers, raw)
         if kind == "response_body":
             return self._strip(st, req.response_body)
         if kind == "response_headers":
@@ -351,8 +352,10 @@ class ExtProcessor:
         self._finish(ex)
 
     # ---- request: the route stream --------------------------------------------------------
-    def _request_headers(self, st: _Stream, headers: Any) -> tuple[bytes, ...]:
-        h = msg.read_headers(headers, _REQUEST_HEADERS)
+    def _request_headers(self, st: _Stream, headers: Any, raw: bytes) -> tuple[bytes, ...]:
+        h = msg.find_headers(raw, _REQUEST_HEADERS) if raw else None
+        if h is None:
+            h = msg.read_headers(headers, _REQUEST_HEADERS)
         path = h.get(":path", b"")
         q = path.find(b"?")
         if q >= 0:
