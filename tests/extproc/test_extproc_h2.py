@@ -154,6 +154,39 @@ def test_a_stream_is_answered_message_by_message_with_grpc_trailers(
     assert proc.inflight == 0
 
 
+def test_a_stream_with_nothing_to_answer_ends_trailers_only(
+    server: tuple[GatewayThread, ExtProcessor, int],
+) -> None:
+    """The observer's streams (never answered) end with one header block carrying the
+    status (gRPC's Trailers-Only), held for the next write or written alone shortly."""
+    _, proc, port = server
+    c = Client(port)
+    observed = [
+        pb.ProcessingRequest(
+            observability_mode=True,
+            response_headers=pb.HttpHeaders(
+                headers=base_pb2.HeaderMap(
+                    headers=[base_pb2.HeaderValue(key=":status", raw_value=b"200")]
+                )
+            ),
+        ),
+        pb.ProcessingRequest(
+            observability_mode=True, response_body=pb.HttpBody(body=b"{}", end_of_stream=True)
+        ),
+    ]
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, GRPC_HEADERS)
+    c.conn.send_data(sid, b"".join(grpc_frame(m) for m in observed))
+    c.flush()
+    evs = c.read_until(ended(sid))
+    resp = [e for e in evs if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid]
+    assert len(resp) == 1
+    headers = dict(resp[0].headers)
+    assert headers[b":status"] == b"200" and headers[b"grpc-status"] == b"0"
+    assert ended(sid)(evs) and c.messages(sid) == []
+    assert proc.inflight == 0
+
+
 def test_small_windows_hold_data_until_window_updates(
     server: tuple[GatewayThread, ExtProcessor, int],
 ) -> None:

@@ -106,6 +106,10 @@ def _literal(name: bytes, value: bytes) -> bytes:
 
 
 _TRAILERS_OK = _literal(b"grpc-status", b"0")
+# A gRPC "Trailers-Only" response: the status in the one header block (nothing sent).
+_TRAILERS_ONLY = _RESPONSE_HEADERS + _TRAILERS_OK
+# A stream end held for the next write waits at most this long (seconds).
+_LAZY_END = 0.01
 _PREFIX = struct.Struct(">BI")
 
 
@@ -145,6 +149,10 @@ class H2Connection(asyncio.Protocol):
         self.consumed = 0
         self.in_headers: int | None = None  # a header block continues (CONTINUATION)
         self.out: list[bytes] = []
+        # Ends of streams nothing was answered on, written with the next write (or
+        # after _LAZY_END): see _flush.
+        self.lazy: list[bytes] = []
+        self._lazy_at: asyncio.TimerHandle | None = None
         self.closed = False
 
     # ---- asyncio ---------------------------------------------------------------------
@@ -164,6 +172,9 @@ class H2Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._lazy_at is not None:
+            self._lazy_at.cancel()
+            self._lazy_at = None
         self.connections.discard(self)
         streams, self.streams = self.streams, {}
         for st in streams.values():
@@ -370,12 +381,18 @@ class H2Connection(asyncio.Protocol):
             st.window -= len(chunk)
             out.append(_frame(DATA, 0, st.sid, chunk))
         if st.ended and self.streams.get(st.sid) is st:
-            if not st.headers_sent:
-                st.headers_sent = True
-                out.append(_frame(HEADERS, END_HEADERS, st.sid, _RESPONSE_HEADERS))
-            out.append(_frame(HEADERS, END_HEADERS | END_STREAM, st.sid, _TRAILERS_OK))
             del self.streams[st.sid]
             self.proc.close(st.ex)
+            if st.headers_sent:
+                out.append(_frame(HEADERS, END_HEADERS | END_STREAM, st.sid, _TRAILERS_OK))
+                return
+            # Nothing was answered (the observer's streams): a trailers-only response,
+            # held for the next write. Written now, it would wake Envoy (and Envoy's
+            # RST_STREAM would wake us) just as Envoy forwards the answer to the client
+            # on the core we share; with the next route answer it costs neither.
+            self.lazy.append(_frame(HEADERS, END_HEADERS | END_STREAM, st.sid, _TRAILERS_ONLY))
+            if self._lazy_at is None:
+                self._lazy_at = asyncio.get_running_loop().call_later(_LAZY_END, self._write_lazy)
 
     def _reset(self, st: _Stream, code: int) -> None:
         self.out.append(_frame(RST_STREAM, 0, st.sid, code.to_bytes(4, "big")))
@@ -393,9 +410,22 @@ class H2Connection(asyncio.Protocol):
         self.closed = True
 
     def _write(self) -> None:
-        if self.out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self.out))
-        self.out.clear()
+        out = self.out
+        if out:
+            if self.lazy:
+                out += self.lazy
+                self.lazy.clear()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(b"".join(out))
+            out.clear()
+
+    def _write_lazy(self) -> None:
+        """Nothing else was written in _LAZY_END: the held stream ends go out alone."""
+        self._lazy_at = None
+        if self.lazy and not self.closed:
+            self.out += self.lazy
+            self.lazy.clear()
+            self._write()
 
     def shutdown(self) -> None:
         """Graceful close: tell Envoy to open no new streams here."""
