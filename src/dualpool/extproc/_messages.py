@@ -188,7 +188,26 @@ def route_headers(headers: tuple[tuple[str, bytes], ...], remove: tuple[str, ...
 def route_response(headers_response: bytes, metadata: dict[str, dict[str, str]]) -> bytes:
     """The request headers' answer (pipelined mode): route, and tag the request with
     dynamic metadata (its id for the usage observer; the endpoint picker's pick)."""
+    if len(metadata) == 1:
+        ((ns, values),) = metadata.items()
+        if len(values) == 1:
+            ((key, value),) = values.items()
+            return headers_response + _one(ns, key, value.encode())
     return headers_response + _metadata(metadata)
+
+
+_ONE: dict[tuple[str, str, int], bytes] = {}
+
+
+def _one(ns: str, key: str, value: bytes) -> bytes:
+    """`_metadata({ns: {key: value}})`, the usual case (the request's id): what comes
+    before the value depends only on the value's length, encoded once per length."""
+    n = len(value)
+    prefix = _ONE.get((ns, key, n))
+    if prefix is None:
+        whole = _metadata({ns: {key: "\0" * n}})
+        prefix = _ONE[(ns, key, n)] = whole[: len(whole) - n]
+    return prefix + value
 
 
 _BYTE = [bytes((i,)) for i in range(0x80)]

@@ -237,6 +237,7 @@ class ExtProcessor:
         self._route_headers: dict[tuple[str, bool], bytes] = {}
         self._m_reason: dict[Any, Any] = {}
         self._m_requests: dict[tuple[str, str], Any] = {}
+        self._m_timing: dict[str, tuple[Any, Any]] = {}  # pool: (ttft, latency) children
         self._m_rejections = {
             r: m.rejections.labels(r)
             for r in (
@@ -710,10 +711,16 @@ class ExtProcessor:
             else:
                 outcome = Outcome.UPSTREAM_ERROR
             if ex.t_sent:
-                m = self.metrics
+                timing = self._m_timing.get(pool.name)
+                if timing is None:
+                    m = self.metrics
+                    timing = self._m_timing[pool.name] = (
+                        m.ttft.labels(pool.name),
+                        m.latency.labels(pool.name),
+                    )
                 if ex.t_first:
-                    m.ttft.labels(pool.name).observe(ex.t_first - ex.t_sent)
-                m.latency.labels(pool.name).observe(ex.t_end - ex.t_sent)
+                    timing[0].observe(ex.t_first - ex.t_sent)
+                timing[1].observe(ex.t_end - ex.t_sent)
             if ex.usage is not None and ex.routed is not None and ex.served is not None:
                 record_feedback(ex.served.router, self.metrics, ex.routed, ex.usage)
         if not outcome:
