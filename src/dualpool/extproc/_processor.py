@@ -81,10 +81,11 @@ STRIP_HEADER = "x-dualpool-strip-usage"
 META_NAMESPACE = "dualpool"
 # A routed request no observer stream claimed in this long is released (seconds).
 _CLAIM_TIMEOUT = 10.0
-# A request's accounting (usage, calibrator, metrics) runs this long after its answer
-# ended, in batches: Envoy does not wait for the observer, so the answer it is still
-# forwarding (maybe on the same core) should not wait for that work either (seconds).
-# The request's slots in its pool and backend are given back at once.
+# A request's accounting (usage, calibrator, metrics) runs when the observer claims the
+# next request (sent upstream then: Envoy waits for a backend), or this long after its
+# answer ended at the latest, in batches: Envoy does not wait for the observer, so the
+# answer it is still forwarding (maybe on the same core) should not wait for that work
+# either (seconds). The request's slots in its pool and backend are given back at once.
 _OBSERVE_DELAY = 0.002
 # A body still uploading while its headers are held: Envoy may wait this much longer
 # for their answer (bounded by the filter's max_message_timeout).
@@ -602,6 +603,11 @@ class ExtProcessor:
             if ex is None or ex.finished:
                 return
             st.ex = ex
+            if self._deferred and kind == "request_headers":
+                # This request is on its way to its backend and Envoy waits for the
+                # answer: the earlier requests' accounting runs now, not on a timer
+                # that may fire while Envoy needs the core we share.
+                self.flush()
         if kind == "response_body":
             self._response_body(ex, req.response_body)
         elif kind == "response_headers":
