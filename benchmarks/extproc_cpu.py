@@ -13,7 +13,8 @@
    `dualpool` (the product), `noop` (benchmarks/_noop_extproc.py's native processor:
    the same exchange answered with prebuilt bytes on the same HTTP/2 server, the floor
    of the transport) and, with `--baseline-src`, the product from another source tree
-   (an older commit: before/after in one run).
+   (an older commit: before/after in one run), and with `--also NAME=DIR` any other
+   tree (a compiled copy, say).
 
 Not the end-to-end figure (benchmarks/extproc_overhead.py is): this one says where
 the processor's CPU goes, and `--profile` prints cProfile's top functions.
@@ -275,6 +276,14 @@ def main() -> None:
         "--baseline-src",
         help="also replay the product from this source tree (its src/ folder), for before/after",
     )
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also replay the product from source tree DIR as variant NAME (e.g. a compiled "
+        "copy: `make compile` builds into src/); repeatable",
+    )
     ap.add_argument("--replay", help=argparse.SUPPRESS)
     ap.add_argument("--impl", default="dualpool", help=argparse.SUPPRESS)
     ap.add_argument("--repeats", type=int, default=0, help=argparse.SUPPRESS)
@@ -294,6 +303,11 @@ def main() -> None:
     variants: dict[str, str | None] = {"dualpool": None, "noop": None}
     if args.baseline_src:
         variants["baseline"] = str(Path(args.baseline_src).resolve())
+    for spec in args.also:
+        name, _, src = spec.partition("=")
+        if not name or not src:
+            sys.exit(f"--also: expected NAME=DIR, got {spec!r}")
+        variants[name] = str(Path(src).resolve())
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
         for rec, variant in recordings.items():
