@@ -10,9 +10,12 @@ connection per worker, so the server needs only this:
     HEADERS     a new stream = one ext_proc Process call (the header block is not
                 decoded: every stream on this port is that call; HPACK state only
                 matters to a decoder, so skipping blocks is safe)
-    DATA        gRPC length-prefixed messages ─► processor.answer ─► its answers (0..n),
-                written together at the end of the read
-    END_STREAM  from Envoy, or nothing more to answer ─► trailers `grpc-status: 0`;
+    DATA        gRPC length-prefixed messages (serialized ProcessingRequests) ─►
+                processor.answer ─► its serialized answers (0..n), in one DATA frame;
+                everything for the read goes out in one write at its end
+    END_STREAM  from Envoy, or nothing more to answer ─► trailers `grpc-status: 0`
+                with the last answer; a stream never answered (the observer's) ends
+                trailers-only, held for the next write (at most _LAZY_END);
                 RST_STREAM ─► stream cancelled
     PING        ─► PING ACK;  WINDOW_UPDATE ─► send windows;  GOAWAY / lost ─► all cancelled
 
