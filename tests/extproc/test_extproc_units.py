@@ -275,7 +275,14 @@ def test_over_length_is_answered_by_the_processor_with_vllms_error(gw: GatewayTh
 
 @pytest.mark.parametrize(
     ("body", "words"),
-    [(b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"), (b'{"messages": 3}', "")],
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"messages": 3}', ""),
+        # The gateway's bounded parse: no RecursionError, no 5,000-digit integer.
+        (b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nests deeper"),
+        (b'{"max_tokens": ' + b"9" * 5000 + b"}", "more than 64 digits"),
+    ],
 )
 def test_malformed_bodies_get_an_openai_400(gw: GatewayThread, body: bytes, words: str) -> None:
     proc = ExtProcessor(gw.gateway)
