@@ -273,6 +273,10 @@ def main() -> None:
         )
         wait_port(nnport, nnproc)
         with_native_noop = stack.enter_context(envoy(nnport, backend, extproc=True))
+        # ... and without the observer filter: the floor of the route stream alone.
+        noop_route_only = stack.enter_context(
+            envoy(nnport, backend, extproc=True, variant="route_only")
+        )
         alone = stack.enter_context(envoy(xport, backend, extproc=False))
         baseline = None
         if args.baseline_src:
@@ -320,6 +324,7 @@ def main() -> None:
             "gateway": gurl,
         }
         breakdown = {
+            "envoy_noop_extproc_native_route_only": noop_route_only.url,
             "envoy_extproc_native_route_only": route_only.url,
             "envoy_extproc_native_two_round_trips": buffered.url,
         }
@@ -335,6 +340,7 @@ def main() -> None:
             "envoy_extproc_native": hproc,
             "envoy_noop_extproc": nproc,
             "envoy_noop_extproc_native": nnproc,
+            "envoy_noop_extproc_native_route_only": nnproc,
             **dict.fromkeys(breakdown, hproc),
         }
         if baseline is not None:
@@ -403,6 +409,15 @@ def main() -> None:
         # to a Python process that answers prebuilt bytes) vs dualpool's work on it.
         "native_noop_added_over_envoy_p50_ms": added("envoy_noop_extproc_native", "envoy"),
         "native_work_over_noop_p50_ms": added("envoy_extproc_native", "envoy_noop_extproc_native"),
+        "native_noop_route_only_added_over_envoy_p50_ms": added(
+            "envoy_noop_extproc_native_route_only", "envoy"
+        ),
+        "native_route_only_work_over_noop_p50_ms": added(
+            "envoy_extproc_native_route_only", "envoy_noop_extproc_native_route_only"
+        ),
+        "native_noop_route_only_cpu_us_per_request": _per(
+            cpu, ncpu, "envoy_noop_extproc_native_route_only"
+        ),
         "native_noop_added_over_envoy_per_round_ms": per_round(
             "envoy_noop_extproc_native", "envoy"
         ),
