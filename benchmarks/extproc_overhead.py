@@ -340,8 +340,8 @@ def main() -> None:
             "envoy_extproc_native": hproc,
             "envoy_noop_extproc": nproc,
             "envoy_noop_extproc_native": nnproc,
-            "envoy_noop_extproc_native_route_only": nnproc,
             **dict.fromkeys(breakdown, hproc),
+            "envoy_noop_extproc_native_route_only": nnproc,
         }
         if baseline is not None:
             owners["envoy_extproc_native_baseline"] = bxproc
