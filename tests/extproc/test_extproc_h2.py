@@ -28,7 +28,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from dualpool.extproc import POOL_HEADER, ExtProcessor
-from dualpool.extproc._h2 import PREFACE, serve_h2
+from dualpool.extproc._h2 import PREFACE, H2Connection, serve_h2
 from dualpool.gateway.testing import GatewayThread
 
 CONFIG = {
@@ -269,3 +269,51 @@ def test_a_bad_preface_gets_goaway_and_close(
         data += chunk
     # Our SETTINGS, then GOAWAY (type 7) with PROTOCOL_ERROR, then the close.
     assert b"\x07\x00\x00\x00\x00\x00" in data and data.endswith(b"\x00\x00\x00\x01")
+
+
+def test_stream_ends_still_held_are_written_before_the_connection_closes(
+    server: tuple[GatewayThread, ExtProcessor, int],
+) -> None:
+    """A held trailers-only end (an observer stream's) is not lost by a close (drain)."""
+    gw, proc, _ = server
+
+    class Transport:
+        def __init__(self) -> None:
+            self.data = b""
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.data += data
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def close(self) -> None:
+            self.closed = True
+
+    observed = pb.ProcessingRequest(
+        observability_mode=True, response_body=pb.HttpBody(body=b"{}", end_of_stream=True)
+    )
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    hello = client.data_to_send()
+    sid = client.get_next_available_stream_id()
+    client.send_headers(sid, GRPC_HEADERS)
+    client.send_data(sid, grpc_frame(observed))
+    stream = client.data_to_send()
+
+    async def drive() -> tuple[bytes, int, bool]:
+        t = Transport()
+        conn = H2Connection(proc, set())
+        conn.connection_made(t)  # type: ignore[arg-type]
+        conn.data_received(hello)
+        conn.data_received(stream)  # nothing to answer: the stream's end is held
+        before = len(t.data)
+        conn.close()
+        return t.data, before, t.closed
+
+    data, before, closed = gw.call(drive())
+    events = client.receive_data(data)
+    assert closed
+    assert any(isinstance(e, h2.events.StreamEnded) and e.stream_id == sid for e in events)
+    assert b"grpc-status" not in data[:before] and b"grpc-status" in data[before:]

@@ -430,6 +430,14 @@ class H2Connection(asyncio.Protocol):
             self.lazy.clear()
             self._write()
 
+    def close(self) -> None:
+        """Close the connection, after the stream ends still held (see _flush)."""
+        if self._lazy_at is not None:
+            self._lazy_at.cancel()
+        self._write_lazy()
+        if self.transport is not None:
+            self.transport.close()
+
     def shutdown(self) -> None:
         """Graceful close: tell Envoy to open no new streams here."""
         if self.transport is not None and not self.closed:

@@ -123,8 +123,7 @@ class ExtProcServer:
             while any(c.streams for c in self._h2_conns) and loop.time() < deadline:
                 await asyncio.sleep(0.02)
             for conn in list(self._h2_conns):
-                if conn.transport is not None:
-                    conn.transport.close()
+                conn.close()
         if self.processor is not None:
             self.processor.flush()  # the observer's last usage, before the snapshot
         await self.http.stop()
