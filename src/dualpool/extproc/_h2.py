@@ -10,9 +10,12 @@ connection per worker, so the server needs only this:
     HEADERS     a new stream = one ext_proc Process call (the header block is not
                 decoded: every stream on this port is that call; HPACK state only
                 matters to a decoder, so skipping blocks is safe)
-    DATA        gRPC length-prefixed messages ─► ExtProcessor.handle ─► its answers (0..n),
-                written together at the end of the read
-    END_STREAM  from Envoy, or nothing more to answer ─► trailers `grpc-status: 0`;
+    DATA        gRPC length-prefixed messages (serialized ProcessingRequests) ─►
+                processor.answer ─► its serialized answers (0..n), in one DATA frame;
+                everything for the read goes out in one write at its end
+    END_STREAM  from Envoy, or nothing more to answer ─► trailers `grpc-status: 0`
+                with the last answer; a stream never answered (the observer's) ends
+                trailers-only, held for the next write (at most _LAZY_END);
                 RST_STREAM ─► stream cancelled
     PING        ─► PING ACK;  WINDOW_UPDATE ─► send windows;  GOAWAY / lost ─► all cancelled
 
@@ -26,15 +29,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-
-from dualpool.extproc._processor import ExtProcessor
-
-__all__ = ["H2Connection", "serve_h2"]
+__all__ = ["H2Connection", "WireProcessor", "serve_h2"]
 
 log = logging.getLogger("dualpool.extproc")
+
+
+class WireProcessor(Protocol):
+    """What the server needs of a processor: streams in, serialized messages both ways.
+
+    `open` returns the stream's state (its `complete` attribute set: nothing more to
+    answer, the server ends the stream); `answer` takes one serialized
+    ProcessingRequest and returns the serialized ProcessingResponses it gets (0..n);
+    `close` is called once per stream, however it ended."""
+
+    def open(self) -> Any: ...
+
+    def answer(self, st: Any, message: bytes) -> Sequence[bytes]: ...
+
+    def close(self, st: Any) -> None: ...
+
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Frame types (RFC 9113 6).
@@ -58,13 +74,12 @@ RECV_MAX_FRAME = 1 << 20
 _GRANT_EVERY = 1 << 24
 
 
+_HEAD = struct.Struct(">IBI")
+_SID = struct.Struct(">I")  # 24-bit length and 8-bit type as one word, flags, stream id
+
+
 def _frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
-    n = len(payload)
-    return (
-        bytes((n >> 16 & 0xFF, n >> 8 & 0xFF, n & 0xFF, ftype, flags))
-        + sid.to_bytes(4, "big")
-        + payload
-    )
+    return _HEAD.pack(len(payload) << 8 | ftype, flags, sid) + payload
 
 
 def _settings(*pairs: tuple[int, int]) -> bytes:
@@ -94,6 +109,16 @@ def _literal(name: bytes, value: bytes) -> bytes:
 
 
 _TRAILERS_OK = _literal(b"grpc-status", b"0")
+# A gRPC "Trailers-Only" response: the status in the one header block (nothing sent).
+_TRAILERS_ONLY = _RESPONSE_HEADERS + _TRAILERS_OK
+# A stream end held for the next write waits at most this long (seconds).
+_LAZY_END = 0.01
+_PREFIX = struct.Struct(">BI")
+
+
+def _prefixed(message: bytes) -> bytes:
+    """A gRPC message: uncompressed flag, 4-byte length, the message."""
+    return _PREFIX.pack(0, len(message)) + message
 
 
 class _Stream:
@@ -113,7 +138,7 @@ class _Stream:
 class H2Connection(asyncio.Protocol):
     """One HTTP/2 connection from Envoy carrying ext_proc streams."""
 
-    def __init__(self, processor: ExtProcessor, connections: set[H2Connection]) -> None:
+    def __init__(self, processor: WireProcessor, connections: set[H2Connection]) -> None:
         self.proc = processor
         self.connections = connections
         self.transport: asyncio.Transport | None = None
@@ -127,6 +152,10 @@ class H2Connection(asyncio.Protocol):
         self.consumed = 0
         self.in_headers: int | None = None  # a header block continues (CONTINUATION)
         self.out: list[bytes] = []
+        # Ends of streams nothing was answered on, written with the next write (or
+        # after _LAZY_END): see _flush.
+        self.lazy: list[bytes] = []
+        self._lazy_at: asyncio.TimerHandle | None = None
         self.closed = False
 
     # ---- asyncio ---------------------------------------------------------------------
@@ -146,15 +175,25 @@ class H2Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._lazy_at is not None:
+            self._lazy_at.cancel()
+            self._lazy_at = None
         self.connections.discard(self)
         streams, self.streams = self.streams, {}
         for st in streams.values():
             self.proc.close(st.ex)
 
     def data_received(self, data: bytes) -> None:
-        buf = self.inbuf
-        buf += data
+        buf: bytes | bytearray
+        if self.preface_ok and not self.inbuf:
+            # The usual case: whole frames in one read, parsed from the bytes received
+            # (one copy less); a partial frame at the end is kept in inbuf.
+            buf = data
+        else:
+            buf = self.inbuf
+            buf += data
         if not self.preface_ok:
+            assert isinstance(buf, bytearray)
             if len(buf) < len(PREFACE):
                 return
             if bytes(buf[: len(PREFACE)]) != PREFACE:
@@ -174,15 +213,21 @@ class H2Connection(asyncio.Protocol):
                     break
                 ftype = buf[pos + 3]
                 flags = buf[pos + 4]
-                sid = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+                sid = _SID.unpack_from(buf, pos + 5)[0] & 0x7FFFFFFF
                 payload = bytes(buf[pos + 9 : pos + 9 + n])
                 pos += 9 + n
-                self._frame_received(ftype, flags, sid, payload)
+                if ftype == DATA and self.in_headers is None:
+                    self._data(flags, sid, payload)
+                else:
+                    self._frame_received(ftype, flags, sid, payload)
                 if self.closed:
                     return
         finally:
-            if pos:
-                del buf[:pos]
+            if buf is data:
+                if pos < len(data):
+                    self.inbuf += data[pos:]
+            elif pos:
+                del self.inbuf[:pos]
             self._write()
 
     # ---- frames in --------------------------------------------------------------------
@@ -267,40 +312,53 @@ class H2Connection(asyncio.Protocol):
         if flags & PADDED:
             pad = payload[0]
             payload = payload[1 : len(payload) - pad]
-        buf = st.buf
-        buf += payload
-        while len(buf) >= 5:
-            if buf[0]:
+        buf: bytes | bytearray
+        if st.buf:
+            buf = st.buf
+            buf += payload
+        else:
+            buf = payload  # the usual case: whole messages in the frame
+        pos = 0
+        end = len(buf)
+        while end - pos >= 5:
+            if buf[pos]:
                 self._goaway(PROTOCOL_ERROR)  # compressed: never configured in Envoy
                 return
-            n = int.from_bytes(buf[1:5], "big")
-            if len(buf) < 5 + n:
+            n = _SID.unpack_from(buf, pos + 1)[0]
+            if end - pos < 5 + n:
                 break
-            req = pb.ProcessingRequest.FromString(bytes(buf[5 : 5 + n]))
-            del buf[: 5 + n]
+            message = bytes(buf[pos + 5 : pos + 5 + n])
+            pos += 5 + n
             try:
-                answers = self.proc.handle(st.ex, req)
+                answers = self.proc.answer(st.ex, message)
             except Exception:
                 log.exception("ext_proc message failed")
                 self._reset(st, INTERNAL_ERROR)
                 return
-            for resp in answers:
-                self._send(st, resp.SerializeToString())
+            if answers:
+                # Every answer to this message in one DATA frame (gRPC messages may share
+                # one): fewer frames for Envoy to parse, one write for all.
+                self._send(st, b"".join([_prefixed(a) for a in answers]))
             if st.ex.complete:
                 # Nothing more to answer: our trailers go with the last answer; what
                 # Envoy still sends on this stream is dropped.
-                buf.clear()
+                st.buf.clear()
                 self._end(st)
                 return
+        if buf is st.buf:
+            del st.buf[:pos]
+        elif pos < end:
+            st.buf += buf[pos:]
         if flags & END_STREAM:
             self._end(st)
 
     # ---- frames out -------------------------------------------------------------------
-    def _send(self, st: _Stream, message: bytes) -> None:
+    def _send(self, st: _Stream, payload: bytes) -> None:
+        """gRPC length-prefixed messages onto the stream (as send windows allow)."""
         if not st.headers_sent:
             st.headers_sent = True
             self.out.append(_frame(HEADERS, END_HEADERS, st.sid, _RESPONSE_HEADERS))
-        st.pending.append(b"\x00" + len(message).to_bytes(4, "big") + message)
+        st.pending.append(payload)
         self._flush(st)
 
     def _end(self, st: _Stream) -> None:
@@ -326,12 +384,18 @@ class H2Connection(asyncio.Protocol):
             st.window -= len(chunk)
             out.append(_frame(DATA, 0, st.sid, chunk))
         if st.ended and self.streams.get(st.sid) is st:
-            if not st.headers_sent:
-                st.headers_sent = True
-                out.append(_frame(HEADERS, END_HEADERS, st.sid, _RESPONSE_HEADERS))
-            out.append(_frame(HEADERS, END_HEADERS | END_STREAM, st.sid, _TRAILERS_OK))
             del self.streams[st.sid]
             self.proc.close(st.ex)
+            if st.headers_sent:
+                out.append(_frame(HEADERS, END_HEADERS | END_STREAM, st.sid, _TRAILERS_OK))
+                return
+            # Nothing was answered (the observer's streams): a trailers-only response,
+            # held for the next write. Written now, it would wake Envoy (and Envoy's
+            # RST_STREAM would wake us) just as Envoy forwards the answer to the client
+            # on the core we share; with the next route answer it costs neither.
+            self.lazy.append(_frame(HEADERS, END_HEADERS | END_STREAM, st.sid, _TRAILERS_ONLY))
+            if self._lazy_at is None:
+                self._lazy_at = asyncio.get_running_loop().call_later(_LAZY_END, self._write_lazy)
 
     def _reset(self, st: _Stream, code: int) -> None:
         self.out.append(_frame(RST_STREAM, 0, st.sid, code.to_bytes(4, "big")))
@@ -349,9 +413,30 @@ class H2Connection(asyncio.Protocol):
         self.closed = True
 
     def _write(self) -> None:
-        if self.out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self.out))
-        self.out.clear()
+        out = self.out
+        if out:
+            if self.lazy:
+                out += self.lazy
+                self.lazy.clear()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(b"".join(out))
+            out.clear()
+
+    def _write_lazy(self) -> None:
+        """Nothing else was written in _LAZY_END: the held stream ends go out alone."""
+        self._lazy_at = None
+        if self.lazy and not self.closed:
+            self.out += self.lazy
+            self.lazy.clear()
+            self._write()
+
+    def close(self) -> None:
+        """Close the connection, after the stream ends still held (see _flush)."""
+        if self._lazy_at is not None:
+            self._lazy_at.cancel()
+        self._write_lazy()
+        if self.transport is not None:
+            self.transport.close()
 
     def shutdown(self) -> None:
         """Graceful close: tell Envoy to open no new streams here."""
@@ -363,7 +448,7 @@ class H2Connection(asyncio.Protocol):
 
 
 async def serve_h2(
-    processor: ExtProcessor, host: str, port: int
+    processor: WireProcessor, host: str, port: int
 ) -> tuple[asyncio.Server, set[H2Connection]]:
     """Listen for Envoy's ext_proc connections (h2c, prior knowledge)."""
     loop = asyncio.get_running_loop()

@@ -35,10 +35,11 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from dualpool.errors import RequestError
 from dualpool.extproc import _messages as msg
@@ -49,6 +50,7 @@ from dualpool.gateway._gateway import Gateway
 from dualpool.gateway._models import Served
 from dualpool.gateway._sse import SseRelay, ask_for_usage, usage_from_body
 from dualpool.gateway._telemetry import ACCESS_LOG, Outcome, access_line
+from dualpool.http import BadJson, parse_json_body
 from dualpool.router import RoutedRequest
 
 __all__ = [
@@ -79,10 +81,11 @@ STRIP_HEADER = "x-dualpool-strip-usage"
 META_NAMESPACE = "dualpool"
 # A routed request no observer stream claimed in this long is released (seconds).
 _CLAIM_TIMEOUT = 10.0
-# A request's accounting (usage, calibrator, metrics) runs this long after its answer
-# ended, in batches: Envoy does not wait for the observer, so the answer it is still
-# forwarding (maybe on the same core) should not wait for that work either (seconds).
-# The request's slots in its pool and backend are given back at once.
+# A request's accounting (usage, calibrator, metrics) runs when the observer claims the
+# next request (sent upstream then: Envoy waits for a backend), or this long after its
+# answer ended at the latest, in batches: Envoy does not wait for the observer, so the
+# answer it is still forwarding (maybe on the same core) should not wait for that work
+# either (seconds). The request's slots in its pool and backend are given back at once.
 _OBSERVE_DELAY = 0.002
 # A body still uploading while its headers are held: Envoy may wait this much longer
 # for their answer (bounded by the filter's max_message_timeout).
@@ -90,6 +93,7 @@ _UPLOAD_SECONDS = 30.0
 # Endpoints named after the first one (tried in order when Envoy retries).
 _FALLBACK_ENDPOINTS = 2
 
+_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 _ROUTED = {b"/v1/chat/completions": True, b"/v1/completions": False}
 _REMOVE_CLIENT_HEADERS = (POOL_HEADER, DESTINATION_HEADER, STRIP_HEADER)
 # The headers each phase reads (the rest are not decoded).
@@ -203,12 +207,16 @@ _CONTINUE_REQUEST_BODY = (msg.CONTINUE_REQUEST_BODY,)
 _CONTINUE_RESPONSE_HEADERS = (msg.CONTINUE_RESPONSE_HEADERS,)
 _CONTINUE_RESPONSE_BODY = (msg.CONTINUE_RESPONSE_BODY,)
 _SKIP_REQUEST_BODY = (msg.skip_request_body(),)
-_NOTHING: tuple[Any, ...] = ()
+_NOTHING: tuple[bytes, ...] = ()
 _MORE_TIME = msg.more_time(_UPLOAD_SECONDS)
+_parse = pb.ProcessingRequest.FromString
 
 
-class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """envoy.service.ext_proc.v3.ExternalProcessor over the gateway's router and pools."""
+class ExtProcessor:
+    """envoy.service.ext_proc.v3.ExternalProcessor over the gateway's router and pools.
+
+    Serialized messages in and out (`answer`), for both gRPC servers: the native one
+    frames them itself, grpcio is registered without (de)serializers (`grpc_handler`)."""
 
     def __init__(self, gateway: Gateway, *, endpoint_picker: bool = False) -> None:
         self.gw = gateway
@@ -227,9 +235,10 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._deferred: list[_Exchange] = []
         self._flush_at: asyncio.TimerHandle | None = None
         # Answers that depend only on the pool: built once, reused.
-        self._route_headers: dict[tuple[str, bool], Any] = {}
+        self._route_headers: dict[tuple[str, bool], bytes] = {}
         self._m_reason: dict[Any, Any] = {}
         self._m_requests: dict[tuple[str, str], Any] = {}
+        self._m_timing: dict[str, tuple[Any, Any]] = {}  # pool: (ttft, latency) children
         self._m_rejections = {
             r: m.rejections.labels(r)
             for r in (
@@ -248,17 +257,23 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
 
     # ---- the gRPC method ---------------------------------------------------------------
     async def Process(
-        self, request_iterator: AsyncIterator[Any], context: Any
-    ) -> AsyncIterator[Any]:
+        self, request_iterator: AsyncIterator[bytes], context: Any
+    ) -> AsyncIterator[bytes]:
+        """The method on grpcio: serialized requests in, serialized answers out."""
         st = self.open()
         try:
-            async for req in request_iterator:
-                for resp in self.handle(st, req):
-                    yield resp
+            async for message in request_iterator:
+                for data in self.answer(st, message):
+                    yield data
                 if st.complete:
                     return
         finally:
             self.close(st)
+
+    def grpc_handler(self) -> grpc.GenericRpcHandler:
+        """`Process` for grpc.aio's server, messages passed as bytes both ways."""
+        method = grpc.stream_stream_rpc_method_handler(self.Process)
+        return grpc.method_handlers_generic_handler(_SERVICE, {"Process": method})
 
     # ---- one stream, whatever carries it (grpcio above, or the native h2 server) ----------
     def open(self) -> _Stream:
@@ -266,10 +281,15 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.inflight += 1
         return _Stream()
 
-    def handle(self, st: _Stream, req: Any) -> tuple[Any, ...] | list[Any]:
-        """The answers to one ProcessingRequest, in order: usually one; none while the
-        request headers are held for the body, or for the observer; several when the
-        held headers are answered with the body's chunks."""
+    def answer(self, st: _Stream, message: bytes) -> Sequence[bytes]:
+        """One serialized ProcessingRequest in, its serialized answers out."""
+        return self.handle(st, _parse(message), message)
+
+    def handle(self, st: _Stream, req: Any, raw: bytes = b"") -> Sequence[bytes]:
+        """The answers to one ProcessingRequest (`raw`: it serialized, when at hand), in
+        order: usually one; none while the request headers are held for the body, or
+        for the observer; several when the held headers are answered with the body's
+        chunks."""
         kind = req.WhichOneof("request")
         role = st.role
         if role == _NEW:
@@ -297,7 +317,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         if kind == "request_body":
             return self._request_body(st, req.request_body)
         if kind == "request_headers":
-            return self._request_headers(st, req.request_headers)
+            return self._request_headers(st, req.request_headers, raw)
         if kind == "response_body":
             return self._strip(st, req.response_body)
         if kind == "response_headers":
@@ -334,8 +354,10 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._finish(ex)
 
     # ---- request: the route stream --------------------------------------------------------
-    def _request_headers(self, st: _Stream, headers: Any) -> tuple[Any, ...]:
-        h = msg.read_headers(headers, _REQUEST_HEADERS)
+    def _request_headers(self, st: _Stream, headers: Any, raw: bytes) -> tuple[bytes, ...]:
+        h = msg.find_headers(raw, _REQUEST_HEADERS) if raw else None
+        if h is None:
+            h = msg.read_headers(headers, _REQUEST_HEADERS)
         path = h.get(":path", b"")
         q = path.find(b"?")
         if q >= 0:
@@ -359,7 +381,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             return (msg.remove_request_headers(remove),)
         return (msg.CONTINUE_REQUEST_HEADERS,)
 
-    def _request_body(self, st: _Stream, body_msg: Any) -> tuple[Any, ...] | list[Any]:
+    def _request_body(self, st: _Stream, body_msg: Any) -> Sequence[bytes]:
         ex = st.ex
         if ex is None or st.answered:
             st.complete = body_msg.end_of_stream
@@ -406,9 +428,10 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if ex.endpoints:
                 meta[LB_NAMESPACE] = {DESTINATION_HEADER: ex.endpoints}
         else:
-            headers = self._route_headers.get(key)
-            if headers is None:
-                headers = self._route_headers[key] = msg.route_headers(self._headers(ex))
+            cached = self._route_headers.get(key)
+            if cached is None:
+                cached = self._route_headers[key] = msg.route_headers(self._headers(ex))
+            headers = cached
         out = [msg.route_response(headers, meta)]
         if ex.payload is None:
             out += _CONTINUE_REQUEST_BODY * n
@@ -417,7 +440,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             out += (msg.CLEAR_REQUEST_BODY,) * (n - 1)
         return out
 
-    def _route_buffered(self, ex: _Exchange, raw: bytes) -> Any:
+    def _route_buffered(self, ex: _Exchange, raw: bytes) -> bytes:
         """The body's answer when the filter buffers it (request_body_mode BUFFERED)."""
         answer = self._route(ex, raw)
         if answer is not None:
@@ -436,12 +459,12 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             headers += ((DESTINATION_HEADER, ex.endpoints.encode()),)
         return headers
 
-    def _route(self, ex: _Exchange, raw: bytes) -> Any | None:
+    def _route(self, ex: _Exchange, raw: bytes) -> bytes | None:
         """Route the request; None when routed (ex.pool set), else Envoy's immediate answer."""
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return self._bad_request(ex, f"request body is not valid JSON: {exc}")
+            body = parse_json_body(raw)  # the gateway's: bounded depth and numbers
+        except BadJson as exc:
+            return self._bad_request(ex, str(exc))
         if type(body) is not dict:
             return self._bad_request(ex, "request body must be a JSON object")
         # The request's model, as the gateway finds it: its router and its pools.
@@ -532,7 +555,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             self._release(ex)
             break  # the dict changed: the next request sweeps on
 
-    def _unknown_model(self, ex: _Exchange, name: str) -> Any:
+    def _unknown_model(self, ex: _Exchange, name: str) -> bytes:
         # vLLM's answer (serving_engine._check_model), as the gateway gives it.
         ex.outcome = Outcome.CLIENT_ERROR
         ex.status = 404
@@ -544,7 +567,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             "dualpool_unknown_model",
         )
 
-    def _bad_request(self, ex: _Exchange, message: str, param: str | None = None) -> Any:
+    def _bad_request(self, ex: _Exchange, message: str, param: str | None = None) -> bytes:
         ex.outcome = Outcome.BAD_REQUEST
         ex.status = 400
         self._m_rejections["bad_request"].inc()
@@ -552,7 +575,7 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         return msg.immediate(400, error_body(400, message, param), "dualpool_bad_request")
 
     # ---- response: the strip stream (only for streams we asked usage for) ----------------
-    def _strip(self, st: _Stream, body_msg: Any) -> tuple[Any, ...]:
+    def _strip(self, st: _Stream, body_msg: Any) -> tuple[bytes, ...]:
         relay = st.relay
         if relay is None:
             relay = st.relay = SseRelay(True)
@@ -580,6 +603,11 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if ex is None or ex.finished:
                 return
             st.ex = ex
+            if self._deferred and kind == "request_headers":
+                # This request is on its way to its backend and Envoy waits for the
+                # answer: the earlier requests' accounting runs now, not on a timer
+                # that may fire while Envoy needs the core we share.
+                self.flush()
         if kind == "response_body":
             self._response_body(ex, req.response_body)
         elif kind == "response_headers":
@@ -689,10 +717,16 @@ class ExtProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             else:
                 outcome = Outcome.UPSTREAM_ERROR
             if ex.t_sent:
-                m = self.metrics
+                timing = self._m_timing.get(pool.name)
+                if timing is None:
+                    m = self.metrics
+                    timing = self._m_timing[pool.name] = (
+                        m.ttft.labels(pool.name),
+                        m.latency.labels(pool.name),
+                    )
                 if ex.t_first:
-                    m.ttft.labels(pool.name).observe(ex.t_first - ex.t_sent)
-                m.latency.labels(pool.name).observe(ex.t_end - ex.t_sent)
+                    timing[0].observe(ex.t_first - ex.t_sent)
+                timing[1].observe(ex.t_end - ex.t_sent)
             if ex.usage is not None and ex.routed is not None and ex.served is not None:
                 record_feedback(ex.served.router, self.metrics, ex.routed, ex.usage)
         if not outcome:
