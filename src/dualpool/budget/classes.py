@@ -103,7 +103,10 @@ class ContentClassifier:
             # Hangul only in Korean; Han without either is Chinese.
             # NOTE: `bytes.find`, not `in`: `x in bytes` first tries x as an
             # integer and formats a TypeError for a bytes x (~2k instructions).
-            raw = sample.encode("utf-8", "surrogatepass")
+            try:
+                raw = sample.encode("utf-8")  # the compiled build's direct call
+            except UnicodeEncodeError:  # lone surrogates: count them as they escape
+                raw = sample.encode("utf-8", "surrogatepass")
             if raw.find(_KANA[0]) >= 0 or raw.find(_KANA[1]) >= 0 or raw.find(_KANA[2]) >= 0:
                 return self._map[JA]
             if raw.find(_HANGUL[0]) >= 0 or raw.find(_HANGUL[1]) >= 0:

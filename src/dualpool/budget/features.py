@@ -442,12 +442,14 @@ def extract_features(
         raise RequestError(f"request body must be a JSON object, got {type(body).__name__}")
     acc = _Acc()
     known: int | None = None
+    messages = d.get("messages")
+    has_messages = messages is not None or "messages" in d
     if chat is None:
-        chat = "messages" in d or "prompt" not in d
+        chat = has_messages or "prompt" not in d
     if chat:
-        if "messages" not in d:
+        if not has_messages:
             raise RequestError("'messages' is a required property", "messages")
-        num_messages = _walk_messages(acc, d["messages"])
+        num_messages = _walk_messages(acc, messages)
         tools = d.get("tools")
         if tools:
             acc.structured += _json_len(tools)
