@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dualpool.budget import ClassifierConfig, ContentClassifier, utf8_len
 from dualpool.errors import ConfigError
@@ -31,3 +33,55 @@ def test_disabled_class_falls_back() -> None:
 def test_unknown_class_is_a_config_error_naming_the_field() -> None:
     with pytest.raises(ConfigError, match=r"estimator\.classes"):
         ClassifierConfig(enabled=("prose", "klingon"))
+
+
+def _naive_class(c: ContentClassifier, text: str) -> str:
+    """The classification rule, written plainly (one pass over characters)."""
+    cfg = c.config
+    if not text:
+        return cfg.fallback
+    sample = text[: cfg.window]
+    nbytes = len(text.encode("utf-8", "surrogatepass"))
+    if nbytes - len(text) > cfg.multibyte_share * len(text):
+        points = [ord(ch) for ch in sample]
+        if any(0x3040 <= p <= 0x30FF for p in points):
+            return "ja"
+        if any(0xB000 <= p <= 0xCFFF for p in points):
+            return "ko"
+        if any(0x4E00 <= p <= 0x9FFF for p in points):
+            return "zh"
+        return "other"
+    punct = sum(1 for ch in sample if ch in "{;=")
+    return "code" if punct > cfg.code_density * len(sample) else "prose"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "a",
+                "b ",
+                "{",
+                ";",
+                "=",
+                "x = 1;",
+                "\n",
+                "é",
+                "中",
+                "文",
+                "の",
+                "한",
+                "ж",
+                "\ud800",
+                "😀",
+            ]
+        ),
+        max_size=400,
+    ).map("".join)
+)
+def test_classify_equals_a_naive_reference(text: str) -> None:
+    # The fast path (memchr before counting, lead bytes found with bytes.find)
+    # decides exactly what the plain rule does, on any text.
+    c = ContentClassifier()
+    assert c.classify(text, utf8_len(text)) == _naive_class(c, text)

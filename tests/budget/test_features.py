@@ -207,3 +207,45 @@ def test_shape_counts() -> None:
     assert f.nonascii == 2
     assert f.words == 2  # ASCII letters after whitespace: "there", "ok" ("été" is non-ASCII)
     assert f.space_runs == 2  # "\n " and "  ": whitespace right after whitespace
+
+
+def _naive_shape(text: str) -> tuple[int, ...]:
+    """The shape counts (SHAPE_FEATURES) by a plain loop over the UTF-8 bytes."""
+    raw = text.encode("utf-8", "surrogatepass")
+    nonascii = len(raw) - len(text)
+    digits = punct = newlines = spaces = runs = words = 0
+    prev_white = False
+    for b in raw:
+        ch = chr(b) if b < 128 else ""
+        white = ch in (" ", "\t", "\r", "\x0b", "\x0c", "\n") and ch != ""
+        if ch.isdigit():
+            digits += 1
+        elif ch == "\n":
+            newlines += 1
+        elif white:
+            spaces += 1
+        elif ch and 33 <= b < 127 and not ch.isalpha():
+            punct += 1
+        if prev_white and white:
+            runs += 1
+        if prev_white and ch.isalpha():
+            words += 1
+        prev_white = white
+    return (nonascii, digits, punct, newlines, spaces, runs, words)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=120), min_size=1, max_size=4))
+def test_shape_counts_equal_a_naive_reference(contents: list[str]) -> None:
+    body = {"messages": [{"role": "user", "content": c} for c in contents]}
+    f = feats(body)
+    assert f.text_bytes == sum(len(c.encode("utf-8", "surrogatepass")) for c in contents)
+    if not f.count_shape():
+        assert not any(contents)
+        return
+    want = [0] * 7
+    for c in contents:
+        for i, v in enumerate(_naive_shape(c)):
+            want[i] += v
+    got = (f.nonascii, f.digits, f.punct, f.newlines, f.spaces, f.space_runs, f.words)
+    assert got == tuple(want)

@@ -96,6 +96,18 @@ class BudgetEstimate:
         return self.prompt_tokens_low + out
 
 
+def _round(x: float) -> int:
+    """`round(x)` for a float (halves to even), without the builtin's call.
+
+    `x - floor(x)` is exact for a float, so the comparisons with 0.5 are.
+    """
+    r = math.floor(x)
+    d = x - r
+    if d > 0.5 or (d == 0.5 and r % 2 == 1):
+        r += 1
+    return r
+
+
 class BudgetEstimator:
     """Features -> estimate -> feedback; pure, thread-safe, O(1) per request."""
 
@@ -175,7 +187,7 @@ class BudgetEstimator:
             model,
             cls,
             max(1, math.ceil(hi)),
-            max(1, round(point)),
+            max(1, _round(point)),
             low,
             output,
             source,

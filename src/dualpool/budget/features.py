@@ -256,7 +256,7 @@ def _json_len(value: Any) -> int:
         raise RequestError(f"value is not JSON-serialisable: {exc}") from None
 
 
-def _limit(body: Mapping[str, Any], key: str) -> int | None:
+def _limit(body: dict[str, Any], key: str) -> int | None:
     value = body.get(key)
     if value is None:
         return None
@@ -267,7 +267,7 @@ def _limit(body: Mapping[str, Any], key: str) -> int | None:
     return value
 
 
-def _model(body: Mapping[str, Any]) -> str:
+def _model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if model is None:
         return ""
@@ -299,11 +299,6 @@ class _Acc:
             self.top_text = text
 
 
-def _is_mapping(value: Any) -> bool:
-    # `type(...) is dict` first: isinstance against an ABC costs far more.
-    return type(value) is dict or isinstance(value, Mapping)
-
-
 def _walk_parts(acc: _Acc, content: Any, where: str) -> None:
     if not isinstance(content, list):
         raise RequestError(
@@ -311,13 +306,14 @@ def _walk_parts(acc: _Acc, content: Any, where: str) -> None:
             f"got {type(content).__name__}",
             where,
         )
-    for j, part in enumerate(content):
-        if isinstance(part, str):  # tolerated by vLLM: a bare string part
-            acc.add_text(part)
+    for j, item in enumerate(content):
+        if isinstance(item, str):  # tolerated by vLLM: a bare string part
+            acc.add_text(item)
             continue
-        if not _is_mapping(part):
+        part = _as_dict(item)
+        if part is None:
             raise RequestError(
-                f"'{where}[{j}]' must be a content part object, got {type(part).__name__}",
+                f"'{where}[{j}]' must be a content part object, got {type(item).__name__}",
                 where,
             )
         kind = part.get("type")
@@ -341,31 +337,48 @@ def _walk_parts(acc: _Acc, content: Any, where: str) -> None:
             )
 
 
+def _as_dict(value: Any) -> dict[str, Any] | None:
+    """`value` as a dict (a Mapping copied), None when it is neither.
+
+    A typed dict lets the compiled build read it with C dict lookups instead of
+    generic method calls (`.get` on an untyped value costs ~10x more).
+    """
+    if type(value) is dict:
+        d: dict[str, Any] = value
+        return d
+    if isinstance(value, Mapping):
+        return dict(value)
+    return None
+
+
 def _walk_messages(acc: _Acc, messages: Any) -> int:
     if type(messages) is not list:
         raise RequestError(
             f"'messages' must be a list of message objects, got {type(messages).__name__}",
             "messages",
         )
+    items: list[Any] = messages
     # The common case, inlined: dict messages with string content and nothing else.
     text = acc.text
     top_len = acc.top_len
     top_text = acc.top_text
     texts = acc.texts
-    for i, msg in enumerate(messages):
-        if type(msg) is not dict and not isinstance(msg, Mapping):
+    for i in range(len(items)):
+        msg = _as_dict(items[i])
+        if msg is None:
             raise RequestError(
                 f"'messages[{i}]' must be an object with 'role' and 'content', "
-                f"got {type(msg).__name__}",
+                f"got {type(items[i]).__name__}",
                 "messages",
             )
         content = msg.get("content")
         if type(content) is str:
-            n = len(content) if content.isascii() else utf8_len(content)
+            s: str = content
+            n = len(s) if s.isascii() else utf8_len(s)
             text += n
-            texts.append(content)
+            texts.append(s)
             if n > top_len:
-                top_len, top_text = n, content
+                top_len, top_text = n, s
         elif content is not None:
             acc.text, acc.top_len, acc.top_text = text, top_len, top_text
             _walk_parts(acc, content, f"messages[{i}].content")
@@ -381,7 +394,7 @@ def _walk_messages(acc: _Acc, messages: Any) -> int:
             if call:
                 acc.structured += _json_len(call)
     acc.text, acc.top_len, acc.top_text = text, top_len, top_text
-    return len(messages)
+    return len(items)
 
 
 def _walk_prompt(acc: _Acc, prompt: Any) -> tuple[int, int | None]:
@@ -424,41 +437,44 @@ def extract_features(
     `chat` forces the endpoint kind; by default a body with `messages` is chat and
     one with `prompt` is a completions request.
     """
-    if type(body) is not dict and not isinstance(body, Mapping):
+    d = _as_dict(body)
+    if d is None:
         raise RequestError(f"request body must be a JSON object, got {type(body).__name__}")
     acc = _Acc()
     known: int | None = None
+    messages = d.get("messages")
+    has_messages = messages is not None or "messages" in d
     if chat is None:
-        chat = "messages" in body or "prompt" not in body
+        chat = has_messages or "prompt" not in d
     if chat:
-        if "messages" not in body:
+        if not has_messages:
             raise RequestError("'messages' is a required property", "messages")
-        num_messages = _walk_messages(acc, body["messages"])
-        tools = body.get("tools")
+        num_messages = _walk_messages(acc, messages)
+        tools = d.get("tools")
         if tools:
             acc.structured += _json_len(tools)
-        functions = body.get("functions")
+        functions = d.get("functions")
         if functions:
             acc.structured += _json_len(functions)
     else:
-        if "prompt" not in body:
+        if "prompt" not in d:
             raise RequestError("'prompt' is a required property", "prompt")
-        _, known = _walk_prompt(acc, body["prompt"])
+        _, known = _walk_prompt(acc, d["prompt"])
         num_messages = 1
-    limit = body.get("max_completion_tokens")
+    limit = d.get("max_completion_tokens")
     if type(limit) is not int or limit < 0:
-        limit = _limit(body, "max_completion_tokens")
+        limit = _limit(d, "max_completion_tokens")
     if limit is None:
-        limit = body.get("max_tokens")
+        limit = d.get("max_tokens")
         if type(limit) is not int or limit < 0:
-            limit = _limit(body, "max_tokens")
+            limit = _limit(d, "max_tokens")
     if acc.structured > acc.text:
         cls = STRUCTURED_CLASS
     else:
         cls = classifier.classify(acc.top_text, acc.top_len)
     # Positional: keyword arguments cost measurably more on this path.
     return RequestFeatures(
-        _model(body),
+        _model(d),
         cls,
         acc.text,
         acc.structured,
