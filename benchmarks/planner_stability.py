@@ -73,7 +73,9 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=None)
     ap.add_argument("--workloads", default="azure_2023_conv,lmsys_cdf,sharegpt_8k")
     ap.add_argument("--rate", type=float, default=1000.0)
-    ap.add_argument("--max-windows", type=int, default=20)
+    ap.add_argument(
+        "--max-windows", type=int, default=None, help="default: the planner's (follows precision)"
+    )
     ap.add_argument(
         "--measure-s", type=float, default=None, help="measured seconds per run (planner default)"
     )

@@ -129,3 +129,53 @@ def test_a_probe_runs_one_count_and_reads_the_crossing_with_the_slope(
     far = run_window(dataclasses.replace(base, start=g, slope=1.5, probe_band=1e-9))
     if abs(math.log(r)) > 1e-9:
         assert far.slope is None and far.found and len(far.trials) > 1
+
+
+def test_a_rotated_input_is_measured_in_whole_passes() -> None:
+    """Windows that are the whole input rotated measure it a whole number of times (>= 2)."""
+    from dualpool.planner._replicate import whole_passes
+
+    assert whole_passes(40_000, 30_731) == 61_462  # ShareGPT: 1.3 passes -> 2
+    assert whole_passes(40_000, 19_366) == 38_732  # Azure conv: 2.07 -> 2
+    assert whole_passes(40_000, 7_000) == 42_000  # 5.7 -> 6
+    assert whole_passes(40_001, 20_000, up=True) == 60_000
+    for n in (1_500, 19_366, 30_731, 49_999):
+        wp = window_plan(
+            n, 1000.0, seed=0, warmup_s=3.0, measure_s=40.0, min_measured=2000, block=None
+        )
+        measured = wp.run_requests - 3_000
+        assert wp.block == n and measured % n == 0 and measured >= 2 * n
+    # Disjoint windows (an input larger than a whole-input window): one block, as before.
+    wp = window_plan(
+        600_000, 1000.0, seed=0, warmup_s=0.0, measure_s=40.0, min_measured=2000, block=None
+    )
+    assert wp.block == wp.run_requests == 40_000
+
+
+def test_the_window_cap_follows_the_precision() -> None:
+    from dualpool.planner import VerifySettings
+
+    assert VerifySettings().window_cap == 20
+    assert VerifySettings(precision=0.01).window_cap == 80
+    assert VerifySettings(precision=0.04).window_cap == 5
+    assert VerifySettings(precision=0.2).window_cap == 4  # never below min_windows
+    assert VerifySettings(precision=0.01, max_windows=7).window_cap == 7
+
+
+def test_the_verifier_reads_exact_p99s(small_mix: Mix, small_settings: PlanSettings) -> None:
+    """Not the sketch's 2% buckets: the P99 of the measured requests themselves."""
+    job = _job(small_mix, small_settings, 0, 8192)
+    sim = simulate_whole_pool(
+        job.model,
+        job.gpu,
+        job.design,
+        2,
+        job.requests(),
+        warmup_s=2.0,
+        ttft_slo=2.0,
+        tpot_slo=0.08,
+        keep_samples=True,
+    )
+    assert sim.ttft and sim.ttft_p99_s == pytest.approx(float(np.quantile(sim.ttft, 0.99)))
+    assert sim.tpot_p99_s == pytest.approx(float(np.quantile(sim.tpot, 0.99)))
+    assert sim.meets == (sim.ttft_p99_s <= 2.0 and sim.tpot_p99_s <= 0.08 and not sim.rejected)

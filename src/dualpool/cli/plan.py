@@ -86,7 +86,11 @@ def register(sub: Any) -> None:
         "--min-windows", type=int, default=4, help="windows simulated at least (default 4)"
     )
     p.add_argument(
-        "--max-windows", type=int, default=20, help="windows simulated at most (default 20)"
+        "--max-windows",
+        type=int,
+        default=None,
+        help="windows simulated at most (default 20 at 2 points of precision, x (2 / "
+        "precision)^2: 80 at 1 point)",
     )
     p.add_argument(
         "--search-every-window",
@@ -189,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--precision", f"must be in (0, 100) points, got {args.precision}")
     if args.min_windows < 2:
         raise ConfigError("--min-windows", f"must be >= 2, got {args.min_windows}")
-    if args.max_windows < args.min_windows:
+    if args.max_windows is not None and args.max_windows < args.min_windows:
         raise ConfigError(
             "--max-windows",
             f"must be >= --min-windows ({args.min_windows}), got {args.max_windows}",

@@ -56,6 +56,7 @@ from dualpool.planner._replicate import (
     provision,
     replicate,
     summarize,
+    whole_passes,
     window_plan,
 )
 from dualpool.planner._stats import Interval, interval, one_sided_confidence
@@ -552,7 +553,12 @@ def _pool_run(s: PlanSettings, mix: Mix, job: PoolJob, wp: WindowPlan) -> Window
         warm = float(np.clip((d * d).sum() / max(d.sum(), 1e-9), 5.0, 120.0)) if d.size else 5.0
     measured = wp.run_requests / s.rate - wp.warmup_s
     if share > 0:
-        measured = max(measured, min(1800.0, v.min_pool_measured / (s.rate * share)))
+        longer = min(1800.0, v.min_pool_measured / (s.rate * share))
+        if longer > measured:
+            measured = longer
+            if wp.block >= wp.n:
+                # Whole passes of the input (`whole_passes`).
+                measured = whole_passes(math.ceil(measured * s.rate), wp.block, up=True) / s.rate
     run = min(_MAX_RUN, math.ceil(s.rate * (warm + measured)))
     return replace(wp, run_requests=max(run, 1), warmup_s=warm)
 
@@ -643,7 +649,7 @@ def _verify(
         precision=v.precision,
         confidence=v.confidence,
         min_windows=v.min_windows,
-        max_windows=v.max_windows,
+        max_windows=v.window_cap,
         batch=v.batch,
         on_round=on_round,
         ttft_slo=ttft,

@@ -281,6 +281,7 @@ def window_plan(
     block: int | None,
     min_block: int = 1000,
     whole_input: int = 50_000,
+    passes: int = 2,
 ) -> WindowPlan:
     """The windows' geometry and a run of warm-up + the measured requests.
 
@@ -290,7 +291,9 @@ def window_plan(
     split into windows whose P99s rest on a handful of tail requests and on
     which bursts they happen to hold), else a run's measured requests
     (disjoint windows: independent replications). The measured part covers
-    the block at least once: max(min_measured, rate x measure_s, block).
+    the block at least once: max(min_measured, rate x measure_s, block);
+    when the windows are rotations of the whole input, a whole number of
+    passes of it, at least `passes` (`whole_passes`).
     """
     measured = max(min_measured, math.ceil(rate * measure_s))
     if block:
@@ -301,6 +304,23 @@ def window_plan(
         b = max(min_block, measured)
     b = max(1, min(b, n))
     measured = max(measured, b)
+    if b >= n:
+        measured = whole_passes(measured, b, passes)
     run = math.ceil(rate * warmup_s) + measured
     phase = int(np.random.default_rng(seed).integers(n))
     return WindowPlan(n=n, block=b, phase=phase, run_requests=run, warmup_s=warmup_s, rate=rate)
+
+
+def whole_passes(measured: int, block: int, passes: int = 2, up: bool = False) -> int:
+    """`measured` requests made a whole number of passes of a window that is the whole
+    input rotated: the nearest (`up`: the next) multiple of `block`, at least `passes`.
+
+    A fractional pass counts part of the input twice, a part that moves with
+    the rotation; and a P99 over one pass of a trace rests on its few
+    hundred tail requests meeting one instance state. Measured on ShareGPT
+    (30,731 requests, 1,000 req/s, a pool of ~1,950 instances, 6 windows):
+    the P99 TTFT's spread between windows was 1.9% over 1 pass, 2.1% over
+    1.3 passes (the old 40 s), 1.1% over 2 passes (docs/planner.md).
+    """
+    k = -(-measured // block) if up else round(measured / block)
+    return block * max(passes, k)

@@ -57,7 +57,8 @@ class VerifySettings:
     precision: float = 0.02
     confidence: float = 0.95
     min_windows: int = 4
-    max_windows: int = 20
+    # None: follows the precision (`window_cap`).
+    max_windows: int | None = None
     # Windows added per round after the first min_windows.
     batch: int = 2
     # Distinct input requests per window; None: the whole input up to 50,000
@@ -77,6 +78,17 @@ class VerifySettings:
     # there is within this (log) of 1; None: search every window.
     probe_band: float | None = 0.15
 
+    @property
+    def window_cap(self) -> int:
+        """Windows simulated at most: `max_windows`, else 20 at 2 points of
+        precision, scaled by (2 points / precision)^2 (80 at 1 point), so
+        that a plan stops at the cap only when one window's saving spreads
+        more than ~4.3 points (t sd / sqrt(20) = 2), whatever the precision
+        asked: the half-width falls as 1 / sqrt(windows)."""
+        if self.max_windows is not None:
+            return self.max_windows
+        return max(self.min_windows, math.ceil(20 * (0.02 / self.precision) ** 2 - 1e-9))
+
     def __post_init__(self) -> None:
         from dualpool.errors import ConfigError
 
@@ -84,10 +96,10 @@ class VerifySettings:
             raise ConfigError("--precision", f"must be in (0, 1), got {self.precision!r}")
         if not 0.5 <= self.confidence < 1.0:
             raise ConfigError("confidence", f"must be in [0.5, 1), got {self.confidence!r}")
-        if not 2 <= self.min_windows <= self.max_windows:
+        if not 2 <= self.min_windows <= self.window_cap:
             raise ConfigError(
                 "--min-windows",
-                f"need 2 <= min windows ({self.min_windows}) <= max windows ({self.max_windows})",
+                f"need 2 <= min windows ({self.min_windows}) <= max windows ({self.window_cap})",
             )
         if self.block is not None and self.block < 1:
             raise ConfigError("--window-requests", f"must be >= 1, got {self.block}")
