@@ -213,8 +213,9 @@ def _naive_shape(text: str) -> tuple[int, ...]:
     """The shape counts (SHAPE_FEATURES) by a plain loop over the UTF-8 bytes."""
     raw = text.encode("utf-8", "surrogatepass")
     nonascii = len(raw) - len(text)
-    digits = punct = newlines = spaces = runs = words = 0
+    digits = punct = newlines = spaces = runs = words = upper = caps = 0
     prev_white = False
+    prev_upper = False
     for b in raw:
         ch = chr(b) if b < 128 else ""
         white = ch in (" ", "\t", "\r", "\x0b", "\x0c", "\n") and ch != ""
@@ -230,8 +231,14 @@ def _naive_shape(text: str) -> tuple[int, ...]:
             runs += 1
         if prev_white and ch.isalpha():
             words += 1
+        is_upper = "A" <= ch <= "Z"
+        if is_upper:
+            upper += 1
+            if prev_upper:
+                caps += 1
         prev_white = white
-    return (nonascii, digits, punct, newlines, spaces, runs, words)
+        prev_upper = is_upper
+    return (nonascii, digits, punct, newlines, spaces, runs, words, upper, caps)
 
 
 @settings(max_examples=300, deadline=None)
@@ -243,9 +250,19 @@ def test_shape_counts_equal_a_naive_reference(contents: list[str]) -> None:
     if not f.count_shape():
         assert not any(contents)
         return
-    want = [0] * 7
+    want = [0] * 9
     for c in contents:
         for i, v in enumerate(_naive_shape(c)):
             want[i] += v
-    got = (f.nonascii, f.digits, f.punct, f.newlines, f.spaces, f.space_runs, f.words)
+    got = (
+        f.nonascii,
+        f.digits,
+        f.punct,
+        f.newlines,
+        f.spaces,
+        f.space_runs,
+        f.words,
+        f.upper,
+        f.caps_runs,
+    )
     assert got == tuple(want)

@@ -167,7 +167,8 @@ def test_poisoned_feedback_cannot_move_an_estimate_past_the_ratio_bounds() -> No
     )
 )
 def test_solve_recovers_a_noiseless_model(rows: list[list[float]]) -> None:
-    theta = [0.25, 0.1, 0.3, 0.5, 0.8, 0.2, -0.1, 0.4, 3.0]
+    theta = [0.25, 0.1, 0.3, 0.5, 0.8, 0.2, -0.1, 0.4, 0.15, 0.05, 3.0]
+    assert len(theta) == LINEAR_K
     st_ = LinearStats(LINEAR_K)
     for r in rows:
         z = [1.0, *r]

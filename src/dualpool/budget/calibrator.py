@@ -43,7 +43,7 @@ LINEAR_K = 2 + len(SHAPE_FEATURES)
 
 # Category model shared by every model once `max_categories` is reached.
 DEFAULT_MODEL = "*"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 
 
 class FeedbackReason:
@@ -162,7 +162,9 @@ def linear_tokens(theta: list[float], f: RequestFeatures, point: float) -> float
         + theta[5] * f.spaces
         + theta[6] * f.space_runs
         + theta[7] * f.words
-        + theta[8]
+        + theta[8] * f.upper
+        + theta[9] * f.caps_runs
+        + theta[10]
     )
     ref = b * point
     if t < 0.5 * ref:
