@@ -207,6 +207,10 @@ def test_shape_counts() -> None:
     assert f.nonascii == 2
     assert f.words == 2  # ASCII letters after whitespace: "there", "ok" ("été" is non-ASCII)
     assert f.space_runs == 2  # "\n " and "  ": whitespace right after whitespace
+    assert f.upper == 1 and f.caps_runs == 0
+    g = feats({"messages": [{"role": "user", "content": "NASA's rOCKET, Xy"}]})
+    assert g.count_shape()
+    assert g.upper == 9 and g.caps_runs == 7  # "ASA" after "N", "CKET" after "O"
 
 
 def _naive_shape(text: str) -> tuple[int, ...]:
@@ -242,7 +246,14 @@ def _naive_shape(text: str) -> tuple[int, ...]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.text(max_size=120), min_size=1, max_size=4))
+@given(
+    st.lists(
+        # Arbitrary text, and text dense in ASCII letters (capitals, runs of them).
+        st.one_of(st.text(max_size=120), st.text(alphabet="abcdeXYZ \n1.", max_size=120)),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_shape_counts_equal_a_naive_reference(contents: list[str]) -> None:
     body = {"messages": [{"role": "user", "content": c} for c in contents]}
     f = feats(body)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from dualpool.budget import BudgetEstimator, EstimatorConfig
 from dualpool.budget.calibrator import _KNOB_FIELDS, LINEAR_K, _Knobs
 from dualpool.budget.stats import LinearStats
+from dualpool.errors import ConfigError
 from dualpool.policy import PoolSpec, Reason
 from dualpool.router import Router
 
@@ -138,6 +139,30 @@ def test_snapshot_and_merge_carry_the_linear_model() -> None:
     truth = true_tokens(probe_text := text_of(rng))
     got = merged.estimate(merged.features(body(probe_text)), precise=True).prompt_tokens_point
     assert abs(got - truth) / truth < 0.1
+
+
+def test_a_version_1_snapshot_restores_all_but_its_linear_model() -> None:
+    # Version 1 had 9 linear coefficients: its ratios, outputs and overhead still
+    # load; its linear statistics cannot, so the model relearns them.
+    rng = random.Random(5)
+    a = BudgetEstimator()
+    for _ in range(100):
+        t = text_of(rng)
+        a.observe(a.features(body(t)), true_tokens(t))
+    snap = json.loads(json.dumps(a.calibrator.snapshot()))
+    assert snap["version"] == 2
+    snap["version"] = 1
+    for per_model in snap["categories"].values():
+        for data in per_model.values():
+            data["linear"] = LinearStats(LINEAR_K - 2).to_dict()
+    restored = BudgetEstimator()
+    restored.calibrator.restore(snap)
+    probe = restored.features(body(text_of(rng)))
+    assert restored.calibrator.coefficients("m", "prose").theta is None
+    assert restored.estimate(probe) == a.estimate(probe)  # the ratio's estimate
+    snap["version"] = 3
+    with pytest.raises(ConfigError, match="version"):
+        BudgetEstimator().calibrator.restore(snap)
 
 
 def test_poisoned_feedback_cannot_move_an_estimate_past_the_ratio_bounds() -> None:
