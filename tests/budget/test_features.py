@@ -210,7 +210,7 @@ def test_shape_counts() -> None:
     assert f.upper == 1 and f.caps_runs == 0
     g = feats({"messages": [{"role": "user", "content": "NASA's rOCKET, Xy"}]})
     assert g.count_shape()
-    assert g.upper == 9 and g.caps_runs == 7  # "ASA" after "N", "CKET" after "O"
+    assert g.upper == 10 and g.caps_runs == 7  # "ASA" after "N", "CKET" after "O"
 
 
 def _naive_shape(text: str) -> tuple[int, ...]:
