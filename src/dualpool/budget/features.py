@@ -12,9 +12,9 @@ It keeps references to the free texts (no copy), so the text's shape
 spaces, word starts, capitals and runs of capitals) can be counted on demand by
 `count_shape()`. Tokens follow these far more closely than bytes alone (a digit
 is a token per 1-3, a word of prose about one); the calibrator learns a linear
-model of tokens on them. Counting is one `bytes.translate` into character classes and a few
-`bytes.count`s over the whole text: a few nanoseconds per byte, which is more
-than the rest of routing for a typical body, so the router asks for it only
+model of tokens on them. Counting is one `bytes.translate` into character
+classes and a few `bytes.count`s over the whole text: a few nanoseconds per
+byte, which is more than the rest of routing for a typical body, so the router asks for it only
 when the decision could depend on it (docs/estimator.md), and the calibrator
 at feedback time, off the request path.
 
