@@ -14,9 +14,9 @@ spaces, word starts, capitals and runs of capitals) can be counted on demand by
 is a token per 1-3, a word of prose about one); the calibrator learns a linear
 model of tokens on them. Counting is one `bytes.translate` into character
 classes and a few `bytes.count`s over the whole text: a few nanoseconds per
-byte, which is more than the rest of routing for a typical body, so the router asks for it only
-when the decision could depend on it (docs/estimator.md), and the calibrator
-at feedback time, off the request path.
+byte, which is more than the rest of routing for a typical body, so the router
+asks for it only when the decision could depend on it (docs/estimator.md), and
+the calibrator at feedback time, off the request path.
 
 Bodies come from clients, so every field is checked: a wrong type raises
 `RequestError` naming the parameter, the way vLLM's OpenAI server answers 400.
