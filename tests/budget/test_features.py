@@ -207,14 +207,19 @@ def test_shape_counts() -> None:
     assert f.nonascii == 2
     assert f.words == 2  # ASCII letters after whitespace: "there", "ok" ("été" is non-ASCII)
     assert f.space_runs == 2  # "\n " and "  ": whitespace right after whitespace
+    assert f.upper == 1 and f.caps_runs == 0
+    g = feats({"messages": [{"role": "user", "content": "NASA's rOCKET, Xy"}]})
+    assert g.count_shape()
+    assert g.upper == 10 and g.caps_runs == 7  # "ASA" after "N", "CKET" after "O"
 
 
 def _naive_shape(text: str) -> tuple[int, ...]:
     """The shape counts (SHAPE_FEATURES) by a plain loop over the UTF-8 bytes."""
     raw = text.encode("utf-8", "surrogatepass")
     nonascii = len(raw) - len(text)
-    digits = punct = newlines = spaces = runs = words = 0
+    digits = punct = newlines = spaces = runs = words = upper = caps = 0
     prev_white = False
+    prev_upper = False
     for b in raw:
         ch = chr(b) if b < 128 else ""
         white = ch in (" ", "\t", "\r", "\x0b", "\x0c", "\n") and ch != ""
@@ -230,12 +235,25 @@ def _naive_shape(text: str) -> tuple[int, ...]:
             runs += 1
         if prev_white and ch.isalpha():
             words += 1
+        is_upper = "A" <= ch <= "Z"
+        if is_upper:
+            upper += 1
+            if prev_upper:
+                caps += 1
         prev_white = white
-    return (nonascii, digits, punct, newlines, spaces, runs, words)
+        prev_upper = is_upper
+    return (nonascii, digits, punct, newlines, spaces, runs, words, upper, caps)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.text(max_size=120), min_size=1, max_size=4))
+@given(
+    st.lists(
+        # Arbitrary text, and text dense in ASCII letters (capitals, runs of them).
+        st.one_of(st.text(max_size=120), st.text(alphabet="abcdeXYZ \n1.", max_size=120)),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_shape_counts_equal_a_naive_reference(contents: list[str]) -> None:
     body = {"messages": [{"role": "user", "content": c} for c in contents]}
     f = feats(body)
@@ -243,9 +261,19 @@ def test_shape_counts_equal_a_naive_reference(contents: list[str]) -> None:
     if not f.count_shape():
         assert not any(contents)
         return
-    want = [0] * 7
+    want = [0] * 9
     for c in contents:
         for i, v in enumerate(_naive_shape(c)):
             want[i] += v
-    got = (f.nonascii, f.digits, f.punct, f.newlines, f.spaces, f.space_runs, f.words)
+    got = (
+        f.nonascii,
+        f.digits,
+        f.punct,
+        f.newlines,
+        f.spaces,
+        f.space_runs,
+        f.words,
+        f.upper,
+        f.caps_runs,
+    )
     assert got == tuple(want)

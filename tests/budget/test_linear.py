@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from dualpool.budget import BudgetEstimator, EstimatorConfig
 from dualpool.budget.calibrator import _KNOB_FIELDS, LINEAR_K, _Knobs
 from dualpool.budget.stats import LinearStats
+from dualpool.errors import ConfigError
 from dualpool.policy import PoolSpec, Reason
 from dualpool.router import Router
 
@@ -140,6 +141,30 @@ def test_snapshot_and_merge_carry_the_linear_model() -> None:
     assert abs(got - truth) / truth < 0.1
 
 
+def test_a_version_1_snapshot_restores_all_but_its_linear_model() -> None:
+    # Version 1 had 9 linear coefficients: its ratios, outputs and overhead still
+    # load; its linear statistics cannot, so the model relearns them.
+    rng = random.Random(5)
+    a = BudgetEstimator()
+    for _ in range(100):
+        t = text_of(rng)
+        a.observe(a.features(body(t)), true_tokens(t))
+    snap = json.loads(json.dumps(a.calibrator.snapshot()))
+    assert snap["version"] == 2
+    snap["version"] = 1
+    for per_model in snap["categories"].values():
+        for data in per_model.values():
+            data["linear"] = LinearStats(LINEAR_K - 2).to_dict()
+    restored = BudgetEstimator()
+    restored.calibrator.restore(snap)
+    probe = restored.features(body(text_of(rng)))
+    assert restored.calibrator.coefficients("m", "prose").theta is None
+    assert restored.estimate(probe) == a.estimate(probe)  # the ratio's estimate
+    snap["version"] = 3
+    with pytest.raises(ConfigError, match="version"):
+        BudgetEstimator().calibrator.restore(snap)
+
+
 def test_poisoned_feedback_cannot_move_an_estimate_past_the_ratio_bounds() -> None:
     rng = random.Random(4)
     est = BudgetEstimator()
@@ -167,7 +192,8 @@ def test_poisoned_feedback_cannot_move_an_estimate_past_the_ratio_bounds() -> No
     )
 )
 def test_solve_recovers_a_noiseless_model(rows: list[list[float]]) -> None:
-    theta = [0.25, 0.1, 0.3, 0.5, 0.8, 0.2, -0.1, 0.4, 3.0]
+    theta = [0.25, 0.1, 0.3, 0.5, 0.8, 0.2, -0.1, 0.4, 0.15, 0.05, 3.0]
+    assert len(theta) == LINEAR_K
     st_ = LinearStats(LINEAR_K)
     for r in rows:
         z = [1.0, *r]

@@ -43,7 +43,11 @@ LINEAR_K = 2 + len(SHAPE_FEATURES)
 
 # Category model shared by every model once `max_categories` is reached.
 DEFAULT_MODEL = "*"
-SNAPSHOT_VERSION = 1
+# Version 2: the linear model has 11 coefficients (uppercase letters and runs of
+# capitals added). A version-1 snapshot is still read, without its linear part
+# (9 coefficients: it cannot be carried over; the model relearns it).
+SNAPSHOT_VERSION = 2
+_READABLE_VERSIONS = (1, SNAPSHOT_VERSION)
 
 
 class FeedbackReason:
@@ -162,7 +166,9 @@ def linear_tokens(theta: list[float], f: RequestFeatures, point: float) -> float
         + theta[5] * f.spaces
         + theta[6] * f.space_runs
         + theta[7] * f.words
-        + theta[8]
+        + theta[8] * f.upper
+        + theta[9] * f.caps_runs
+        + theta[10]
     )
     ref = b * point
     if t < 0.5 * ref:
@@ -536,7 +542,8 @@ class Calibrator:
         """Add another replica's statistics to ours (sums add; counters add)."""
         from dualpool.errors import ConfigError
 
-        if not isinstance(snapshot, dict) or snapshot.get("version") != SNAPSHOT_VERSION:
+        version = snapshot.get("version") if isinstance(snapshot, dict) else None
+        if version not in _READABLE_VERSIONS:
             raise ConfigError(
                 "calibrator snapshot",
                 f"expected a dict with version {SNAPSHOT_VERSION}; was it written by dualpool?",
@@ -548,7 +555,7 @@ class Calibrator:
                         cat = self._category(model, cls)
                         cat.ratio.merge(RatioStats.from_dict(data["ratio"]))
                         cat.outputs.merge(QuantileSketch.from_dict(data["outputs"]))
-                        if "linear" in data:
+                        if "linear" in data and version == SNAPSHOT_VERSION:
                             cat.linear.merge(LinearStats.from_dict(data["linear"]))
                             if cat.linear.n >= self._knobs.linear_min_samples:
                                 c = cat.ratio.ratio()

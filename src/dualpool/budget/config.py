@@ -61,7 +61,7 @@ class EstimatorConfig:
     # Observations before it is solved, and residuals of it before it is used.
     linear_min_samples: int = 24
     linear_min_residuals: int = 8
-    # Re-solve every this many observations (a 9x9 Cholesky each time).
+    # Re-solve every this many observations (an 11x11 Cholesky each time).
     linear_every: int = 4
     # Ridge toward the single ratio, as a share of each feature's second moment
     # (0.001: the shared corpus's per-request median error 3.9% with either

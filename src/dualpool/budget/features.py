@@ -9,14 +9,14 @@ and the content class of the dominant text.
 
 It keeps references to the free texts (no copy), so the text's shape
 (`TextShape`: non-ASCII bytes, digits, punctuation, newlines, spaces, runs of
-spaces and word starts) can be counted on demand by `count_shape()`. Tokens
-follow these far more closely than bytes alone (a digit is a token per 1-3, a
-word of prose about one); the calibrator learns a linear model of tokens on
-them. Counting is one `bytes.translate` into character classes and a few
-`bytes.count`s over the whole text: a few nanoseconds per byte, which is more
-than the rest of routing for a typical body, so the router asks for it only
-when the decision could depend on it (docs/estimator.md), and the calibrator
-at feedback time, off the request path.
+spaces, word starts, capitals and runs of capitals) can be counted on demand by
+`count_shape()`. Tokens follow these far more closely than bytes alone (a digit
+is a token per 1-3, a word of prose about one); the calibrator learns a linear
+model of tokens on them. Counting is one `bytes.translate` into character
+classes and a few `bytes.count`s over the whole text: a few nanoseconds per
+byte, which is more than the rest of routing for a typical body, so the router
+asks for it only when the decision could depend on it (docs/estimator.md), and
+the calibrator at feedback time, off the request path.
 
 Bodies come from clients, so every field is checked: a wrong type raises
 `RequestError` naming the parameter, the way vLLM's OpenAI server answers 400.
@@ -45,6 +45,8 @@ SHAPE_FEATURES: tuple[str, ...] = (
     "spaces",
     "space_runs",
     "words",
+    "upper",
+    "caps_runs",
 )
 
 
@@ -55,13 +57,16 @@ _SPACE = 0x04  # space, tab, CR, VT, FF
 _NEWLINE = 0x08
 _WHITE = 0x10  # set with _SPACE and with _NEWLINE: any whitespace
 _LETTER = 0x20  # an ASCII letter; non-ASCII bytes are 0 (counted apart)
+_UPPER = 0x40  # set with _LETTER on an uppercase ASCII letter
 
 
 def _class_table() -> bytes:
     out = bytearray(256)
     for c in range(128):
         ch = chr(c)
-        if ch.isalpha():
+        if ch.isupper():
+            out[c] = _LETTER | _UPPER
+        elif ch.isalpha():
             out[c] = _LETTER
         elif ch.isdigit():
             out[c] = _DIGIT
@@ -80,6 +85,8 @@ _PUNCT_BYTE = bytes([_PUNCT])
 _SPACE_BYTE = bytes([_SPACE | _WHITE])
 _NEWLINE_BYTE = bytes([_NEWLINE | _WHITE])
 _WHITE_BYTE = bytes([_WHITE])
+_UPPER_BYTE = bytes([_LETTER | _UPPER])
+_UPPER_MASK_BYTE = bytes([_UPPER])
 
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 _AUDIO_PARTS = frozenset({"input_audio", "audio_url", "audio"})
@@ -125,6 +132,8 @@ class RequestFeatures:
     spaces: int  # spaces, tabs, carriage returns
     space_runs: int  # whitespace right after whitespace (indentation, alignment)
     words: int  # an ASCII letter right after whitespace (word starts)
+    upper: int  # uppercase ASCII letters
+    caps_runs: int  # an uppercase letter right after one (acronyms, all-caps words)
 
     # An explicit __init__ (init=False): mypyc compiles it natively, where the one
     # dataclasses generates stays interpreted (~5x slower per instance).
@@ -156,6 +165,7 @@ class RequestFeatures:
         self.shaped = False
         self.nonascii = self.digits = self.punct = self.newlines = 0
         self.spaces = self.space_runs = self.words = 0
+        self.upper = self.caps_runs = 0
 
     def count_shape(self) -> bool:
         """Count the texts' shape once; False when there is no text to count."""
@@ -174,6 +184,8 @@ class RequestFeatures:
         self.spaces = shape.spaces
         self.space_runs = shape.space_runs
         self.words = shape.words
+        self.upper = shape.upper
+        self.caps_runs = shape.caps_runs
         self.shaped = True
         return True
 
@@ -188,6 +200,8 @@ class RequestFeatures:
             float(self.spaces),
             float(self.space_runs),
             float(self.words),
+            float(self.upper),
+            float(self.caps_runs),
             1.0,
         ]
 
@@ -199,7 +213,17 @@ class RequestFeatures:
 class TextShape:
     """Running shape counts of a request's free text (see SHAPE_FEATURES)."""
 
-    __slots__ = ("digits", "newlines", "nonascii", "punct", "space_runs", "spaces", "words")
+    __slots__ = (
+        "caps_runs",
+        "digits",
+        "newlines",
+        "nonascii",
+        "punct",
+        "space_runs",
+        "spaces",
+        "upper",
+        "words",
+    )
 
     def __init__(self) -> None:
         self.nonascii = 0
@@ -209,6 +233,8 @@ class TextShape:
         self.spaces = 0
         self.space_runs = 0
         self.words = 0
+        self.upper = 0
+        self.caps_runs = 0
 
     def add(self, text: str, nbytes: int) -> None:
         """Count `text`, whose UTF-8 length is `nbytes`.
@@ -234,6 +260,11 @@ class TextShape:
         # Byte i whitespace -> bit 4 of byte i + 1 (shift 8); -> bit 5 (shift 9).
         self.space_runs += ((white << 8) & flags).bit_count()
         self.words += ((white << 1 + 8) & flags).bit_count()
+        upper = m.count(_UPPER_BYTE)
+        if upper:  # the pair count only when there is an uppercase letter at all
+            self.upper += upper
+            caps = flags & int.from_bytes(_UPPER_MASK_BYTE * len(m), "little")
+            self.caps_runs += ((caps << 8) & caps).bit_count()
 
 
 def utf8_len(text: str) -> int:
