@@ -15,6 +15,7 @@ from dualpool.budget.shared import (
     SharedCalibrator,
     add_snapshots,
     age_weight,
+    compatible,
     empty_snapshot,
     merge_snapshots,
     sample_counts,
@@ -177,3 +178,18 @@ def test_three_replicas_never_lose_or_double_count(
     for i in range(3):
         sync(i)
     assert all(close(snaps[i], stats(cals[i].snapshot())) for i in range(3))
+
+
+def test_another_versions_snapshot_is_left_out_of_the_merge() -> None:
+    """A rolling upgrade: a replica of the previous snapshot version shares the key."""
+    rng = random.Random(3)
+    cal = Calibrator(EstimatorConfig())
+    for _ in range(60):
+        observe(cal, rng, "prose")
+    ours = SharedCalibrator(cal).own()
+    old = json.loads(json.dumps(ours))
+    old["version"] = int(ours["version"]) - 1
+    assert compatible(ours) and not compatible(old)
+    merged = merge_snapshots([ours, old])
+    assert sample_counts(merged) == sample_counts(ours)
+    assert close(stats(merged), stats(merge_snapshots([ours])))

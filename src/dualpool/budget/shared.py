@@ -35,6 +35,7 @@ __all__ = [
     "SharedCalibrator",
     "add_snapshots",
     "age_weight",
+    "compatible",
     "empty_snapshot",
     "merge_snapshots",
     "sample_counts",
@@ -211,13 +212,29 @@ def _prune(snap: dict[str, Any]) -> dict[str, Any]:
     return snap
 
 
+def compatible(snap: Mapping[str, Any]) -> bool:
+    """Whether a published snapshot has this version's shape.
+
+    During a rolling upgrade replicas of two versions share one Redis key; their
+    statistics may differ in shape (the linear model's dimension grew from 9 to
+    11 coefficients in snapshot version 2), and summing them element by element
+    would be garbage. The other version's part is left out until its replicas are
+    replaced: each version routes on the statistics of its own kind.
+    """
+    return snap.get("version") == SNAPSHOT_VERSION
+
+
 def merge_snapshots(
     snaps: Iterable[Mapping[str, Any]], weights: Iterable[float] | None = None
 ) -> dict[str, Any]:
-    """The weighted sum of several replicas' statistics (pure; may run in a thread)."""
+    """The weighted sum of several replicas' statistics (pure; may run in a thread).
+
+    Snapshots of another version (`compatible`) are left out.
+    """
     merged = empty_snapshot()
     for snap, w in zip(snaps, weights if weights is not None else _ones(), strict=False):
-        merged = add_snapshots(merged, snap, w)
+        if compatible(snap):
+            merged = add_snapshots(merged, snap, w)
     return merged
 
 

@@ -32,7 +32,13 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from dualpool.budget.calibrator import Calibrator
-from dualpool.budget.shared import SharedCalibrator, add_snapshots, age_weight, merge_snapshots
+from dualpool.budget.shared import (
+    SharedCalibrator,
+    add_snapshots,
+    age_weight,
+    compatible,
+    merge_snapshots,
+)
 from dualpool.errors import ConfigError
 from dualpool.gateway._config import SharedCalibrationConfig
 from dualpool.gateway._metrics import Gauge
@@ -136,7 +142,11 @@ class SharedCalibration:
                 _, stats, _ = await self._call("")
                 mine = stats.get(self.replica_id)
                 if mine is not None:
-                    self._adopt(json.loads(mine))
+                    published = json.loads(mine)
+                    # Published by another version under this id (an upgrade in
+                    # place): not summable with ours; the next round replaces it.
+                    if compatible(published):
+                        self._adopt(published)
                 self._joined = True
             own = self.shared.own()
             now, stats, stamps = await self._call(json.dumps(own, separators=(",", ":")))
@@ -178,6 +188,9 @@ class SharedCalibration:
                 snap = json.loads(text)
                 age = now - float(stamps.get(rid, now))
             except ValueError:
+                continue
+            if not isinstance(snap, dict) or not compatible(snap):
+                # Another snapshot version (a rolling upgrade): not summable with ours.
                 continue
             snaps.append(snap)
             weights.append(age_weight(age, cfg.grace, cfg.half_life))
