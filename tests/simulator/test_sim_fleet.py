@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from dualpool.engine import get_gpu, get_model, smallest_feasible_tp
+from dualpool.engine import StepTimeParams, get_gpu, get_model, smallest_feasible_tp
 from dualpool.errors import ConfigError
 from dualpool.simulator import (
     LONG_ENGINE,
@@ -43,6 +44,24 @@ def test_yaml_roundtrip_and_default_tp(tmp_path: Path) -> None:
     assert f.pools[0].engine.tensor_parallel_size == 2
     assert f.pools[1].engine.tensor_parallel_size == 1
     assert FleetConfig.from_mapping(f.as_dict()) == f
+
+
+def test_as_dict_keeps_step_params_and_weight_dtype() -> None:
+    """A fleet written back (`simulate --json` reports its config) keeps its calibration and dtype."""
+    f = FleetConfig.from_mapping(
+        {
+            "model": "llama-3-70b",
+            "weight_dtype": "fp8",
+            "gpu": "h100-80gb",
+            "step_params": {"flops_efficiency": 0.61, "step_overhead_s": 0.003},
+            "pools": [{"name": "all", "instances": 2, "engine": {"tensor_parallel_size": 2}}],
+        }
+    )
+    d = f.as_dict()
+    assert d["weight_dtype"] == "fp8"
+    assert d["step_params"] == {"flops_efficiency": 0.61, "step_overhead_s": 0.003}
+    assert FleetConfig.from_mapping(d) == f
+    assert "step_params" not in dataclasses.replace(f, step_params=StepTimeParams()).as_dict()
 
 
 @pytest.mark.parametrize(

@@ -178,6 +178,16 @@ class FleetConfig:
                 d["threshold"] = p.threshold
             pools.append(d)
         out: dict[str, Any] = {"model": self.model.name, "gpu": self.gpu.name, "pools": pools}
+        if self.model.weight_dtype != "bf16":
+            out["weight_dtype"] = self.model.weight_dtype
+        default = StepTimeParams()
+        changed = {
+            f.name: getattr(self.step_params, f.name)
+            for f in dataclasses.fields(StepTimeParams)
+            if getattr(self.step_params, f.name) != getattr(default, f.name)
+        }
+        if changed:
+            out["step_params"] = changed
         if self.gpu.non_torch_bytes is not None:
             out["memory_params"] = {"non_torch_gib": round(self.gpu.non_torch_bytes / 2**30, 6)}
         return out
