@@ -9,7 +9,6 @@ stop():   stop accepting ─► close idle connections ─► wait for in-flight
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import logging
@@ -203,11 +202,7 @@ class GatewayServer:
             server.abort_all()
         await server.wait_closed()
         tasks = self._tasks + list(gw.tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _cancel_all(tasks)
         for pool in gw.pools:
             for b in pool.backends:
                 b.close_idle()
@@ -229,6 +224,27 @@ async def _join_shared(gw: Gateway, cfg: GatewayConfig, port: int | None) -> Sha
     shared.attach_metrics(gw)
     await shared.start()
     return shared
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]], rounds: int = 10) -> None:
+    """Cancel the background tasks and wait for them, bounded.
+
+    A task may swallow one cancellation (Python 3.11's wait_for does when the awaited
+    call completes at the same moment, gh-86296) and go on; waiting for it unbounded
+    kept a SIGTERM'd gateway alive forever. Each round cancels what is left again
+    and waits at most a second; what still runs after that is left to the exit."""
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(rounds):
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    if pending:
+        log.warning("shutdown: %d background task(s) did not stop; exiting anyway", len(pending))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" at exit
 
 
 def settle_heap() -> None:

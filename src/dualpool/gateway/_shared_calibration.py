@@ -124,14 +124,16 @@ class SharedCalibration:
         self.rounds = 0
         self.peers = 0
         self.last_error = ""
+        self._closing = False
 
     # ---- one round --------------------------------------------------------------------
     async def _call(self, payload: str) -> tuple[float, dict[str, str], dict[str, str]]:
         cfg = self.config
-        reply = await asyncio.wait_for(
-            self._script(keys=self._keys, args=[self.replica_id, payload, cfg.ttl]),
-            cfg.timeout,
-        )
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+        # cancellation that arrives as the call completes (gh-86296), and the
+        # periodic round then outlived the gateway's shutdown.
+        async with asyncio.timeout(cfg.timeout):
+            reply = await self._script(keys=self._keys, args=[self.replica_id, payload, cfg.ttl])
         return float(reply[0]), _pairs(reply[1]), _pairs(reply[2])
 
     async def sync(self) -> bool:
@@ -215,12 +217,14 @@ class SharedCalibration:
             )
 
     async def run(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.config.interval)
-            await self.sync()
+            if not self._closing:
+                await self.sync()
 
     async def close(self) -> None:
         """Publish once more (what was learned since the last round), then disconnect."""
+        self._closing = True
         if self.connected:
             await self.sync()
         with contextlib.suppress(Exception):  # closing a dead connection: nothing to do
