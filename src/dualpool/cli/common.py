@@ -75,7 +75,8 @@ def _params_file(args: argparse.Namespace) -> tuple[str, dict[str, Any]] | None:
     import yaml
 
     try:
-        data = yaml.safe_load(open(path, encoding="utf-8").read())  # noqa: SIM115
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
     except OSError as e:
         raise ConfigError("--step-params", f"cannot read {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
