@@ -1,6 +1,7 @@
 """How much KV cache did vLLM really use in a measured run? Evidence from its stamps.
 
     .venv/bin/python benchmarks/kv_evidence.py [--run NAME] [--runs DIR]
+        [--shared-prefix I:J:TOKENS ...]
 
 For a KV-bound run of shared/data/vllm-runs (default the RTX 4090 run), from
 the per-request stamps and the per-second timeseries alone:
@@ -14,7 +15,13 @@ the per-request stamps and the per-second timeseries alone:
    the first completion), the oldest R unfinished requests (R = vLLM's
    logged running count) hold ceil((prompt + generated) / block) blocks,
    generated = 1 + (t - first token) / own TPOT. Compared with the KV
-   capacity the README logs.
+   capacity the README logs. With `--shared-prefix I:J:TOKENS` (requests
+   by arrival order, 0-based: J's prompt begins with TOKENS tokens of I's),
+   the full blocks of that prefix count once while both run, as vLLM's
+   prefix cache holds them (block i's hash chains block i-1's, so only
+   whole 16-token blocks of an identical prefix are shared). The pairs come
+   from the run's token ids, which are not in the run folder; for the
+   RTX 4090 run they are `40:47:455` (docs/engine-model.md §7).
 3. The prefix-cache hits the admission burst allows. The scheduled and
    first-token stamps fall on engine-step boundaries. In the saturated span
    (the longest run of gaps that are whole numbers of the full-step
@@ -47,6 +54,7 @@ from dualpool.engine.measured import (
     find_runs,
     kv_held_blocks,
     kv_held_capacity,
+    kv_running_sets,
     replay,
     resolve_specs,
 )
@@ -59,11 +67,41 @@ def _load(runs_dir: Path, name: str) -> tuple[list[dict[str, Any]], list[dict[st
     return reqs, ts
 
 
+def _pairs(specs: list[str]) -> list[tuple[int, int, int]]:
+    """`I:J:TOKENS` -> (earlier, later, tokens); SystemExit(2) naming the flag."""
+    out: list[tuple[int, int, int]] = []
+    for spec in specs:
+        try:
+            i, j, n = (int(x) for x in spec.split(":"))
+        except ValueError:
+            i = j = n = -1
+        if min(i, j, n) < 0 or i == j:
+            print(f"kv_evidence: error: --shared-prefix {spec!r}: expected I:J:TOKENS "
+                  "(two different request indices, a token count)", file=sys.stderr)  # fmt: skip
+            raise SystemExit(2)
+        out.append((min(i, j), max(i, j), n))
+    return out
+
+
+def _shared_blocks(members: tuple[int, ...], pairs: list[tuple[int, int, int]], bs: int) -> int:
+    """Full blocks the running set holds once for two or more of its requests: each
+    later request of a pair reuses the prefix blocks of an earlier one that runs."""
+    running = set(members)
+    reuse: dict[int, int] = {}
+    for i, j, n in pairs:
+        if i in running and j in running:
+            reuse[j] = max(reuse.get(j, 0), n // bs)
+    return sum(reuse.values())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="rtx4090_llama31_8b_seqs128")
     ap.add_argument("--runs", default=None, help="folder of measured runs")
+    ap.add_argument("--shared-prefix", action="append", default=[], metavar="I:J:TOKENS",
+                    help="requests I and J (arrival order) share a TOKENS-token prompt prefix")  # fmt: skip
     args = ap.parse_args()
+    pairs = _pairs(args.shared_prefix)
     runs_dir = Path(args.runs) if args.runs else shared_data_dir() / "vllm-runs"
     try:
         reqs, ts = _load(runs_dir, args.run)
@@ -95,8 +133,12 @@ def main() -> int:
         None,
     )
     held = kv_held_blocks(run, bs)
-    for t, running, blocks in held:
-        print(f"  t={t:4.0f}s running {running:3d}: the oldest {running} hold {blocks:,} blocks")
+    shared = [_shared_blocks(m, pairs, bs) for _, _, m in kv_running_sets(run)]
+    for (t, running, blocks), s in zip(held, shared, strict=True):
+        net = f" ({s:,} of them shared by prefix: {blocks - s:,} distinct)" if pairs else ""
+        print(
+            f"  t={t:4.0f}s running {running:3d}: the oldest {running} hold {blocks:,} blocks{net}"
+        )
 
     # 3. prefix hits the admission burst allows
     burst = [r for r in order if r["first_token_ts"] - t0 < (start or 0) + 1.0]
@@ -184,13 +226,23 @@ def main() -> int:
         "run": args.run,
         "logged_blocks": logged,
         "never_preempted": never,
-        "held": [{"t": t, "running": r, "blocks": b} for t, r, b in held],
+        "held": [
+            {"t": t, "running": r, "blocks": b, "shared_prefix_blocks": s}
+            for (t, r, b), s in zip(held, shared, strict=True)
+        ],
+        "shared_prefix_pairs": [list(p) for p in pairs],
         "prefix_hits": hit,
     }
     if held and logged:
         cap = kv_held_capacity(run, bs) or logged
         out["held_median_blocks"] = cap
         out["held_over_logged"] = cap / logged - 1.0
+        if pairs:
+            net = statistics.median(b - s for (_, _, b), s in zip(held, shared, strict=True))
+            out["held_net_of_shared_median_blocks"] = net
+            out["held_net_of_shared_over_logged"] = net / logged - 1.0
+            print(f"  net of the shared prefix blocks the running set held {net:,.0f} blocks "
+                  f"(median), {net / logged - 1.0:+.1%} over the logged {logged:,}")  # fmt: skip
         meas = {t: r for t, r, _ in held}
         for label, blocks in (("logged", logged), ("held", cap)):
             res = replay(run, model, gpu, cfg, num_gpu_blocks=blocks)

@@ -27,6 +27,8 @@ from dualpool.engine.measured import (
     compare,
     engine_config,
     find_runs,
+    kv_held_blocks,
+    kv_running_sets,
     load_bench_json,
     percentile,
     replay,
@@ -134,6 +136,36 @@ def test_run_halves_split_at_the_middle() -> None:
     reqs = tuple(MeasuredRequest(float(i), 10, 5, 0.1, 0.2) for i in range(10))
     a, b = MeasuredRun("x", reqs, {}, {}).halves()
     assert len(a.requests) == len(b.requests) == 5 and b.requests[0].arrival == 0.0
+
+
+def test_kv_running_sets_are_the_oldest_alive_while_kv_binds() -> None:
+    # Five requests arrive at 0..0.4 s; request 1 finishes first (at 5.5 s).
+    # vLLM's running count falls 4 -> 3 -> 2 while one waits: from t = 2 the
+    # running set is the oldest `running` requests alive, until the first
+    # completion.
+    reqs = (
+        MeasuredRequest(0.0, 160, 100, 0.5, 9.0),
+        MeasuredRequest(0.1, 32, 10, 0.5, 5.4),
+        MeasuredRequest(0.2, 48, 100, 0.5, 9.0),
+        MeasuredRequest(0.3, 16, 100, 0.5, 9.0),
+        MeasuredRequest(0.4, 16, 100, 4.0, 9.0),
+    )
+    series = ((1.0, 4, 1), (2.0, 3, 2), (3.0, 2, 3), (4.0, 2, 3), (5.0, 2, 3), (6.0, 3, 1))
+    run = MeasuredRun("x", reqs, {}, {}, series)
+    sets = kv_running_sets(run)
+    assert sets == [(2.0, 3, (0, 1, 2)), (3.0, 2, (0, 1)), (4.0, 2, (0, 1)), (5.0, 2, (0, 1))]
+    held = kv_held_blocks(run, 16)
+    assert [(t, n) for t, n, _ in held] == [(t, n) for t, n, _ in sets]
+    # at t = 2: request 0 holds ceil((160 + 1 + 1.5 / tpot) / 16) blocks, etc.
+    t, _, blocks = held[0]
+    want = sum(
+        math.ceil(
+            (reqs[i].input_tokens + 1 + (t - reqs[i].arrival - reqs[i].ttft) / reqs[i].tpot) / 16
+        )
+        for i in (0, 1, 2)
+    )
+    assert blocks == want
+    assert kv_running_sets(MeasuredRun("x", reqs, {}, {})) == []
 
 
 # -- all-reduce --------------------------------------------------------------------

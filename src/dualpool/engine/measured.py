@@ -56,6 +56,7 @@ __all__ = [
     "fit_step_params",
     "kv_held_blocks",
     "kv_held_capacity",
+    "kv_running_sets",
     "latency_stats",
     "load_bench_json",
     "load_run",
@@ -513,18 +514,16 @@ def trajectory_error(run: MeasuredRun, res: ReplayResult) -> dict[str, float]:
 # -- the KV capacity a run's stamps show -------------------------------------------------
 
 
-def kv_held_blocks(run: MeasuredRun, block_size: int) -> list[tuple[float, int, int]]:
-    """Blocks the running requests held each second while the KV limit bound.
+def kv_running_sets(run: MeasuredRun) -> list[tuple[float, int, tuple[int, ...]]]:
+    """The requests vLLM kept running each second while the KV limit bound.
 
-    (t, running, blocks) for each second of the run's timeseries from the
+    (t, running, indices) for each second of the run's timeseries from the
     first one at which vLLM's running count falls while requests wait (the
     KV limit binding: vLLM admits no one and preempts) to the first
     completion. vLLM v1 preempts the most recently admitted running request
     and admits in arrival order, so the running set at t is the oldest
-    `running` requests alive (first token at or before t, last after); each
-    holds ceil((prompt + generated) / block_size) blocks, generated = 1 +
-    (t - first token) / its own TPOT. Prefix-cache hits between requests
-    would count twice here; benchmarks/kv_evidence.py bounds them. Empty
+    `running` requests alive (first token at or before t, last after);
+    `indices` are their positions in `run.requests` (arrival order). Empty
     without a timeseries or a KV-bound phase.
     """
     rows = run.timeseries
@@ -537,13 +536,32 @@ def kv_held_blocks(run: MeasuredRun, block_size: int) -> list[tuple[float, int, 
     if start is None:
         return []
     first_done = min(r.arrival + r.e2e for r in run.requests)
-    out: list[tuple[float, int, int]] = []
+    out: list[tuple[float, int, tuple[int, ...]]] = []
     for t, running, _ in rows:
         if not start <= t < first_done:
             continue
-        alive = [r for r in run.requests if r.arrival + r.ttft <= t < r.arrival + r.e2e]
+        alive = [
+            i for i, r in enumerate(run.requests) if r.arrival + r.ttft <= t < r.arrival + r.e2e
+        ]
+        out.append((t, running, tuple(alive[:running])))
+    return out
+
+
+def kv_held_blocks(run: MeasuredRun, block_size: int) -> list[tuple[float, int, int]]:
+    """Blocks the running requests held each second while the KV limit bound.
+
+    (t, running, blocks) for each second of `kv_running_sets`: each request
+    of the running set holds ceil((prompt + generated) / block_size) blocks,
+    generated = 1 + (t - first token) / its own TPOT. Blocks two running
+    requests share through the prefix cache would count twice here; the
+    RTX 4090 run has none (docs/engine-model.md §7, measured from its token
+    ids; benchmarks/kv_evidence.py --shared-prefix subtracts given ones).
+    """
+    out: list[tuple[float, int, int]] = []
+    for t, running, members in kv_running_sets(run):
         blocks = 0
-        for r in alive[:running]:
+        for i in members:
+            r = run.requests[i]
             tpot = r.tpot
             gen = r.output_tokens if tpot <= 0 else 1 + (t - r.arrival - r.ttft) / tpot
             blocks += math.ceil((r.input_tokens + min(r.output_tokens, gen)) / block_size)
