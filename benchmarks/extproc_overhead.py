@@ -128,6 +128,37 @@ def throughput(url: str, conns: int, seconds: float) -> tuple[float, int]:
     return sum(done) / (time.perf_counter() - t0), sum(failed)
 
 
+def handoff_round_trip_us(parent: str, child: str, n: int = 20000) -> float:
+    """Median µs of a one-byte round trip between two processes over a socketpair, one
+    on core `parent`, the other on core `child`: what a hand-off between Envoy and the
+    processor costs the kernel and the scheduler alone, on one core or across two."""
+    import socket
+
+    a, b = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the echo side
+        try:
+            os.sched_setaffinity(0, {int(child)})
+            a.close()
+            while data := b.recv(1):
+                b.send(data)
+        finally:
+            os._exit(0)
+    b.close()
+    os.sched_setaffinity(0, {int(parent)})
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        a.send(b"x")
+        a.recv(1)
+        out.append((time.perf_counter() - t) * 1e6)
+        if i % 50 == 0:
+            time.sleep(0.0002)  # let the echo side go idle now and then, as Envoy's would
+    a.close()
+    os.waitpid(pid, 0)
+    return round(statistics.median(out), 2)
+
+
 def wait_port(port: int, proc: Any, timeout: float = 60.0) -> None:
     import socket
 
@@ -371,6 +402,11 @@ def main() -> None:
     names = ["shared", "own_core"] if args.layout == "both" else [args.layout.replace("-", "_")]
     load_before = os.getloadavg()
     env = offline_env()
+    handoff = {
+        "same_core": handoff_round_trip_us(GATEWAY_CPU, GATEWAY_CPU),
+        "across_cores": handoff_round_trip_us(GATEWAY_CPU, LOAD_CPU),
+    }
+    print(f"hand-off round trip (socketpair), µs: {handoff}", file=sys.stderr)
 
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -546,6 +582,7 @@ def main() -> None:
         **{k: v for k, v in per_layout[head.name].items() if k not in ("cores",)},
         "envoy_ext_proc_stats": stats,
         "target_added_over_envoy_p50_ms": 0.5,
+        "handoff_round_trip_us": handoff,
         "own_sessions": args.own_sessions,
         "load_average": [round(x, 2) for x in load_before + os.getloadavg()],
         "quick": args.quick,
