@@ -302,7 +302,9 @@ class Layout:
         bport = free_port()
         self.backend = f"http://127.0.0.1:{bport}"
         script = str(Path(__file__).with_name("_backend.py"))
-        bproc = self._process([sys.executable, script, "--port", str(bport)], self.cores["backend"])
+        cmd = [sys.executable, script, "--port", str(bport)]
+        cmd += ["--delay", str(self._args.backend_delay / 1000)]
+        bproc = self._process(cmd, self.cores["backend"])
         if not wait_ready(self.backend, bproc, 30):
             sys.exit("the fixed backend did not start")
         self.urls["direct"] = self.backend
@@ -348,6 +350,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (about two minutes)")
     ap.add_argument("--connections", type=int, default=16, help="clients for the req/s runs")
+    ap.add_argument(
+        "--backend-delay",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="the fixed backend waits this long before each non-streamed answer (default 0: "
+        "at once); a backend that takes time, as vLLM does, gives the processor's deferred "
+        "work a wait to run in",
+    )
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 20, --quick 6)")
     ap.add_argument(
         "--seconds", type=float, help="seconds per variant per round (default 1, --quick 0.75)"
@@ -583,6 +594,7 @@ def main() -> None:
         "envoy_ext_proc_stats": stats,
         "target_added_over_envoy_p50_ms": 0.5,
         "handoff_round_trip_us": handoff,
+        "backend_delay_ms": args.backend_delay,
         "own_sessions": args.own_sessions,
         "load_average": [round(x, 2) for x in load_before + os.getloadavg()],
         "quick": args.quick,
