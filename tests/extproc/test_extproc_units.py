@@ -32,6 +32,7 @@ from dualpool.extproc import (
     ExtProcessor,
 )
 from dualpool.extproc import _messages as m
+from dualpool.extproc._server import grpc_method
 from dualpool.gateway.testing import GatewayThread
 
 CONFIG = {
@@ -129,7 +130,7 @@ def resp_body(data: bytes, eos: bool) -> Any:
 
 
 def run(gw: GatewayThread, proc: ExtProcessor, msgs: list[Any]) -> list[Any]:
-    """One gRPC stream through the real `Process` method (serialized messages both
+    """One gRPC stream through the real grpcio method (serialized messages both
     ways, as on the wire), the answers parsed; the observer's work done."""
 
     async def it() -> AsyncIterator[bytes]:
@@ -137,7 +138,7 @@ def run(gw: GatewayThread, proc: ExtProcessor, msgs: list[Any]) -> list[Any]:
             yield msg.SerializeToString()
 
     async def drive() -> list[Any]:
-        out = [parsed(r) async for r in proc.Process(it(), None)]
+        out = [parsed(r) async for r in grpc_method(proc)(it(), None)]
         proc.flush()
         return out
 

@@ -57,14 +57,20 @@ def _ser(resp: Any) -> bytes:
     return data
 
 
-CONTINUE_REQUEST_HEADERS = _ser(pb.ProcessingResponse(request_headers=pb.HeadersResponse()))
-CONTINUE_REQUEST_BODY = _ser(pb.ProcessingResponse(request_body=pb.BodyResponse()))
-CONTINUE_RESPONSE_HEADERS = _ser(pb.ProcessingResponse(response_headers=pb.HeadersResponse()))
-CONTINUE_RESPONSE_BODY = _ser(pb.ProcessingResponse(response_body=pb.BodyResponse()))
-CONTINUE_REQUEST_TRAILERS = _ser(pb.ProcessingResponse(request_trailers=pb.TrailersResponse()))
-CONTINUE_RESPONSE_TRAILERS = _ser(pb.ProcessingResponse(response_trailers=pb.TrailersResponse()))
+CONTINUE_REQUEST_HEADERS: bytes = _ser(pb.ProcessingResponse(request_headers=pb.HeadersResponse()))
+CONTINUE_REQUEST_BODY: bytes = _ser(pb.ProcessingResponse(request_body=pb.BodyResponse()))
+CONTINUE_RESPONSE_HEADERS: bytes = _ser(
+    pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+)
+CONTINUE_RESPONSE_BODY: bytes = _ser(pb.ProcessingResponse(response_body=pb.BodyResponse()))
+CONTINUE_REQUEST_TRAILERS: bytes = _ser(
+    pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+)
+CONTINUE_RESPONSE_TRAILERS: bytes = _ser(
+    pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+)
 # A streamed request body chunk dropped (the replacement went with an earlier one).
-CLEAR_REQUEST_BODY = _ser(
+CLEAR_REQUEST_BODY: bytes = _ser(
     pb.ProcessingResponse(
         request_body=pb.BodyResponse(
             response=pb.CommonResponse(body_mutation=pb.BodyMutation(clear_body=True))

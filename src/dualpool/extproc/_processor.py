@@ -35,10 +35,9 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from dualpool.errors import RequestError
@@ -93,7 +92,6 @@ _UPLOAD_SECONDS = 30.0
 # Endpoints named after the first one (tried in order when Envoy retries).
 _FALLBACK_ENDPOINTS = 2
 
-_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 _ROUTED = {b"/v1/chat/completions": True, b"/v1/completions": False}
 _REMOVE_CLIENT_HEADERS = (POOL_HEADER, DESTINATION_HEADER, STRIP_HEADER)
 # The headers each phase reads (the rest are not decoded).
@@ -216,7 +214,8 @@ class ExtProcessor:
     """envoy.service.ext_proc.v3.ExternalProcessor over the gateway's router and pools.
 
     Serialized messages in and out (`answer`), for both gRPC servers: the native one
-    frames them itself, grpcio is registered without (de)serializers (`grpc_handler`)."""
+    frames them itself, grpcio is registered without (de)serializers
+    (`_server.grpc_handler`)."""
 
     def __init__(self, gateway: Gateway, *, endpoint_picker: bool = False) -> None:
         self.gw = gateway
@@ -254,26 +253,6 @@ class ExtProcessor:
     def pools(self) -> list[Pool]:
         """Every served model's pools (the gateway's: swapped whole by a reload)."""
         return self.gw.pools
-
-    # ---- the gRPC method ---------------------------------------------------------------
-    async def Process(
-        self, request_iterator: AsyncIterator[bytes], context: Any
-    ) -> AsyncIterator[bytes]:
-        """The method on grpcio: serialized requests in, serialized answers out."""
-        st = self.open()
-        try:
-            async for message in request_iterator:
-                for data in self.answer(st, message):
-                    yield data
-                if st.complete:
-                    return
-        finally:
-            self.close(st)
-
-    def grpc_handler(self) -> grpc.GenericRpcHandler:
-        """`Process` for grpc.aio's server, messages passed as bytes both ways."""
-        method = grpc.stream_stream_rpc_method_handler(self.Process)
-        return grpc.method_handlers_generic_handler(_SERVICE, {"Process": method})
 
     # ---- one stream, whatever carries it (grpcio above, or the native h2 server) ----------
     def open(self) -> _Stream:

@@ -16,6 +16,8 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
@@ -33,6 +35,35 @@ __all__ = ["TRANSPORTS", "ExtProcServer", "run"]
 TRANSPORTS = ("grpcio", "native")
 
 log = logging.getLogger("dualpool.extproc")
+
+_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+
+def grpc_method(
+    proc: ExtProcessor,
+) -> Callable[[AsyncIterator[bytes], Any], AsyncIterator[bytes]]:
+    """The processor's one method for grpc.aio: serialized requests in, serialized
+    answers out (here, not in _processor.py: an async generator, which mypyc does not
+    compile)."""
+
+    async def process(request_iterator: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        st = proc.open()
+        try:
+            async for message in request_iterator:
+                for data in proc.answer(st, message):
+                    yield data
+                if st.complete:
+                    return
+        finally:
+            proc.close(st)
+
+    return process
+
+
+def grpc_handler(proc: ExtProcessor) -> grpc.GenericRpcHandler:
+    """`grpc_method` on grpc.aio's server, registered without (de)serializers."""
+    method = grpc.stream_stream_rpc_method_handler(grpc_method(proc))
+    return grpc.method_handlers_generic_handler(_SERVICE, {"Process": method})
 
 
 class ExtProcServer:
@@ -88,7 +119,7 @@ class ExtProcServer:
                 ("grpc.max_concurrent_streams", 4096),
             ]
         )
-        server.add_generic_rpc_handlers((proc.grpc_handler(),))
+        server.add_generic_rpc_handlers((grpc_handler(proc),))
         try:
             self.grpc_port = server.add_insecure_port(f"{self.grpc_host}:{self.grpc_port}")
         except RuntimeError as exc:
