@@ -211,15 +211,19 @@ def test_shape_counts() -> None:
     g = feats({"messages": [{"role": "user", "content": "NASA's rOCKET, Xy"}]})
     assert g.count_shape()
     assert g.upper == 10 and g.caps_runs == 7  # "ASA" after "N", "CKET" after "O"
+    h = feats({"messages": [{"role": "user", "content": "internationalization, abcdefghi x1Verylongword"}]})
+    assert h.count_shape()
+    assert h.long_runs == 2  # 20 and 12 letters; 9 ("abcdefghi") is not a long run
 
 
 def _naive_shape(text: str) -> tuple[int, ...]:
     """The shape counts (SHAPE_FEATURES) by a plain loop over the UTF-8 bytes."""
     raw = text.encode("utf-8", "surrogatepass")
     nonascii = len(raw) - len(text)
-    digits = punct = newlines = spaces = runs = words = upper = caps = 0
+    digits = punct = newlines = spaces = runs = words = upper = caps = long_runs = 0
     prev_white = False
     prev_upper = False
+    letters = 0  # ASCII letters in a row so far
     for b in raw:
         ch = chr(b) if b < 128 else ""
         white = ch in (" ", "\t", "\r", "\x0b", "\x0c", "\n") and ch != ""
@@ -240,16 +244,23 @@ def _naive_shape(text: str) -> tuple[int, ...]:
             upper += 1
             if prev_upper:
                 caps += 1
+        letters = letters + 1 if b < 128 and ch.isalpha() else 0
+        if letters == 10:  # the run reaches 10 letters: counted once
+            long_runs += 1
         prev_white = white
         prev_upper = is_upper
-    return (nonascii, digits, punct, newlines, spaces, runs, words, upper, caps)
+    return (nonascii, digits, punct, newlines, spaces, runs, words, upper, caps, long_runs)
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
         # Arbitrary text, and text dense in ASCII letters (capitals, runs of them).
-        st.one_of(st.text(max_size=120), st.text(alphabet="abcdeXYZ \n1.", max_size=120)),
+        st.one_of(
+            st.text(max_size=120),
+            st.text(alphabet="abcdeXYZ \n1.", max_size=120),
+            st.text(alphabet="abcdeXYZé ", max_size=120),  # long runs of letters
+        ),
         min_size=1,
         max_size=4,
     )
@@ -261,7 +272,7 @@ def test_shape_counts_equal_a_naive_reference(contents: list[str]) -> None:
     if not f.count_shape():
         assert not any(contents)
         return
-    want = [0] * 9
+    want = [0] * 10
     for c in contents:
         for i, v in enumerate(_naive_shape(c)):
             want[i] += v
@@ -275,5 +286,6 @@ def test_shape_counts_equal_a_naive_reference(contents: list[str]) -> None:
         f.words,
         f.upper,
         f.caps_runs,
+        f.long_runs,
     )
     assert got == tuple(want)

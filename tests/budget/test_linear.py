@@ -141,26 +141,29 @@ def test_snapshot_and_merge_carry_the_linear_model() -> None:
     assert abs(got - truth) / truth < 0.1
 
 
-def test_a_version_1_snapshot_restores_all_but_its_linear_model() -> None:
-    # Version 1 had 9 linear coefficients: its ratios, outputs and overhead still
-    # load; its linear statistics cannot, so the model relearns them.
+@pytest.mark.parametrize(("version", "k"), [(1, 9), (2, 11)])
+def test_an_older_snapshot_restores_all_but_its_linear_model(version: int, k: int) -> None:
+    # Versions 1 and 2 had 9 and 11 linear coefficients: their ratios, outputs and
+    # overhead still load; their linear statistics cannot, so the model relearns them.
     rng = random.Random(5)
     a = BudgetEstimator()
     for _ in range(100):
         t = text_of(rng)
         a.observe(a.features(body(t)), true_tokens(t))
     snap = json.loads(json.dumps(a.calibrator.snapshot()))
-    assert snap["version"] == 2
-    snap["version"] = 1
+    assert snap["version"] == 3
+    snap["version"] = version
     for per_model in snap["categories"].values():
         for data in per_model.values():
-            data["linear"] = LinearStats(LINEAR_K - 2).to_dict()
+            old = LinearStats(k).to_dict()
+            del old["standardized"]  # not written before version 3
+            data["linear"] = old
     restored = BudgetEstimator()
     restored.calibrator.restore(snap)
     probe = restored.features(body(text_of(rng)))
     assert restored.calibrator.coefficients("m", "prose").theta is None
     assert restored.estimate(probe) == a.estimate(probe)  # the ratio's estimate
-    snap["version"] = 3
+    snap["version"] = 4
     with pytest.raises(ConfigError, match="version"):
         BudgetEstimator().calibrator.restore(snap)
 
@@ -192,7 +195,7 @@ def test_poisoned_feedback_cannot_move_an_estimate_past_the_ratio_bounds() -> No
     )
 )
 def test_solve_recovers_a_noiseless_model(rows: list[list[float]]) -> None:
-    theta = [0.25, 0.1, 0.3, 0.5, 0.8, 0.2, -0.1, 0.4, 0.15, 0.05, 3.0]
+    theta = [0.25, 0.1, 0.3, 0.5, 0.8, 0.2, -0.1, 0.4, 0.15, 0.05, 0.6, 3.0]
     assert len(theta) == LINEAR_K
     st_ = LinearStats(LINEAR_K)
     for r in rows:

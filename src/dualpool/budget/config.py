@@ -71,6 +71,13 @@ class EstimatorConfig:
     # own out-of-sample error: prompt + linear_gamma * sd (0.7: on the hard set,
     # 0.15% unsafe and 2.2% wasted; 1.0 spent only 0.08% of the 0.2% unsafe budget).
     linear_gamma: float = 0.7
+    # When set, the margin is instead learned per category: this quantile of its
+    # model's out-of-sample errors in units of their spread, once it has
+    # `linear_margin_samples` of them (until then `linear_gamma`). A common
+    # quantile sends the same share of each category's borderline requests long,
+    # the least-wasted way to spend an unsafe budget across categories.
+    linear_quantile: float | None = 0.76
+    linear_margin_samples: int = 32
     # The router counts a text's shape (a few ns per byte) only when the ratio's
     # estimate, widened by this factor both ways, could reach a pool's threshold:
     # elsewhere the decision is the same either way, and the ratio's estimate stands.
@@ -125,7 +132,16 @@ class EstimatorConfig:
             raise ConfigError(
                 "estimator.linear_beta", f"must be in (0, 1), got {self.linear_beta!r}"
             )
-        for name in ("linear_min_samples", "linear_min_residuals", "linear_every"):
+        if self.linear_quantile is not None and not 0.5 <= self.linear_quantile < 1.0:
+            raise ConfigError(
+                "estimator.linear_quantile", f"must be in [0.5, 1), got {self.linear_quantile}"
+            )
+        for name in (
+            "linear_min_samples",
+            "linear_min_residuals",
+            "linear_every",
+            "linear_margin_samples",
+        ):
             if type(getattr(self, name)) is not int or getattr(self, name) < 1:
                 raise ConfigError(f"estimator.{name}", "must be an integer >= 1")
         if not self.linear_band >= 1.0:
@@ -169,6 +185,7 @@ class EstimatorConfig:
             "linear_beta",
             "linear_ridge",
             "linear_gamma",
+            "linear_quantile",
             "linear_band",
         ):
             if (
