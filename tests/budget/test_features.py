@@ -211,7 +211,13 @@ def test_shape_counts() -> None:
     g = feats({"messages": [{"role": "user", "content": "NASA's rOCKET, Xy"}]})
     assert g.count_shape()
     assert g.upper == 10 and g.caps_runs == 7  # "ASA" after "N", "CKET" after "O"
-    h = feats({"messages": [{"role": "user", "content": "internationalization, abcdefghi x1Verylongword"}]})
+    h = feats(
+        {
+            "messages": [
+                {"role": "user", "content": "internationalization, abcdefghi x1Verylongword"}
+            ]
+        }
+    )
     assert h.count_shape()
     assert h.long_runs == 2  # 20 and 12 letters; 9 ("abcdefghi") is not a long run
 

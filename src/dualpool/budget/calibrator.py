@@ -516,9 +516,7 @@ class Calibrator:
             coefs = self._coef[model] = {}
         theta = cat.theta if cat.linear.en >= cfg.linear_min_residuals else None
         margin = cat.margin if cat.margin >= 0.0 else cfg.linear_gamma
-        coefs[cls] = Coefficients(
-            1.0 / lo, 1.0 / c, 1.0 / hi, True, theta, cat.v, cat.rho2, margin
-        )
+        coefs[cls] = Coefficients(1.0 / lo, 1.0 / c, 1.0 / hi, True, theta, cat.v, cat.rho2, margin)
 
     def _count(self, fb: Feedback) -> Feedback:
         self.counters[fb.reason] += 1

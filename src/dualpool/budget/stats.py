@@ -161,7 +161,7 @@ class OverheadStats:
 # to Z_MAX (a margin is read to within a fraction of a bin, by interpolation).
 Z_STEP = 0.05
 Z_MAX = 3.0
-Z_BINS = int(round(Z_MAX / Z_STEP)) + 2
+Z_BINS = round(Z_MAX / Z_STEP) + 2
 
 
 class LinearStats:
