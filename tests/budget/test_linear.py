@@ -222,6 +222,61 @@ def test_merge_of_linear_statistics_is_addition() -> None:
     assert a_dict.zz == both.zz and a_dict.zy == both.zy and a_dict.n == 10
 
 
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.floats(-2.0, 5.0), min_size=50, max_size=300),
+    st.floats(0.5, 0.95),
+)
+def test_margin_is_the_quantile_of_the_standardised_errors(zs: list[float], q: float) -> None:
+    lin = LinearStats(2)
+    for z in zs:
+        lin.add_standardized(z, 1.0)
+    got = lin.margin(q)
+    assert 0.0 <= got <= 3.0
+    # Within one bin (0.05) of the empirical quantile, clamped to the histogram's range.
+    want = sorted(zs)[min(len(zs) - 1, max(0, int(q * len(zs)) - 1))]
+    above = sorted(zs)[min(len(zs) - 1, int(q * len(zs)))]
+    assert min(max(want, 0.0), 3.0) - 0.051 <= got <= min(max(above, 0.0), 3.0) + 0.051
+
+
+def test_margin_statistics_merge_by_addition_and_round_trip() -> None:
+    a, b, both = LinearStats(2), LinearStats(2), LinearStats(2)
+    rng = random.Random(3)
+    for i in range(200):
+        (a if i % 2 else b).add_standardized(rng.gauss(0.0, 1.0), 0.995)
+    a_back = LinearStats.from_dict(json.loads(json.dumps(a.to_dict())))
+    assert a_back.zh == a.zh and a_back.zn == a.zn
+    a_back.merge(b)
+    both.merge(a)
+    both.merge(b)
+    assert a_back.zh == both.zh and a_back.zn == 200
+    assert 0.6 < both.margin(0.78) < 1.0  # the normal's 0.78 quantile is 0.77
+
+
+def test_the_margin_is_learned_per_category_and_falls_back_to_gamma() -> None:
+    rng = random.Random(6)
+    cfg = EstimatorConfig(linear_gamma=0.7)
+    est = BudgetEstimator(cfg)
+    for _ in range(40):  # too few standardised errors: the margin is linear_gamma
+        t = text_of(rng)
+        est.observe(est.features(body(t)), true_tokens(t))
+    assert est.calibrator.coefficients("m", "prose").lin_gamma == 0.7
+    for _ in range(400):
+        t = text_of(rng)
+        est.observe(est.features(body(t)), true_tokens(t))
+    coef = est.calibrator.coefficients("m", "prose")
+    assert coef.theta is not None and 0.0 <= coef.lin_gamma <= 3.0
+    assert coef.lin_gamma != 0.7
+    # Switched off: gamma x sd, as before.
+    fixed = BudgetEstimator(EstimatorConfig(linear_gamma=0.7, linear_quantile=None))
+    for _ in range(440):
+        t = text_of(rng)
+        fixed.observe(fixed.features(body(t)), true_tokens(t))
+    assert fixed.calibrator.coefficients("m", "prose").lin_gamma == 0.7
+    with pytest.raises(ConfigError, match="linear_quantile"):
+        EstimatorConfig(linear_quantile=1.0)
+
+
 def test_knobs_are_the_configs_own_fields() -> None:
     cfg = EstimatorConfig(beta=0.97, linear_gamma=0.5, class_priors={"zh": 3.0})
     k = _Knobs(cfg)
