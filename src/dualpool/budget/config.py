@@ -76,7 +76,7 @@ class EstimatorConfig:
     # `linear_margin_samples` of them (until then `linear_gamma`). A common
     # quantile sends the same share of each category's borderline requests long,
     # the least-wasted way to spend an unsafe budget across categories.
-    linear_quantile: float | None = 0.78
+    linear_quantile: float | None = 0.77
     linear_margin_samples: int = 32
     # The router counts a text's shape (a few ns per byte) only when the ratio's
     # estimate, widened by this factor both ways, could reach a pool's threshold:
