@@ -68,14 +68,16 @@ class EstimatorConfig:
     # tokenizer, against 4.0% at 0.002; docs/estimator.md).
     linear_ridge: float = 0.001
     # Conservativeness of its routing estimate, in standard deviations of its
-    # own out-of-sample error: prompt + linear_gamma * sd (0.7: on the hard set,
-    # 0.15% unsafe and 2.2% wasted; 1.0 spent only 0.08% of the 0.2% unsafe budget).
+    # own out-of-sample error: prompt + linear_gamma * sd, until the category has
+    # learned its own margin (below), or always when linear_quantile is None.
     linear_gamma: float = 0.7
     # When set, the margin is instead learned per category: this quantile of its
     # model's out-of-sample errors in units of their spread, once it has
     # `linear_margin_samples` of them (until then `linear_gamma`). A common
     # quantile sends the same share of each category's borderline requests long,
-    # the least-wasted way to spend an unsafe budget across categories.
+    # the least-wasted way to spend an unsafe budget across categories (0.77:
+    # on the hard set, 0.195% / 0.135% unsafe and 1.96% / 1.84% wasted with
+    # Llama-3 / Qwen; docs/estimator.md).
     linear_quantile: float | None = 0.77
     linear_margin_samples: int = 32
     # The router counts a text's shape (a few ns per byte) only when the ratio's
