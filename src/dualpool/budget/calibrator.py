@@ -43,12 +43,13 @@ LINEAR_K = 2 + len(SHAPE_FEATURES)
 
 # Category model shared by every model once `max_categories` is reached.
 DEFAULT_MODEL = "*"
-# Version 3: the linear model has 12 coefficients (runs of >= 10 letters added;
-# version 2 added uppercase letters and runs of capitals) and learns its margin.
-# Snapshots of versions 1 and 2 are still read, without their linear part (9
-# and 11 coefficients: it cannot be carried over; the model relearns it).
-SNAPSHOT_VERSION = 3
-_READABLE_VERSIONS = (1, 2, SNAPSHOT_VERSION)
+# Version 4: the linear model has 14 coefficients (starts of letter runs and of
+# digit runs added; version 3 added runs of >= 10 letters and the learned margin,
+# version 2 uppercase letters and runs of capitals). Snapshots of versions 1-3
+# are still read, without their linear part (9, 11 and 12 coefficients: it
+# cannot be carried over; the model relearns it).
+SNAPSHOT_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, SNAPSHOT_VERSION)
 
 
 class FeedbackReason:
@@ -184,7 +185,9 @@ def linear_tokens(theta: list[float], f: RequestFeatures, point: float) -> float
         + theta[8] * f.upper
         + theta[9] * f.caps_runs
         + theta[10] * f.long_runs
-        + theta[11]
+        + theta[11] * f.letter_runs
+        + theta[12] * f.digit_runs
+        + theta[13]
     )
     ref = b * point
     if t < 0.5 * ref:

@@ -48,6 +48,8 @@ SHAPE_FEATURES: tuple[str, ...] = (
     "upper",
     "caps_runs",
     "long_runs",
+    "letter_runs",
+    "digit_runs",
 )
 
 
@@ -140,6 +142,8 @@ class RequestFeatures:
     upper: int  # uppercase ASCII letters
     caps_runs: int  # an uppercase letter right after one (acronyms, all-caps words)
     long_runs: int  # runs of >= LONG_RUN ASCII letters (long words, identifiers)
+    letter_runs: int  # an ASCII letter not right after one (a word's pre-token)
+    digit_runs: int  # a digit not right after one (a number's first pre-token)
 
     # An explicit __init__ (init=False): mypyc compiles it natively, where the one
     # dataclasses generates stays interpreted (~5x slower per instance).
@@ -172,6 +176,7 @@ class RequestFeatures:
         self.nonascii = self.digits = self.punct = self.newlines = 0
         self.spaces = self.space_runs = self.words = 0
         self.upper = self.caps_runs = self.long_runs = 0
+        self.letter_runs = self.digit_runs = 0
 
     def count_shape(self) -> bool:
         """Count the texts' shape once; False when there is no text to count."""
@@ -193,6 +198,8 @@ class RequestFeatures:
         self.upper = shape.upper
         self.caps_runs = shape.caps_runs
         self.long_runs = shape.long_runs
+        self.letter_runs = shape.letter_runs
+        self.digit_runs = shape.digit_runs
         self.shaped = True
         return True
 
@@ -210,6 +217,8 @@ class RequestFeatures:
             float(self.upper),
             float(self.caps_runs),
             float(self.long_runs),
+            float(self.letter_runs),
+            float(self.digit_runs),
             1.0,
         ]
 
@@ -223,7 +232,9 @@ class TextShape:
 
     __slots__ = (
         "caps_runs",
+        "digit_runs",
         "digits",
+        "letter_runs",
         "long_runs",
         "newlines",
         "nonascii",
@@ -245,6 +256,8 @@ class TextShape:
         self.upper = 0
         self.caps_runs = 0
         self.long_runs = 0
+        self.letter_runs = 0
+        self.digit_runs = 0
 
     def add(self, text: str, nbytes: int) -> None:
         """Count `text`, whose UTF-8 length is `nbytes`.
@@ -263,7 +276,7 @@ class TextShape:
             self.nonascii += nbytes - len(text)
             raw = text.encode("utf-8", "surrogatepass")
         m = raw.translate(_CLASSES)
-        self.digits += m.count(_DIGIT_BYTE)
+        digits = m.count(_DIGIT_BYTE)
         self.punct += m.count(_PUNCT_BYTE)
         self.newlines += m.count(_NEWLINE_BYTE)
         self.spaces += m.count(_SPACE_BYTE)
@@ -280,6 +293,12 @@ class TextShape:
         r10 = r4 & (r4 << 32)
         r10 &= r2 << 64
         self.long_runs += (r10 & ~(r10 << 8)).bit_count()
+        # Starts of runs: set here and not one byte before.
+        self.letter_runs += (r1 & ~(r1 << 8)).bit_count()
+        if digits:  # the run starts only when there is a digit at all
+            self.digits += digits
+            dm = flags & int.from_bytes(_DIGIT_BYTE * len(m), "little")
+            self.digit_runs += (dm & ~(dm << 8)).bit_count()
         upper = m.count(_UPPER_BYTE)
         if upper:  # the pair count only when there is an uppercase letter at all
             self.upper += upper
