@@ -155,7 +155,9 @@ def misroutes(
             sd = math.sqrt(coef.lin_v * p + coef.lin_rho2 * p * p)
             a, m = cal.overhead(f.model)
             base = a + m * f.num_messages + p
-            mismatch += max(1, math.ceil(base + coef.lin_gamma * sd)) != est.prompt_tokens
+            # main before the learned margin has no per-category one: linear_gamma for all
+            used = getattr(coef, "lin_gamma", cal.config.linear_gamma)
+            mismatch += max(1, math.ceil(base + used * sd)) != est.prompt_tokens
             margins: list[float] = []
             if has_margin:
                 cat = cal._cats[f.model][f.content_class]
@@ -163,7 +165,7 @@ def misroutes(
                 margins = [
                     cat.linear.margin(q) if enough else cal.config.linear_gamma for q in LEVELS
                 ]
-            replay.append((short, None, base + est.output_tokens, sd, margins, coef.lin_gamma))
+            replay.append((short, None, base + est.output_tokens, sd, margins, used))
             if dump is not None:
                 record = {
                     "kind": kind,
@@ -174,7 +176,7 @@ def misroutes(
                     "sd": sd,
                     "output": est.output_tokens,
                     "prompt": true_total - body["max_tokens"],
-                    "margin": coef.lin_gamma,
+                    "margin": used,
                 }
                 dump.write(json.dumps(record) + "\n")
         else:

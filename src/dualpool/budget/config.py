@@ -75,10 +75,12 @@ class EstimatorConfig:
     # model's out-of-sample errors in units of their spread, once it has
     # `linear_margin_samples` of them (until then `linear_gamma`). A common
     # quantile sends the same share of each category's borderline requests long,
-    # the least-wasted way to spend an unsafe budget across categories (0.77:
-    # on the hard set, 0.195% / 0.135% unsafe and 1.96% / 1.84% wasted with
-    # Llama-3 / Qwen; docs/estimator.md).
-    linear_quantile: float | None = 0.77
+    # the least-wasted way to spend an unsafe budget across categories. 0.79 by
+    # a rule fixed before the evaluation: the lowest level whose mean unsafe
+    # rate over the hard sets of tuning seeds 5-7 is <= 0.17% (the 0.2% budget
+    # less one seed's binomial noise) with both tokenizers; evaluated on seeds
+    # 0-4 (`benchmarks/estimator_seeds.py`, docs/estimator.md).
+    linear_quantile: float | None = 0.79
     linear_margin_samples: int = 32
     # The router counts a text's shape (a few ns per byte) only when the ratio's
     # estimate, widened by this factor both ways, could reach a pool's threshold:
