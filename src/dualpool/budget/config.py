@@ -52,16 +52,17 @@ class EstimatorConfig:
     output_min_samples: int = 100
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     # The per-request linear model of tokens on the text's shape (bytes, non-ASCII
-    # bytes, digits, punctuation, newlines, spaces, space runs, words, a constant), learned
+    # bytes, digits, punctuation, newlines, spaces, space runs, words, capitals, runs
+    # of capitals, long letter runs, starts of letter and digit runs, a constant), learned
     # per category next to the ratio, which stays the fallback until then.
     linear: bool = True
     # Its decay per observation: a window of ~1/(1-linear_beta) requests (it has
-    # eight coefficients to learn where the ratio has one).
+    # fourteen coefficients to learn where the ratio has one).
     linear_beta: float = 0.995
     # Observations before it is solved, and residuals of it before it is used.
     linear_min_samples: int = 24
     linear_min_residuals: int = 8
-    # Re-solve every this many observations (an 11x11 Cholesky each time).
+    # Re-solve every this many observations (a 14x14 Cholesky each time).
     linear_every: int = 4
     # Ridge toward the single ratio, as a share of each feature's second moment
     # (0.001: the shared corpus's per-request median error 3.9% with either

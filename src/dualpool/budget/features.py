@@ -9,7 +9,8 @@ and the content class of the dominant text.
 
 It keeps references to the free texts (no copy), so the text's shape
 (`TextShape`: non-ASCII bytes, digits, punctuation, newlines, spaces, runs of
-spaces, word starts, capitals and runs of capitals) can be counted on demand by
+spaces, word starts, capitals and runs of capitals, long letter runs, and the
+starts of letter runs and digit runs) can be counted on demand by
 `count_shape()`. Tokens follow these far more closely than bytes alone (a digit
 is a token per 1-3, a word of prose about one); the calibrator learns a linear
 model of tokens on them. Counting is one `bytes.translate` into character
@@ -268,7 +269,9 @@ class TextShape:
         integer with itself shifted by a byte: C loops over machine words,
         where counting a two-byte pattern with `bytes.count` costs ~10x more.
         Runs of LONG_RUN letters are found the same way, by doubling ANDs of
-        the letter mask (runs of 2, 4, 8, then 8 + 2 = 10 bytes).
+        the letter mask (runs of 2, 4, 8, then 8 + 2 = 10 bytes), and the
+        starts of letter and digit runs as a mask without itself shifted by a
+        byte (the pre-tokens of Llama-3 and Qwen: a word, a number).
         """
         if nbytes == len(text):
             raw = text.encode("ascii")
