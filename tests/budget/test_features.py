@@ -211,15 +211,33 @@ def test_shape_counts() -> None:
     g = feats({"messages": [{"role": "user", "content": "NASA's rOCKET, Xy"}]})
     assert g.count_shape()
     assert g.upper == 10 and g.caps_runs == 7  # "ASA" after "N", "CKET" after "O"
+    h = feats(
+        {
+            "messages": [
+                {"role": "user", "content": "internationalization, abcdefghi x1Verylongword"}
+            ]
+        }
+    )
+    assert h.count_shape()
+    assert h.long_runs == 2  # 20 and 12 letters; 9 ("abcdefghi") is not a long run
+    assert h.letter_runs == 4  # "internationalization", "abcdefghi", "x", "Verylongword"
+    assert h.digit_runs == 1
+    d = feats({"messages": [{"role": "user", "content": "v1.25, 2024-11-30 x"}]})
+    assert d.count_shape()
+    assert d.digits == 11 and d.digit_runs == 5  # "1", "25", "2024", "11", "30"
+    assert d.letter_runs == 2  # "v", "x"
 
 
 def _naive_shape(text: str) -> tuple[int, ...]:
     """The shape counts (SHAPE_FEATURES) by a plain loop over the UTF-8 bytes."""
     raw = text.encode("utf-8", "surrogatepass")
     nonascii = len(raw) - len(text)
-    digits = punct = newlines = spaces = runs = words = upper = caps = 0
+    digits = punct = newlines = spaces = runs = words = upper = caps = long_runs = 0
+    letter_runs = digit_runs = 0
+    prev_digit = False
     prev_white = False
     prev_upper = False
+    letters = 0  # ASCII letters in a row so far
     for b in raw:
         ch = chr(b) if b < 128 else ""
         white = ch in (" ", "\t", "\r", "\x0b", "\x0c", "\n") and ch != ""
@@ -240,16 +258,43 @@ def _naive_shape(text: str) -> tuple[int, ...]:
             upper += 1
             if prev_upper:
                 caps += 1
+        letters = letters + 1 if b < 128 and ch.isalpha() else 0
+        if letters == 10:  # the run reaches 10 letters: counted once
+            long_runs += 1
+        if letters == 1:  # a letter not right after one
+            letter_runs += 1
+        is_digit = ch.isdigit()
+        if is_digit and not prev_digit:
+            digit_runs += 1
+        prev_digit = is_digit
         prev_white = white
         prev_upper = is_upper
-    return (nonascii, digits, punct, newlines, spaces, runs, words, upper, caps)
+    return (
+        nonascii,
+        digits,
+        punct,
+        newlines,
+        spaces,
+        runs,
+        words,
+        upper,
+        caps,
+        long_runs,
+        letter_runs,
+        digit_runs,
+    )
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
         # Arbitrary text, and text dense in ASCII letters (capitals, runs of them).
-        st.one_of(st.text(max_size=120), st.text(alphabet="abcdeXYZ \n1.", max_size=120)),
+        st.one_of(
+            st.text(max_size=120),
+            st.text(alphabet="abcdeXYZ \n1.", max_size=120),
+            st.text(alphabet="abcdeXYZé ", max_size=120),  # long runs of letters
+            st.text(alphabet="ab12,. ", max_size=120),  # runs of letters and digits
+        ),
         min_size=1,
         max_size=4,
     )
@@ -261,7 +306,7 @@ def test_shape_counts_equal_a_naive_reference(contents: list[str]) -> None:
     if not f.count_shape():
         assert not any(contents)
         return
-    want = [0] * 9
+    want = [0] * 12
     for c in contents:
         for i, v in enumerate(_naive_shape(c)):
             want[i] += v
@@ -275,5 +320,8 @@ def test_shape_counts_equal_a_naive_reference(contents: list[str]) -> None:
         f.words,
         f.upper,
         f.caps_runs,
+        f.long_runs,
+        f.letter_runs,
+        f.digit_runs,
     )
     assert got == tuple(want)

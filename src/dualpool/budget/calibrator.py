@@ -43,11 +43,13 @@ LINEAR_K = 2 + len(SHAPE_FEATURES)
 
 # Category model shared by every model once `max_categories` is reached.
 DEFAULT_MODEL = "*"
-# Version 2: the linear model has 11 coefficients (uppercase letters and runs of
-# capitals added). A version-1 snapshot is still read, without its linear part
-# (9 coefficients: it cannot be carried over; the model relearns it).
-SNAPSHOT_VERSION = 2
-_READABLE_VERSIONS = (1, SNAPSHOT_VERSION)
+# Version 4: the linear model has 14 coefficients (starts of letter runs and of
+# digit runs added; version 3 added runs of >= 10 letters and the learned margin,
+# version 2 uppercase letters and runs of capitals). Snapshots of versions 1-3
+# are still read, without their linear part (9, 11 and 12 coefficients: it
+# cannot be carried over; the model relearns it).
+SNAPSHOT_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, SNAPSHOT_VERSION)
 
 
 class FeedbackReason:
@@ -105,7 +107,16 @@ class Feedback:
 class Coefficients:
     """What an estimate reads for one category: tokens per byte, three ways."""
 
-    __slots__ = ("conservative", "learned", "lin_rho2", "lin_v", "optimistic", "point", "theta")
+    __slots__ = (
+        "conservative",
+        "learned",
+        "lin_gamma",
+        "lin_rho2",
+        "lin_v",
+        "optimistic",
+        "point",
+        "theta",
+    )
 
     def __init__(
         self,
@@ -116,6 +127,7 @@ class Coefficients:
         theta: list[float] | None = None,
         lin_v: float = 0.0,
         lin_rho2: float = 0.0,
+        lin_gamma: float = 0.0,
     ) -> None:
         self.conservative = conservative
         self.point = point
@@ -126,6 +138,8 @@ class Coefficients:
         self.theta = theta
         self.lin_v = lin_v
         self.lin_rho2 = lin_rho2
+        # Its routing margin, in those standard deviations.
+        self.lin_gamma = lin_gamma
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Coefficients) and (
@@ -136,6 +150,7 @@ class Coefficients:
             self.theta,
             self.lin_v,
             self.lin_rho2,
+            self.lin_gamma,
         ) == (
             other.conservative,
             other.point,
@@ -144,6 +159,7 @@ class Coefficients:
             other.theta,
             other.lin_v,
             other.lin_rho2,
+            other.lin_gamma,
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -168,7 +184,10 @@ def linear_tokens(theta: list[float], f: RequestFeatures, point: float) -> float
         + theta[7] * f.words
         + theta[8] * f.upper
         + theta[9] * f.caps_runs
-        + theta[10]
+        + theta[10] * f.long_runs
+        + theta[11] * f.letter_runs
+        + theta[12] * f.digit_runs
+        + theta[13]
     )
     ref = b * point
     if t < 0.5 * ref:
@@ -182,6 +201,7 @@ class _Category:
     __slots__ = (
         "c",
         "linear",
+        "margin",
         "output_q",
         "outputs",
         "ratio",
@@ -200,6 +220,7 @@ class _Category:
         self.theta: list[float] | None = None
         self.v = 0.0
         self.rho2 = 0.0
+        self.margin = -1.0  # learned margin in sds; < 0 until it has enough errors
         self.outputs = QuantileSketch()
         self.output_q = 0  # cached quantile of `outputs`
         self.streak = 0  # consecutive outliers
@@ -217,8 +238,11 @@ _KNOB_FIELDS: tuple[str, ...] = (
     "linear",
     "linear_beta",
     "linear_every",
+    "linear_gamma",
+    "linear_margin_samples",
     "linear_min_residuals",
     "linear_min_samples",
+    "linear_quantile",
     "linear_ridge",
     "max_bytes_per_token",
     "max_categories",
@@ -254,8 +278,11 @@ class _Knobs:
     linear: bool
     linear_beta: float
     linear_every: int
+    linear_gamma: float
+    linear_margin_samples: int
     linear_min_residuals: int
     linear_min_samples: int
+    linear_quantile: float | None
     linear_ridge: float
     max_bytes_per_token: float
     max_categories: int
@@ -452,7 +479,11 @@ class Calibrator:
         theta = cat.theta
         point = 1.0 / cat.c if cat.c > 0.0 else 1.0 / cfg.prior_for(f.content_class)
         if theta is not None:  # its error, before it learns this request
-            lin.add_residual(linear_tokens(theta, f, point), own_tokens, beta)
+            p = linear_tokens(theta, f, point)
+            lin.add_residual(p, own_tokens, beta)
+            var = cat.v * p + cat.rho2 * p * p
+            if var > 0.0 and cfg.linear_quantile is not None:
+                lin.add_standardized((own_tokens - p) / math.sqrt(var), beta)
         inv = 1.0 / f.text_bytes
         z = f.shape_vector()
         for i in range(LINEAR_K):
@@ -466,8 +497,11 @@ class Calibrator:
         solved = lin.solve(point, self._knobs.linear_ridge)
         if solved is not None:
             cat.theta = solved
-        if lin.en >= self._knobs.linear_min_residuals:
+        cfg = self._knobs
+        if lin.en >= cfg.linear_min_residuals:
             cat.v, cat.rho2 = lin.spread()
+        if cfg.linear_quantile is not None and lin.zn >= cfg.linear_margin_samples:
+            cat.margin = lin.margin(cfg.linear_quantile)
 
     def _publish(self, model: str, cls: str, cat: _Category) -> None:
         """Publish a category's coefficients once its ratio has `min_samples`."""
@@ -484,7 +518,8 @@ class Calibrator:
         if coefs is None:
             coefs = self._coef[model] = {}
         theta = cat.theta if cat.linear.en >= cfg.linear_min_residuals else None
-        coefs[cls] = Coefficients(1.0 / lo, 1.0 / c, 1.0 / hi, True, theta, cat.v, cat.rho2)
+        margin = cat.margin if cat.margin >= 0.0 else cfg.linear_gamma
+        coefs[cls] = Coefficients(1.0 / lo, 1.0 / c, 1.0 / hi, True, theta, cat.v, cat.rho2, margin)
 
     def _count(self, fb: Feedback) -> Feedback:
         self.counters[fb.reason] += 1

@@ -123,7 +123,6 @@ class BudgetEstimator:
         self._default_out = self.config.default_max_tokens
         self._output_quantile = self.config.output_quantile
         self._max_token_bytes = self.config.max_token_bytes
-        self._linear_gamma = self.config.linear_gamma
         self._band = self.config.linear_band
 
     def features(self, body: Any, *, chat: bool | None = None) -> RequestFeatures:
@@ -178,7 +177,7 @@ class BudgetEstimator:
             # The linear model, on the free text (own bytes are the text bytes here).
             p = linear_tokens(theta, f, own.point)
             sd = math.sqrt(own.lin_v * p + own.lin_rho2 * p * p)
-            hi = fixed + p + self._linear_gamma * sd + other_bytes * other.conservative
+            hi = fixed + p + own.lin_gamma * sd + other_bytes * other.conservative
             point = fixed + p + other_bytes * other.point
         else:
             hi = fixed + own_bytes * own.conservative + other_bytes * other.conservative

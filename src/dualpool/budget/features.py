@@ -9,7 +9,8 @@ and the content class of the dominant text.
 
 It keeps references to the free texts (no copy), so the text's shape
 (`TextShape`: non-ASCII bytes, digits, punctuation, newlines, spaces, runs of
-spaces, word starts, capitals and runs of capitals) can be counted on demand by
+spaces, word starts, capitals and runs of capitals, long letter runs, and the
+starts of letter runs and digit runs) can be counted on demand by
 `count_shape()`. Tokens follow these far more closely than bytes alone (a digit
 is a token per 1-3, a word of prose about one); the calibrator learns a linear
 model of tokens on them. Counting is one `bytes.translate` into character
@@ -47,6 +48,9 @@ SHAPE_FEATURES: tuple[str, ...] = (
     "words",
     "upper",
     "caps_runs",
+    "long_runs",
+    "letter_runs",
+    "digit_runs",
 )
 
 
@@ -87,6 +91,10 @@ _NEWLINE_BYTE = bytes([_NEWLINE | _WHITE])
 _WHITE_BYTE = bytes([_WHITE])
 _UPPER_BYTE = bytes([_LETTER | _UPPER])
 _UPPER_MASK_BYTE = bytes([_UPPER])
+_LETTER_MASK_BYTE = bytes([_LETTER])
+# A run of at least this many ASCII letters is counted once (`long_runs`): a
+# long word or identifier splits into several tokens where a short word is one.
+LONG_RUN = 10
 
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 _AUDIO_PARTS = frozenset({"input_audio", "audio_url", "audio"})
@@ -134,6 +142,9 @@ class RequestFeatures:
     words: int  # an ASCII letter right after whitespace (word starts)
     upper: int  # uppercase ASCII letters
     caps_runs: int  # an uppercase letter right after one (acronyms, all-caps words)
+    long_runs: int  # runs of >= LONG_RUN ASCII letters (long words, identifiers)
+    letter_runs: int  # an ASCII letter not right after one (a word's pre-token)
+    digit_runs: int  # a digit not right after one (a number's first pre-token)
 
     # An explicit __init__ (init=False): mypyc compiles it natively, where the one
     # dataclasses generates stays interpreted (~5x slower per instance).
@@ -165,7 +176,8 @@ class RequestFeatures:
         self.shaped = False
         self.nonascii = self.digits = self.punct = self.newlines = 0
         self.spaces = self.space_runs = self.words = 0
-        self.upper = self.caps_runs = 0
+        self.upper = self.caps_runs = self.long_runs = 0
+        self.letter_runs = self.digit_runs = 0
 
     def count_shape(self) -> bool:
         """Count the texts' shape once; False when there is no text to count."""
@@ -186,6 +198,9 @@ class RequestFeatures:
         self.words = shape.words
         self.upper = shape.upper
         self.caps_runs = shape.caps_runs
+        self.long_runs = shape.long_runs
+        self.letter_runs = shape.letter_runs
+        self.digit_runs = shape.digit_runs
         self.shaped = True
         return True
 
@@ -202,6 +217,9 @@ class RequestFeatures:
             float(self.words),
             float(self.upper),
             float(self.caps_runs),
+            float(self.long_runs),
+            float(self.letter_runs),
+            float(self.digit_runs),
             1.0,
         ]
 
@@ -215,7 +233,10 @@ class TextShape:
 
     __slots__ = (
         "caps_runs",
+        "digit_runs",
         "digits",
+        "letter_runs",
+        "long_runs",
         "newlines",
         "nonascii",
         "punct",
@@ -235,6 +256,9 @@ class TextShape:
         self.words = 0
         self.upper = 0
         self.caps_runs = 0
+        self.long_runs = 0
+        self.letter_runs = 0
+        self.digit_runs = 0
 
     def add(self, text: str, nbytes: int) -> None:
         """Count `text`, whose UTF-8 length is `nbytes`.
@@ -244,6 +268,10 @@ class TextShape:
         letter after whitespace) are bitwise ANDs of the flags read as one big
         integer with itself shifted by a byte: C loops over machine words,
         where counting a two-byte pattern with `bytes.count` costs ~10x more.
+        Runs of LONG_RUN letters are found the same way, by doubling ANDs of
+        the letter mask (runs of 2, 4, 8, then 8 + 2 = 10 bytes), and the
+        starts of letter and digit runs as a mask without itself shifted by a
+        byte (the pre-tokens of Llama-3 and Qwen: a word, a number).
         """
         if nbytes == len(text):
             raw = text.encode("ascii")
@@ -251,7 +279,7 @@ class TextShape:
             self.nonascii += nbytes - len(text)
             raw = text.encode("utf-8", "surrogatepass")
         m = raw.translate(_CLASSES)
-        self.digits += m.count(_DIGIT_BYTE)
+        digits = m.count(_DIGIT_BYTE)
         self.punct += m.count(_PUNCT_BYTE)
         self.newlines += m.count(_NEWLINE_BYTE)
         self.spaces += m.count(_SPACE_BYTE)
@@ -260,6 +288,20 @@ class TextShape:
         # Byte i whitespace -> bit 4 of byte i + 1 (shift 8); -> bit 5 (shift 9).
         self.space_runs += ((white << 8) & flags).bit_count()
         self.words += ((white << 1 + 8) & flags).bit_count()
+        # Byte i set in r10 when bytes i-9..i are all letters; a run's start is
+        # where r10 is set and was not one byte before.
+        r1 = flags & int.from_bytes(_LETTER_MASK_BYTE * len(m), "little")
+        r2 = r1 & (r1 << 8)
+        r4 = r2 & (r2 << 16)
+        r10 = r4 & (r4 << 32)
+        r10 &= r2 << 64
+        self.long_runs += (r10 & ~(r10 << 8)).bit_count()
+        # Starts of runs: set here and not one byte before.
+        self.letter_runs += (r1 & ~(r1 << 8)).bit_count()
+        if digits:  # the run starts only when there is a digit at all
+            self.digits += digits
+            dm = flags & int.from_bytes(_DIGIT_BYTE * len(m), "little")
+            self.digit_runs += (dm & ~(dm << 8)).bit_count()
         upper = m.count(_UPPER_BYTE)
         if upper:  # the pair count only when there is an uppercase letter at all
             self.upper += upper

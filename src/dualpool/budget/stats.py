@@ -157,6 +157,13 @@ class OverheadStats:
         )
 
 
+# The histogram of standardised errors: bins of Z_STEP standard deviations from 0
+# to Z_MAX (a margin is read to within a fraction of a bin, by interpolation).
+Z_STEP = 0.05
+Z_MAX = 3.0
+Z_BINS = round(Z_MAX / Z_STEP) + 2
+
+
 class LinearStats:
     """Exponentially weighted least squares of tokens per byte on shape densities.
 
@@ -174,9 +181,15 @@ class LinearStats:
         E[(r/p)^2] ~ v/p + rho^2       (p predicted tokens, r the error)
     a part that averages out over a long text (v/p: independent pieces) and a
     part that does not (rho: a bias shared by the whole text).
+
+    It also keeps a decayed histogram of the same errors *standardised* by the
+    spread published when each was made, z = r / sd(p), so the routing margin
+    can be read as an upper quantile of z (`margin`) rather than assumed normal:
+    the margin that sends the same share of each category's borderline
+    requests long, whatever the shape of its errors' distribution.
     """
 
-    __slots__ = ("e1", "e11", "en", "ew", "ey", "ey1", "k", "n", "w", "zy", "zz")
+    __slots__ = ("e1", "e11", "en", "ew", "ey", "ey1", "k", "n", "w", "zh", "zn", "zy", "zz")
 
     def __init__(self, k: int) -> None:
         self.k = k
@@ -192,6 +205,10 @@ class LinearStats:
         self.e11 = 0.0
         self.ey = 0.0
         self.ey1 = 0.0
+        # Standardised errors: count and decayed histogram (Z_BINS bins of Z_STEP
+        # from 0, below 0 in the first, Z_MAX and above in the last).
+        self.zn = 0
+        self.zh = [0.0] * Z_BINS
 
     def add(self, z: list[float], y: float, beta: float) -> None:
         k = self.k
@@ -217,6 +234,39 @@ class LinearStats:
         self.e11 = self.e11 * beta + inv * inv
         self.ey = self.ey * beta + e2
         self.ey1 = self.ey1 * beta + e2 * inv
+
+    def add_standardized(self, z: float, beta: float) -> None:
+        """Record one out-of-sample error in units of its published spread."""
+        if z < 0.0:
+            j = 0
+        elif z >= Z_MAX:
+            j = Z_BINS - 1
+        else:
+            j = 1 + int(z * (1.0 / Z_STEP))
+            if j > Z_BINS - 2:
+                j = Z_BINS - 2
+        h = self.zh
+        for i in range(Z_BINS):
+            h[i] *= beta
+        h[j] += 1.0
+        self.zn += 1
+
+    def margin(self, q: float) -> float:
+        """The q-quantile of the standardised errors, within [0, Z_MAX]."""
+        h = self.zh
+        total = 0.0
+        for v in h:
+            total += v
+        target = q * total
+        acc = h[0]
+        if acc >= target:
+            return 0.0
+        for j in range(1, Z_BINS - 1):
+            v = h[j]
+            if acc + v >= target:  # interpolate within the bin
+                return (j - 1 + (target - acc) / v) * Z_STEP
+            acc += v
+        return Z_MAX
 
     def spread(self) -> tuple[float, float]:
         """(v, rho^2) of E[e^2] = v/p + rho^2, both clamped at >= 0."""
@@ -285,6 +335,8 @@ class LinearStats:
         self.e11 += other.e11
         self.ey += other.ey
         self.ey1 += other.ey1
+        self.zn += other.zn
+        self.zh = [a + b for a, b in zip(self.zh, other.zh, strict=True)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -294,6 +346,7 @@ class LinearStats:
             "zz": list(self.zz),
             "zy": list(self.zy),
             "residuals": [self.en, self.ew, self.e1, self.e11, self.ey, self.ey1],
+            "standardized": [self.zn, *self.zh],
         }
 
     @classmethod
@@ -316,6 +369,12 @@ class LinearStats:
             float(ey),
             float(ey1),
         )
+        zs = d.get("standardized")
+        if zs is not None:
+            zh = [float(v) for v in zs[1:]]
+            if len(zh) != Z_BINS:
+                raise ValueError("standardised error histogram of the wrong size")
+            st.zn, st.zh = int(zs[0]), zh
         return st
 
 
