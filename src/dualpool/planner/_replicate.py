@@ -32,9 +32,10 @@ from dualpool.planner._windows import (
     envelope_log_ratio,
     pooled_slope,
     ratio,
+    window_reading,
 )
 
-__all__ = ["Comparison", "PoolVerified", "provision", "replicate"]
+__all__ = ["Comparison", "PoolVerified", "Replicated", "provision", "replicate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,38 @@ def _start(outs: list[WindowOutcome], first: int) -> tuple[int, float]:
     return max(1, math.ceil(sum(o.crossing for o in outs) / len(outs))), 0.04
 
 
+@dataclass(frozen=True, slots=True)
+class Replicated:
+    """The windows of a verification: each pool's outcomes (`crossing`: the
+    count the window needs, read off all its runs), the provisioned counts
+    and the final round (every window at them)."""
+
+    outs: dict[str, list[WindowOutcome]]
+    instances: dict[str, int]
+    final: dict[str, list[WindowOutcome]]
+    simulations: int
+
+
+def _slopes(
+    outs: Sequence[WindowOutcome], ttft_slo: float, tpot_slo: float
+) -> tuple[float | None, float | None]:
+    """Each metric's elasticity pooled over the searched windows (`pooled_slope`)."""
+    full = [o for o in outs if o.slope is None and len(o.trials) > 1]
+    centers = [o.crossing for o in full]
+    # One elasticity per metric: TTFT falls ~3x faster with G than TPOT
+    # (docs/planner.md), and either can bind on a window.
+    per = [
+        [
+            (t.instances, t.ttft_p99_s / ttft_slo if i == 0 else t.tpot_p99_s / tpot_slo)
+            for t in o.trials
+            if not t.early_stop and not t.rejected
+        ]
+        for o in full
+        for i in (0, 1)
+    ]
+    return pooled_slope(per[0::2], centers), pooled_slope(per[1::2], centers)
+
+
 def replicate(
     keys: Sequence[str],
     fixed: Mapping[str, int | None],
@@ -137,7 +170,8 @@ def replicate(
     tpot_slo: float = 0.08,
     probe_band: float | None = 0.15,
     searched: int = 2,
-) -> dict[str, list[WindowOutcome]]:
+    reading_band: float = 0.10,
+) -> Replicated:
     """Rounds of windows until the main saving's half-width <= precision.
 
     The first round searches every pool on every window (bracket and
@@ -150,10 +184,56 @@ def replicate(
     from 1 is searched. A window's count varies with its P99s far more than
     a probe's linearisation errs, so one run per pool and window buys
     several times the windows a search would.
+
+    Every run counts (with `probe_band`): a window's count is the mean
+    reading of all its runs within `reading_band` of the crossing
+    (`window_reading`): a searched window's trials near its crossing, a
+    probe, and its run in the final round at the provisioned count. A run's
+    P99 noise is close to independent from one count to the next, so the
+    final round's run is a second reading of the window at no extra cost.
+    Hence the probes stop at a half-width of precision x sqrt(2); the final
+    round (every window at the provisioned counts, `provision`) adds its
+    readings; while the half-width is still over `precision`, new windows
+    run once per pool at the provisioned counts: one run that is both the
+    window's reading and its sample of the SLO test.
     """
-    outs: dict[str, list[WindowOutcome]] = {k: [] for k in keys}
-    w = 0
+    finals = [k for k, _ in (*main.base, *main.other)]
+    raw: dict[str, list[WindowOutcome]] = {k: [] for k in keys}
+    extra: dict[str, dict[int, PoolSim]] = {k: {} for k in keys}
+    final: dict[str, list[WindowOutcome]] = {k: [] for k in finals}
+    prov: dict[str, int] | None = None
     slopes: dict[str, tuple[float | None, float | None]] = {}
+    centers: dict[str, float] = {}
+    w = 0
+    sims = 0
+
+    def reuse() -> bool:
+        return probe_band is not None and all(
+            fixed.get(k) is not None or None not in slopes.get(k, (None, None)) for k in finals
+        )
+
+    def readings() -> dict[str, list[WindowOutcome]]:
+        out: dict[str, list[WindowOutcome]] = {}
+        for k in keys:
+            b_ttft, b_tpot = slopes.get(k, (None, None))
+            vs = []
+            for o in raw[k]:
+                x = None
+                if fixed.get(k) is None and b_ttft is not None and b_tpot is not None:
+                    tr = list(o.trials)
+                    if o.window in extra[k]:
+                        tr.append(extra[k][o.window])
+                    x = window_reading(
+                        tr, centers[k], b_ttft, b_tpot, ttft_slo, tpot_slo, reading_band
+                    )
+                vs.append(o if x is None else replace(o, crossing=x))
+            out[k] = vs
+        return out
+
+    def saving(outs: Mapping[str, list[WindowOutcome]]) -> Interval:
+        cross = {k: [o.crossing for o in v] for k, v in outs.items()}
+        return interval(main.savings(cross, w), confidence)
+
     while True:
         if w == 0:
             n = min_windows if probe_band is None else min(max(2, searched), min_windows)
@@ -162,28 +242,14 @@ def replicate(
         else:
             n = batch
         n = min(n, max_windows - w)
-        if w > 0 and probe_band is not None:
-            for k in keys:
-                full = [o for o in outs[k] if o.slope is None and len(o.trials) > 1]
-                centers = [o.crossing for o in full]
-                # One elasticity per metric: TTFT falls ~3x faster with G than
-                # TPOT (docs/planner.md), and either can bind on a window.
-                per = [
-                    [
-                        (
-                            t.instances,
-                            t.ttft_p99_s / ttft_slo if i == 0 else t.tpot_p99_s / tpot_slo,
-                        )
-                        for t in o.trials
-                        if not t.early_stop and not t.rejected
-                    ]
-                    for o in full
-                    for i in (0, 1)
-                ]
-                slopes[k] = (pooled_slope(per[0::2], centers), pooled_slope(per[1::2], centers))
+        outs = readings()
         jobs = []
         for win in range(w, w + n):
             for k in keys:
+                if prov is not None and k in prov:
+                    # After the final round: one run at the provisioned count.
+                    jobs.append(make_job(k, win, prov[k], prov[k], 0.1, True))
+                    continue
                 start, step = _start(outs[k], starts[k])
                 job = make_job(k, win, fixed.get(k), start, step, False)
                 b_ttft, b_tpot = slopes.get(k, (None, None))
@@ -193,15 +259,55 @@ def replicate(
                     )
                 jobs.append(job)
         done: list[WindowOutcome] = runner(jobs)
+        sims += sum(len(o.trials) for o in done)
         for o in sorted(done, key=lambda o: o.window):
-            outs[o.key].append(o)
+            if prov is not None and o.key in prov:
+                final[o.key].append(o)
+                # Its run is the window's reading: no search to have failed.
+                o = replace(o, found=True)
+            raw[o.key].append(o)
         w += n
-        cross = {k: [o.crossing for o in v] for k, v in outs.items()}
-        iv = interval(main.savings(cross, w), confidence)
+        if probe_band is not None and prov is None:
+            # The elasticities (until found, then fixed), and the centre the
+            # readings lie around: the searched windows' mean crossing.
+            for k in keys:
+                if None in slopes.get(k, (None, None)):
+                    slopes[k] = _slopes(raw[k], ttft_slo, tpot_slo)
+                if k not in centers:
+                    full = [o.crossing for o in raw[k] if len(o.trials) > 1] or [
+                        o.crossing for o in raw[k]
+                    ]
+                    centers[k] = sum(full) / len(full)
+        iv = saving(readings())
         if on_round is not None:
             on_round(w, iv)
-        if w >= max_windows or (w >= min_windows and iv.half_width <= precision):
-            return outs
+        if prov is not None:
+            if w >= max_windows or iv.half_width <= precision:
+                break
+            continue
+        stop_at = precision * math.sqrt(2.0) if reuse() else precision
+        if w >= max_windows or (w >= min_windows and iv.half_width <= stop_at):
+            # The final round: every window at the provisioned counts.
+            outs = readings()
+            prov = {
+                k: fixed.get(k) or provision(outs[k], ttft_slo, tpot_slo, confidence)
+                for k in finals
+            }
+            fjobs = [make_job(k, v, prov[k], prov[k], 0.1, True) for v in range(w) for k in finals]
+            fdone: list[WindowOutcome] = runner(fjobs)
+            sims += len(fjobs)
+            for o in sorted(fdone, key=lambda o: o.window):
+                final[o.key].append(o)
+                extra[o.key][o.window] = o.trials[0]
+            if not reuse():
+                break
+            iv = saving(readings())
+            if on_round is not None:
+                on_round(w, iv)
+            if w >= max_windows or iv.half_width <= precision:
+                break
+    assert prov is not None
+    return Replicated(readings(), prov, final, sims)
 
 
 def provision(outs: Sequence[WindowOutcome], ttft_slo: float, tpot_slo: float, conf: float) -> int:
@@ -264,7 +370,9 @@ def summarize(
         ttft_p99=interval([s.ttft_p99_s for s in sims], conf),
         tpot_p99=interval([s.tpot_p99_s for s in sims], conf),
         windows_meeting=sum(1 for s in sims if s.meets),
-        simulations=sum(len(o.trials) for o in outs) + len(final),
+        # A window added after the final round ran once: its reading is its final run.
+        simulations=sum(len(o.trials) for o in outs)
+        + sum(1 for f in final if id(f.trials[0]) not in {id(t) for o in outs for t in o.trials}),
         found=all(o.found for o in outs),
         attainable=attainable,
     )
