@@ -109,6 +109,11 @@ class Comparison:
         return out
 
 
+# A probe mirrors the provisioned count about the crossing by at most this (log).
+_MIRROR = 0.05
+# Marks a final-round job among a round's probes.
+_FINAL = "\x00final"
+
 MakeJob = Callable[[str, int, int | None, int, float, bool], WindowJob]
 Runner = Callable[[Sequence[Any]], list[Any]]
 
@@ -212,17 +217,37 @@ def replicate(
             fixed.get(k) is not None or None not in slopes.get(k, (None, None)) for k in finals
         )
 
+    def runs(k: str, o: WindowOutcome) -> list[PoolSim]:
+        return [*o.trials, extra[k][o.window]] if o.window in extra[k] else list(o.trials)
+
+    def elasticities(k: str) -> tuple[float | None, float | None]:
+        """The searched windows' elasticities; after the final round, refitted on
+        every window's runs (a window run at two counts tells the slope too)."""
+        first = slopes.get(k, (None, None))
+        if prov is None or k not in centers:
+            return first
+        per = [
+            [
+                (t.instances, t.ttft_p99_s / ttft_slo if i == 0 else t.tpot_p99_s / tpot_slo)
+                for t in runs(k, o)
+                if not t.early_stop and not t.rejected
+            ]
+            for o in raw[k]
+            for i in (0, 1)
+        ]
+        c = [centers[k]] * len(raw[k])
+        b_ttft, b_tpot = pooled_slope(per[0::2], c), pooled_slope(per[1::2], c)
+        return (b_ttft or first[0], b_tpot or first[1])
+
     def readings() -> dict[str, list[WindowOutcome]]:
         out: dict[str, list[WindowOutcome]] = {}
         for k in keys:
-            b_ttft, b_tpot = slopes.get(k, (None, None))
+            b_ttft, b_tpot = elasticities(k)
             vs = []
             for o in raw[k]:
                 x = None
                 if fixed.get(k) is None and b_ttft is not None and b_tpot is not None:
-                    tr = list(o.trials)
-                    if o.window in extra[k]:
-                        tr.append(extra[k][o.window])
+                    tr = runs(k, o)
                     x = window_reading(
                         tr, centers[k], b_ttft, b_tpot, ttft_slo, tpot_slo, reading_band
                     )
@@ -243,14 +268,33 @@ def replicate(
             n = batch
         n = min(n, max_windows - w)
         outs = readings()
+        # Where this round's probes run: a final-round pool's probe mirrors its
+        # provisioned count (the final's, or the one the windows so far give)
+        # about the mean crossing, so that a window's two runs straddle the
+        # crossing (their readings' error from the elasticity cancels).
+        mirror: dict[str, int] = {}
+        if reuse() and w > 0:
+            for k in finals:
+                if fixed.get(k) is not None:
+                    continue
+                c = math.exp(sum(math.log(o.crossing) for o in outs[k]) / len(outs[k]))
+                p = (
+                    prov[k]
+                    if prov is not None
+                    else provision(outs[k], ttft_slo, tpot_slo, confidence)
+                )
+                mirror[k] = max(1, round(c * max(c / max(p, 1), math.exp(-_MIRROR))))
         jobs = []
         for win in range(w, w + n):
             for k in keys:
                 if prov is not None and k in prov:
-                    # After the final round: one run at the provisioned count.
-                    jobs.append(make_job(k, win, prov[k], prov[k], 0.1, True))
-                    continue
+                    # After the final round: its run at the provisioned count.
+                    fj = make_job(k, win, prov[k], prov[k], 0.1, True)
+                    jobs.append(replace(fj, key=k + _FINAL))
+                    if fixed.get(k) is not None:
+                        continue
                 start, step = _start(outs[k], starts[k])
+                start = mirror.get(k, start)
                 job = make_job(k, win, fixed.get(k), start, step, False)
                 b_ttft, b_tpot = slopes.get(k, (None, None))
                 if b_ttft is not None and b_tpot is not None and job.evaluate_at is None:
@@ -261,10 +305,12 @@ def replicate(
         done: list[WindowOutcome] = runner(jobs)
         sims += sum(len(o.trials) for o in done)
         for o in sorted(done, key=lambda o: o.window):
-            if prov is not None and o.key in prov:
+            if o.key.endswith(_FINAL):
+                o = replace(o, key=o.key.removesuffix(_FINAL))
                 final[o.key].append(o)
-                # Its run is the window's reading: no search to have failed.
-                o = replace(o, found=True)
+                if fixed.get(o.key) is None:
+                    extra[o.key][o.window] = o.trials[0]
+                    continue
             raw[o.key].append(o)
         w += n
         if probe_band is not None and prov is None:
