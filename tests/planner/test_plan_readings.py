@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 
 from dualpool.engine import get_gpu, get_model
-from dualpool.planner import PoolDesign, PoolSim, WindowJob, WindowOutcome
-from dualpool.planner import _windows
+from dualpool.planner import PoolDesign, PoolSim, WindowJob, WindowOutcome, _windows
 from dualpool.planner._plan import DEFAULT_SHORT
 from dualpool.planner._replicate import Comparison, replicate, window_plan
 from dualpool.planner._windows import run_window, window_reading
@@ -43,7 +42,11 @@ def test_a_window_reads_every_run_near_the_crossing() -> None:
     got = window_reading(runs, 100.0, beta, 1.0, TTFT, TPOT)
     each = [g * r ** (1 / beta) for g, r in ((95, 1.03), (100, 1.0), (104, 0.97))]
     assert got == pytest.approx(math.exp(sum(math.log(x) for x in each) / 3))
-    noise = [_sim(150, 0.5), _sim(99, 5.0, early=True), dataclasses.replace(_sim(98, 1.0), rejected=3)]
+    noise = [
+        _sim(150, 0.5),
+        _sim(99, 5.0, early=True),
+        dataclasses.replace(_sim(98, 1.0), rejected=3),
+    ]
     assert window_reading(runs + noise, 100.0, beta, 1.0, TTFT, TPOT) == pytest.approx(got)
     assert window_reading(noise, 100.0, beta, 1.0, TTFT, TPOT) is None
     # The TPOT ratio binds when it needs the larger count (r is the max of the two).
@@ -84,9 +87,7 @@ def _plan_once(rep: int, precision: float = 0.02) -> tuple[Any, float]:
         k: PoolDesign(k, dataclasses.replace(DEFAULT_SHORT, tensor_parallel_size=1)) for k in CROSS
     }
 
-    def make(
-        key: str, win: int, at: int | None, start: int, step: float, keep: bool
-    ) -> WindowJob:
+    def make(key: str, win: int, at: int | None, start: int, step: float, keep: bool) -> WindowJob:
         return WindowJob(
             key=key,
             design=design[key],
@@ -147,6 +148,10 @@ def test_the_final_round_holds_every_window_at_the_provisioned_counts(
         assert all(o.trials[0].instances == out.instances[k] for o in out.final[k])
         # Provisioned at 95% above the count most windows need.
         assert out.instances[k] >= np.median([o.crossing for o in out.outs[k]])
+        # A probe mirrors the provisioned count about the crossing: the window's
+        # two runs straddle it.
+        probes = [o for o in out.outs[k] if o.slope is not None]
+        assert probes and all(o.trials[0].instances < out.instances[k] for o in probes)
         # Every window read near the crossing (within 15% of the true one).
         assert all(abs(math.log(o.crossing / CROSS[k])) < 0.15 for o in out.outs[k])
     assert out.simulations >= 2 * n
@@ -171,5 +176,5 @@ def test_the_saving_interval_covers_the_true_saving(monkeypatch: pytest.MonkeyPa
         iv = interval(s)
         widths.append(iv.half_width)
         hits += iv.contains(truth)
-    assert hits / plans >= 0.85, (hits, plans)
+    assert hits / plans >= 0.9, (hits, plans)
     assert max(widths) < 0.05
