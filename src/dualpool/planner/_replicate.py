@@ -111,6 +111,8 @@ class Comparison:
 
 # A probe mirrors the provisioned count about the crossing by at most this (log).
 _MIRROR = 0.05
+# Windows before the final round, at least (when every run is a reading).
+_FINAL_AFTER = 8
 # Marks a final-round job among a round's probes.
 _FINAL = "\x00final"
 
@@ -196,11 +198,15 @@ def replicate(
     probe, and its run in the final round at the provisioned count. A run's
     P99 noise is close to independent from one count to the next, so the
     final round's run is a second reading of the window at no extra cost.
-    Hence the probes stop at a half-width of precision x sqrt(2); the final
+    Hence the probes stop at a half-width of 2 x precision (and at least
+    `_FINAL_AFTER` windows, for the provisioned count's sake); the final
     round (every window at the provisioned counts, `provision`) adds its
-    readings; while the half-width is still over `precision`, new windows
-    run once per pool at the provisioned counts: one run that is both the
-    window's reading and its sample of the SLO test.
+    readings; while the half-width is still over `precision`, each new
+    window runs a probe and its final run per pool: the same runs per
+    window as before the final round. A probe runs at the provisioned count
+    mirrored about the mean crossing, so that a window's two runs straddle
+    it (a reading's error from the fitted elasticity, (1 - beta / beta_hat)
+    times the distance, cancels to first order).
     """
     finals = [k for k, _ in (*main.base, *main.other)]
     raw: dict[str, list[WindowOutcome]] = {k: [] for k in keys}
@@ -331,8 +337,16 @@ def replicate(
             if w >= max_windows or iv.half_width <= precision:
                 break
             continue
-        stop_at = precision * math.sqrt(2.0) if reuse() else precision
-        if w >= max_windows or (w >= min_windows and iv.half_width <= stop_at):
+        if reuse():
+            # The final round's readings cut a window's variance 2-4x
+            # (ShareGPT: one window's saving sd ~6 points on its probe, ~3
+            # with its final run); a window after it costs the same runs as
+            # one before it, so stopping early costs nothing, but the
+            # provisioned count wants a few windows (a t bound over them).
+            ready = w >= max(min_windows, _FINAL_AFTER) and iv.half_width <= 2.0 * precision
+        else:
+            ready = w >= min_windows and iv.half_width <= precision
+        if w >= max_windows or ready:
             # The final round: every window at the provisioned counts.
             outs = readings()
             prov = {
