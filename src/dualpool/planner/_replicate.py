@@ -430,7 +430,7 @@ def summarize(
         ttft_p99=interval([s.ttft_p99_s for s in sims], conf),
         tpot_p99=interval([s.tpot_p99_s for s in sims], conf),
         windows_meeting=sum(1 for s in sims if s.meets),
-        # A window added after the final round ran once: its reading is its final run.
+        # A fixed pool's window after the final round ran once: its outcome is its final run.
         simulations=sum(len(o.trials) for o in outs)
         + sum(1 for f in final if id(f.trials[0]) not in {id(t) for o in outs for t in o.trials}),
         found=all(o.found for o in outs),
