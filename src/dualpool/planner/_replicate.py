@@ -111,8 +111,6 @@ class Comparison:
 
 # A probe mirrors the provisioned count about the crossing by at most this (log).
 _MIRROR = 0.05
-# Windows before the final round, at least (when every run is a reading).
-_FINAL_AFTER = 8
 # Marks a final-round job among a round's probes.
 _FINAL = "\x00final"
 
@@ -198,8 +196,7 @@ def replicate(
     probe, and its run in the final round at the provisioned count. A run's
     P99 noise is close to independent from one count to the next, so the
     final round's run is a second reading of the window at no extra cost.
-    Hence the probes stop at a half-width of 2 x precision (and at least
-    `_FINAL_AFTER` windows, for the provisioned count's sake); the final
+    Hence the probes stop at a half-width of precision x sqrt(2); the final
     round (every window at the provisioned counts, `provision`) adds its
     readings; while the half-width is still over `precision`, each new
     window runs a probe and its final run per pool: the same runs per
@@ -338,12 +335,12 @@ def replicate(
                 break
             continue
         if reuse():
-            # The final round's readings cut a window's variance 2-4x
-            # (ShareGPT: one window's saving sd ~6 points on its probe, ~3
-            # with its final run); a window after it costs the same runs as
-            # one before it, so stopping early costs nothing, but the
-            # provisioned count wants a few windows (a t bound over them).
-            ready = w >= max(min_windows, _FINAL_AFTER) and iv.half_width <= 2.0 * precision
+            # The final round's readings will cut each window's variance
+            # (2x where the runs' noise is independent). Not earlier than
+            # this: the provisioned count is fixed at the final round, from
+            # the windows then (docs/planner.md: at 2 x precision, after 8
+            # windows, a provisioned count failed its own SLO test).
+            ready = w >= min_windows and iv.half_width <= math.sqrt(2.0) * precision
         else:
             ready = w >= min_windows and iv.half_width <= precision
         if w >= max_windows or ready:
