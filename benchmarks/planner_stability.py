@@ -1,6 +1,7 @@
 """Does the plan's answer hold? The same input planned with different windows and precisions.
 
 Usage: python benchmarks/planner_stability.py [--quick] [--processes N] [--workloads a,b]
+       [--seeds N | --seed-list 1,2] [--fine-seeds N]
 
 For each workload (azure_2023_conv, lmsys_cdf, sharegpt_8k at 1,000 req/s,
 Llama-3-70B on A100-80GB, the planner's defaults otherwise) the plan runs
@@ -81,8 +82,13 @@ def main() -> None:
     )
     ap.add_argument("--seeds", type=int, default=None, help="seeds at the default precision")
     ap.add_argument("--fine-seeds", type=int, default=None, help="seeds at 1 point")
+    ap.add_argument(
+        "--seed-list", default=None, help="these seeds at the default precision (e.g. 1,2)"
+    )
     args = ap.parse_args()
     runs = [(s, 0.02) for s in range(args.seeds or (3 if args.quick else 5))]
+    if args.seed_list:
+        runs = [(int(s), 0.02) for s in args.seed_list.split(",")]
     fine = args.fine_seeds if args.fine_seeds is not None else (1 if args.quick else 2)
     runs += [(s, 0.01) for s in range(fine)]
     runner = make_runner("local", processes=args.processes)

@@ -155,9 +155,9 @@ def test_a_rotated_input_is_measured_in_whole_passes() -> None:
 def test_the_window_cap_follows_the_precision() -> None:
     from dualpool.planner import VerifySettings
 
-    assert VerifySettings().window_cap == 20
-    assert VerifySettings(precision=0.01).window_cap == 80
-    assert VerifySettings(precision=0.04).window_cap == 5
+    assert VerifySettings().window_cap == 40
+    assert VerifySettings(precision=0.01).window_cap == 160
+    assert VerifySettings(precision=0.04).window_cap == 10
     assert VerifySettings(precision=0.2).window_cap == 4  # never below min_windows
     assert VerifySettings(precision=0.01, max_windows=7).window_cap == 7
 

@@ -89,8 +89,8 @@ def register(sub: Any) -> None:
         "--max-windows",
         type=int,
         default=None,
-        help="windows simulated at most (default 20 at 2 points of precision, x (2 / "
-        "precision)^2: 80 at 1 point)",
+        help="windows simulated at most (default 40 at 2 points of precision, x (2 / "
+        "precision)^2: 160 at 1 point)",
     )
     p.add_argument(
         "--search-every-window",

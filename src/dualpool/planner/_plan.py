@@ -53,7 +53,6 @@ from dualpool.planner._queueing import (
 from dualpool.planner._replicate import (
     Comparison,
     PoolVerified,
-    provision,
     replicate,
     summarize,
     whole_passes,
@@ -639,7 +638,7 @@ def _verify(
     tp = {k: by[k].design.tp for k in keys}
     split_keys = tuple((k, tp[k]) for k in main if k != "homogeneous")
     cmp_main = Comparison("split", (("homogeneous", tp["homogeneous"]),), split_keys)
-    outs = replicate(
+    rep = replicate(
         keys,
         fixed,
         starts,
@@ -656,12 +655,8 @@ def _verify(
         tpot_slo=tpot,
         probe_band=v.probe_band,
     )
+    outs, prov, final = rep.outs, rep.instances, rep.final
     n = len(outs["homogeneous"])
-    prov = {k: fixed[k] or provision(outs[k], ttft, tpot, v.confidence) for k in main}
-    final_jobs = [make(k, w, prov[k], prov[k], 0.1, True) for w in range(n) for k in main]
-    final: dict[str, list[WindowOutcome]] = {k: [] for k in main}
-    for o in sorted(runner(final_jobs), key=lambda o: o.window):
-        final[o.key].append(o)
     for k in main:
         pv = summarize(k, outs[k], final[k], prov[k], ttft, tpot, v.confidence, fixed[k] is None)
         by[k] = replace(by[k], verified=pv, confidence=v.confidence)
@@ -712,7 +707,7 @@ def _verify(
             "confidence": v.confidence,
             "converged": sv.half_width <= v.precision,
             "seed": v.seed,
-            "simulations": sum(len(o.trials) for vs in outs.values() for o in vs) + len(final_jobs),
+            "simulations": rep.simulations,
             "per_window_saving": savings,
         },
     }

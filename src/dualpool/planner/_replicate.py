@@ -32,9 +32,10 @@ from dualpool.planner._windows import (
     envelope_log_ratio,
     pooled_slope,
     ratio,
+    window_reading,
 )
 
-__all__ = ["Comparison", "PoolVerified", "provision", "replicate"]
+__all__ = ["Comparison", "PoolVerified", "Replicated", "provision", "replicate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,11 @@ class Comparison:
         return out
 
 
+# A probe mirrors the provisioned count about the crossing by at most this (log).
+_MIRROR = 0.05
+# Marks a final-round job among a round's probes.
+_FINAL = "\x00final"
+
 MakeJob = Callable[[str, int, int | None, int, float, bool], WindowJob]
 Runner = Callable[[Sequence[Any]], list[Any]]
 
@@ -117,6 +123,38 @@ def _start(outs: list[WindowOutcome], first: int) -> tuple[int, float]:
     if not outs:
         return max(1, first), 0.1
     return max(1, math.ceil(sum(o.crossing for o in outs) / len(outs))), 0.04
+
+
+@dataclass(frozen=True, slots=True)
+class Replicated:
+    """The windows of a verification: each pool's outcomes (`crossing`: the
+    count the window needs, read off all its runs), the provisioned counts
+    and the final round (every window at them)."""
+
+    outs: dict[str, list[WindowOutcome]]
+    instances: dict[str, int]
+    final: dict[str, list[WindowOutcome]]
+    simulations: int
+
+
+def _slopes(
+    outs: Sequence[WindowOutcome], ttft_slo: float, tpot_slo: float
+) -> tuple[float | None, float | None]:
+    """Each metric's elasticity pooled over the searched windows (`pooled_slope`)."""
+    full = [o for o in outs if o.slope is None and len(o.trials) > 1]
+    centers = [o.crossing for o in full]
+    # One elasticity per metric: TTFT falls ~3x faster with G than TPOT
+    # (docs/planner.md), and either can bind on a window.
+    per = [
+        [
+            (t.instances, t.ttft_p99_s / ttft_slo if i == 0 else t.tpot_p99_s / tpot_slo)
+            for t in o.trials
+            if not t.early_stop and not t.rejected
+        ]
+        for o in full
+        for i in (0, 1)
+    ]
+    return pooled_slope(per[0::2], centers), pooled_slope(per[1::2], centers)
 
 
 def replicate(
@@ -137,7 +175,8 @@ def replicate(
     tpot_slo: float = 0.08,
     probe_band: float | None = 0.15,
     searched: int = 2,
-) -> dict[str, list[WindowOutcome]]:
+    reading_band: float = 0.10,
+) -> Replicated:
     """Rounds of windows until the main saving's half-width <= precision.
 
     The first round searches every pool on every window (bracket and
@@ -150,10 +189,79 @@ def replicate(
     from 1 is searched. A window's count varies with its P99s far more than
     a probe's linearisation errs, so one run per pool and window buys
     several times the windows a search would.
+
+    Every run counts (with `probe_band`): a window's count is the mean
+    reading of all its runs within `reading_band` of the crossing
+    (`window_reading`): a searched window's trials near its crossing, a
+    probe, and its run in the final round at the provisioned count. A run's
+    P99 noise is close to independent from one count to the next, so the
+    final round's run is a second reading of the window at no extra cost.
+    Hence the probes stop at a half-width of precision x sqrt(2); the final
+    round (every window at the provisioned counts, `provision`) adds its
+    readings; while the half-width is still over `precision`, each new
+    window runs a probe and its final run per pool: the same runs per
+    window as before the final round. A probe runs at the provisioned count
+    mirrored about the mean crossing, so that a window's two runs straddle
+    it (a reading's error from the fitted elasticity, (1 - beta / beta_hat)
+    times the distance, cancels to first order).
     """
-    outs: dict[str, list[WindowOutcome]] = {k: [] for k in keys}
-    w = 0
+    finals = [k for k, _ in (*main.base, *main.other)]
+    raw: dict[str, list[WindowOutcome]] = {k: [] for k in keys}
+    extra: dict[str, dict[int, PoolSim]] = {k: {} for k in keys}
+    final: dict[str, list[WindowOutcome]] = {k: [] for k in finals}
+    prov: dict[str, int] | None = None
     slopes: dict[str, tuple[float | None, float | None]] = {}
+    centers: dict[str, float] = {}
+    w = 0
+    sims = 0
+
+    def reuse() -> bool:
+        return probe_band is not None and all(
+            fixed.get(k) is not None or None not in slopes.get(k, (None, None)) for k in finals
+        )
+
+    def runs(k: str, o: WindowOutcome) -> list[PoolSim]:
+        return [*o.trials, extra[k][o.window]] if o.window in extra[k] else list(o.trials)
+
+    def elasticities(k: str) -> tuple[float | None, float | None]:
+        """The searched windows' elasticities; after the final round, refitted on
+        every window's runs (a window run at two counts tells the slope too)."""
+        first = slopes.get(k, (None, None))
+        if prov is None or k not in centers:
+            return first
+        per = [
+            [
+                (t.instances, t.ttft_p99_s / ttft_slo if i == 0 else t.tpot_p99_s / tpot_slo)
+                for t in runs(k, o)
+                if not t.early_stop and not t.rejected
+            ]
+            for o in raw[k]
+            for i in (0, 1)
+        ]
+        c = [centers[k]] * len(raw[k])
+        b_ttft, b_tpot = pooled_slope(per[0::2], c), pooled_slope(per[1::2], c)
+        return (b_ttft or first[0], b_tpot or first[1])
+
+    def readings() -> dict[str, list[WindowOutcome]]:
+        out: dict[str, list[WindowOutcome]] = {}
+        for k in keys:
+            b_ttft, b_tpot = elasticities(k)
+            vs = []
+            for o in raw[k]:
+                x = None
+                if fixed.get(k) is None and b_ttft is not None and b_tpot is not None:
+                    tr = runs(k, o)
+                    x = window_reading(
+                        tr, centers[k], b_ttft, b_tpot, ttft_slo, tpot_slo, reading_band
+                    )
+                vs.append(o if x is None else replace(o, crossing=x))
+            out[k] = vs
+        return out
+
+    def saving(outs: Mapping[str, list[WindowOutcome]]) -> Interval:
+        cross = {k: [o.crossing for o in v] for k, v in outs.items()}
+        return interval(main.savings(cross, w), confidence)
+
     while True:
         if w == 0:
             n = min_windows if probe_band is None else min(max(2, searched), min_windows)
@@ -162,29 +270,34 @@ def replicate(
         else:
             n = batch
         n = min(n, max_windows - w)
-        if w > 0 and probe_band is not None:
-            for k in keys:
-                full = [o for o in outs[k] if o.slope is None and len(o.trials) > 1]
-                centers = [o.crossing for o in full]
-                # One elasticity per metric: TTFT falls ~3x faster with G than
-                # TPOT (docs/planner.md), and either can bind on a window.
-                per = [
-                    [
-                        (
-                            t.instances,
-                            t.ttft_p99_s / ttft_slo if i == 0 else t.tpot_p99_s / tpot_slo,
-                        )
-                        for t in o.trials
-                        if not t.early_stop and not t.rejected
-                    ]
-                    for o in full
-                    for i in (0, 1)
-                ]
-                slopes[k] = (pooled_slope(per[0::2], centers), pooled_slope(per[1::2], centers))
+        outs = readings()
+        # Where this round's probes run: a final-round pool's probe mirrors its
+        # provisioned count (the final's, or the one the windows so far give)
+        # about the mean crossing, so that a window's two runs straddle the
+        # crossing (their readings' error from the elasticity cancels).
+        mirror: dict[str, int] = {}
+        if reuse() and w > 0:
+            for k in finals:
+                if fixed.get(k) is not None:
+                    continue
+                c = math.exp(sum(math.log(o.crossing) for o in outs[k]) / len(outs[k]))
+                p = (
+                    prov[k]
+                    if prov is not None
+                    else provision(outs[k], ttft_slo, tpot_slo, confidence)
+                )
+                mirror[k] = max(1, round(c * max(c / max(p, 1), math.exp(-_MIRROR))))
         jobs = []
         for win in range(w, w + n):
             for k in keys:
+                if prov is not None and k in prov:
+                    # After the final round: its run at the provisioned count.
+                    fj = make_job(k, win, prov[k], prov[k], 0.1, True)
+                    jobs.append(replace(fj, key=k + _FINAL))
+                    if fixed.get(k) is not None:
+                        continue
                 start, step = _start(outs[k], starts[k])
+                start = mirror.get(k, start)
                 job = make_job(k, win, fixed.get(k), start, step, False)
                 b_ttft, b_tpot = slopes.get(k, (None, None))
                 if b_ttft is not None and b_tpot is not None and job.evaluate_at is None:
@@ -193,15 +306,65 @@ def replicate(
                     )
                 jobs.append(job)
         done: list[WindowOutcome] = runner(jobs)
+        sims += sum(len(o.trials) for o in done)
         for o in sorted(done, key=lambda o: o.window):
-            outs[o.key].append(o)
+            if o.key.endswith(_FINAL):
+                o = replace(o, key=o.key.removesuffix(_FINAL))
+                final[o.key].append(o)
+                if fixed.get(o.key) is None:
+                    extra[o.key][o.window] = o.trials[0]
+                    continue
+            raw[o.key].append(o)
         w += n
-        cross = {k: [o.crossing for o in v] for k, v in outs.items()}
-        iv = interval(main.savings(cross, w), confidence)
+        if probe_band is not None and prov is None:
+            # The elasticities (until found, then fixed), and the centre the
+            # readings lie around: the searched windows' mean crossing.
+            for k in keys:
+                if None in slopes.get(k, (None, None)):
+                    slopes[k] = _slopes(raw[k], ttft_slo, tpot_slo)
+                if k not in centers:
+                    full = [o.crossing for o in raw[k] if len(o.trials) > 1] or [
+                        o.crossing for o in raw[k]
+                    ]
+                    centers[k] = sum(full) / len(full)
+        iv = saving(readings())
         if on_round is not None:
             on_round(w, iv)
-        if w >= max_windows or (w >= min_windows and iv.half_width <= precision):
-            return outs
+        if prov is not None:
+            if w >= max_windows or iv.half_width <= precision:
+                break
+            continue
+        if reuse():
+            # The final round's readings will cut each window's variance
+            # (2x where the runs' noise is independent). Not earlier than
+            # this: the provisioned count is fixed at the final round, from
+            # the windows then (docs/planner.md: at 2 x precision, after 8
+            # windows, a provisioned count failed its own SLO test).
+            ready = w >= min_windows and iv.half_width <= math.sqrt(2.0) * precision
+        else:
+            ready = w >= min_windows and iv.half_width <= precision
+        if w >= max_windows or ready:
+            # The final round: every window at the provisioned counts.
+            outs = readings()
+            prov = {
+                k: fixed.get(k) or provision(outs[k], ttft_slo, tpot_slo, confidence)
+                for k in finals
+            }
+            fjobs = [make_job(k, v, prov[k], prov[k], 0.1, True) for v in range(w) for k in finals]
+            fdone: list[WindowOutcome] = runner(fjobs)
+            sims += len(fjobs)
+            for o in sorted(fdone, key=lambda o: o.window):
+                final[o.key].append(o)
+                extra[o.key][o.window] = o.trials[0]
+            if not reuse():
+                break
+            iv = saving(readings())
+            if on_round is not None:
+                on_round(w, iv)
+            if w >= max_windows or iv.half_width <= precision:
+                break
+    assert prov is not None
+    return Replicated(readings(), prov, final, sims)
 
 
 def provision(outs: Sequence[WindowOutcome], ttft_slo: float, tpot_slo: float, conf: float) -> int:
@@ -264,7 +427,9 @@ def summarize(
         ttft_p99=interval([s.ttft_p99_s for s in sims], conf),
         tpot_p99=interval([s.tpot_p99_s for s in sims], conf),
         windows_meeting=sum(1 for s in sims if s.meets),
-        simulations=sum(len(o.trials) for o in outs) + len(final),
+        # A fixed pool's window after the final round ran once: its outcome is its final run.
+        simulations=sum(len(o.trials) for o in outs)
+        + sum(1 for f in final if id(f.trials[0]) not in {id(t) for o in outs for t in o.trials}),
         found=all(o.found for o in outs),
         attainable=attainable,
     )

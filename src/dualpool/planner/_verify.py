@@ -80,14 +80,14 @@ class VerifySettings:
 
     @property
     def window_cap(self) -> int:
-        """Windows simulated at most: `max_windows`, else 20 at 2 points of
-        precision, scaled by (2 points / precision)^2 (80 at 1 point), so
+        """Windows simulated at most: `max_windows`, else 40 at 2 points of
+        precision, scaled by (2 points / precision)^2 (160 at 1 point), so
         that a plan stops at the cap only when one window's saving spreads
-        more than ~4.3 points (t sd / sqrt(20) = 2), whatever the precision
+        more than ~6.2 points (t sd / sqrt(40) = 2), whatever the precision
         asked: the half-width falls as 1 / sqrt(windows)."""
         if self.max_windows is not None:
             return self.max_windows
-        return max(self.min_windows, math.ceil(20 * (0.02 / self.precision) ** 2 - 1e-9))
+        return max(self.min_windows, math.ceil(40 * (0.02 / self.precision) ** 2 - 1e-9))
 
     def __post_init__(self) -> None:
         from dualpool.errors import ConfigError

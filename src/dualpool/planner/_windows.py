@@ -29,7 +29,7 @@ not with instances.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -51,6 +51,7 @@ __all__ = [
     "pooled_slope",
     "run_window",
     "simulate_whole_pool",
+    "window_reading",
     "window_stream",
 ]
 
@@ -218,6 +219,50 @@ def crossing(result: SearchResult, ttft_slo: float, tpot_slo: float) -> float:
     lr_lo, lr_hi = math.log(r_lo), math.log(r_hi)
     x = lg_lo + (0.0 - lr_lo) * (lg_hi - lg_lo) / (lr_hi - lr_lo)
     return min(max(math.exp(x), float(lo_t.instances)), float(hi))
+
+
+def window_reading(
+    trials: Sequence[PoolSim],
+    center: float,
+    slope_ttft: float,
+    slope_tpot: float,
+    ttft_slo: float,
+    tpot_slo: float,
+    band: float = 0.10,
+) -> float | None:
+    """The count one window needs, read off every run of it near the crossing.
+
+    Each full run of the pool at a count G within `band` (log) of `center`
+    (the crossing so far, common to the windows) is one reading of the
+    window's crossing, G r_m^(1/beta_m) for each metric m (TTFT, TPOT; the
+    larger: r is their max), the power law with the pooled elasticities;
+    the window's count is the geometric mean of its readings. None without
+    such a run.
+
+    Why several readings and not the interpolated crossing: a run's P99s
+    carry noise of their own that is close to independent from one count
+    to the next on the same window (ShareGPT's short pool at 1,900, 1,940
+    and 1,980 instances on one window: P99 TTFT 2.03, 1.90, 2.03 s;
+    docs/planner.md), so two runs of a window near the crossing are two
+    readings, and the secant between a search's last two counts (a few
+    percent apart) turns that noise into a slope anywhere from ~0 to ~2.
+    """
+    logs = []
+    for t in trials:
+        if t.early_stop or t.rejected or t.instances <= 0:
+            continue
+        if abs(math.log(t.instances / center)) > band:
+            continue
+        r_ttft, r_tpot = t.ttft_p99_s / ttft_slo, t.tpot_p99_s / tpot_slo
+        if not (0.0 < r_ttft < math.inf and 0.0 <= r_tpot < math.inf):
+            continue
+        x = math.log(t.instances) + math.log(r_ttft) / slope_ttft
+        if r_tpot > 0:
+            x = max(x, math.log(t.instances) + math.log(r_tpot) / slope_tpot)
+        logs.append(x)
+    if not logs:
+        return None
+    return math.exp(math.fsum(logs) / len(logs))
 
 
 def envelope_log_ratio(
