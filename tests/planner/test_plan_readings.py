@@ -12,26 +12,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
-import zlib
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 
-from dualpool.engine import get_gpu, get_model
-from dualpool.planner import PoolDesign, PoolSim, WindowJob, WindowOutcome, _windows
-from dualpool.planner._plan import DEFAULT_SHORT
-from dualpool.planner._replicate import Comparison, replicate, window_plan
-from dualpool.planner._windows import run_window, window_reading
+from dualpool.planner import _windows
+from dualpool.planner._windows import window_reading
+from dualpool.planner.synthetic_pool import (
+    COMPARISON,
+    CROSS,
+    TPOT,
+    TTFT,
+    plan_on_synthetic_pool,
+    pool_sim,
+    synthetic_pool,
+)
 
-TTFT, TPOT = 2.0, 0.08
-
-
-def _sim(g: int, r_ttft: float, r_tpot: float = 0.7, early: bool = False) -> PoolSim:
-    t, p = TTFT * r_ttft, TPOT * r_tpot
-    return PoolSim(g, g, 1000, 0.5, t, 0.03, p, 0.0, 0, 0.5, t <= TTFT and p <= TPOT, early)
+_sim = pool_sim
 
 
 def test_a_window_reads_every_run_near_the_crossing() -> None:
@@ -54,92 +52,17 @@ def test_a_window_reads_every_run_near_the_crossing() -> None:
     assert tpot == pytest.approx(105.0)
 
 
-# A synthetic pool: r_TTFT(G) = (c / G)^beta exp(sigma e), e ~ N(0, 1) drawn per
-# (pool, window, count): what a whole-pool run's P99 does near ShareGPT's crossing.
-CROSS = {"homogeneous": 1000.0, "short": 1250.0}
-BETA, SIGMA = 0.5, 0.02
-
-
-def _fake_pool(
-    model: Any,
-    gpu: Any,
-    design: PoolDesign,
-    instances: int,
-    requests: Sequence[Any],
-    **kw: Any,
-) -> PoolSim:
-    # The window is known by its first request (prompt tokens = input index + 1).
-    offset = requests[0].prompt_tokens
-    seed = zlib.crc32(f"{design.name}:{kw.get('seed')}:{offset}:{instances}".encode())
-    e = random.Random(seed).gauss(0.0, 1.0)
-    r = (CROSS[design.name] / instances) ** BETA * math.exp(SIGMA * e)
-    return _sim(instances, r, early=kw.get("prefix_until_s") is not None)
-
-
 def _plan_once(rep: int, precision: float = 0.02) -> tuple[Any, float]:
-    n = 5000
-    arrival = np.arange(n, dtype=np.float64) / 10.0
-    prompt = np.arange(1, n + 1, dtype=np.int64)
-    output = np.full(n, 10, dtype=np.int64)
-    budget = np.full(n, 100, dtype=np.int64)
-    wp = window_plan(n, 10.0, seed=rep, warmup_s=0.0, measure_s=1.0, min_measured=5, block=5)
-    design = {
-        k: PoolDesign(k, dataclasses.replace(DEFAULT_SHORT, tensor_parallel_size=1)) for k in CROSS
-    }
-
-    def make(key: str, win: int, at: int | None, start: int, step: float, keep: bool) -> WindowJob:
-        return WindowJob(
-            key=key,
-            design=design[key],
-            model=get_model("llama-3.1-8b"),
-            gpu=get_gpu("h100-80gb"),
-            arrival_s=arrival,
-            prompt=prompt,
-            output=output,
-            budget=budget,
-            source_rate=10.0,
-            lo=0,
-            hi=1000,
-            window=win,
-            plan=wp,
-            start=start,
-            ttft_slo_s=TTFT,
-            tpot_slo_s=TPOT,
-            step_params=None,
-            seed=rep,
-            evaluate_at=at,
-            keep_samples=keep,
-            step=step,
-        )
-
-    def runner(jobs: Sequence[WindowJob]) -> list[WindowOutcome]:
-        return [run_window(j) for j in jobs]
-
-    cmp = Comparison("split", (("homogeneous", 1),), (("short", 1),))
-    out = replicate(
-        list(CROSS),
-        {k: None for k in CROSS},
-        {"homogeneous": 900, "short": 1400},
-        make,
-        runner,
-        cmp,
-        precision=precision,
-        confidence=0.95,
-        min_windows=4,
-        max_windows=40,
-        batch=2,
-        ttft_slo=TTFT,
-        tpot_slo=TPOT,
-    )
+    out = plan_on_synthetic_pool(rep, precision)
     cross = {k: [o.crossing for o in v] for k, v in out.outs.items()}
-    savings = cmp.savings(cross, len(cross["homogeneous"]))
+    savings = COMPARISON.savings(cross, len(cross["homogeneous"]))
     return out, float(np.mean(savings))
 
 
 def test_the_final_round_holds_every_window_at_the_provisioned_counts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_windows, "simulate_whole_pool", _fake_pool)
+    monkeypatch.setattr(_windows, "simulate_whole_pool", synthetic_pool(0.5, 0.02))
     out, _ = _plan_once(0)
     n = len(out.outs["homogeneous"])
     assert n == len(out.outs["short"]) >= 4
@@ -162,7 +85,7 @@ def test_the_saving_interval_covers_the_true_saving(monkeypatch: pytest.MonkeyPa
     close to 95% of the time: reading every run does not narrow it beyond its spread."""
     from dualpool.planner._stats import interval
 
-    monkeypatch.setattr(_windows, "simulate_whole_pool", _fake_pool)
+    monkeypatch.setattr(_windows, "simulate_whole_pool", synthetic_pool(0.5, 0.02))
     # The estimand: the mean over windows of 1 - c_s / c_h with the window's
     # readings; its log-normal spread shifts it from 1 - 1.25 by ~0.1 point.
     truth = 1.0 - CROSS["short"] / CROSS["homogeneous"]
