@@ -237,7 +237,6 @@ _KNOB_FIELDS: tuple[str, ...] = (
     "image_tokens",
     "linear",
     "linear_beta",
-    "linear_error_beta",
     "linear_every",
     "linear_gamma",
     "linear_margin_samples",
@@ -278,7 +277,6 @@ class _Knobs:
     image_tokens: int
     linear: bool
     linear_beta: float
-    linear_error_beta: float | None
     linear_every: int
     linear_gamma: float
     linear_margin_samples: int
@@ -477,16 +475,15 @@ class Calibrator:
         """Learn one text's tokens on its shape; re-solve every `linear_every`."""
         cfg = self._knobs
         beta = cfg.linear_beta
-        ebeta = cfg.linear_error_beta if cfg.linear_error_beta is not None else beta
         lin = cat.linear
         theta = cat.theta
         point = 1.0 / cat.c if cat.c > 0.0 else 1.0 / cfg.prior_for(f.content_class)
         if theta is not None:  # its error, before it learns this request
             p = linear_tokens(theta, f, point)
-            lin.add_residual(p, own_tokens, ebeta)
+            lin.add_residual(p, own_tokens, beta)
             var = cat.v * p + cat.rho2 * p * p
             if var > 0.0 and cfg.linear_quantile is not None:
-                lin.add_standardized((own_tokens - p) / math.sqrt(var), ebeta)
+                lin.add_standardized((own_tokens - p) / math.sqrt(var), beta)
         inv = 1.0 / f.text_bytes
         z = f.shape_vector()
         for i in range(LINEAR_K):

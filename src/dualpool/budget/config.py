@@ -59,9 +59,6 @@ class EstimatorConfig:
     # Its decay per observation: a window of ~1/(1-linear_beta) requests (it has
     # fourteen coefficients to learn where the ratio has one).
     linear_beta: float = 0.995
-    # The decay of its error statistics (the spread and the learned margin's
-    # histogram); None: linear_beta.
-    linear_error_beta: float | None = None
     # Observations before it is solved, and residuals of it before it is used.
     linear_min_samples: int = 24
     linear_min_residuals: int = 8
@@ -140,11 +137,6 @@ class EstimatorConfig:
             raise ConfigError(
                 "estimator.linear_beta", f"must be in (0, 1), got {self.linear_beta!r}"
             )
-        if self.linear_error_beta is not None and not 0.0 < self.linear_error_beta < 1.0:
-            raise ConfigError(
-                "estimator.linear_error_beta",
-                f"must be in (0, 1), got {self.linear_error_beta!r}",
-            )
         if self.linear_quantile is not None and not 0.5 <= self.linear_quantile < 1.0:
             raise ConfigError(
                 "estimator.linear_quantile", f"must be in [0.5, 1), got {self.linear_quantile}"
@@ -196,7 +188,6 @@ class EstimatorConfig:
             "prior_bytes_per_token",
             "output_quantile",
             "linear_beta",
-            "linear_error_beta",
             "linear_ridge",
             "linear_gamma",
             "linear_quantile",
