@@ -331,3 +331,67 @@ def test_lower_bound_is_below_any_real_tokenizers_count(text: str) -> None:
     e = est.estimate(est.features(body(text)))
     clean = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     assert e.prompt_tokens_low <= max(1, llama.count(clean))
+
+
+def _predict(theta: list[float], z: list[float]) -> float:
+    return sum(t * v for t, v in zip(theta, z, strict=True))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
+        min_size=8,
+        max_size=40,
+    ),
+    st.integers(1, 3),
+    st.floats(-0.5, 2.0),
+    st.floats(1e-4, 0.1),
+)
+def test_the_ridge_does_not_depend_on_a_features_mean_level(
+    rows: list[list[float]], j: int, shift: float, ridge: float
+) -> None:
+    """Shifting one feature's density by a constant in every text changes no prediction.
+
+    The ridge is in units of each feature's variance and theta_0 is free, so a
+    constant shift is absorbed by theta_0: what a feature's *mean* density is
+    does not decide how hard its coefficient is shrunk.
+    """
+    theta = [0.2, 0.3, -0.1, 0.5]
+    a, b = LinearStats(4), LinearStats(4)
+    for i, r in enumerate(rows):
+        z = [1.0, *r]
+        y = _predict(theta, z) + (0.01 if i % 2 else -0.01)
+        a.add(z, y, 0.99)
+        zs = list(z)
+        zs[j] += shift
+        b.add(zs, y, 0.99)
+    ta, tb = a.solve(0.25, ridge), b.solve(0.25, ridge)
+    assert ta is not None and tb is not None
+    for r in rows:
+        z = [1.0, *r]
+        zs = list(z)
+        zs[j] += shift
+        assert _predict(tb, zs) == pytest.approx(_predict(ta, z), abs=1e-6)
+
+
+def test_the_ridge_does_not_bias_long_texts() -> None:
+    """Densities that vary little about a large mean (long texts) are still fitted.
+
+    The ridge of the raw second moment (before) pulled such a feature's
+    coefficient toward 0 and theta_0 toward the whole ratio: a bias of
+    several percent on every prediction.
+    """
+    rng = random.Random(3)
+    theta = [0.05, 0.9, 0.3, 0.02]  # most tokens from the features, not the bytes
+    lin = LinearStats(4)
+    rows = []
+    for _ in range(400):
+        z = [1.0, 0.75 + rng.gauss(0, 0.01), 0.05 + rng.gauss(0, 0.005), rng.random() * 1e-3]
+        rows.append(z)
+        lin.add(z, _predict(theta, z) * (1 + rng.gauss(0, 0.002)), 0.995)
+    ratio = sum(_predict(theta, z) for z in rows) / len(rows)
+    got = lin.solve(ratio, 0.001)
+    assert got is not None
+    worst = max(abs(_predict(got, z) / _predict(theta, z) - 1) for z in rows)
+    assert worst < 0.002

@@ -172,9 +172,12 @@ class LinearStats:
     model is y ~ theta . z, i.e. tokens ~ theta_0*b + sum theta_j*x_j, and least
     squares on densities minimises the *relative* error of each request. Kept
     as the sufficient statistics Z'WZ and Z'Wy (decayed sums, mergeable by
-    addition). `solve` adds a ridge toward the single-ratio model (theta_0 =
-    1/c, the rest 0), scaled by each feature's own weighted second moment, so
-    a feature a category never shows (digits in Japanese man pages) stays at 0.
+    addition). `solve` shrinks each shape coefficient toward 0 by a ridge in
+    units of its feature's weighted *variance* (its spread about its mean
+    density), so a feature a category never shows (digits in Japanese man
+    pages) stays at 0, and leaves theta_0 (tokens per byte) free: with every
+    shape coefficient at 0 its least-squares value is the mean tokens per
+    byte, so the prior is still the single-ratio model.
 
     The spread of the published model's *out-of-sample* errors (each request is
     predicted before it is learned) is fitted as
@@ -285,15 +288,32 @@ class LinearStats:
         return v, rho2
 
     def solve(self, theta0: float, ridge: float) -> list[float] | None:
-        """Coefficients theta (tokens per byte, per shape count), or None if singular."""
+        """Coefficients theta (tokens per byte, per shape count), or None if singular.
+
+        `ridge` is a share of each shape feature's weighted variance. The
+        second moment (before: `ridge` x sum(w z_i^2), theta_0 pulled toward
+        `theta0` too) penalised a feature by its mean density, which on long
+        texts (whose densities vary little about a large mean) dwarfs what the
+        data says about it, and pulled theta_0, the bytes' share *beyond* the
+        shape counts, toward the whole ratio: both biased the model
+        (docs/estimator.md). `theta0` is the model without data.
+        """
         k = self.k
         a = [0.0] * (k * k)
         b = [0.0] * k
         zz = self.zz
+        # z_0 = 1 in every observation: zz[0] is the weight, zz[i] (row 0) the
+        # weighted sum of z_i, so each feature's variance is at hand.
+        w = zz[0]
         for i in range(k):
             for j in range(i, k):
                 a[i * k + j] = a[j * k + i] = zz[i * k + j]
-            lam = ridge * zz[i * k + i] + 1e-12
+            lam = 1e-12
+            if i > 0 and w > 0.0:
+                s = zz[i]
+                var = zz[i * k + i] - s * s / w
+                if var > 0.0:
+                    lam += ridge * var
             a[i * k + i] += lam
             b[i] = self.zy[i] + (lam * theta0 if i == 0 else 0.0)
         # Cholesky, in place: a = L L' (lower triangle).
