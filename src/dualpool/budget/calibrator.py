@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from dualpool.budget.classes import STRUCTURED_CLASS
 from dualpool.budget.config import EstimatorConfig
@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_MODEL", "Calibrator", "Feedback", "FeedbackReason", "linear_
 LINEAR_K = 2 + len(SHAPE_FEATURES)
 
 # Category model shared by every model once `max_categories` is reached.
-DEFAULT_MODEL = "*"
+DEFAULT_MODEL: Final = "*"
 # Version 4: the linear model has 14 coefficients (starts of letter runs and of
 # digit runs added; version 3 added runs of >= 10 letters and the learned margin,
 # version 2 uppercase letters and runs of capitals). Snapshots of versions 1-3

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from dualpool.budget.calibrator import Calibrator, Coefficients, Feedback, linear_tokens
 from dualpool.budget.classes import STRUCTURED_CLASS, ContentClassifier
@@ -30,10 +30,17 @@ from dualpool.budget.features import RequestFeatures, extract_features
 __all__ = ["BudgetEstimate", "BudgetEstimator", "OutputSource"]
 
 
+# Module constants, read per request (a class attribute is a lookup in the
+# compiled build, a Final literal is inlined).
+_DECLARED: Final = "declared"
+_LEARNED: Final = "learned"
+_DEFAULT: Final = "default"
+
+
 class OutputSource:
-    DECLARED: ClassVar[str] = "declared"  # max_completion_tokens or max_tokens
-    LEARNED: ClassVar[str] = "learned"  # the category's learned completion quantile
-    DEFAULT: ClassVar[str] = "default"  # the configured default
+    DECLARED: ClassVar[str] = _DECLARED  # max_completion_tokens or max_tokens
+    LEARNED: ClassVar[str] = _LEARNED  # the category's learned completion quantile
+    DEFAULT: ClassVar[str] = _DEFAULT  # the configured default
 
 
 @dataclass(slots=True, init=False)
@@ -92,7 +99,7 @@ class BudgetEstimate:
         max_tokens; without one it generates until the context is full, so the
         least it needs is the prompt and one output token.
         """
-        out = self.output_tokens if self.output_source == OutputSource.DECLARED else 1
+        out = self.output_tokens if self.output_source == _DECLARED else 1
         return self.prompt_tokens_low + out
 
 
@@ -142,7 +149,7 @@ class BudgetEstimator:
         cal = self.calibrator
         model, cls = f.model, f.content_class
         if f.max_output_tokens is not None:  # the common case, inline
-            output, source = f.max_output_tokens, OutputSource.DECLARED
+            output, source = f.max_output_tokens, _DECLARED
         else:
             output, source = self._output(f)
         if f.known_prompt_tokens is not None:
@@ -208,13 +215,13 @@ class BudgetEstimator:
 
     def _output(self, f: RequestFeatures) -> tuple[int, str]:
         if f.max_output_tokens is not None:
-            return f.max_output_tokens, OutputSource.DECLARED
+            return f.max_output_tokens, _DECLARED
         default = self._model_default_out.get(f.model, self._default_out)
         if self._output_quantile is not None:
             learned = self.calibrator.output_budget(f.model, f.content_class)
             if learned is not None and learned < default:
-                return max(1, learned), OutputSource.LEARNED
-        return default, OutputSource.DEFAULT
+                return max(1, learned), _LEARNED
+        return default, _DEFAULT
 
     def observe(
         self, f: RequestFeatures, prompt_tokens: Any, completion_tokens: Any = None
