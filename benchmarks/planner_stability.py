@@ -68,6 +68,13 @@ def cpu_s() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def seed_list(listed: str | None, count: int) -> list[int]:
+    """The seeds named (`1,2`; empty: none), else 0..count-1."""
+    if listed is None:
+        return list(range(count))
+    return [int(x) for x in listed.split(",") if x.strip()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -85,12 +92,12 @@ def main() -> None:
     ap.add_argument(
         "--seed-list", default=None, help="these seeds at the default precision (e.g. 1,2)"
     )
+    ap.add_argument("--fine-seed-list", default=None, help="these seeds at 1 point (e.g. 0,1)")
     args = ap.parse_args()
-    runs = [(s, 0.02) for s in range(args.seeds or (3 if args.quick else 5))]
-    if args.seed_list:
-        runs = [(int(s), 0.02) for s in args.seed_list.split(",")]
+    coarse = args.seeds if args.seeds is not None else (3 if args.quick else 5)
+    runs = [(s, 0.02) for s in seed_list(args.seed_list, coarse)]
     fine = args.fine_seeds if args.fine_seeds is not None else (1 if args.quick else 2)
-    runs += [(s, 0.01) for s in range(fine)]
+    runs += [(s, 0.01) for s in seed_list(args.fine_seed_list, fine)]
     runner = make_runner("local", processes=args.processes)
     base = PlanSettings(
         model=get_model("llama-3-70b"),
