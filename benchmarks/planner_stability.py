@@ -53,18 +53,18 @@ from dualpool.planner._parallel import make_runner
 from dualpool.workload import limit, open_workload
 
 
-def workloads(names: list[str]) -> dict[str, Mix]:
+def workloads(names: list[str], lmsys_requests: int = 600_000) -> dict[str, Mix]:
     d = shared_data_dir()
     specs = {
         "azure_2023_conv": str(d / "traces/azure_2023_conv.csv"),
         # 600,000 requests: 15 disjoint windows of a run's 40,000 measured ones.
-        "lmsys_cdf": f"cdf:{d / 'cdf/lmsys_cdf.json'}?rate=10&num_requests=600000&seed=0",
+        "lmsys_cdf": f"cdf:{d / 'cdf/lmsys_cdf.json'}?rate=10&num_requests={lmsys_requests}&seed=0",
         "sharegpt_8k": f"lengths:{d / 'traces/sharegpt_8k_lengths_llama2.csv'}?rate=10",
     }
     out = {}
     for n in names:
         w = open_workload(specs[n])
-        out[n] = mix_from_requests(list(limit(w, 600_000)), w.describe())
+        out[n] = mix_from_requests(list(limit(w, max(600_000, lmsys_requests))), w.describe())
     return out
 
 
@@ -204,6 +204,13 @@ def main() -> None:
     ap.add_argument(
         "--measure-s", type=float, default=None, help="measured seconds per run (planner default)"
     )
+    ap.add_argument(
+        "--lmsys-requests",
+        type=int,
+        default=600_000,
+        help="requests generated for lmsys_cdf (600,000: 15 disjoint windows; a plan with "
+        "more windows reuses requests, and its interval is too narrow)",
+    )
     ap.add_argument("--seeds", type=int, default=None, help="seeds at the default precision")
     ap.add_argument("--fine-seeds", type=int, default=None, help="seeds at 1 point")
     ap.add_argument(
@@ -242,10 +249,15 @@ def main() -> None:
         rate=args.rate,
         three_pool=None,
     )
-    result: dict[str, Any] = {"rate": args.rate, "quick": args.quick, "workloads": {}}
+    result: dict[str, Any] = {
+        "rate": args.rate,
+        "quick": args.quick,
+        "lmsys_requests": args.lmsys_requests,
+        "workloads": {},
+    }
     all_ok = True
     max_hw = 0.0
-    for name, mix in workloads(args.workloads.split(",")).items():
+    for name, mix in workloads(args.workloads.split(","), args.lmsys_requests).items():
         plans = []
         for seed, prec in runs:
             s = dataclasses.replace(
