@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/planner_stability.py [--quick] [--processes N] [--workloads a,b]
        [--seeds N | --seed-list 1,2] [--fine-seeds N | --fine-seed-list 0,1]
+       [--lmsys-requests N]
        python benchmarks/planner_stability.py --combine OUT... [--row W:SEED:PREC:SAVING:HW]...
 
 For each workload (azure_2023_conv, lmsys_cdf, sharegpt_8k at 1,000 req/s,
