@@ -62,3 +62,11 @@ def test_a_malformed_row_is_one_line_and_exit_2() -> None:
     assert p.stderr.strip().splitlines() == [
         "--row: expected WORKLOAD:SEED:PRECISION:SAVING:HALF_WIDTH, got 'w:1'"
     ]
+
+
+def test_seeds_0_runs_no_default_precision_plan() -> None:
+    # `--seeds 0` once ran five (0 read as "not given"); with no 1-point seed either,
+    # there is nothing to run.
+    p = run("--seeds", "0", "--fine-seed-list", "", "--workloads", "azure_2023_conv")
+    assert p.returncode == 2
+    assert "no plan to run" in p.stderr
