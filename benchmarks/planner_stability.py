@@ -65,7 +65,8 @@ def workloads(names: list[str], lmsys_requests: int = 600_000) -> dict[str, Mix]
     out = {}
     for n in names:
         w = open_workload(specs[n])
-        out[n] = mix_from_requests(list(limit(w, max(600_000, lmsys_requests))), w.describe())
+        cap = lmsys_requests if n == "lmsys_cdf" else 600_000
+        out[n] = mix_from_requests(list(limit(w, cap)), w.describe())
     return out
 
 

@@ -42,7 +42,7 @@ BUILTIN_CLASSES: tuple[str, ...] = (PROSE, CODE, ZH, JA, KO, OTHER, STRUCTURED_C
 # encoded window: a C memchr, where a regex character class costs ~20 ns per character.
 #   kana     U+3040-U+30FF  ->  E3 81 xx, E3 82 xx, E3 83 xx
 #   hangul   U+B000-U+CFFF  ->  EB xx xx, EC xx xx   (the bulk of U+AC00-U+D7AF)
-#   han      U+4E00-U+9FFF  ->  E4 .. E9 xx xx
+#   han      U+4E00-U+9FFF  ->  E4 .. E9 xx xx   (E4-E9 cover U+4000-U+9FFF: Han and the CJK ext. A tail)
 # Kana is one search, a regex whose literal first byte the engine scans for: the
 # lead byte E3 also starts CJK punctuation (U+3000-303F: 。、「」), so the
 # second byte decides. Three `bytes.find`s of two-byte needles cost ~6x more
