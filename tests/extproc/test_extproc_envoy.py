@@ -336,13 +336,18 @@ def picker(
 def test_endpoint_picker_names_the_least_outstanding_backend(
     picker: tuple[ExtProcProcess, EnvoyProcess, list[str]],
 ) -> None:
-    _, envoy, short_urls = picker
+    xp, envoy, short_urls = picker
     c = client(envoy.url)
     base = served(short_urls)
+    answered = metric(xp.metrics(), "dualpool_requests_total")
     # Idle pool: the tie goes to the first backend every time (Envoy's own least
-    # request would have spread these over both).
+    # request would have spread these over both). The processor frees a backend's slot
+    # when Envoy hands it the end of the answer, which may come after the client has
+    # read it: wait for that before the next request, or the pool is not idle.
     for _ in range(6):
         assert chat(c, "short and sweet", max_tokens=4).headers["x-dualpool-pool"] == "short"
+        answered += 1
+        wait_metric(xp, "dualpool_requests_total", answered)
     now = served(short_urls)
     assert [n - b for n, b in zip(now, base, strict=True)] == [6, 0]
     # A long stream holds the first backend: the next request goes to the second.
