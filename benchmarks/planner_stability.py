@@ -297,6 +297,8 @@ def main() -> None:
                 "split_gpus": p["split"]["gpus"],
                 "slo_confidence": [p[f].get("slo_confidence") for f in ("homogeneous", "split")],
                 "simulations": ver["simulations"],
+                # Pools whose provisioned count moved after the last window.
+                "final_rerun": ver.get("final_rerun", []),
                 # The SLO-aware estimate against the whole-fleet verification.
                 "pools": {
                     f"{f}/{pool['pool']}": {

@@ -80,6 +80,27 @@ def test_the_final_round_holds_every_window_at_the_provisioned_counts(
     assert out.simulations >= 2 * n
 
 
+def test_the_provisioned_count_is_the_one_every_window_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Windows that differ (a burstier one needs more of every pool) move the readings
+    after the final round: the count is provisioned again from every window, and the
+    final round (the SLO test) runs at that count on every window."""
+    from dualpool.planner._replicate import provision
+
+    monkeypatch.setattr(_windows, "simulate_whole_pool", synthetic_pool(0.5, 0.02, 0.04))
+    rerun = 0
+    for seed in range(4):
+        out = plan_on_synthetic_pool(seed, 0.02)
+        n = len(out.outs["homogeneous"])
+        rerun += len(out.rerun)
+        for k in CROSS:
+            assert out.instances[k] == provision(out.outs[k], TTFT, TPOT, 0.95)
+            assert [o.window for o in out.final[k]] == list(range(n))
+            assert all(o.trials[0].instances == out.instances[k] for o in out.final[k])
+    assert rerun  # the seeds include plans whose counts moved after the final round
+
+
 def test_the_saving_interval_covers_the_true_saving(monkeypatch: pytest.MonkeyPatch) -> None:
     """Over independent plans (other windows), the 95% interval holds the true saving
     close to 95% of the time: reading every run does not narrow it beyond its spread."""

@@ -658,7 +658,17 @@ def _verify(
     outs, prov, final = rep.outs, rep.instances, rep.final
     n = len(outs["homogeneous"])
     for k in main:
-        pv = summarize(k, outs[k], final[k], prov[k], ttft, tpot, v.confidence, fixed[k] is None)
+        pv = summarize(
+            k,
+            outs[k],
+            final[k],
+            prov[k],
+            ttft,
+            tpot,
+            v.confidence,
+            fixed[k] is None,
+            superseded=len(final[k]) if k in rep.rerun else 0,
+        )
         by[k] = replace(by[k], verified=pv, confidence=v.confidence)
     cross = {k: [o.crossing for o in vs] for k, vs in outs.items()}
     savings = cmp_main.savings(cross, n)
@@ -708,6 +718,8 @@ def _verify(
             "converged": sv.half_width <= v.precision,
             "seed": v.seed,
             "simulations": rep.simulations,
+            # Pools whose count moved after the last window: final round run again.
+            "final_rerun": list(rep.rerun),
             "per_window_saving": savings,
         },
     }

@@ -42,8 +42,11 @@ def pool_sim(g: int, r_ttft: float, r_tpot: float = 0.7, early: bool = False) ->
     return PoolSim(g, g, 1000, 0.5, t, 0.03, p, 0.0, 0, 0.5, t <= TTFT and p <= TPOT, early)
 
 
-def synthetic_pool(beta: float = 0.5, sigma: float = 0.02) -> PoolRun:
-    """A stand-in for `_windows.simulate_whole_pool` (same signature)."""
+def synthetic_pool(beta: float = 0.5, sigma: float = 0.02, window_sd: float = 0.0) -> PoolRun:
+    """A stand-in for `_windows.simulate_whole_pool` (same signature).
+
+    `window_sd`: each window's crossings scaled by exp(window_sd e_w), e_w ~ N(0, 1)
+    per window, shared by the pools (a burstier window needs more of each)."""
 
     def run(
         model: Any, gpu: Any, design: PoolDesign, instances: int, requests: Sequence[Any], **kw: Any
@@ -51,7 +54,11 @@ def synthetic_pool(beta: float = 0.5, sigma: float = 0.02) -> PoolRun:
         # The window is known by its first request (prompt tokens = input index + 1).
         key = f"{design.name}:{kw.get('seed')}:{requests[0].prompt_tokens}:{instances}"
         e = random.Random(zlib.crc32(key.encode())).gauss(0.0, 1.0)
-        r = (CROSS[design.name] / instances) ** beta * math.exp(sigma * e)
+        c = CROSS[design.name]
+        if window_sd:
+            wkey = f"window:{kw.get('seed')}:{requests[0].prompt_tokens}"
+            c *= math.exp(window_sd * random.Random(zlib.crc32(wkey.encode())).gauss(0.0, 1.0))
+        r = (c / instances) ** beta * math.exp(sigma * e)
         return pool_sim(instances, r, early=kw.get("prefix_until_s") is not None)
 
     return run
