@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from dualpool.budget.classes import STRUCTURED_CLASS, ContentClassifier
 from dualpool.errors import RequestError
@@ -320,11 +320,16 @@ def utf8_len(text: str) -> int:
         return len(text.encode("utf-8", "surrogatepass"))
 
 
+# One encoder for every body: json.dumps with a non-default argument builds a new
+# JSONEncoder per call (~3 us of a tool body's ~5). The separators are the default's.
+_TOOL_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
+
+
 def _json_len(value: Any) -> int:
     # Tool definitions reach the prompt as JSON rendered by the chat template;
-    # json.dumps is the C encoder, far cheaper than a recursive Python walk.
+    # the encoder is the C one, far cheaper than a recursive Python walk.
     try:
-        return utf8_len(json.dumps(value, ensure_ascii=False, separators=(", ", ": ")))
+        return utf8_len(_TOOL_JSON.encode(value))
     except (TypeError, ValueError) as exc:
         raise RequestError(f"value is not JSON-serialisable: {exc}") from None
 
