@@ -197,7 +197,7 @@ static void send_msgs(Conn *c, Stream *s, const unsigned char *first, size_t n1,
         s->headers_sent = true;
         frame(&c->out, HEADERS, F_END_HEADERS, s->sid, LIT(RESPONSE_HEADERS));
     }
-    unsigned char pre[5] = {0, 0, 0, 0, 0};
+    unsigned char pre[5] = {0, 0, 0, 0, 0}; /* every answer here is under 256 bytes */
     pre[4] = (unsigned char)n1;
     put(&s->pending, pre, 5);
     put(&s->pending, first, n1);
