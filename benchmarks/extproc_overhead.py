@@ -39,7 +39,10 @@ figures also at the top level (`native_*`, `grpcio_*`, `gateway_added_p50_ms`,
 `envoy_added_p50_ms`, `stream_ttfb_*`, req/s). Per layout, the C floor:
 `c_floor_added_over_envoy_p50_ms`, `python_floor_minus_c_floor_ms` (what Python costs
 a processor that does nothing) and `dualpool_minus_c_floor_ms` (dualpool's processor
-over the least any processor costs); `c_floor` says whether it was built.
+over the least any processor costs); `c_floor` says whether it was built. Envoy's own
+CPU per request (all its threads, from /proc) per variant: `layouts.*.
+envoy_cpu_us_per_request`, and `c_floor_envoy_cpu_over_envoy_alone_us` what Envoy's
+side of ext_proc costs it with the C floor.
 """
 
 from __future__ import annotations
@@ -483,11 +486,16 @@ def main() -> None:
         rounds_of: dict[str, str] = {}
         client: dict[str, str] = {}  # the core the client runs on, per variant
         owners: dict[str, subprocess.Popen[bytes]] = {}
+        # Envoy's own CPU per request, per variant: what its ext_proc work costs it.
+        envoy_pids: dict[str, int] = {}
         for lay in layouts:
             for v, url in lay.urls.items():
                 rounds_of[lay.key(v)] = url
                 client[lay.key(v)] = lay.cores["client"]
             owners.update({lay.key(v): p for v, p in lay.owners.items()})
+            for v, e in lay.envoys.items():
+                if e.proc is not None:
+                    envoy_pids[lay.key(v)] = e.proc.pid
 
         def on(core: str) -> None:
             with contextlib.suppress(OSError):
@@ -500,16 +508,23 @@ def main() -> None:
         allv: dict[str, list[float]] = {k: [] for k in rounds_of}
         cpu = dict.fromkeys(owners, 0.0)
         ncpu = dict.fromkeys(owners, 0)
+        ecpu = dict.fromkeys(envoy_pids, 0.0)
+        necpu = dict.fromkeys(envoy_pids, 0)
         for r in range(rounds):
             for name, url in rounds_of.items():
                 on(client[name])
                 owner = owners.get(name)
                 cpu0 = cpu_seconds(pgrp=owner.pid) if owner else 0.0
+                epid = envoy_pids.get(name)
+                ecpu0 = cpu_seconds(pid=epid) if epid else 0.0
                 lat = latencies(url, seconds)
                 if owner is not None:
                     time.sleep(SETTLE)
                     cpu[name] += cpu_seconds(pgrp=owner.pid) - cpu0
                     ncpu[name] += len(lat)
+                if epid:
+                    ecpu[name] += cpu_seconds(pid=epid) - ecpu0
+                    necpu[name] += len(lat)
                 p50s[name].append(statistics.median(lat))
                 allv[name] += lat
             print(
@@ -616,6 +631,11 @@ def main() -> None:
             "native_noop_route_only_cpu_us_per_request": _per(
                 cpu, ncpu, k("envoy_noop_extproc_native_route_only")
             ),
+            # Envoy's own CPU per request (all its threads), per variant: over Envoy
+            # alone's, what its side of ext_proc costs it.
+            "envoy_cpu_us_per_request": {
+                v: _per(ecpu, necpu, k(v)) for v in lay.urls if k(v) in ecpu
+            },
             "p50_ms": {v: round(p50(k(v)), 4) for v in lay.urls},
             "p99_ms": {v: round(percentile(allv[k(v)], 99), 4) for v in lay.urls},
             "requests": {v: len(allv[k(v)]) for v in lay.urls},
@@ -691,6 +711,11 @@ def main() -> None:
             result[f"c_floor_{key}"] = {n: s[f"c_noop_{key}"] for n, s in per_layout.items()}
         for key in ("python_floor_minus_c_floor_ms", "dualpool_minus_c_floor_ms"):
             result[key] = {n: s[key] for n, s in per_layout.items()}
+        result["c_floor_envoy_cpu_over_envoy_alone_us"] = {
+            n: round(e["envoy_noop_extproc_c"] - e["envoy"], 1)
+            for n, s in per_layout.items()
+            if (e := s["envoy_cpu_us_per_request"]).get("envoy_noop_extproc_c") and e.get("envoy")
+        }
     if "own_core" in per_layout:
         oc = per_layout["own_core"]
         result["own_core_added_over_envoy_p50_ms"] = oc["native_added_over_envoy_p50_ms"]
