@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from h2_oracle import GRPC_HEADERS, Client, ended
 
 from dualpool.extproc.testing import EnvoyProcess, envoy_binary
 
@@ -185,78 +186,6 @@ def _pb() -> Any:
     from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
     return pb, base_pb2
-
-
-GRPC_HEADERS = [
-    (":method", "POST"),
-    (":scheme", "http"),
-    (":path", "/envoy.service.ext_proc.v3.ExternalProcessor/Process"),
-    (":authority", "dualpool_extproc"),
-    ("content-type", "application/grpc"),
-    ("te", "trailers"),
-]
-
-
-class Client:
-    """A blocking h2 client (what Envoy's gRPC client does, written by someone else)."""
-
-    def __init__(self, port: int, settings: dict[Any, int] | None = None) -> None:
-        import h2.config
-        import h2.connection
-
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        self.conn.initiate_connection()
-        if settings:
-            self.conn.update_settings(settings)
-        self.events: list[Any] = []
-        self.flush()
-
-    def flush(self) -> None:
-        if data := self.conn.data_to_send():
-            self.sock.sendall(data)
-
-    def read_until(self, cond: Any, ack: bool = False) -> list[Any]:
-        import h2.events
-
-        for _ in range(500):
-            if cond(self.events):
-                break
-            data = self.sock.recv(1 << 20)
-            if not data:
-                break
-            new = self.conn.receive_data(data)
-            self.events += new
-            for e in new:
-                if ack and isinstance(e, h2.events.DataReceived) and e.flow_controlled_length:
-                    self.conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
-            self.flush()
-        return self.events
-
-    def raw_messages(self, sid: int) -> list[bytes]:
-        import h2.events
-
-        raw = b"".join(
-            e.data
-            for e in self.events
-            if isinstance(e, h2.events.DataReceived) and e.stream_id == sid
-        )
-        out = []
-        while raw:
-            assert raw[0] == 0
-            n = int.from_bytes(raw[1:5], "big")
-            out.append(raw[5 : 5 + n])
-            raw = raw[5 + n :]
-        return out
-
-
-def ended(sid: int) -> Any:
-    import h2.events
-
-    return lambda evs: any(
-        isinstance(e, h2.events.StreamEnded | h2.events.StreamReset) and e.stream_id == sid
-        for e in evs
-    )
 
 
 def frame(msg: Any) -> bytes:

@@ -26,6 +26,7 @@ import h2.events
 import h2.settings
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from h2_oracle import GRPC_HEADERS, Client, ended
 
 from dualpool.extproc import POOL_HEADER, ExtProcessor
 from dualpool.extproc._h2 import PREFACE, H2Connection, serve_h2
@@ -40,14 +41,6 @@ CONFIG = {
     "health": {"interval": 3600, "metrics_interval": 0},
     "log": {"level": "warning", "access": "debug"},
 }
-GRPC_HEADERS = [
-    (":method", "POST"),
-    (":scheme", "http"),
-    (":path", "/envoy.service.ext_proc.v3.ExternalProcessor/Process"),
-    (":authority", "dualpool_extproc"),
-    ("content-type", "application/grpc"),
-    ("te", "trailers"),
-]
 
 
 @pytest.fixture(scope="module")
@@ -80,53 +73,8 @@ def request_messages() -> list[Any]:
     ]
 
 
-class Client:
-    """A blocking h2 client: what Envoy's gRPC client does, written by someone else."""
-
-    def __init__(self, port: int, settings: dict[Any, int] | None = None) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        self.conn.initiate_connection()
-        if settings:
-            self.conn.update_settings(settings)
-        self.events: list[Any] = []
-        self.flush()
-
-    def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
-            self.sock.sendall(data)
-
-    def read_until(self, cond: Any, limit: int = 50) -> list[Any]:
-        for _ in range(limit):
-            if cond(self.events):
-                return self.events
-            data = self.sock.recv(1 << 20)
-            if not data:
-                break
-            self.events += self.conn.receive_data(data)
-            self.flush()
-        return self.events
-
-    def messages(self, sid: int) -> list[Any]:
-        raw = b"".join(
-            e.data
-            for e in self.events
-            if isinstance(e, h2.events.DataReceived) and e.stream_id == sid
-        )
-        out = []
-        while raw:
-            n = int.from_bytes(raw[1:5], "big")
-            out.append(pb.ProcessingResponse.FromString(raw[5 : 5 + n]))
-            raw = raw[5 + n :]
-        return out
-
-
-def ended(sid: int) -> Any:
-    return lambda evs: any(
-        isinstance(e, h2.events.StreamEnded | h2.events.StreamReset) and e.stream_id == sid
-        for e in evs
-    )
+def messages(c: Client, sid: int) -> list[Any]:
+    return [pb.ProcessingResponse.FromString(m) for m in c.raw_messages(sid)]
 
 
 def test_a_stream_is_answered_message_by_message_with_grpc_trailers(
@@ -144,7 +92,7 @@ def test_a_stream_is_answered_message_by_message_with_grpc_trailers(
     assert dict(resp.headers)[b"content-type"] == b"application/grpc"
     trailers = next(e for e in evs if isinstance(e, h2.events.TrailersReceived))
     assert dict(trailers.headers)[b"grpc-status"] == b"0"
-    first, second = c.messages(sid)
+    first, second = messages(c, sid)
     assert first.WhichOneof("response") == "request_headers"
     sets = {
         h.header.key: h.header.raw_value
@@ -183,7 +131,7 @@ def test_a_stream_with_nothing_to_answer_ends_trailers_only(
     assert len(resp) == 1
     headers = dict(resp[0].headers)
     assert headers[b":status"] == b"200" and headers[b"grpc-status"] == b"0"
-    assert ended(sid)(evs) and c.messages(sid) == []
+    assert ended(sid)(evs) and messages(c, sid) == []
     assert proc.inflight == 0
 
 
@@ -210,7 +158,7 @@ def test_small_windows_hold_data_until_window_updates(
             break
     assert ended(sid)(c.events)
     sizes = [len(e.data) for e in c.events if isinstance(e, h2.events.DataReceived)]
-    assert max(sizes) <= 7 and len(c.messages(sid)) == 2
+    assert max(sizes) <= 7 and len(messages(c, sid)) == 2
     assert proc.inflight == 0
 
 
@@ -252,7 +200,7 @@ def test_padding_and_continuation_frames(server: tuple[GatewayThread, ExtProcess
     c.conn.send_data(sid, payload, end_stream=True, pad_length=20)
     c.flush()
     c.read_until(ended(sid))
-    assert len(c.messages(sid)) == 2
+    assert len(messages(c, sid)) == 2
     assert proc.inflight == 0
 
 
