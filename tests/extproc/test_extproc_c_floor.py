@@ -30,10 +30,10 @@ from dualpool.extproc.testing import EnvoyProcess, envoy_binary
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
+from extproc_overhead import _FAILURES as FAILURES  # noqa: E402
 from extproc_overhead import build_noop_c  # noqa: E402
 
 BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "Hello there"}]}
-FAILURES = ("streams_failed", "failure_mode_allowed", "message_timeouts")
 
 
 @pytest.fixture(scope="module")
