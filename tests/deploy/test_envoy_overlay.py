@@ -98,6 +98,13 @@ def test_the_envoy_config_is_the_repository_file_with_kubernetes_addresses(
         assert host == f"{pool.dns.name}.dualpool.svc.cluster.local"
         assert cport == pool.dns.port
         assert by(objs, "Service", pool.dns.name)["spec"]["clusterIP"] == "None"
+        # Envoy closes idle vLLM connections before vLLM's 5 s keep-alive does, as
+        # in the tested file (tests/extproc: test_envoy_closes_an_idle_backend_...).
+        tested = {c["name"]: c for c in source["static_resources"]["clusters"]}[pool.name]
+        assert (
+            cluster["typed_extension_protocol_options"]
+            == tested["typed_extension_protocol_options"]
+        )
 
 
 def test_envoy_accepts_the_rendered_config(objs: list[dict[str, Any]], tmp_path: Path) -> None:

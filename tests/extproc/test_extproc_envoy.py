@@ -488,3 +488,43 @@ def test_concurrent_streams_and_requests_all_answered_and_all_fed_back(
         if v and k.endswith(("streams_failed", "failure_mode_allowed", "message_timeouts"))
     }
     assert not failed
+
+
+def _seconds(duration: str) -> float:
+    assert duration.endswith("s"), duration
+    return float(duration[:-1])
+
+
+def test_envoy_closes_an_idle_backend_connection_before_the_backend_does(
+    pools: tuple[EmulatorProcess, EmulatorProcess],
+) -> None:
+    """vLLM (uvicorn) closes a keep-alive connection idle for 5 s. Were Envoy to keep
+    it longer, a request sent as the backend closes it fails with a 503 ("connection
+    termination", once in a CI run). The shipped config makes Envoy close it first:
+    its idle timeout fires and no backend connection is closed by the backend."""
+    from dualpool.emulator._server import EMULATOR_LIMITS
+
+    s, lg = pools
+    with EnvoyProcess(1, {"short": s.urls, "long": lg.urls}, extproc=False) as envoy:
+        clusters = {c["name"]: c for c in envoy.config["static_resources"]["clusters"]}
+        opts = clusters["long"]["typed_extension_protocol_options"]
+        idle = _seconds(
+            opts["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
+                "common_http_protocol_options"
+            ]["idle_timeout"]
+        )
+        assert idle < EMULATOR_LIMITS.idle_timeout
+        # Unrouted (no processor here): the request goes to the long pool.
+        client(envoy.url).models.list()
+        remote = "cluster.long.upstream_cx_destroy_remote"
+        mine = "cluster.long.upstream_cx_idle_timeout"
+        closed_by_backend = envoy.stats("cluster.long.").get(remote, 0)
+        deadline = time.monotonic() + idle + 5
+        while time.monotonic() < deadline:
+            st = envoy.stats("cluster.long.")
+            if st.get(mine, 0) >= 1 or st.get(remote, 0) > closed_by_backend:
+                break
+            time.sleep(0.2)
+        assert st.get(remote, 0) == closed_by_backend, "the backend closed it first"
+        assert st.get(mine, 0) >= 1, st
+        assert st["cluster.long.upstream_cx_active"] == 0
