@@ -101,7 +101,10 @@ def test_sigterm_lets_streams_finish_then_exits_0(
 
     t = threading.Thread(target=stream)
     t.start()
-    time.sleep(0.3)  # the stream is under way
+    deadline = time.monotonic() + 10
+    while short.stats()["requests"] < 1:  # the stream is under way (at the backend)
+        assert time.monotonic() < deadline, "the stream never reached the backend"
+        time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     with pytest.raises(OSError):  # no longer accepting
