@@ -490,11 +490,6 @@ def test_concurrent_streams_and_requests_all_answered_and_all_fed_back(
     assert not failed
 
 
-def _seconds(duration: str) -> float:
-    assert duration.endswith("s"), duration
-    return float(duration[:-1])
-
-
 def test_envoy_closes_an_idle_backend_connection_before_the_backend_does(
     pools: tuple[EmulatorProcess, EmulatorProcess],
 ) -> None:
@@ -508,11 +503,10 @@ def test_envoy_closes_an_idle_backend_connection_before_the_backend_does(
     with EnvoyProcess(1, {"short": s.urls, "long": lg.urls}, extproc=False) as envoy:
         clusters = {c["name"]: c for c in envoy.config["static_resources"]["clusters"]}
         opts = clusters["long"]["typed_extension_protocol_options"]
-        idle = _seconds(
-            opts["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
-                "common_http_protocol_options"
-            ]["idle_timeout"]
-        )
+        common = opts["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
+            "common_http_protocol_options"
+        ]
+        idle = float(common["idle_timeout"].removesuffix("s"))  # an Envoy duration: "4s"
         assert idle < EMULATOR_LIMITS.idle_timeout
         # Unrouted (no processor here): the request goes to the long pool.
         client(envoy.url).models.list()

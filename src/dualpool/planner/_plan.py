@@ -667,7 +667,7 @@ def _verify(
             tpot,
             v.confidence,
             fixed[k] is None,
-            superseded=len(final[k]) if k in rep.rerun else 0,
+            superseded=rep.rerun.get(k, 0),
         )
         by[k] = replace(by[k], verified=pv, confidence=v.confidence)
     cross = {k: [o.crossing for o in vs] for k, vs in outs.items()}

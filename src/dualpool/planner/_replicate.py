@@ -136,8 +136,9 @@ class Replicated:
     final: dict[str, list[WindowOutcome]]
     simulations: int
     # Pools whose provisioned count moved after the last window: their final
-    # round was run again at the new count (the earlier one's runs stay readings).
-    rerun: tuple[str, ...] = ()
+    # round was run again at the new count. Each pool's value: the earlier final
+    # round's runs, superseded as the SLO test (they stay readings).
+    rerun: dict[str, int] = field(default_factory=dict)
 
 
 def _slopes(
@@ -386,12 +387,14 @@ def replicate(
             [make_job(k, v, p, p, 0.1, True) for v in range(w) for k, p in moved.items()]
         )
         sims += len(again)
+        superseded = {k: len(final[k]) for k in moved}
         for k in moved:
             final[k] = []
         for o in sorted(again, key=lambda o: o.window):
             final[o.key].append(o)
         prov.update(moved)
-    return Replicated(outs, prov, final, sims, rerun=tuple(moved))
+        return Replicated(outs, prov, final, sims, rerun=superseded)
+    return Replicated(outs, prov, final, sims)
 
 
 def provision(outs: Sequence[WindowOutcome], ttft_slo: float, tpot_slo: float, conf: float) -> int:
